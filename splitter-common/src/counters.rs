@@ -1,0 +1,164 @@
+//! Counters, per CPU, summed by the daemon. `VERDICTS` is indexed by [`Reason`],
+//! `BACKEND_COUNTERS` by backend id, `SERVICE_COUNTERS` by `ServiceConfig::id`.
+
+/// Why the data plane did what it did with a packet: exactly one per packet seen.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, VLAN-tagged, ...): passed untouched.
+    NotIp = 0,
+    /// IP, but not addressed to a service (or not TCP/UDP/ICMP): passed untouched.
+    NotService,
+    /// First packet of a flow: backend chosen, flow pinned, rewritten.
+    NewFlow,
+    /// Packet of a pinned flow: rewritten to its backend.
+    Established,
+    /// TCP packet that is not a SYN and had no pinned flow: steered by the split in force when
+    /// the flow most likely began, pinned, rewritten.
+    FlowMiss,
+    /// Backend reply rewritten back to the service address (egress program).
+    ToClient,
+    /// IPv4 fragment to a service with the `flow` cohort: passed untouched (no ports to hash).
+    Fragment,
+    /// IPv4 fragment to a service with the `client` cohort: steered by the client's hash.
+    FragmentSteered,
+    /// ICMP error about a pinned service flow: forwarded to that flow's backend.
+    IcmpToBackend,
+    /// ICMP error about a service address without a pinned flow: passed untouched.
+    IcmpUnmatched,
+    /// Service matched but the chosen pool is empty: passed untouched.
+    NoBackend,
+    /// Shorter than an Ethernet header.
+    TruncatedEthernet,
+    /// Shorter than the IPv4 header (incl. options) it announces.
+    TruncatedIpv4,
+    /// IPv4 header with a bad version or IHL < 5.
+    MalformedIpv4,
+    /// Shorter than the IPv6 fixed header.
+    TruncatedIpv6,
+    /// IPv6 extension header chain cut short or longer than the parser follows.
+    BadIpv6Extension,
+    /// TCP/UDP header cut short, or TCP data offset < 5.
+    TruncatedL4,
+    /// ICMP error too short to hold the headers of the packet it is about.
+    TruncatedIcmp,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 18;
+
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::NotIp,
+        Reason::NotService,
+        Reason::NewFlow,
+        Reason::Established,
+        Reason::FlowMiss,
+        Reason::ToClient,
+        Reason::Fragment,
+        Reason::FragmentSteered,
+        Reason::IcmpToBackend,
+        Reason::IcmpUnmatched,
+        Reason::NoBackend,
+        Reason::TruncatedEthernet,
+        Reason::TruncatedIpv4,
+        Reason::MalformedIpv4,
+        Reason::TruncatedIpv6,
+        Reason::BadIpv6Extension,
+        Reason::TruncatedL4,
+        Reason::TruncatedIcmp,
+    ];
+
+    /// The `reason` label of `splitter_verdicts_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::NotIp => "not_ip",
+            Reason::NotService => "not_service",
+            Reason::NewFlow => "new_flow",
+            Reason::Established => "established",
+            Reason::FlowMiss => "flow_miss",
+            Reason::ToClient => "to_client",
+            Reason::Fragment => "fragment",
+            Reason::FragmentSteered => "fragment_steered",
+            Reason::IcmpToBackend => "icmp_to_backend",
+            Reason::IcmpUnmatched => "icmp_unmatched",
+            Reason::NoBackend => "no_backend",
+            Reason::TruncatedEthernet => "truncated_ethernet",
+            Reason::TruncatedIpv4 => "truncated_ipv4",
+            Reason::MalformedIpv4 => "malformed_ipv4",
+            Reason::TruncatedIpv6 => "truncated_ipv6",
+            Reason::BadIpv6Extension => "bad_ipv6_extension",
+            Reason::TruncatedL4 => "truncated_l4",
+            Reason::TruncatedIcmp => "truncated_icmp",
+        }
+    }
+
+    /// Whether the packet was malformed (passed untouched and counted).
+    pub const fn is_malformed(self) -> bool {
+        matches!(
+            self,
+            Reason::TruncatedEthernet
+                | Reason::TruncatedIpv4
+                | Reason::MalformedIpv4
+                | Reason::TruncatedIpv6
+                | Reason::BadIpv6Extension
+                | Reason::TruncatedL4
+                | Reason::TruncatedIcmp
+        )
+    }
+}
+
+/// Traffic of one backend in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DirectionCounters {
+    pub packets: u64,
+    /// L3 bytes (IP header included, Ethernet header excluded).
+    pub bytes: u64,
+    pub tcp_syn: u64,
+    pub tcp_fin: u64,
+    pub tcp_rst: u64,
+}
+
+/// Per-backend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendCounters {
+    /// Client → backend (ingress program).
+    pub to_backend: DirectionCounters,
+    /// Backend → client (egress program).
+    pub to_client: DirectionCounters,
+    /// Flows pinned to this backend (new flows and misses).
+    pub new_flows: u64,
+}
+
+/// Per-service counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceCounters {
+    /// TCP non-SYN packets that found no pinned flow.
+    pub flow_misses: u64,
+}
+
+impl core::ops::AddAssign for DirectionCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.tcp_syn += o.tcp_syn;
+        self.tcp_fin += o.tcp_fin;
+        self.tcp_rst += o.tcp_rst;
+    }
+}
+
+impl core::ops::AddAssign for BackendCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.to_backend += o.to_backend;
+        self.to_client += o.to_client;
+        self.new_flows += o.new_flows;
+    }
+}
+
+impl core::ops::AddAssign for ServiceCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.flow_misses += o.flow_misses;
+    }
+}

@@ -1,0 +1,42 @@
+//! The kernel/user contract of the splitter: every map key and value, map name, capacity,
+//! counter and verdict-reason enum is defined here once and shared by `splitter-ebpf` (no_std,
+//! bpf target) and the `splitter` daemon (with the `user` feature).
+//!
+//! Rules: `#[repr(C)]`, explicitly sized fields, explicit padding, no `bool`/`Option` in map
+//! values. Ports and addresses are kept in network byte order exactly as on the wire.
+#![no_std]
+
+pub mod addr;
+pub mod backend;
+pub mod counters;
+pub mod flow;
+pub mod hash;
+pub mod maps;
+pub mod service;
+
+pub use addr::{Addr, Family};
+pub use backend::{Backend, Color};
+pub use counters::{BackendCounters, DirectionCounters, Reason, ServiceCounters};
+pub use flow::{FlowKey, FlowValue, ReverseValue};
+pub use service::{Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE};
+
+/// Implements `aya::Pod` (userspace only) for plain map types.
+macro_rules! pod {
+    ($($ty:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: repr(C), only integer fields and arrays of them, explicit padding.
+            unsafe impl aya::Pod for $ty {}
+        )*
+    };
+}
+pod!(
+    ServiceKey,
+    ServiceConfig,
+    Backend,
+    FlowKey,
+    FlowValue,
+    ReverseValue,
+    BackendCounters,
+    ServiceCounters,
+);

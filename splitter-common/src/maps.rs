@@ -1,0 +1,32 @@
+//! Map names and capacities: the names are the symbols in `splitter-ebpf/src/maps.rs` and the
+//! file names under the pin directory.
+
+/// `SERVICES`: [`crate::ServiceKey`] → [`crate::ServiceConfig`].
+pub const SERVICES: &str = "SERVICES";
+/// `BACKENDS`: backend id → [`crate::Backend`].
+pub const BACKENDS: &str = "BACKENDS";
+/// `POOLS`: pool slot → backend id.
+pub const POOLS: &str = "POOLS";
+/// `FLOWS` (LRU): forward [`crate::FlowKey`] → [`crate::FlowValue`].
+pub const FLOWS: &str = "FLOWS";
+/// `REVERSE_FLOWS` (LRU): reverse [`crate::FlowKey`] → [`crate::ReverseValue`].
+pub const REVERSE_FLOWS: &str = "REVERSE_FLOWS";
+/// `BACKEND_COUNTERS` (per CPU): backend id → [`crate::BackendCounters`].
+pub const BACKEND_COUNTERS: &str = "BACKEND_COUNTERS";
+/// `SERVICE_COUNTERS` (per CPU): service id → [`crate::ServiceCounters`].
+pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
+/// `VERDICTS` (per CPU): [`crate::Reason`] → packets.
+pub const VERDICTS: &str = "VERDICTS";
+
+/// Global set at load time (`EbpfLoader::override_global`): the split hash seed.
+pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
+
+/// Program names (the function names in `splitter-ebpf/src/main.rs`).
+pub const INGRESS_PROGRAM: &str = "splitter_ingress";
+pub const EGRESS_PROGRAM: &str = "splitter_egress";
+
+pub const MAX_SERVICES: u32 = 1024;
+pub const MAX_BACKENDS: u32 = 8192;
+pub const POOL_SLOTS: u32 = 16384;
+/// Default capacity of `FLOWS` and `REVERSE_FLOWS` (the config's `flow_table_size`).
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;

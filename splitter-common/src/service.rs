@@ -1,0 +1,58 @@
+//! Services: `SERVICES` maps a [`ServiceKey`] (address, port, protocol) to a [`ServiceConfig`].
+
+use crate::Addr;
+
+/// Weights are stored in parts per million of new flows (percent × 10 000): the config accepts
+/// percent with up to four decimals (0.0001 % steps), finer than basis points at no extra cost.
+pub const WEIGHT_SCALE: u32 = 1_000_000;
+
+/// What a service is reached at. `port` in network byte order; `protocol` is the IP protocol
+/// number (6 TCP, 17 UDP); `family` is [`crate::Family`] as u8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub protocol: u8,
+    pub family: u8,
+}
+
+/// Which part of a packet decides its color (see [`crate::hash`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cohort {
+    /// The 5-tuple: each connection is split independently.
+    Flow = 0,
+    /// The client address: one client always lands on the same color.
+    Client = 1,
+}
+
+/// A contiguous run of slots in the `POOLS` array, each holding a backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Pool {
+    pub first_slot: u32,
+    pub len: u32,
+}
+
+/// How a service splits new flows. Written whole by the daemon with one map update, so the data
+/// plane always sees a consistent config.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceConfig {
+    /// Index into the per-service counters.
+    pub id: u32,
+    /// Share of new flows sent to green, in [`WEIGHT_SCALE`] units.
+    pub green_weight: u32,
+    /// The weight in force before the last change: steers TCP mid-flow misses while
+    /// `now < weight_changed_ns + miss_hold_ns` (the flow most likely began before the change).
+    pub previous_green_weight: u32,
+    /// [`Cohort`] as u32.
+    pub cohort: u32,
+    pub blue: Pool,
+    pub green: Pool,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when `green_weight` last changed.
+    pub weight_changed_ns: u64,
+    /// How long after a change the previous weight still steers mid-flow misses.
+    pub miss_hold_ns: u64,
+}

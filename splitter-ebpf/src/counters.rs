@@ -1,0 +1,55 @@
+//! Counting, never logging, on the hot path. All maps are per CPU: plain adds, no atomics.
+
+use splitter_common::{DirectionCounters, Reason};
+
+use crate::{
+    maps::{BACKEND_COUNTERS, SERVICE_COUNTERS, VERDICTS},
+    parse::{TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+#[inline(always)]
+pub fn verdict(reason: Reason) {
+    if let Some(count) = VERDICTS.get_ptr_mut(reason as u32) {
+        unsafe { *count += 1 };
+    }
+}
+
+/// Which way a packet of a backend flows.
+#[derive(Clone, Copy)]
+pub enum Direction {
+    ToBackend,
+    ToClient,
+}
+
+#[inline(always)]
+pub fn backend_packet(backend_id: u32, direction: Direction, bytes: u64, tcp_flags: u8, new: bool) {
+    let Some(counters) = BACKEND_COUNTERS.get_ptr_mut(backend_id) else {
+        return;
+    };
+    let counters = unsafe { &mut *counters };
+    if new {
+        counters.new_flows += 1;
+    }
+    let side: &mut DirectionCounters = match direction {
+        Direction::ToBackend => &mut counters.to_backend,
+        Direction::ToClient => &mut counters.to_client,
+    };
+    side.packets += 1;
+    side.bytes += bytes;
+    if tcp_flags & TCP_SYN != 0 {
+        side.tcp_syn += 1;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        side.tcp_fin += 1;
+    }
+    if tcp_flags & TCP_RST != 0 {
+        side.tcp_rst += 1;
+    }
+}
+
+#[inline(always)]
+pub fn flow_miss(service_id: u32) {
+    if let Some(counters) = SERVICE_COUNTERS.get_ptr_mut(service_id) {
+        unsafe { (*counters).flow_misses += 1 };
+    }
+}

@@ -1,0 +1,106 @@
+//! The TC egress program's work, on the interfaces where clients are: a backend's reply is
+//! rewritten back to the service address and port the client used (reverse NAT). Checksums go
+//! through the kernel helpers, which also handle CHECKSUM_PARTIAL (GSO/forwarded) packets.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use splitter_common::{Family, FlowKey, Reason, ReverseValue};
+
+use crate::{
+    counters::{self, Direction},
+    maps::REVERSE_FLOWS,
+    parse::{self, Fragment, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
+};
+
+/// Enough linear bytes for Ethernet, IPv6 with a few extension headers, and TCP.
+const HEADERS_MAX: u32 = 192;
+
+#[inline(always)]
+fn frame(ctx: &TcContext) -> Frame {
+    Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    }
+}
+
+/// Rewrites a backend's reply if it belongs to a pinned flow. Never drops: on any error the
+/// packet leaves unchanged.
+#[inline(always)]
+pub fn handle(ctx: &TcContext) {
+    let mut f = frame(ctx);
+    if (f.len() as u32) < HEADERS_MAX && ctx.len() > f.len() as u32 {
+        // Headers may sit in paged data (GRO/GSO): make them linear, then re-read the bounds.
+        let _ = ctx.pull_data(ctx.len().min(HEADERS_MAX));
+        f = frame(ctx);
+    }
+    let Ok(ip) = parse::ip(&f) else { return };
+    if !matches!(ip.protocol, IPPROTO_TCP | IPPROTO_UDP) || ip.fragment == Fragment::Later {
+        return;
+    }
+    let Ok(packet) = parse::ports(&f, ip) else {
+        return;
+    };
+    let key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        protocol: ip.protocol,
+        family: ip.family as u8,
+        _pad: [0; 2],
+    };
+    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(&key) }) else {
+        return;
+    };
+    let reverse = *reverse;
+    let bytes = (f.len() - ip.l3_offset) as u64;
+    if rewrite_source(ctx, &packet, &reverse).is_ok() {
+        counters::verdict(Reason::ToClient);
+        counters::backend_packet(
+            reverse.backend_id,
+            Direction::ToClient,
+            bytes.max((ctx.len() as usize - ip.l3_offset) as u64),
+            packet.tcp_flags,
+            false,
+        );
+    }
+}
+
+/// SNAT back to the service: source address and port, L4 checksum (pseudo-header included),
+/// IPv4 header checksum.
+#[inline(always)]
+fn rewrite_source(ctx: &TcContext, packet: &Packet, reverse: &ReverseValue) -> Result<(), i64> {
+    let ip = &packet.ip;
+    let (check_offset, mangled) = if ip.protocol == IPPROTO_TCP {
+        (ip.l4_offset + 16, 0)
+    } else {
+        // UDP: a zero checksum (IPv4 "none") stays zero, a computed zero becomes 0xffff.
+        (ip.l4_offset + 6, BPF_F_MARK_MANGLED_0 as u64)
+    };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled;
+    let old = ip.src.0;
+    let new = reverse.service_addr.0;
+    match ip.family {
+        Family::Ipv4 => {
+            ctx.l4_csum_replace(check_offset, old[0] as u64, new[0] as u64, pseudo | 4)?;
+            ctx.l3_csum_replace(ip.l3_offset + 10, old[0] as u64, new[0] as u64, 4)?;
+            ctx.store(ip.l3_offset + 12, &new[0], 0)?;
+        }
+        Family::Ipv6 => {
+            for i in 0..4 {
+                ctx.l4_csum_replace(check_offset, old[i] as u64, new[i] as u64, pseudo | 4)?;
+            }
+            ctx.store(ip.l3_offset + 8, &new, 0)?;
+        }
+    }
+    ctx.l4_csum_replace(
+        check_offset,
+        packet.src_port as u64,
+        reverse.service_port as u64,
+        mangled | 2,
+    )?;
+    ctx.store(ip.l4_offset, &reverse.service_port, 0)?;
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The XDP program's work: client → service packets are rewritten to their backend (DNAT);
+//! ICMP errors about a service flow are forwarded to that flow's backend.
+
+use splitter_common::{
+    Addr, Cohort, Family, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig, ServiceKey,
+};
+
+use crate::{
+    checksum::Delta,
+    counters::{self, Direction},
+    maps::{FLOWS, REVERSE_FLOWS, SERVICES},
+    parse::{
+        self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
+        Ip, Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+    },
+    select::{self, Start},
+};
+
+/// Handles one received frame and says why it did what it did. The verdict is always XDP_PASS:
+/// rewritten packets continue through the kernel's routing to their backend.
+#[inline(always)]
+pub fn handle(frame: &Frame) -> Reason {
+    let ip = match parse::ip(frame) {
+        Ok(ip) => ip,
+        Err(reason) => return reason,
+    };
+    let result = match (ip.family, ip.protocol) {
+        (_, IPPROTO_TCP | IPPROTO_UDP) => service_packet(frame, ip),
+        (Family::Ipv4, IPPROTO_ICMP) | (Family::Ipv6, IPPROTO_ICMPV6) => icmp_error(frame, ip),
+        _ => Err(Reason::NotService),
+    };
+    match result {
+        Ok(reason) | Err(reason) => reason,
+    }
+}
+
+#[inline(always)]
+fn service_key(addr: Addr, port: u16, protocol: u8, family: Family) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port,
+        protocol,
+        family: family as u8,
+    }
+}
+
+/// A TCP or UDP packet: to a service or not.
+#[inline(always)]
+fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
+    if ip.fragment == Fragment::Later {
+        return later_fragment(frame, ip);
+    }
+    let packet = parse::ports(frame, ip)?;
+    let key = service_key(ip.dst, packet.dst_port, ip.protocol, ip.family);
+    let config = unsafe { SERVICES.get(&key) }.ok_or(Reason::NotService)?;
+    if ip.fragment == Fragment::First && config.cohort != Cohort::Client as u32 {
+        // Later fragments have no ports, so with the `flow` cohort they could not follow the
+        // first one: the whole datagram passes untouched.
+        return Err(Reason::Fragment);
+    }
+    let flow_key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        protocol: ip.protocol,
+        family: ip.family as u8,
+        _pad: [0; 2],
+    };
+    let (reason, flow) = match unsafe { FLOWS.get(&flow_key) } {
+        Some(flow) => (Reason::Established, *flow),
+        None => new_flow(config, &flow_key, &packet)?,
+    };
+    rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
+    let bytes = (frame.len() - ip.l3_offset) as u64;
+    let new = reason != Reason::Established;
+    counters::backend_packet(flow.backend_id, Direction::ToBackend, bytes, packet.tcp_flags, new);
+    if ip.fragment == Fragment::First {
+        return Ok(Reason::FragmentSteered);
+    }
+    Ok(reason)
+}
+
+/// Chooses and pins a backend for a flow that has none.
+#[inline(always)]
+fn new_flow(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    packet: &Packet,
+) -> Result<(Reason, FlowValue), Reason> {
+    let tcp = packet.ip.protocol == IPPROTO_TCP;
+    let start = if tcp && packet.tcp_flags & TCP_SYN == 0 {
+        Start::Earlier
+    } else {
+        Start::Now
+    };
+    let (backend_id, backend) = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
+    let flow = FlowValue {
+        backend_addr: backend.addr,
+        backend_port: backend.port,
+        color: backend.color,
+        _pad: 0,
+        backend_id,
+        created_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+    };
+    // A stray RST closes whatever it belongs to: forward it, but do not pin a flow for it.
+    if !(tcp && packet.tcp_flags & TCP_RST != 0) {
+        let reverse_key = FlowKey {
+            src: backend.addr,
+            dst: key.src,
+            src_port: backend.port,
+            dst_port: key.src_port,
+            protocol: key.protocol,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        let reverse = ReverseValue {
+            service_addr: key.dst,
+            service_port: key.dst_port,
+            _pad: [0; 2],
+            backend_id,
+        };
+        // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
+        // takes the same choice again while the weight is unchanged.
+        let _ = REVERSE_FLOWS.insert(&reverse_key, &reverse, 0);
+        let _ = FLOWS.insert(key, &flow, 0);
+    }
+    if start == Start::Earlier {
+        counters::flow_miss(config.id);
+        return Ok((Reason::FlowMiss, flow));
+    }
+    Ok((Reason::NewFlow, flow))
+}
+
+/// A non-first fragment: no ports. The daemon keys a port-0 entry per service address and
+/// protocol; with the `client` cohort the client's hash steers it like the first fragment.
+#[inline(always)]
+fn later_fragment(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
+    let key = service_key(ip.dst, 0, ip.protocol, ip.family);
+    let config = unsafe { SERVICES.get(&key) }.ok_or(Reason::NotService)?;
+    if config.cohort != Cohort::Client as u32 {
+        return Err(Reason::Fragment);
+    }
+    let flow_key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        family: ip.family as u8,
+        protocol: ip.protocol,
+        ..FlowKey::default()
+    };
+    let (_, backend) = select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
+    rewrite_ip_destination(frame, &ip, &backend.addr);
+    Ok(Reason::FragmentSteered)
+}
+
+/// Rewrites the IP destination; returns the checksum delta of the pseudo-header.
+#[inline(always)]
+fn rewrite_ip_destination(frame: &Frame, ip: &Ip, new: &Addr) -> Delta {
+    match ip.family {
+        Family::Ipv4 => {
+            let Some(hdr) = frame.ptr_at::<Ipv4Hdr>(ip.l3_offset) else {
+                return Delta::new();
+            };
+            let delta = Delta::new().u32(ip.dst.0[0], new.0[0]);
+            unsafe {
+                (*hdr).dst = new.0[0];
+                (*hdr).check = delta.apply((*hdr).check);
+            }
+            delta
+        }
+        Family::Ipv6 => {
+            let Some(hdr) = frame.ptr_at::<Ipv6Hdr>(ip.l3_offset) else {
+                return Delta::new();
+            };
+            unsafe { (*hdr).dst = new.0 };
+            Delta::new().addr(&ip.dst.0, &new.0)
+        }
+    }
+}
+
+/// DNAT: destination address and port, with incremental IPv4 header and L4 checksum updates
+/// (pseudo-header included).
+#[inline(always)]
+fn rewrite_destination(frame: &Frame, packet: &Packet, addr: &Addr, port: u16) {
+    let ip = &packet.ip;
+    let delta = rewrite_ip_destination(frame, ip, addr).u16(packet.dst_port, port);
+    if ip.protocol == IPPROTO_TCP {
+        if let Some(tcp) = frame.ptr_at::<TcpHdr>(ip.l4_offset) {
+            unsafe {
+                (*tcp).dst_port = port;
+                (*tcp).check = delta.apply((*tcp).check);
+            }
+        }
+    } else if let Some(udp) = frame.ptr_at::<UdpHdr>(ip.l4_offset) {
+        unsafe {
+            (*udp).dst_port = port;
+            (*udp).check = delta.apply_udp((*udp).check);
+        }
+    }
+}
+
+/// ICMP (v4: 3 unreachable / fragmentation needed, 11 time exceeded, 12 parameter problem;
+/// v6: 1 unreachable, 2 packet too big, 3 time exceeded, 4 parameter problem) about a packet the
+/// service sent to a client: the error goes to the backend that serves that flow, with the
+/// outer destination and the quoted source rewritten so the backend's stack matches its socket.
+#[inline(always)]
+fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
+    let icmp = frame
+        .ptr_at::<IcmpHdr>(ip.l4_offset)
+        .ok_or(Reason::TruncatedIcmp)?;
+    let kind = unsafe { (*icmp).kind };
+    let is_error = match ip.family {
+        Family::Ipv4 => matches!(kind, 3 | 11 | 12),
+        Family::Ipv6 => matches!(kind, 1..=4),
+    };
+    if !is_error || ip.fragment != Fragment::None {
+        return Err(Reason::NotService);
+    }
+    let quoted_offset = ip.l4_offset + core::mem::size_of::<IcmpHdr>();
+    let quoted = match ip.family {
+        Family::Ipv4 => parse::ipv4(frame, quoted_offset),
+        Family::Ipv6 => parse::ipv6(frame, quoted_offset),
+    }
+    .map_err(|_| Reason::TruncatedIcmp)?;
+    if !matches!(quoted.protocol, IPPROTO_TCP | IPPROTO_UDP) {
+        return Err(Reason::NotService);
+    }
+    let ports = frame
+        .ptr_at::<PortsHdr>(quoted.l4_offset)
+        .ok_or(Reason::TruncatedIcmp)?;
+    let (service_port, client_port) = unsafe { ((*ports).src_port, (*ports).dst_port) };
+    // The quoted packet went service → client, and the error came back to the service address.
+    if quoted.src != ip.dst {
+        return Err(Reason::NotService);
+    }
+    let key = service_key(quoted.src, service_port, quoted.protocol, quoted.family);
+    if unsafe { SERVICES.get(&key) }.is_none() {
+        return Err(Reason::NotService);
+    }
+    let flow_key = FlowKey {
+        src: quoted.dst,
+        dst: quoted.src,
+        src_port: client_port,
+        dst_port: service_port,
+        protocol: quoted.protocol,
+        family: quoted.family as u8,
+        _pad: [0; 2],
+    };
+    let flow = *unsafe { FLOWS.get(&flow_key) }.ok_or(Reason::IcmpUnmatched)?;
+    let backend = flow.backend_addr;
+
+    // Outer header: destination service → backend.
+    let outer = rewrite_ip_destination(frame, &ip, &backend);
+    // Quoted header: source service → backend, source port → backend port.
+    let mut quoted_delta = Delta::new()
+        .addr(&quoted.src.0, &backend.0)
+        .u16(service_port, flow.backend_port);
+    match quoted.family {
+        Family::Ipv4 => {
+            let hdr = frame
+                .ptr_at::<Ipv4Hdr>(quoted.l3_offset)
+                .ok_or(Reason::TruncatedIcmp)?;
+            unsafe {
+                let old_check = (*hdr).check;
+                let new_check = Delta::new().u32(quoted.src.0[0], backend.0[0]).apply(old_check);
+                (*hdr).src = backend.0[0];
+                (*hdr).check = new_check;
+                quoted_delta = quoted_delta.u16(old_check, new_check);
+            }
+        }
+        Family::Ipv6 => {
+            let hdr = frame
+                .ptr_at::<Ipv6Hdr>(quoted.l3_offset)
+                .ok_or(Reason::TruncatedIcmp)?;
+            unsafe { (*hdr).src = backend.0 };
+        }
+    }
+    let ports = frame
+        .ptr_at::<PortsHdr>(quoted.l4_offset)
+        .ok_or(Reason::TruncatedIcmp)?;
+    unsafe { (*ports).src_port = flow.backend_port };
+    // The ICMP checksum covers the quoted bytes; ICMPv6's also covers the pseudo-header.
+    let icmp_delta = match ip.family {
+        Family::Ipv4 => quoted_delta,
+        Family::Ipv6 => quoted_delta.plus(outer),
+    };
+    let icmp = frame
+        .ptr_at::<IcmpHdr>(ip.l4_offset)
+        .ok_or(Reason::TruncatedIcmp)?;
+    unsafe { (*icmp).check = icmp_delta.apply((*icmp).check) };
+    Ok(Reason::IcmpToBackend)
+}

@@ -1,0 +1,54 @@
+//! The splitter's data plane: an XDP program on the client-facing interfaces rewrites packets
+//! for a service to their blue or green backend; a TC egress program on the same interfaces
+//! rewrites the backends' replies back to the service address.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod checksum;
+mod counters;
+mod egress;
+mod ingress;
+mod maps;
+mod parse;
+mod select;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use parse::Frame;
+
+/// Ingress on client-facing interfaces. Fails open: every verdict is XDP_PASS, so traffic that
+/// is not for a service, or that cannot be parsed, reaches the kernel untouched (and counted).
+#[xdp]
+pub fn splitter_ingress(ctx: XdpContext) -> u32 {
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    counters::verdict(ingress::handle(&frame));
+    xdp_action::XDP_PASS
+}
+
+/// Egress on client-facing interfaces: reverse NAT of backend replies. Never drops.
+#[classifier]
+pub fn splitter_egress(ctx: TcContext) -> i32 {
+    egress::handle(&ctx);
+    TC_ACT_OK as i32
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: the verifier rejects programs that could panic.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,49 @@
+//! Every map of the data plane. Names, key/value types and capacities come from
+//! `splitter_common::maps`; the daemon resizes `FLOWS`/`REVERSE_FLOWS` at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use splitter_common::{
+    Backend, BackendCounters, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
+    ServiceCounters, ServiceKey,
+    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, POOL_SLOTS},
+};
+
+/// Service address, port and protocol → how its new flows are split.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceConfig> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Backend id → where it listens.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Pool slot → backend id (a service's pools are contiguous runs of slots).
+#[map]
+pub static POOLS: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
+
+/// Client flow (client → service) → the backend it is pinned to.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Backend reply flow (backend → client) → the service address to put back.
+#[map]
+pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Backend id → traffic counters, per CPU.
+#[map]
+pub static BACKEND_COUNTERS: PerCpuArray<BackendCounters> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Service id → counters, per CPU.
+#[map]
+pub static SERVICE_COUNTERS: PerCpuArray<ServiceCounters> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// [`Reason`] → packets, per CPU.
+#[map]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);

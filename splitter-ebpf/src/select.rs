@@ -1,0 +1,59 @@
+//! Choosing a backend for a flow that has none: color by hash threshold, backend by the same
+//! hash. The hash and its rules are in `splitter_common::hash`.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use splitter_common::{
+    Backend, Cohort, FlowKey, ServiceConfig,
+    hash::{client_hash, flow_hash, is_green, pool_index},
+};
+
+use crate::maps::{BACKENDS, POOLS};
+
+/// Set by the daemon at load time (`HASH_SEED_GLOBAL`); every host of a fleet uses the same.
+#[unsafe(no_mangle)]
+static HASH_SEED: u32 = splitter_common::hash::DEFAULT_HASH_SEED;
+
+/// Which weight generation steers a flow that has no pinned backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The packet opens a flow (TCP SYN, or any UDP packet): the weight in force now.
+    Now,
+    /// A TCP packet in the middle of a flow we do not know (LRU eviction, or ECMP moved the flow
+    /// here): it most likely began before the last weight change if that change is recent, so
+    /// the previous weight steers it during `miss_hold_ns` after a change.
+    Earlier,
+}
+
+/// The weight that applies to a flow starting at `start`.
+#[inline(always)]
+fn weight(config: &ServiceConfig, start: Start) -> u32 {
+    if start == Start::Earlier
+        && unsafe { bpf_ktime_get_ns() } < config.weight_changed_ns + config.miss_hold_ns
+    {
+        return config.previous_green_weight;
+    }
+    config.green_weight
+}
+
+/// The backend id and backend for a new flow, or `None` when the chosen pool is empty.
+#[inline(always)]
+pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<(u32, Backend)> {
+    let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
+    let hash = if config.cohort == Cohort::Client as u32 {
+        client_hash(&key.src, key.family, seed)
+    } else {
+        flow_hash(key, seed)
+    };
+    let pool = if is_green(hash, weight(config, start)) {
+        config.green
+    } else {
+        config.blue
+    };
+    if pool.len == 0 {
+        return None;
+    }
+    let slot = pool.first_slot + pool_index(hash, pool.len);
+    let backend_id = *POOLS.get(slot)?;
+    let backend = *BACKENDS.get(backend_id)?;
+    Some((backend_id, backend))
+}

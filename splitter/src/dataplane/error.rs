@@ -1,0 +1,38 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong between the daemon and the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object failed (are you root with CAP_BPF?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no program `{name}` (stale build?)")]
+    MissingProgram { name: &'static str },
+    #[error("the eBPF object has no map `{name}` (stale build?)")]
+    MissingMap { name: &'static str },
+    #[error("program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching to interface `{interface}` failed: {source}")]
+    Attach {
+        interface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface `{interface}` does not exist")]
+    UnknownInterface { interface: String },
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinning under {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

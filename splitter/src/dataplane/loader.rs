@@ -1,0 +1,145 @@
+//! Loading the embedded object and attaching it: XDP ingress + TC egress on every
+//! client-facing interface.
+
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType, Xdp},
+};
+use splitter_common::maps as names;
+
+use super::{DataplaneError, EBPF_OBJECT, maps::Maps};
+
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    /// Driver mode only: attaching fails where the driver has no XDP support.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// Load-time settings that cannot change while the programs run.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub flow_table_size: u32,
+    pub hash_seed: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            flow_table_size: names::DEFAULT_FLOW_TABLE_SIZE,
+            hash_seed: splitter_common::hash::DEFAULT_HASH_SEED,
+        }
+    }
+}
+
+/// A loaded data plane: the programs (verified, not yet attached) and their maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    attached: Vec<String>,
+}
+
+impl Dataplane {
+    /// Loads and verifies the embedded programs with fresh maps.
+    pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
+            .map_max_entries(names::FLOWS, options.flow_table_size)
+            .map_max_entries(names::REVERSE_FLOWS, options.flow_table_size)
+            .load(EBPF_OBJECT)?;
+        xdp(&mut ebpf)?
+            .load()
+            .map_err(|source| program_error(names::INGRESS_PROGRAM, source))?;
+        tc(&mut ebpf)?
+            .load()
+            .map_err(|source| program_error(names::EGRESS_PROGRAM, source))?;
+        let maps = Maps::open(|name| ebpf.take_map(name))?;
+        Ok(Self {
+            ebpf,
+            maps,
+            attached: Vec::new(),
+        })
+    }
+
+    /// The ingress program, e.g. for BPF_PROG_TEST_RUN.
+    pub fn ingress_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        xdp(&mut self.ebpf)
+    }
+
+    /// The egress program, e.g. for BPF_PROG_TEST_RUN.
+    pub fn egress_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        tc(&mut self.ebpf)
+    }
+
+    /// Attaches ingress (XDP) and egress (TC) to a client-facing interface. The attachment
+    /// lasts as long as this `Dataplane`.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        if interface_index(interface).is_none() {
+            return Err(DataplaneError::UnknownInterface {
+                interface: interface.to_owned(),
+            });
+        }
+        let attach_error = |source| DataplaneError::Attach {
+            interface: interface.to_owned(),
+            source,
+        };
+        let program = xdp(&mut self.ebpf)?;
+        match mode {
+            XdpMode::Native => program.attach(interface, aya::programs::XdpMode::Driver),
+            XdpMode::Generic => program.attach(interface, aya::programs::XdpMode::Skb),
+            XdpMode::Auto => program
+                .attach(interface, aya::programs::XdpMode::Driver)
+                .or_else(|_| program.attach(interface, aya::programs::XdpMode::Skb)),
+        }
+        .map_err(attach_error)?;
+        tc(&mut self.ebpf)?
+            .attach(interface, TcAttachType::Egress)
+            .map_err(attach_error)?;
+        self.attached.push(interface.to_owned());
+        Ok(())
+    }
+
+    /// Interfaces this data plane is attached to.
+    pub fn interfaces(&self) -> &[String] {
+        &self.attached
+    }
+}
+
+fn program_error(name: &'static str, source: aya::programs::ProgramError) -> DataplaneError {
+    DataplaneError::Program { name, source }
+}
+
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    let name = names::INGRESS_PROGRAM;
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| program_error(name, source))
+}
+
+fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+    let name = names::EGRESS_PROGRAM;
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| program_error(name, source))
+}
+
+/// The interface's index in the current network namespace.
+pub fn interface_index(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+#[expect(dead_code, reason = "pinning arrives with the daemon")]
+fn pin_dir(_dir: PathBuf) {}

@@ -1,0 +1,130 @@
+//! Typed handles on every data-plane map, opened from a freshly loaded object or from the pins
+//! of a running data plane (adoption after a daemon restart).
+
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use splitter_common::{
+    Backend, BackendCounters, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
+    ServiceCounters, ServiceKey, maps as names,
+};
+
+use super::DataplaneError;
+
+/// All maps of the data plane (see `splitter_common::maps` for what each holds).
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceConfig>,
+    pub backends: Array<MapData, Backend>,
+    pub pools: Array<MapData, u32>,
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub reverse_flows: HashMap<MapData, FlowKey, ReverseValue>,
+    pub backend_counters: PerCpuArray<MapData, BackendCounters>,
+    pub service_counters: PerCpuArray<MapData, ServiceCounters>,
+    pub verdicts: PerCpuArray<MapData, u64>,
+}
+
+/// The map names, in the order they are pinned and opened.
+pub const ALL: [&str; 8] = [
+    names::SERVICES,
+    names::BACKENDS,
+    names::POOLS,
+    names::FLOWS,
+    names::REVERSE_FLOWS,
+    names::BACKEND_COUNTERS,
+    names::SERVICE_COUNTERS,
+    names::VERDICTS,
+];
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    name: &'static str,
+    map: Option<Map>,
+) -> Result<T, DataplaneError> {
+    let map = map.ok_or(DataplaneError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}
+
+impl Maps {
+    /// Opens the maps through `take(name)` (from an `Ebpf` object or from pins).
+    pub fn open(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            services: typed(names::SERVICES, take(names::SERVICES))?,
+            backends: typed(names::BACKENDS, take(names::BACKENDS))?,
+            pools: typed(names::POOLS, take(names::POOLS))?,
+            flows: typed(names::FLOWS, take(names::FLOWS))?,
+            reverse_flows: typed(names::REVERSE_FLOWS, take(names::REVERSE_FLOWS))?,
+            backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
+            service_counters: typed(names::SERVICE_COUNTERS, take(names::SERVICE_COUNTERS))?,
+            verdicts: typed(names::VERDICTS, take(names::VERDICTS))?,
+        })
+    }
+
+    /// Opens the maps pinned under `dir`.
+    pub fn from_pins(dir: &Path) -> Result<Self, DataplaneError> {
+        Self::open(|name| {
+            MapData::from_pin(dir.join(name))
+                .and_then(Map::from_map_data)
+                .ok()
+        })
+    }
+
+    /// Packets seen per verdict reason, summed over CPUs.
+    pub fn verdicts(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let per_cpu = self
+                    .verdicts
+                    .get(&(reason as u32), 0)
+                    .map_err(|source| DataplaneError::Map {
+                        name: names::VERDICTS,
+                        source,
+                    })?;
+                Ok((reason, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// One verdict reason's count, summed over CPUs.
+    pub fn verdict(&self, reason: Reason) -> Result<u64, DataplaneError> {
+        let per_cpu = self
+            .verdicts
+            .get(&(reason as u32), 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::VERDICTS,
+                source,
+            })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<BackendCounters, DataplaneError> {
+        let per_cpu = self
+            .backend_counters
+            .get(&backend_id, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::BACKEND_COUNTERS,
+                source,
+            })?;
+        let mut sum = BackendCounters::default();
+        for counters in per_cpu.iter() {
+            sum += *counters;
+        }
+        Ok(sum)
+    }
+
+    /// A service's counters, summed over CPUs.
+    pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters, DataplaneError> {
+        let per_cpu = self
+            .service_counters
+            .get(&service_id, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: names::SERVICE_COUNTERS,
+                source,
+            })?;
+        let mut sum = ServiceCounters::default();
+        for counters in per_cpu.iter() {
+            sum += *counters;
+        }
+        Ok(sum)
+    }
+}

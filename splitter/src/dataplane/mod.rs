@@ -1,0 +1,12 @@
+//! The data plane as the daemon sees it: the embedded eBPF object, loading it, attaching it to
+//! interfaces, and typed access to its maps.
+
+mod error;
+mod loader;
+pub mod maps;
+
+pub use error::DataplaneError;
+pub use loader::{Dataplane, LoadOptions, XdpMode};
+
+/// The eBPF object built by `build.rs` from `splitter-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
