@@ -51,7 +51,7 @@ pub fn handle(ctx: &TcContext) {
         family: ip.family as u8,
         _pad: [0; 2],
     };
-    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(&key) }) else {
+    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(key) }) else {
         return;
     };
     let reverse = *reverse;

@@ -10,8 +10,8 @@ use crate::{
     counters::{self, Direction},
     maps::{FLOWS, REVERSE_FLOWS, SERVICES},
     parse::{
-        self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr,
-        Ip, Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+        self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
+        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
     },
     select::{self, Start},
 };
@@ -52,7 +52,7 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
     }
     let packet = parse::ports(frame, ip)?;
     let key = service_key(ip.dst, packet.dst_port, ip.protocol, ip.family);
-    let config = unsafe { SERVICES.get(&key) }.ok_or(Reason::NotService)?;
+    let config = unsafe { SERVICES.get(key) }.ok_or(Reason::NotService)?;
     if ip.fragment == Fragment::First && config.cohort != Cohort::Client as u32 {
         // Later fragments have no ports, so with the `flow` cohort they could not follow the
         // first one: the whole datagram passes untouched.
@@ -67,14 +67,20 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         family: ip.family as u8,
         _pad: [0; 2],
     };
-    let (reason, flow) = match unsafe { FLOWS.get(&flow_key) } {
+    let (reason, flow) = match unsafe { FLOWS.get(flow_key) } {
         Some(flow) => (Reason::Established, *flow),
         None => new_flow(config, &flow_key, &packet)?,
     };
     rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
     let bytes = (frame.len() - ip.l3_offset) as u64;
     let new = reason != Reason::Established;
-    counters::backend_packet(flow.backend_id, Direction::ToBackend, bytes, packet.tcp_flags, new);
+    counters::backend_packet(
+        flow.backend_id,
+        Direction::ToBackend,
+        bytes,
+        packet.tcp_flags,
+        new,
+    );
     if ip.fragment == Fragment::First {
         return Ok(Reason::FragmentSteered);
     }
@@ -122,8 +128,8 @@ fn new_flow(
         };
         // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
         // takes the same choice again while the weight is unchanged.
-        let _ = REVERSE_FLOWS.insert(&reverse_key, &reverse, 0);
-        let _ = FLOWS.insert(key, &flow, 0);
+        let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
+        let _ = FLOWS.insert(key, flow, 0);
     }
     if start == Start::Earlier {
         counters::flow_miss(config.id);
@@ -137,7 +143,7 @@ fn new_flow(
 #[inline(always)]
 fn later_fragment(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
     let key = service_key(ip.dst, 0, ip.protocol, ip.family);
-    let config = unsafe { SERVICES.get(&key) }.ok_or(Reason::NotService)?;
+    let config = unsafe { SERVICES.get(key) }.ok_or(Reason::NotService)?;
     if config.cohort != Cohort::Client as u32 {
         return Err(Reason::Fragment);
     }
@@ -234,7 +240,7 @@ fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         return Err(Reason::NotService);
     }
     let key = service_key(quoted.src, service_port, quoted.protocol, quoted.family);
-    if unsafe { SERVICES.get(&key) }.is_none() {
+    if unsafe { SERVICES.get(key) }.is_none() {
         return Err(Reason::NotService);
     }
     let flow_key = FlowKey {
@@ -246,7 +252,7 @@ fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         family: quoted.family as u8,
         _pad: [0; 2],
     };
-    let flow = *unsafe { FLOWS.get(&flow_key) }.ok_or(Reason::IcmpUnmatched)?;
+    let flow = *unsafe { FLOWS.get(flow_key) }.ok_or(Reason::IcmpUnmatched)?;
     let backend = flow.backend_addr;
 
     // Outer header: destination service → backend.
@@ -262,7 +268,9 @@ fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
                 .ok_or(Reason::TruncatedIcmp)?;
             unsafe {
                 let old_check = (*hdr).check;
-                let new_check = Delta::new().u32(quoted.src.0[0], backend.0[0]).apply(old_check);
+                let new_check = Delta::new()
+                    .u32(quoted.src.0[0], backend.0[0])
+                    .apply(old_check);
                 (*hdr).src = backend.0[0];
                 (*hdr).check = new_check;
                 quoted_delta = quoted_delta.u16(old_check, new_check);

@@ -35,7 +35,7 @@ pub fn splitter_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn splitter_egress(ctx: TcContext) -> i32 {
     egress::handle(&ctx);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[cfg(target_arch = "bpf")]

@@ -163,7 +163,9 @@ pub fn ethernet(frame: &Frame) -> Result<u16, Reason> {
 /// IPv4 header at `offset`, options included (IHL > 5 is honoured).
 #[inline(always)]
 pub fn ipv4(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
-    let ip = frame.ptr_at::<Ipv4Hdr>(offset).ok_or(Reason::TruncatedIpv4)?;
+    let ip = frame
+        .ptr_at::<Ipv4Hdr>(offset)
+        .ok_or(Reason::TruncatedIpv4)?;
     let version_ihl = unsafe { (*ip).version_ihl };
     if version_ihl >> 4 != 4 {
         return Err(Reason::MalformedIpv4);
@@ -202,7 +204,9 @@ pub fn ipv4(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
 /// IPv6 fixed header at `offset`, then the extension header chain up to the L4 header.
 #[inline(always)]
 pub fn ipv6(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
-    let ip = frame.ptr_at::<Ipv6Hdr>(offset).ok_or(Reason::TruncatedIpv6)?;
+    let ip = frame
+        .ptr_at::<Ipv6Hdr>(offset)
+        .ok_or(Reason::TruncatedIpv6)?;
     if unsafe { *(ip as *const u8) } >> 4 != 6 {
         return Err(Reason::TruncatedIpv6);
     }

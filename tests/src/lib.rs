@@ -1,0 +1,23 @@
+//! Shared helpers of the integration tests: network-namespace guards, topologies, real
+//! servers and a packet builder. Every test that needs root calls [`require_privileges`].
+
+pub mod netns;
+
+/// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).
+pub const SKIP_ENV: &str = "SPLITTER_SKIP_PRIVILEGED";
+
+/// Fails loudly unless we are root, or returns `false` (skip) when the documented opt-out
+/// `SPLITTER_SKIP_PRIVILEGED=1` is set.
+pub fn require_privileges(test: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var(SKIP_ENV).as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: not root and {SKIP_ENV}=1");
+        return false;
+    }
+    panic!(
+        "{test} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) to load XDP/TC programs and \
+         create network namespaces; run `sudo -E cargo xtask test`, or set {SKIP_ENV}=1 to skip"
+    );
+}

@@ -1,1 +1,44 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's build, test, run and benchmark entry points.
+
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and run the splitter")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build needs (rust-src, bpf-linker) and check the kernel and privileges.
+    Setup(setup::Options),
+    /// Setup, build, fmt and clippy (eBPF crate included), unit and integration tests.
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(options) => setup::run(&options),
+        Command::Test(options) => test::run(&options),
+    }
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run_command(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().map_err(|e| anyhow::anyhow!("{cmd:?}: {e}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+/// The workspace root.
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}

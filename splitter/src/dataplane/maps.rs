@@ -72,13 +72,12 @@ impl Maps {
         Reason::ALL
             .iter()
             .map(|&reason| {
-                let per_cpu = self
-                    .verdicts
-                    .get(&(reason as u32), 0)
-                    .map_err(|source| DataplaneError::Map {
+                let per_cpu = self.verdicts.get(&(reason as u32), 0).map_err(|source| {
+                    DataplaneError::Map {
                         name: names::VERDICTS,
                         source,
-                    })?;
+                    }
+                })?;
                 Ok((reason, per_cpu.iter().sum()))
             })
             .collect()
@@ -86,13 +85,13 @@ impl Maps {
 
     /// One verdict reason's count, summed over CPUs.
     pub fn verdict(&self, reason: Reason) -> Result<u64, DataplaneError> {
-        let per_cpu = self
-            .verdicts
-            .get(&(reason as u32), 0)
-            .map_err(|source| DataplaneError::Map {
-                name: names::VERDICTS,
-                source,
-            })?;
+        let per_cpu =
+            self.verdicts
+                .get(&(reason as u32), 0)
+                .map_err(|source| DataplaneError::Map {
+                    name: names::VERDICTS,
+                    source,
+                })?;
         Ok(per_cpu.iter().sum())
     }
 
@@ -126,5 +125,71 @@ impl Maps {
             sum += *counters;
         }
         Ok(sum)
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// Writes: the order of each method keeps the data plane consistent at every instant (backends
+/// and pool slots first, the service entry that points at them last, in one map update).
+impl Maps {
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(map_error(names::BACKENDS))
+    }
+
+    /// Fills `ids.len()` pool slots starting at `first_slot`.
+    pub fn set_pool(&mut self, first_slot: u32, ids: &[u32]) -> Result<(), DataplaneError> {
+        for (offset, id) in ids.iter().enumerate() {
+            self.pools
+                .set(first_slot + offset as u32, id, 0)
+                .map_err(map_error(names::POOLS))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or atomically replaces a service entry.
+    pub fn set_service(
+        &mut self,
+        key: &ServiceKey,
+        config: &ServiceConfig,
+    ) -> Result<(), DataplaneError> {
+        self.services
+            .insert(key, config, 0)
+            .map_err(map_error(names::SERVICES))
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceConfig>, DataplaneError> {
+        match self.services.get(key, 0) {
+            Ok(config) => Ok(Some(config)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map {
+                name: names::SERVICES,
+                source,
+            }),
+        }
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        match self.services.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                name: names::SERVICES,
+                source,
+            }),
+        }
+    }
+
+    /// Pinned flows per backend id (one pass over `FLOWS`).
+    pub fn live_flows(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
+        let mut live = std::collections::HashMap::new();
+        for entry in self.flows.iter() {
+            let (_, flow) = entry.map_err(map_error(names::FLOWS))?;
+            *live.entry(flow.backend_id).or_insert(0) += 1;
+        }
+        Ok(live)
     }
 }

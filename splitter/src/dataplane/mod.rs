@@ -9,4 +9,5 @@ pub use error::DataplaneError;
 pub use loader::{Dataplane, LoadOptions, XdpMode};
 
 /// The eBPF object built by `build.rs` from `splitter-ebpf`.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-ebpf"));
