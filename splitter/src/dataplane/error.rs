@@ -29,6 +29,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("no service at {address} in the data plane")]
+    UnknownService { address: std::net::SocketAddr },
     #[error("pinning under {path}: {source}")]
     Pin {
         path: PathBuf,

@@ -4,6 +4,7 @@
 mod error;
 mod loader;
 pub mod maps;
+pub mod services;
 
 pub use error::DataplaneError;
 pub use loader::{Dataplane, LoadOptions, XdpMode};

@@ -1,0 +1,169 @@
+//! Writing a whole service into the maps, and changing its weight: the only two ways the
+//! daemon (and the tests) change how traffic is split.
+
+use std::{net::SocketAddr, time::Duration};
+
+use splitter_common::{
+    Addr, Backend, Cohort, Color, Family, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE,
+};
+
+use super::{DataplaneError, maps::Maps};
+
+/// IP protocol of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+/// A backend with the id its counters live under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub id: u32,
+    pub address: SocketAddr,
+}
+
+/// Everything the data plane needs to know about one service. Ids and slots are allocated by
+/// the caller (the daemon keeps them stable across reloads and restarts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub id: u32,
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    pub cohort: Cohort,
+    /// Share of new flows to green in parts per million (`WEIGHT_SCALE`).
+    pub green_weight: u32,
+    pub blue: Vec<BackendSpec>,
+    pub green: Vec<BackendSpec>,
+    /// First of `blue.len() + green.len()` consecutive pool slots: blue first, then green.
+    pub first_slot: u32,
+    /// How long after a weight change the previous weight steers TCP mid-flow misses.
+    pub miss_hold: Duration,
+}
+
+pub fn addr_of(address: &SocketAddr) -> (Addr, Family) {
+    match address {
+        SocketAddr::V4(v4) => (Addr::from_v4(v4.ip().octets()), Family::Ipv4),
+        SocketAddr::V6(v6) => (Addr::from_v6(v6.ip().octets()), Family::Ipv6),
+    }
+}
+
+/// The `SERVICES` key of a service address.
+pub fn service_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
+    let (addr, family) = addr_of(address);
+    ServiceKey {
+        addr,
+        port: address.port().to_be(),
+        protocol: protocol.number(),
+        family: family as u8,
+    }
+}
+
+/// The key under which non-first fragments find their service (they carry no port).
+pub fn fragment_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
+    ServiceKey {
+        port: 0,
+        ..service_key(address, protocol)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Maps {
+    /// Installs (or atomically replaces) a service: backends, then pool slots, then the service
+    /// entry in one update. A weight already in the map is kept only by `set_weight` callers;
+    /// this writes `spec.green_weight`.
+    pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
+        let (_, family) = addr_of(&spec.address);
+        let mut slot = spec.first_slot;
+        let mut pools = [Pool::default(); 2];
+        for (color, backends) in [(Color::Blue, &spec.blue), (Color::Green, &spec.green)] {
+            pools[color as usize] = Pool {
+                first_slot: slot,
+                len: backends.len() as u32,
+            };
+            for backend in backends {
+                let (addr, _) = addr_of(&backend.address);
+                self.set_backend(
+                    backend.id,
+                    &Backend {
+                        addr,
+                        port: backend.address.port().to_be(),
+                        family: family as u8,
+                        color: color as u8,
+                        service_id: spec.id,
+                    },
+                )?;
+                self.set_pool(slot, &[backend.id])?;
+                slot += 1;
+            }
+        }
+        let key = service_key(&spec.address, spec.protocol);
+        let previous = self.service(&key)?;
+        let config = ServiceConfig {
+            id: spec.id,
+            green_weight: spec.green_weight.min(WEIGHT_SCALE),
+            previous_green_weight: previous.map_or(spec.green_weight, |p| p.green_weight),
+            cohort: spec.cohort as u32,
+            blue: pools[Color::Blue as usize],
+            green: pools[Color::Green as usize],
+            weight_changed_ns: match previous {
+                Some(p) if p.green_weight == spec.green_weight => p.weight_changed_ns,
+                _ => monotonic_ns(),
+            },
+            miss_hold_ns: spec.miss_hold.as_nanos() as u64,
+        };
+        self.set_service(&key, &config)?;
+        self.set_service(&fragment_key(&spec.address, spec.protocol), &config)
+    }
+
+    /// Changes a service's green weight (parts per million) in one map write; the old weight
+    /// becomes the previous generation that steers mid-flow misses for `miss_hold`.
+    pub fn set_weight(
+        &mut self,
+        address: &SocketAddr,
+        protocol: Protocol,
+        green_weight: u32,
+    ) -> Result<ServiceConfig, DataplaneError> {
+        let key = service_key(address, protocol);
+        let Some(mut config) = self.service(&key)? else {
+            return Err(DataplaneError::UnknownService { address: *address });
+        };
+        if config.green_weight != green_weight {
+            config.previous_green_weight = config.green_weight;
+            config.green_weight = green_weight.min(WEIGHT_SCALE);
+            config.weight_changed_ns = monotonic_ns();
+        }
+        self.set_service(&key, &config)?;
+        self.set_service(&fragment_key(address, protocol), &config)?;
+        Ok(config)
+    }
+
+    /// Removes a service's entries (its pinned flows age out of the LRU).
+    pub fn remove_service_at(
+        &mut self,
+        address: &SocketAddr,
+        protocol: Protocol,
+    ) -> Result<(), DataplaneError> {
+        self.remove_service(&service_key(address, protocol))?;
+        self.remove_service(&fragment_key(address, protocol))
+    }
+}
