@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod backend;
+pub mod bench;
 pub mod counters;
 pub mod flow;
 pub mod hash;
@@ -39,4 +40,5 @@ pod!(
     ReverseValue,
     BackendCounters,
     ServiceCounters,
+    bench::BenchPacket,
 );

@@ -106,6 +106,11 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The whole loaded object, for harnesses that load extra programs (the benchmark).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Interfaces this data plane is attached to.
     pub fn interfaces(&self) -> &[String] {
         &self.attached
