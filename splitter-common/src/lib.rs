@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod backend;
 pub mod bench;
+pub mod compare;
 pub mod counters;
 pub mod flow;
 pub mod hash;
@@ -41,4 +42,5 @@ pod!(
     BackendCounters,
     ServiceCounters,
     bench::BenchPacket,
+    compare::GenPacket,
 );

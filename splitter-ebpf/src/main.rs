@@ -6,6 +6,7 @@
 
 mod bench;
 mod checksum;
+mod compare;
 mod counters;
 mod egress;
 mod ingress;

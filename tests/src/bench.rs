@@ -11,20 +11,21 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, ProgramArray},
+    maps::{Array, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
+    util::nr_cpus,
 };
 use splitter::dataplane::{
     Dataplane, LoadOptions,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
 use splitter_common::{
-    Addr, Cohort, FlowKey, FlowValue, WEIGHT_SCALE,
+    Addr, Cohort, FlowKey, FlowValue, Reason, WEIGHT_SCALE,
     bench::{
         BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM,
-        BENCH_RESTORE_PROGRAM, BENCH_TARGET, BenchPacket,
+        BENCH_RESTORE_PROGRAM, BENCH_SEQ, BENCH_TARGET, BenchPacket,
     },
-    maps::INGRESS_PROGRAM,
+    maps::{DEFAULT_FLOW_TABLE_SIZE, INGRESS_PROGRAM},
 };
 
 const XDP_PASS: u32 = 2;
@@ -38,6 +39,9 @@ pub enum Path {
     ParseFloor,
     NotService,
     Established,
+    /// Established flows, every packet a different one of all the pinned flows (the table
+    /// does not stay in cache the way one hot flow does).
+    Spread,
     NewFlow,
     Miss,
 }
@@ -49,6 +53,7 @@ impl Path {
             Path::ParseFloor => "floor: parse only",
             Path::NotService => "not a service",
             Path::Established => "established flow",
+            Path::Spread => "established, spread over every pinned flow",
             Path::NewFlow => "new flow",
             Path::Miss => "miss (TCP ACK, no flow)",
         }
@@ -136,10 +141,11 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         .expect("install service");
 }
 
-/// Fills FLOWS with `count` pinned flows of other clients.
+/// Fills FLOWS with `count` pinned flows of other clients, numbered from 1 in the client
+/// address's last 32-bit word: [`Path::Spread`] walks them in that order.
 fn prefill(dataplane: &mut Dataplane, family: Family, count: u32) {
     let (service, fam) = addr_of(&vip(family));
-    for i in 0..count {
+    for i in 1..=count {
         let src = match family {
             Family::V4 => Addr::from_v4((0x0a00_0000u32 + i).to_be_bytes()),
             Family::V6 => Addr::from_v6(((0xfd00_0002u128 << 96) + i as u128).to_be_bytes()),
@@ -174,12 +180,24 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
         Path::NotService => (TCP_SYN, 81),
         _ => (TCP_SYN, 80),
     };
+    let client = match path {
+        // The prefilled flows' base address: varying its last word walks them.
+        Path::Spread => spread_base(family),
+        _ => client,
+    };
     let bytes = tcp_frame(client, 40000, service.ip(), dst_port, flags);
     let src_offset = match family {
         Family::V4 => 14 + 12,
         Family::V6 => 14 + 8 + 12,
     };
     (bytes, src_offset)
+}
+
+fn spread_base(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0)),
+    }
 }
 
 fn xdp<'a>(dataplane: &'a mut Dataplane, name: &str) -> &'a mut Xdp {
@@ -200,7 +218,7 @@ fn measure(
 ) -> anyhow::Result<f64> {
     let (input, src_offset) = packet(path, family);
     anyhow::ensure!(input.len() <= BENCH_PACKET_MAX, "bench packet too long");
-    let vary = matches!(path, Path::NewFlow | Path::Miss);
+    let vary = matches!(path, Path::NewFlow | Path::Miss | Path::Spread);
     let mut saved = BenchPacket {
         len: input.len() as u32,
         vary_offset: if vary { src_offset } else { 0 },
@@ -239,6 +257,14 @@ fn measure(
     }
     let mut samples = Vec::new();
     for _ in 0..options.rounds {
+        let established = dataplane.maps.verdict(Reason::Established)?;
+        if path == Path::Spread {
+            // Each round walks the prefilled flows from the first.
+            let ebpf = dataplane.ebpf_mut();
+            let mut seq: PerCpuArray<_, u32> =
+                PerCpuArray::try_from(ebpf.map_mut(BENCH_SEQ).expect("BENCH_SEQ"))?;
+            seq.set(0, PerCpuValues::try_from(vec![0u32; nr_cpus().map_err(|(_, e)| e)?])?, 0)?;
+        }
         let mut out = vec![0u8; input.len()];
         let (verdict, duration) = run(
             xdp(dataplane, BENCH_RESTORE_PROGRAM),
@@ -251,6 +277,14 @@ fn measure(
             "{path:?}: verdict {verdict}, want XDP_PASS"
         );
         check_output(path, family, &input, &out)?;
+        if path == Path::Spread {
+            let hits = dataplane.maps.verdict(Reason::Established)? - established;
+            anyhow::ensure!(
+                hits == options.repeat as u64,
+                "{path:?}: {hits} of {} packets found their pinned flow (evicted?)",
+                options.repeat
+            );
+        }
         samples.push(duration.as_nanos() as f64);
     }
     samples.sort_by(f64::total_cmp);
@@ -287,7 +321,7 @@ fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow:
         Path::PassFloor | Path::ParseFloor | Path::NotService => {
             anyhow::ensure!(out == input, "{path:?}: the packet must pass untouched")
         }
-        Path::Established | Path::NewFlow | Path::Miss => {
+        Path::Established | Path::Spread | Path::NewFlow | Path::Miss => {
             anyhow::ensure!(dst != vip.as_slice(), "{path:?}: destination not rewritten");
         }
     }
@@ -318,6 +352,136 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
                     ns_per_packet,
                 });
             }
+        }
+    }
+    Ok(results)
+}
+
+/// The comparison's scale figures: per-packet cost as the flow table and the service table
+/// grow (IPv4).
+pub struct ScaleOptions {
+    pub repeat: u32,
+    pub rounds: usize,
+    /// Flows pinned in FLOWS (the flow table is sized to hold them).
+    pub table_sizes: Vec<u32>,
+    /// Services installed (measured with one pinned flow).
+    pub service_counts: Vec<u32>,
+}
+
+/// One scale figure: `path` with `flows` pinned flows and `services` services installed.
+#[derive(Clone, Debug)]
+pub struct ScalePoint {
+    pub flows: u32,
+    pub services: u32,
+    pub path: Path,
+    pub ns_per_packet: f64,
+}
+
+/// FLOWS capacity for `flows` pinned flows: room to spare, so that the LRU's per-CPU free
+/// lists never evict a prefilled flow before it is measured.
+fn table_size_for(flows: u32) -> u32 {
+    DEFAULT_FLOW_TABLE_SIZE.max(flows.saturating_add(flows / 4))
+}
+
+/// `count - 1` more services, each with three backends, next to the measured one.
+fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Result<()> {
+    for i in 1..count {
+        let base = 64 + 3 * i;
+        let octet = |n: u32| (n % 250) as u8;
+        let backend = |j: u32| BackendSpec {
+            id: base + j,
+            address: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(198, 19, octet(i), 10 + j as u8)),
+                8080,
+            ),
+        };
+        let spec = ServiceSpec {
+            id: 16 + i,
+            address: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(198, 18, 101 + (i / 250) as u8, octet(i))),
+                80,
+            ),
+            protocol: Protocol::Tcp,
+            cohort: Cohort::Flow,
+            green_weight: WEIGHT_SCALE / 10,
+            blue: vec![backend(0), backend(1)],
+            green: vec![backend(2)],
+            first_slot: base,
+            miss_hold: Duration::from_secs(120),
+        };
+        dataplane.maps.install_service(&spec)?;
+    }
+    Ok(())
+}
+
+pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
+    let family = Family::V4;
+    let mut results = Vec::new();
+    let mut record = |flows, services, path, ns_per_packet| {
+        results.push(ScalePoint {
+            flows,
+            services,
+            path,
+            ns_per_packet,
+        })
+    };
+    for &flows in &options.table_sizes {
+        let mut dataplane = Dataplane::load(&LoadOptions {
+            flow_table_size: table_size_for(flows),
+            ..LoadOptions::default()
+        })?;
+        install(&mut dataplane, family);
+        // The measured established flow is the last of `flows`.
+        prefill(&mut dataplane, family, flows.saturating_sub(1));
+        let base = Options {
+            repeat: options.repeat,
+            rounds: options.rounds,
+            table_sizes: Vec::new(),
+        };
+        record(
+            flows,
+            1,
+            Path::Established,
+            measure(&mut dataplane, Path::Established, family, &base)?,
+        );
+        if flows > 1 {
+            // One pass over the table per round at most: a second would find it warmer.
+            let spread = Options {
+                repeat: options.repeat.min(flows - 1),
+                rounds: options.rounds,
+                table_sizes: Vec::new(),
+            };
+            record(
+                flows,
+                1,
+                Path::Spread,
+                measure(&mut dataplane, Path::Spread, family, &spread)?,
+            );
+        }
+        // Last: new flows fill the table and evict the prefilled ones.
+        record(
+            flows,
+            1,
+            Path::NewFlow,
+            measure(&mut dataplane, Path::NewFlow, family, &base)?,
+        );
+    }
+    for &services in &options.service_counts {
+        let mut dataplane = Dataplane::load(&LoadOptions::default())?;
+        install(&mut dataplane, family);
+        install_more_services(&mut dataplane, services)?;
+        let base = Options {
+            repeat: options.repeat,
+            rounds: options.rounds,
+            table_sizes: Vec::new(),
+        };
+        for path in [Path::Established, Path::NewFlow] {
+            record(
+                1,
+                services,
+                path,
+                measure(&mut dataplane, path, family, &base)?,
+            );
         }
     }
     Ok(results)

@@ -1,0 +1,174 @@
+//! Comparison harness programs (`cargo xtask bench --compare`); the daemon never attaches them.
+//! `compare_generator` runs under BPF_PROG_RUN in live-frames mode and transmits a template
+//! frame, one UDP source port after another; `compare_sink` counts (and drops) what reaches a
+//! backend; `compare_forwarder` is the bare XDP forwarder (FIB lookup + redirect, no splitting)
+//! that bounds what any XDP data plane can forward on the same machine.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+use splitter_common::{
+    Family,
+    compare::{GEN_PACKET_MAX, GenPacket, SINK_TCP_PORT, SINK_UDP_PORT, SinkCounter},
+};
+
+use crate::parse::{self, EthHdr, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_SYN};
+
+#[map]
+static GEN_PACKET: Array<GenPacket> = Array::with_max_entries(1, 0);
+
+#[map]
+static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SinkCounter::COUNT, 0);
+
+const TCP_ACK: u8 = 0x10;
+const AF_INET: u8 = 2;
+
+#[inline(always)]
+fn frame(ctx: &XdpContext) -> Frame {
+    Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    }
+}
+
+/// Writes the template frame with the next source port and transmits it (live-frames mode turns
+/// XDP_TX into a redirect out of the test run's ingress interface).
+#[xdp]
+pub fn compare_generator(ctx: XdpContext) -> u32 {
+    let frame = frame(&ctx);
+    let Some(template) = GEN_PACKET.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let len = template.len as usize;
+    for chunk in 0..GEN_PACKET_MAX / 8 {
+        let offset = chunk * 8;
+        if offset + 8 > len {
+            break;
+        }
+        let Some(dst) = frame.ptr_at::<[u8; 8]>(offset) else {
+            break;
+        };
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&template.data[offset..offset + 8]);
+        unsafe { *dst = bytes };
+    }
+    // Templates are a whole number of 4-byte words: at most one 4-byte tail.
+    let tail = len & !7;
+    if tail + 4 <= len
+        && tail + 4 <= GEN_PACKET_MAX
+        && let Some(dst) = frame.ptr_at::<[u8; 4]>(tail)
+    {
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&template.data[tail..tail + 4]);
+        unsafe { *dst = bytes };
+    }
+    if template.flows > 1
+        && let Some(seq) = GEN_SEQ.get_ptr_mut(0)
+    {
+        let seq = unsafe {
+            *seq = (*seq).wrapping_add(1);
+            *seq
+        };
+        // Masked: the verifier needs a bounded offset.
+        let offset = (template.vary_offset & 0x3f) as usize;
+        if let Some(field) = frame.ptr_at::<u16>(offset) {
+            let base = u16::from_be(unsafe { *field });
+            let port = base.wrapping_add((seq % template.flows) as u16);
+            unsafe { *field = port.to_be() };
+        }
+    }
+    xdp_action::XDP_TX
+}
+
+#[inline(always)]
+fn count(counter: SinkCounter) {
+    if let Some(count) = SINK_COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *count += 1 };
+    }
+}
+
+/// A backend's receive side: counts and drops the packet-rate test's UDP, counts the HTTP
+/// tests' connection openings and passes them (and everything else) to the stack.
+#[xdp]
+pub fn compare_sink(ctx: XdpContext) -> u32 {
+    let frame = frame(&ctx);
+    let Ok(packet) = parse::ip(&frame).and_then(|ip| parse::ports(&frame, ip)) else {
+        return xdp_action::XDP_PASS;
+    };
+    let dst_port = u16::from_be(packet.dst_port);
+    match packet.ip.protocol {
+        IPPROTO_UDP if dst_port == SINK_UDP_PORT => {
+            count(SinkCounter::Udp);
+            xdp_action::XDP_DROP
+        }
+        IPPROTO_TCP
+            if dst_port == SINK_TCP_PORT
+                && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN =>
+        {
+            count(SinkCounter::TcpSyn);
+            xdp_action::XDP_PASS
+        }
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// IPv4 routing in XDP: FIB lookup, TTL decrement, MAC rewrite, redirect. Anything the FIB
+/// cannot resolve (no neighbour yet, local delivery, TTL expiring) goes to the stack.
+#[xdp]
+pub fn compare_forwarder(ctx: XdpContext) -> u32 {
+    try_forward(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn try_forward(ctx: &XdpContext) -> Option<u32> {
+    let frame = frame(ctx);
+    let ip = parse::ip(&frame).ok()?;
+    if ip.family != Family::Ipv4 {
+        return None;
+    }
+    let hdr = frame.ptr_at::<Ipv4Hdr>(ip.l3_offset)?;
+    let (ttl, tos, total_len) = unsafe { ((*hdr).ttl, (*hdr).tos, (*hdr).total_len) };
+    if ttl <= 1 {
+        return None;
+    }
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = ip.protocol;
+    params.__bindgen_anon_1.tot_len = u16::from_be(total_len);
+    params.__bindgen_anon_2.tos = tos;
+    params.__bindgen_anon_3.ipv4_src = ip.src.0[0];
+    params.__bindgen_anon_4.ipv4_dst = ip.dst.0[0];
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return None;
+    }
+    unsafe {
+        // RFC 1624 for a TTL decrement: the checksum's high byte goes up by one.
+        let check = u16::from_be((*hdr).check) as u32 + 0x0100;
+        (*hdr).check = ((check + (check >> 16)) as u16).to_be();
+        (*hdr).ttl = ttl - 1;
+    }
+    let eth = frame.ptr_at::<EthHdr>(0)?;
+    unsafe {
+        (*eth).dst = params.dmac;
+        (*eth).src = params.smac;
+    }
+    Some(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
+}
