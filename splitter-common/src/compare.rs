@@ -5,8 +5,8 @@
 /// Largest frame the generator writes.
 pub const GEN_PACKET_MAX: usize = 64;
 
-/// `GEN_PACKET[0]`: the frame the generator writes before every transmit (live-frames mode
-/// recycles pages that the receiver may have rewritten, so the whole frame is rewritten).
+/// `GEN_PACKET[0]`: what the generator sends and how fast. Live-frames mode recycles pages that
+/// the receiver may have rewritten, so the whole frame is written before every transmit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GenPacket {
@@ -16,14 +16,35 @@ pub struct GenPacket {
     /// values, one per frame in turn, starting from the template's value.
     pub vary_offset: u32,
     pub flows: u32,
-    pub _pad: u32,
+    /// When non-zero, every `split_every`-th flow is sent to `split_dst` instead of the
+    /// template's destination (the ceilings, which do not split, get the same 90/10 mix of
+    /// backends as the splitters that do).
+    pub split_every: u32,
+    /// Pacing: at most one frame per `interval_ns` (runs that come early drop their frame
+    /// instead of sending it); 0 sends every run's frame.
+    pub interval_ns: u64,
+    /// The other IPv4 destination, as it sits in the packet.
+    pub split_dst: u32,
+    /// The IPv4 header checksum with `split_dst`, as it sits in the packet.
+    pub split_check: u16,
+    pub _pad: u16,
     pub data: [u8; GEN_PACKET_MAX],
+}
+
+/// `GEN_STATE[0]` (per CPU): what the generator has done since userspace last zeroed it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GenState {
+    /// Frames transmitted.
+    pub sent: u64,
+    /// `bpf_ktime_get_ns` before which the next frame may not leave (pacing).
+    pub next_due_ns: u64,
 }
 
 /// `GEN_PACKET`: array of one [`GenPacket`].
 pub const GEN_PACKET: &str = "GEN_PACKET";
-/// `GEN_SEQ[0]` (per CPU): frames generated, the counter behind `vary_offset`.
-pub const GEN_SEQ: &str = "GEN_SEQ";
+/// `GEN_STATE`: per-CPU array of one [`GenState`].
+pub const GEN_STATE: &str = "GEN_STATE";
 /// `SINK_COUNTERS` (per CPU): [`SinkCounter`] → packets seen by a backend's sink.
 pub const SINK_COUNTERS: &str = "SINK_COUNTERS";
 

@@ -43,4 +43,5 @@ pod!(
     ServiceCounters,
     bench::BenchPacket,
     compare::GenPacket,
+    compare::GenState,
 );

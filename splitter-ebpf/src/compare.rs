@@ -1,6 +1,6 @@
 //! Comparison harness programs (`cargo xtask bench --compare`); the daemon never attaches them.
 //! `compare_generator` runs under BPF_PROG_RUN in live-frames mode and transmits a template
-//! frame, one UDP source port after another; `compare_sink` counts (and drops) what reaches a
+//! frame, one UDP source port after another, flat out or paced; `compare_sink` counts (and drops) what reaches a
 //! backend; `compare_forwarder` is the bare XDP forwarder (FIB lookup + redirect, no splitting)
 //! that bounds what any XDP data plane can forward on the same machine.
 
@@ -8,14 +8,14 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use splitter_common::{
     Family,
-    compare::{GEN_PACKET_MAX, GenPacket, SINK_TCP_PORT, SINK_UDP_PORT, SinkCounter},
+    compare::{GEN_PACKET_MAX, GenPacket, GenState, SINK_TCP_PORT, SINK_UDP_PORT, SinkCounter},
 };
 
 use crate::parse::{self, EthHdr, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_SYN};
@@ -24,7 +24,7 @@ use crate::parse::{self, EthHdr, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_S
 static GEN_PACKET: Array<GenPacket> = Array::with_max_entries(1, 0);
 
 #[map]
-static GEN_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static GEN_STATE: PerCpuArray<GenState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SinkCounter::COUNT, 0);
@@ -41,49 +41,61 @@ fn frame(ctx: &XdpContext) -> Frame {
 }
 
 /// Writes the template frame with the next source port and transmits it (live-frames mode turns
-/// XDP_TX into a redirect out of the test run's ingress interface).
+/// XDP_TX into a redirect out of the test run's ingress interface). Paced: a run that comes
+/// before the next frame is due drops its frame instead, so one long test run paces itself with
+/// frames leaving one by one, never in bursts the receiver's ring cannot take.
 #[xdp]
 pub fn compare_generator(ctx: XdpContext) -> u32 {
     let frame = frame(&ctx);
-    let Some(template) = GEN_PACKET.get(0) else {
+    let (Some(template), Some(state)) = (GEN_PACKET.get(0), GEN_STATE.get_ptr_mut(0)) else {
         return xdp_action::XDP_ABORTED;
     };
+    let state = unsafe { &mut *state };
+    if template.interval_ns != 0 {
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now < state.next_due_ns {
+            return xdp_action::XDP_DROP;
+        }
+        // Behind schedule (preempted): start again from now rather than catch up in a burst.
+        state.next_due_ns = if state.next_due_ns + 16 * template.interval_ns < now {
+            now + template.interval_ns
+        } else {
+            state.next_due_ns + template.interval_ns
+        };
+    }
     let len = template.len as usize;
-    for chunk in 0..GEN_PACKET_MAX / 8 {
-        let offset = chunk * 8;
-        if offset + 8 > len {
+    // Word by word (templates are a whole number of 4-byte words): the loop bound is what
+    // keeps the template index in range for the verifier.
+    for word in 0..GEN_PACKET_MAX / 4 {
+        let offset = word * 4;
+        if offset + 4 > len {
             break;
         }
-        let Some(dst) = frame.ptr_at::<[u8; 8]>(offset) else {
+        let Some(dst) = frame.ptr_at::<[u8; 4]>(offset) else {
             break;
         };
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&template.data[offset..offset + 8]);
-        unsafe { *dst = bytes };
-    }
-    // Templates are a whole number of 4-byte words: at most one 4-byte tail.
-    let tail = len & !7;
-    if tail + 4 <= len
-        && tail + 4 <= GEN_PACKET_MAX
-        && let Some(dst) = frame.ptr_at::<[u8; 4]>(tail)
-    {
         let mut bytes = [0u8; 4];
-        bytes.copy_from_slice(&template.data[tail..tail + 4]);
+        bytes.copy_from_slice(&template.data[offset..offset + 4]);
         unsafe { *dst = bytes };
     }
-    if template.flows > 1
-        && let Some(seq) = GEN_SEQ.get_ptr_mut(0)
-    {
-        let seq = unsafe {
-            *seq = (*seq).wrapping_add(1);
-            *seq
-        };
+    state.sent += 1;
+    if template.flows > 1 {
+        let flow = (state.sent % template.flows as u64) as u32;
         // Masked: the verifier needs a bounded offset.
         let offset = (template.vary_offset & 0x3f) as usize;
         if let Some(field) = frame.ptr_at::<u16>(offset) {
             let base = u16::from_be(unsafe { *field });
-            let port = base.wrapping_add((seq % template.flows) as u16);
-            unsafe { *field = port.to_be() };
+            unsafe { *field = base.wrapping_add(flow as u16).to_be() };
+        }
+        if template.split_every != 0
+            && flow % template.split_every == 0
+            // The template is ours: Ethernet, then a 20-byte IPv4 header.
+            && let Some(ip) = frame.ptr_at::<Ipv4Hdr>(size_of::<EthHdr>())
+        {
+            unsafe {
+                (*ip).dst = template.split_dst;
+                (*ip).check = template.split_check;
+            }
         }
     }
     xdp_action::XDP_TX

@@ -3,7 +3,8 @@
 //!
 //! Options: `--runs N` (default 3), `--only packet-rate,connections,scale`,
 //! `--alternatives native,generic,nft,ipvs,haproxy,routing,xdp`, `--budget SECONDS`,
-//! `--quick` (one short run of each, for development), `--markdown FILE` (also write the
+//! `--quick` (one short run of each, for development), `--pps-window SECONDS` (the saturated
+//! window, e.g. long enough to profile the router in), `--markdown FILE` (also write the
 //! report there), `--command TEXT` (the command line the report quotes).
 
 use std::time::Duration;
@@ -50,6 +51,9 @@ fn options() -> anyhow::Result<Options> {
     if let Some(runs) = arg("--runs") {
         options.runs = runs.parse().context("--runs N")?;
     }
+    if let Some(window) = arg("--pps-window") {
+        options.pps_window = Duration::from_secs_f64(window.parse().context("--pps-window SECONDS")?);
+    }
     if let Some(budget) = arg("--budget") {
         options.budget = Duration::from_secs(budget.parse().context("--budget SECONDS")?);
     }
@@ -72,6 +76,7 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn main() -> anyhow::Result<()> {
+    compare::process::clean_up_on_signal();
     anyhow::ensure!(
         unsafe { libc::geteuid() } == 0,
         "the comparison needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) to load XDP \

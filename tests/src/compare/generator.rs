@@ -3,12 +3,14 @@
 //!
 //! The generator is `compare_generator` run by BPF_PROG_RUN in live-frames mode
 //! (`BPF_F_TEST_XDP_LIVE_FRAMES`, kernel 5.18): every run writes a 60-byte UDP frame (64 on the
-//! wire) and XDP_TX sends it out of the generator's veth, straight into the router's receive
-//! ring, without a socket or an skb on the sending side. The source port cycles through
-//! [`FLOWS`] values, so the splitting alternatives see that many flows.
+//! wire) and XDP_TX sends it out of the client's veth, straight into the router's receive ring,
+//! without a socket or an skb on the sending side. The source port cycles through [`FLOWS`]
+//! values, so the splitting alternatives see that many flows. Paced runs drop the frames that
+//! come early (in the program), so each test run is long (a page pool per run, released a
+//! second after its last frame comes back) and frames still leave one at a time.
 //!
-//! * Saturated rate: the generator sends as fast as it can; what the backends' sinks count per
-//!   second, the router's CPU time per packet and the green share are measured over a window.
+//! * Saturated rate: the generator sends flat out; what the backends' sinks count per second,
+//!   the router's CPU time per packet and the green share are measured over a window.
 //! * No-drop rate: the highest paced rate at which the sinks count at least `1 - max_loss` of
 //!   what was sent, found by bisection below the saturated rate.
 
@@ -16,7 +18,7 @@ use std::{
     net::Ipv4Addr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -25,14 +27,18 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use splitter_common::compare::{
-    GEN_PACKET, GEN_PACKET_MAX, GENERATOR_PROGRAM, GenPacket, SINK_UDP_PORT, SinkCounter,
+    GEN_PACKET, GEN_PACKET_MAX, GEN_STATE, GENERATOR_PROGRAM, GenPacket, GenState,
+    SINK_UDP_PORT, SinkCounter,
 };
 
-use super::topology::{CLIENT_ADDR, Topology, ifindex, load_helper_object, pin};
+use super::topology::{
+    CLIENT_ADDR, GENERATOR_PRIORITY, Topology, attach_native, ifindex, load_helper_object, pin,
+    realtime,
+};
 use crate::netns::enter;
 
 /// Distinct flows (UDP source ports) the generator cycles through.
@@ -41,17 +47,26 @@ pub const FLOWS: u32 = 16_384;
 const BASE_PORT: u16 = 20_000;
 /// Frame length without the FCS: 64 bytes on the wire.
 pub const FRAME_LEN: usize = 60;
-/// Frames per BPF_PROG_RUN call when sending flat out.
-const SATURATED_CHUNK: u32 = 8192;
+/// Program runs per BPF_PROG_RUN call (tens of milliseconds): how often a stop is noticed.
+const RUNS_PER_CALL: u32 = 1 << 18;
+/// Program runs per batch, the most the kernel allows (`TEST_XDP_MAX_BATCH`): also the size of
+/// the run's page pool, which recycles the pages receivers return; a small pool sends most of
+/// them back to the page allocator, and the generator pays a fresh page per frame. (Redirects
+/// are flushed to the veth every 16 frames whatever the batch.)
+const BATCH: u32 = 256;
 /// No run lasts longer than this, whatever it was asked.
 const MAX_RUN: Duration = Duration::from_secs(30);
 
 pub struct Generator {
     ebpf: Arc<Mutex<Ebpf>>,
+    config: Array<MapData, GenPacket>,
+    state: Arc<PerCpuArray<MapData, GenState>>,
     netns_path: String,
     ifindex: u32,
     cpu: usize,
     template: Vec<u8>,
+    /// Destination and IPv4 checksum (as in the packet) of every `.2`-th flow.
+    split: Option<(u32, u16, u32)>,
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 }
@@ -61,29 +76,36 @@ pub struct Generator {
 pub enum Pace {
     /// As fast as the generator can.
     Max,
-    /// Packets per second, in bursts no larger than the router's receive ring can absorb.
+    /// Packets per second.
     Rate(f64),
 }
 
 /// A generator run in progress.
 pub struct Running {
     stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    handle: JoinHandle<anyhow::Result<u64>>,
+    state: Arc<PerCpuArray<MapData, GenState>>,
+    baseline: u64,
+    handle: JoinHandle<anyhow::Result<Duration>>,
+}
+
+/// Frames sent since the generator was loaded.
+fn sent(state: &PerCpuArray<MapData, GenState>) -> anyhow::Result<u64> {
+    Ok(state.get(&0, 0)?.iter().map(|s| s.sent).sum())
 }
 
 impl Running {
     /// Frames sent so far.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
+    pub fn sent(&self) -> anyhow::Result<u64> {
+        Ok(sent(&self.state)? - self.baseline)
     }
 
-    /// Waits for the run to end by itself; returns the frames sent.
-    pub fn join(self) -> anyhow::Result<u64> {
-        self.handle.join().expect("generator thread")
+    /// Waits for the run to end by itself; returns the frames sent and for how long.
+    pub fn join(self) -> anyhow::Result<(u64, Duration)> {
+        let elapsed = self.handle.join().expect("generator thread")?;
+        Ok((sent(&self.state)? - self.baseline, elapsed))
     }
 
-    pub fn stop(self) -> anyhow::Result<u64> {
+    pub fn stop(self) -> anyhow::Result<(u64, Duration)> {
         self.stop.store(true, Ordering::Relaxed);
         self.join()
     }
@@ -140,79 +162,108 @@ fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
 }
 
 impl Generator {
-    /// Loads the generator (not attached anywhere: it only runs under BPF_PROG_RUN) for the
-    /// topology's generator namespace.
+    /// Loads the generator for the topology's client namespace.
     pub fn new(topology: &Topology) -> anyhow::Result<Self> {
-        let mut ebpf = load_helper_object()?;
-        let program: &mut Xdp = ebpf
-            .program_mut(GENERATOR_PROGRAM)
-            .context("no generator program (stale build?)")?
-            .try_into()?;
-        program.load().context("loading the generator")?;
         let ifaces = &topology.ifaces;
+        let mut ebpf = load_helper_object()?;
+        // Every XDP test run swaps its program into the kernel's XDP dispatcher and back, each
+        // time waiting for an RCU grace period (milliseconds here), unless the program is
+        // already there because it is attached somewhere: so it is, to an idle veth.
+        attach_native(&mut ebpf, GENERATOR_PROGRAM, &topology.client, &ifaces.idle)?;
+        let config = Array::try_from(ebpf.take_map(GEN_PACKET).context("GEN_PACKET")?)?;
+        let state = PerCpuArray::try_from(ebpf.take_map(GEN_STATE).context("GEN_STATE")?)?;
         Ok(Self {
             ebpf: Arc::new(Mutex::new(ebpf)),
+            config,
+            state: Arc::new(state),
             netns_path: format!("/run/netns/{}", topology.client.name),
             ifindex: ifindex(&topology.client, &ifaces.client)?,
             cpu: topology.cpus.load,
             template: Vec::new(),
+            split: None,
             src_mac: read_mac(&topology.client, &ifaces.client)?,
             dst_mac: read_mac(&topology.router, &ifaces.router_client)?,
         })
     }
 
-    /// Sends to `dst` from now on.
-    pub fn set_destination(&mut self, dst: Ipv4Addr) -> anyhow::Result<()> {
-        let frame = udp_frame(self.src_mac, self.dst_mac, dst);
+    /// Sends to `dst` from now on; with `split`, every `every`-th flow to the other address.
+    pub fn set_destination(&mut self, dst: Ipv4Addr, split: Option<(Ipv4Addr, u32)>) {
+        self.template = udp_frame(self.src_mac, self.dst_mac, dst);
+        self.split = split.map(|(other, every)| {
+            let frame = udp_frame(self.src_mac, self.dst_mac, other);
+            (
+                u32::from_ne_bytes(other.octets()),
+                u16::from_ne_bytes([frame[24], frame[25]]),
+                every,
+            )
+        });
+    }
+
+    /// Starts sending for `duration` (or until stopped) on a thread in the client's
+    /// namespace, pinned to the load CPU.
+    pub fn start(&mut self, pace: Pace, duration: Duration) -> anyhow::Result<Running> {
+        anyhow::ensure!(!self.template.is_empty(), "no destination set");
+        let (split_dst, split_check, split_every) = self.split.unwrap_or_default();
         let mut packet = GenPacket {
-            len: frame.len() as u32,
+            len: self.template.len() as u32,
             vary_offset: 14 + 20,
             flows: FLOWS,
+            split_every,
+            interval_ns: match pace {
+                Pace::Max => 0,
+                Pace::Rate(rate) => (1e9 / rate).max(1.0) as u64,
+            },
+            split_dst,
+            split_check,
             _pad: 0,
             data: [0; GEN_PACKET_MAX],
         };
-        packet.data[..frame.len()].copy_from_slice(&frame);
-        let mut ebpf = self.ebpf.lock().expect("generator lock");
-        let mut map: Array<_, GenPacket> =
-            Array::try_from(ebpf.map_mut(GEN_PACKET).context("GEN_PACKET")?)?;
-        map.set(0, packet, 0)?;
-        self.template = frame;
-        Ok(())
-    }
+        packet.data[..self.template.len()].copy_from_slice(&self.template);
+        self.config.set(0, packet, 0)?;
+        // The counters run on from earlier runs; a stale pacing deadline is in the past.
+        let baseline = sent(&self.state)?;
 
-    /// Starts sending `count` frames (or until stopped) on a thread in the generator's
-    /// namespace, pinned to the load CPU.
-    pub fn start(&self, pace: Pace, count: u64) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
         let (ebpf, path, template) = (
             self.ebpf.clone(),
             self.netns_path.clone(),
             self.template.clone(),
         );
-        let (ifindex, cpu) = (self.ifindex, self.cpu);
-        let (thread_stop, thread_sent) = (stop.clone(), sent.clone());
+        let (ifindex, cpu, thread_stop) = (self.ifindex, self.cpu, stop.clone());
+        let duration = duration.min(MAX_RUN);
         let handle = std::thread::spawn(move || {
             enter(&path);
             pin(0, Some(cpu))?;
-            // Sleeps end on time (the default slack is 50 µs).
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
+            // Real-time below the NAPI threads: other work on the shared CPU does not slow the
+            // generator, the backends' sinks still preempt it.
+            realtime(0, Some(GENERATOR_PRIORITY))?;
             let ebpf = ebpf.lock().expect("generator lock");
             let program: &Xdp = ebpf
                 .program(GENERATOR_PROGRAM)
                 .context("generator program")?
                 .try_into()?;
-            send(
-                program,
-                &template,
-                ifindex,
-                pace,
-                count,
-                &thread_stop,
-                &thread_sent,
-            )
+            let ctx = xdp_md(template.len(), ifindex);
+            let start = Instant::now();
+            while start.elapsed() < duration && !thread_stop.load(Ordering::Relaxed) {
+                let options = TestRunOptions {
+                    data_in: Some(&template),
+                    ctx_in: Some(&ctx),
+                    repeat: RUNS_PER_CALL,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..TestRunOptions::default()
+                };
+                program
+                    .test_run(options)
+                    .context("BPF_PROG_RUN (live frames) of the generator")?;
+            }
+            Ok(start.elapsed())
         });
-        Running { stop, sent, handle }
+        Ok(Running {
+            stop,
+            state: self.state.clone(),
+            baseline,
+            handle,
+        })
     }
 }
 
@@ -222,56 +273,6 @@ fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
     ctx[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
-}
-
-fn send(
-    program: &Xdp,
-    template: &[u8],
-    ifindex: u32,
-    pace: Pace,
-    count: u64,
-    stop: &AtomicBool,
-    progress: &AtomicU64,
-) -> anyhow::Result<u64> {
-    anyhow::ensure!(!template.is_empty(), "no destination set");
-    let ctx = xdp_md(template.len(), ifindex);
-    let chunk = match pace {
-        Pace::Max => SATURATED_CHUNK,
-        // ~25 µs of traffic per burst, and never more than a veth ring (256) holds.
-        Pace::Rate(rate) => ((rate * 25e-6) as u32).clamp(8, 128),
-    };
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < count && !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_RUN {
-        if let Pace::Rate(rate) = pace {
-            let due = start + Duration::from_secs_f64(sent as f64 / rate);
-            loop {
-                let now = Instant::now();
-                if now >= due {
-                    break;
-                }
-                if due - now > Duration::from_micros(300) {
-                    std::thread::sleep(due - now - Duration::from_micros(200));
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        }
-        let frames = chunk.min((count - sent).min(u32::MAX as u64) as u32);
-        let options = TestRunOptions {
-            data_in: Some(template),
-            ctx_in: Some(&ctx),
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::default()
-        };
-        program
-            .test_run(options)
-            .context("BPF_PROG_RUN (live frames) of the generator")?;
-        sent += frames as u64;
-        progress.store(sent, Ordering::Relaxed);
-    }
-    Ok(sent)
 }
 
 /// One saturated measurement.
@@ -292,21 +293,21 @@ pub struct Saturated {
 /// Sends flat out; measures over `window` after `warmup` (flows get pinned, conntrack filled).
 pub fn saturated(
     topology: &Topology,
-    generator: &Generator,
+    generator: &mut Generator,
     warmup: Duration,
     window: Duration,
 ) -> anyhow::Result<Saturated> {
-    let run = generator.start(Pace::Max, u64::MAX);
+    let run = generator.start(Pace::Max, warmup + window + Duration::from_secs(1))?;
     std::thread::sleep(warmup);
     let (sent0, sink0, cpu0, t0) = (
-        run.sent(),
+        run.sent()?,
         topology.sink_counts(SinkCounter::Udp)?,
         topology.router_cpu_ns(),
         Instant::now(),
     );
     std::thread::sleep(window);
     let (sent1, sink1, cpu1, t1) = (
-        run.sent(),
+        run.sent()?,
         topology.sink_counts(SinkCounter::Udp)?,
         topology.router_cpu_ns(),
         Instant::now(),
@@ -325,40 +326,43 @@ pub fn saturated(
     })
 }
 
-/// Loss of one paced trial: `1 - received / sent`.
-fn paced_loss(
+/// One paced trial: the rate achieved and the share of it lost.
+fn paced(
     topology: &Topology,
-    generator: &Generator,
+    generator: &mut Generator,
     rate: f64,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let before = topology.settle(SinkCounter::Udp)?;
-    let count = (rate * duration.as_secs_f64()) as u64;
-    let sent = generator.start(Pace::Rate(rate), count).join()?;
+    let (sent, elapsed) = generator.start(Pace::Rate(rate), duration)?.join()?;
     let after = topology.settle(SinkCounter::Udp)?;
     let received = after.since(&before).total();
-    Ok(1.0 - received as f64 / sent as f64)
+    Ok((
+        sent as f64 / elapsed.as_secs_f64(),
+        1.0 - received as f64 / sent.max(1) as f64,
+    ))
 }
 
 /// The highest rate (packets/s) below `ceiling` at which at most `max_loss` is lost, by
-/// bisection over `steps` trials of `trial` each.
+/// bisection over `steps` trials of `trial` each; the rate reported is the one achieved.
 pub fn no_drop_rate(
     topology: &Topology,
-    generator: &Generator,
+    generator: &mut Generator,
     ceiling: f64,
     max_loss: f64,
     trial: Duration,
     steps: u32,
 ) -> anyhow::Result<f64> {
-    let (mut low, mut high) = (0.0, ceiling);
+    let (mut low, mut high, mut best) = (0.0, ceiling, 0.0f64);
     for _ in 0..steps {
         let rate = (low + high) / 2.0;
-        let loss = paced_loss(topology, generator, rate, trial)?;
+        let (achieved, loss) = paced(topology, generator, rate, trial)?;
         if loss <= max_loss {
             low = rate;
+            best = best.max(achieved);
         } else {
             high = rate;
         }
     }
-    Ok(low)
+    Ok(best)
 }

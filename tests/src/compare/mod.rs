@@ -200,7 +200,7 @@ fn packet_rate(
     available: &[(Alternative, Result<(), String>)],
     over_budget: &dyn Fn() -> bool,
 ) -> anyhow::Result<Measured<PacketRate>> {
-    topology.pin_napi_threads()?;
+    topology.dedicate_cpus()?;
     let mut generator = Generator::new(topology)?;
     let mut figures: Measured<PacketRate> = available
         .iter()
@@ -226,10 +226,10 @@ fn packet_rate(
             let _installed = alternative
                 .install(topology)
                 .with_context(|| format!("installing {}", alternative.label()))?;
-            generator.set_destination(alternative.destination())?;
+            generator.set_destination(alternative.destination(), alternative.client_split());
             let saturated = generator::saturated(
                 topology,
-                &generator,
+                &mut generator,
                 options.pps_warmup,
                 options.pps_window,
             )?;
@@ -240,7 +240,7 @@ fn packet_rate(
             );
             let no_drop = generator::no_drop_rate(
                 topology,
-                &generator,
+                &mut generator,
                 saturated.received_pps * 1.1,
                 options.max_loss,
                 options.ndr_trial,
@@ -280,7 +280,7 @@ fn connections(
     over_budget: &dyn Fn() -> bool,
 ) -> anyhow::Result<Measured<Connections>> {
     // wrk, nginx, HAProxy and the kernel's softirqs share both CPUs here.
-    topology.unpin_napi_threads()?;
+    topology.share_cpus()?;
     let _blue = Nginx::start(&topology.blue, BLUE_ADDR, "blue")?;
     let _green = Nginx::start(&topology.green, GREEN_ADDR, "green")?;
     let mut figures: Measured<Connections> = available

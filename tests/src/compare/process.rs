@@ -3,6 +3,7 @@
 
 use std::{
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -23,6 +24,7 @@ impl Process {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        CHILDREN.lock().expect("children").push(child.id());
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -45,6 +47,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         let pid = self.child.id() as libc::pid_t;
+        CHILDREN
+            .lock()
+            .expect("children")
+            .retain(|&child| child != self.child.id());
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
@@ -80,4 +86,40 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// PIDs of the processes started and not yet stopped, for the signal handler.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Cleans up when the comparison is interrupted (SIGINT, SIGTERM, SIGHUP), where no Drop runs:
+/// stops the processes it started (by PID) and deletes its namespaces (`splcmp-*-<pid>`),
+/// then exits. Call first in `main`, before any thread exists: the signals are blocked in every
+/// thread and taken by one that waits for them.
+pub fn clean_up_on_signal() {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        unsafe { libc::sigwait(&set, &mut signal) };
+        eprintln!("signal {signal}: cleaning up");
+        for pid in CHILDREN.lock().map(|c| c.clone()).unwrap_or_default() {
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let suffix = format!("-{}", std::process::id());
+        if let Ok(entries) = std::fs::read_dir("/run/netns") {
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("splcmp-") && name.ends_with(&suffix) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+        std::process::exit(128 + signal);
+    });
 }

@@ -49,6 +49,9 @@ pub struct Interfaces {
     pub router_green: String,
     pub blue: String,
     pub green: String,
+    /// A veth in the client's namespace that carries no traffic: the generator is attached
+    /// there (see `generator.rs`).
+    pub idle: String,
 }
 
 /// A backend's sink: the loaded object (dropping it detaches the program) and its counters.
@@ -129,6 +132,7 @@ impl Topology {
             router_green: format!("{tag}r2"),
             blue: format!("{tag}b"),
             green: format!("{tag}g"),
+            idle: format!("{tag}i"),
         };
         let client = Netns::new(&format!("splcmp-client-{pid}"));
         let router = Netns::new(&format!("splcmp-router-{pid}"));
@@ -141,6 +145,7 @@ impl Topology {
         veth(&client, &ifaces.client, &router, &ifaces.router_client);
         veth(&router, &ifaces.router_blue, &blue, &ifaces.blue);
         veth(&router, &ifaces.router_green, &green, &ifaces.green);
+        veth(&client, &ifaces.idle, &client, &format!("{}x", ifaces.idle));
 
         let addr = |ns: &Netns, a: Ipv4Addr, ifname: &str| {
             ns.ip(&["addr", "add", &format!("{a}/24"), "dev", ifname]);
@@ -215,12 +220,15 @@ impl Topology {
             blue,
             green,
         };
-        topology.pin_napi_threads()?;
         Ok(topology)
     }
 
-    /// Pins the router's NAPI thread to its own CPU and the backends' next to the generator.
-    pub fn pin_napi_threads(&self) -> anyhow::Result<()> {
+    /// For the packet-rate test: the router's NAPI thread alone on its CPU, the backends' next
+    /// to the generator, all three real-time (SCHED_FIFO) so that other work on this shared
+    /// machine cannot take their CPU away mid-measurement (the kernel's RT throttling still
+    /// leaves others 5 %).
+    pub fn dedicate_cpus(&self) -> anyhow::Result<()> {
+        self.coalesce(COALESCE_NS);
         let router = napi_threads(&self.ifaces.router_client);
         anyhow::ensure!(
             !router.is_empty(),
@@ -229,17 +237,21 @@ impl Topology {
         );
         for tid in router {
             pin(tid, Some(self.cpus.router))?;
+            realtime(tid, Some(NAPI_PRIORITY))?;
         }
         for ifname in [&self.ifaces.blue, &self.ifaces.green] {
             for tid in napi_threads(ifname) {
                 pin(tid, Some(self.cpus.load))?;
+                realtime(tid, Some(NAPI_PRIORITY))?;
             }
         }
         Ok(())
     }
 
-    /// Lets every NAPI thread run anywhere again (the HTTP tests share both CPUs).
-    pub fn unpin_napi_threads(&self) -> anyhow::Result<()> {
+    /// For the HTTP tests: every NAPI thread an ordinary thread on any CPU again (wrk, nginx,
+    /// HAProxy and the kernel share both CPUs).
+    pub fn share_cpus(&self) -> anyhow::Result<()> {
+        self.coalesce(0);
         for ifname in [
             &self.ifaces.router_client,
             &self.ifaces.blue,
@@ -247,9 +259,33 @@ impl Topology {
         ] {
             for tid in napi_threads(ifname) {
                 pin(tid, None)?;
+                realtime(tid, None)?;
             }
         }
         Ok(())
+    }
+
+    /// Interrupt coalescing, as a NIC does it, on the receiving veths (`0`: off). Without it
+    /// every packet that finds its receiver's NAPI thread asleep pays, on the sender's side,
+    /// a wake-up across CPUs (microseconds in a VM): a cost of veth, not of the sender. With
+    /// it, an idle NAPI stays scheduled and polls again after `timeout_ns` (for up to 100
+    /// empty polls), and senders only enqueue.
+    fn coalesce(&self, timeout_ns: u32) {
+        let defer = if timeout_ns == 0 { 0 } else { 100 };
+        for (ns, ifname) in [
+            (&self.router, &self.ifaces.router_client),
+            (&self.blue, &self.ifaces.blue),
+            (&self.green, &self.ifaces.green),
+        ] {
+            ns.exec(&[
+                "sh",
+                "-c",
+                &format!(
+                    "echo {defer} > /sys/class/net/{ifname}/napi_defer_hard_irqs && \
+                     echo {timeout_ns} > /sys/class/net/{ifname}/gro_flush_timeout"
+                ),
+            ]);
+        }
     }
 
     /// CPU time (ns) the router's receive path has used so far.
@@ -369,6 +405,34 @@ pub fn pin(tid: i32, cpu: Option<usize>) -> anyhow::Result<()> {
     anyhow::ensure!(
         rc == 0,
         "sched_setaffinity({tid}, {cpu:?}): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// The coalescing timeout of the packet-rate test: a veth ring (256 frames) lasts ~100 µs at
+/// 2.5 Mpps.
+const COALESCE_NS: u32 = 50_000;
+
+/// SCHED_FIFO priority of the NAPI threads during the packet-rate test.
+pub const NAPI_PRIORITY: i32 = 50;
+/// SCHED_FIFO priority of the generator: below the NAPI threads.
+pub const GENERATOR_PRIORITY: i32 = 10;
+
+/// Makes a thread SCHED_FIFO at `priority`, or SCHED_OTHER again (`None`). `tid` 0 is the
+/// calling thread.
+pub fn realtime(tid: i32, priority: Option<i32>) -> anyhow::Result<()> {
+    let (policy, priority) = match priority {
+        Some(priority) => (libc::SCHED_FIFO, priority),
+        None => (libc::SCHED_OTHER, 0),
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    anyhow::ensure!(
+        rc == 0,
+        "sched_setscheduler({tid}, {policy}): {}",
         std::io::Error::last_os_error()
     );
     Ok(())

@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use ::splitter::dataplane::XdpMode;
 
-use super::topology::{BLUE_ADDR, Topology, VIP};
+use super::topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, VIP};
 use crate::netns::Netns;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +72,17 @@ impl Alternative {
     /// Where clients send: the service address, or blue itself for the ceilings.
     pub const fn destination(self) -> Ipv4Addr {
         if self.is_ceiling() { BLUE_ADDR } else { VIP }
+    }
+
+    /// For the ceilings' packet-rate test: the client itself sends every n-th flow to green, so
+    /// that they forward the same 90/10 mix to the same two backends as the splitters (a
+    /// backend's veth costs its sender a wake-up when it idles, which one at 10 % often does).
+    pub const fn client_split(self) -> Option<(Ipv4Addr, u32)> {
+        if self.is_ceiling() {
+            Some((GREEN_ADDR, 100 / GREEN_PERCENT))
+        } else {
+            None
+        }
     }
 
     /// Whether the packet-rate test (UDP) applies: HAProxy runs in TCP mode.
