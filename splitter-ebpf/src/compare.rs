@@ -88,7 +88,7 @@ pub fn compare_generator(ctx: XdpContext) -> u32 {
             unsafe { *field = base.wrapping_add(flow as u16).to_be() };
         }
         if template.split_every != 0
-            && flow % template.split_every == 0
+            && flow.is_multiple_of(template.split_every)
             // The template is ours: Ethernet, then a 20-byte IPv4 header.
             && let Some(ip) = frame.ptr_at::<Ipv4Hdr>(size_of::<EthHdr>())
         {
@@ -123,8 +123,7 @@ pub fn compare_sink(ctx: XdpContext) -> u32 {
             xdp_action::XDP_DROP
         }
         IPPROTO_TCP
-            if dst_port == SINK_TCP_PORT
-                && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN =>
+            if dst_port == SINK_TCP_PORT && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN =>
         {
             count(SinkCounter::TcpSyn);
             xdp_action::XDP_PASS

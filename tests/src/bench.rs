@@ -263,7 +263,11 @@ fn measure(
             let ebpf = dataplane.ebpf_mut();
             let mut seq: PerCpuArray<_, u32> =
                 PerCpuArray::try_from(ebpf.map_mut(BENCH_SEQ).expect("BENCH_SEQ"))?;
-            seq.set(0, PerCpuValues::try_from(vec![0u32; nr_cpus().map_err(|(_, e)| e)?])?, 0)?;
+            seq.set(
+                0,
+                PerCpuValues::try_from(vec![0u32; nr_cpus().map_err(|(_, e)| e)?])?,
+                0,
+            )?;
         }
         let mut out = vec![0u8; input.len()];
         let (verdict, duration) = run(

@@ -19,7 +19,8 @@ enum Command {
     Setup(setup::Options),
     /// Setup, build, fmt and clippy (eBPF crate included), unit and integration tests.
     Test(test::Options),
-    /// Per-packet cost of every data-plane path (BPF_PROG_TEST_RUN), as a Markdown table.
+    /// Per-packet cost of every data-plane path (BPF_PROG_TEST_RUN), as a Markdown table;
+    /// `--compare`: against nftables, IPVS, HAProxy, routing and an XDP forwarder.
     Bench(bench::Options),
 }
 

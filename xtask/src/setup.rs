@@ -30,6 +30,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "curl",
+    // `cargo xtask bench --compare` (IPVS is measured only where the kernel has it).
+    "ipvsadm",
 ];
 
 pub fn run(options: &Options) -> anyhow::Result<()> {

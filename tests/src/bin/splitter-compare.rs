@@ -52,7 +52,8 @@ fn options() -> anyhow::Result<Options> {
         options.runs = runs.parse().context("--runs N")?;
     }
     if let Some(window) = arg("--pps-window") {
-        options.pps_window = Duration::from_secs_f64(window.parse().context("--pps-window SECONDS")?);
+        options.pps_window =
+            Duration::from_secs_f64(window.parse().context("--pps-window SECONDS")?);
     }
     if let Some(budget) = arg("--budget") {
         options.budget = Duration::from_secs(budget.parse().context("--budget SECONDS")?);

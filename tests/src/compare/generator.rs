@@ -31,8 +31,8 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
 use splitter_common::compare::{
-    GEN_PACKET, GEN_PACKET_MAX, GEN_STATE, GENERATOR_PROGRAM, GenPacket, GenState,
-    SINK_UDP_PORT, SinkCounter,
+    GEN_PACKET, GEN_PACKET_MAX, GEN_STATE, GENERATOR_PROGRAM, GenPacket, GenState, SINK_UDP_PORT,
+    SinkCounter,
 };
 
 use super::topology::{
@@ -118,7 +118,9 @@ fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
         .map(|b| u8::from_str_radix(b, 16))
         .collect::<Result<_, _>>()
         .with_context(|| format!("bad MAC {text:?}"))?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("bad MAC {text:?}"))
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad MAC {text:?}"))
 }
 
 fn read_mac(ns: &crate::netns::Netns, ifname: &str) -> anyhow::Result<[u8; 6]> {

@@ -52,19 +52,26 @@ impl Nginx {
         let dir = ScratchDir::new(&format!("splcmp-nginx-{body}-{}", std::process::id()))?;
         let conf = dir.path.join("nginx.conf");
         std::fs::write(&conf, nginx_config(&dir.path, addr, body))?;
+        let log = dir.path.join("error.log");
         let mut process = Process::spawn(
             "nginx",
             ns.command("nginx")
                 .arg("-p")
                 .arg(&dir.path)
                 .arg("-e")
-                .arg(dir.path.join("error.log"))
+                .arg(&log)
                 .arg("-c")
                 .arg(&conf),
+            &dir.path.join("stderr.log"),
         )?;
-        wait_for_listener(ns, addr, SINK_TCP_PORT, Duration::from_secs(5))
-            .with_context(|| format!("nginx in {} (log in {})", ns.name, dir.path.display()))?;
-        process.ensure_running()?;
+        let started = process
+            .ensure_running()
+            .and_then(|()| wait_for_listener(ns, addr, SINK_TCP_PORT, Duration::from_secs(5)));
+        if let Err(e) = started {
+            let output = std::fs::read_to_string(&log).unwrap_or_default()
+                + &std::fs::read_to_string(dir.path.join("stderr.log")).unwrap_or_default();
+            anyhow::bail!("nginx in {} did not start: {e}\n{output}", ns.name);
+        }
         Ok(Self {
             _process: process,
             _dir: dir,
@@ -148,7 +155,8 @@ pub fn wrk(ns: &Netns, addr: Ipv4Addr, load: Load) -> anyhow::Result<WrkResult> 
         "-c",
         &load.connections.to_string(),
         "-d",
-        &format!("{}ms", load.duration.as_millis()),
+        // wrk takes whole seconds (units s, m, h).
+        &format!("{}s", load.duration.as_secs().max(1)),
         "--timeout",
         "2s",
         "--latency",
@@ -204,7 +212,9 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkResult> {
                     .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
                     .sum::<u64>();
             }
-            ["Non-2xx", "or", "3xx", "responses:", count] => result.errors += count.parse::<u64>()?,
+            ["Non-2xx", "or", "3xx", "responses:", count] => {
+                result.errors += count.parse::<u64>()?
+            }
             _ => {}
         }
     }

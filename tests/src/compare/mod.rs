@@ -321,9 +321,7 @@ fn connections(
                     ..options.http_load
                 },
             )?;
-            let syns = topology
-                .settle(SinkCounter::TcpSyn)?
-                .since(&before);
+            let syns = topology.settle(SinkCounter::TcpSyn)?.since(&before);
             let keepalive = http::wrk(
                 &topology.client,
                 destination,

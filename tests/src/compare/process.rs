@@ -16,12 +16,14 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `cmd` with its output discarded (it logs to files of its own).
-    pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Self> {
+    /// Starts `cmd` with its output going to `log`.
+    pub fn spawn(name: &str, cmd: &mut Command, log: &std::path::Path) -> anyhow::Result<Self> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
         CHILDREN.lock().expect("children").push(child.id());
@@ -33,6 +35,8 @@ impl Process {
 
     /// Fails if the process has already exited (a bad config, a port in use).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        // Give a process that refuses its config a moment to say so.
+        std::thread::sleep(Duration::from_millis(50));
         match self.child.try_wait()? {
             None => Ok(()),
             Some(status) => anyhow::bail!("{} exited at start: {status}", self.name),

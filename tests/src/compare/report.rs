@@ -84,10 +84,11 @@ fn ratio(ours: f64, theirs: f64) -> String {
 }
 
 fn measured<T>(rows: &[(Alternative, Outcome<T>)], which: Alternative) -> Option<&T> {
-    rows.iter().find_map(|(alternative, outcome)| match outcome {
-        Outcome::Measured(figures) if *alternative == which => Some(figures),
-        _ => None,
-    })
+    rows.iter()
+        .find_map(|(alternative, outcome)| match outcome {
+            Outcome::Measured(figures) if *alternative == which => Some(figures),
+            _ => None,
+        })
 }
 
 fn split(green: f64, alternative: Alternative) -> String {
@@ -135,11 +136,7 @@ fn packet_rate_table(out: &mut String, results: &Results) {
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for (alternative, outcome) in rows {
         if let Some(reason) = unmeasured(outcome) {
-            let _ = writeln!(
-                out,
-                "| {} | {reason} | | | | | |",
-                alternative.label()
-            );
+            let _ = writeln!(out, "| {} | {reason} | | | | | |", alternative.label());
             continue;
         }
         let Outcome::Measured(f) = outcome else {
@@ -186,11 +183,7 @@ fn connections_table(out: &mut String, results: &Results) {
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for (alternative, outcome) in rows {
         if let Some(reason) = unmeasured(outcome) {
-            let _ = writeln!(
-                out,
-                "| {} | {reason} | | | | | |",
-                alternative.label()
-            );
+            let _ = writeln!(out, "| {} | {reason} | | | | | |", alternative.label());
             continue;
         }
         let Outcome::Measured(f) = outcome else {
@@ -303,8 +296,7 @@ fn targets_table(out: &mut String, results: &Results) {
         measured(&results.packet_rate, alternative).map(|f: &PacketRate| f.saturated_pps.median())
     };
     let conns = |alternative| {
-        measured(&results.connections, alternative)
-            .map(|f: &Connections| f.new_per_second.median())
+        measured(&results.connections, alternative).map(|f: &Connections| f.new_per_second.median())
     };
     let over = |ours: Option<f64>, theirs: Option<f64>| Some(ours? / theirs?);
     let ours_pps = pps(Alternative::SplitterNative);

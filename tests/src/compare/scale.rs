@@ -3,9 +3,8 @@
 //! flows two figures matter: one hot flow (the table's size alone) and packets spread over every
 //! pinned flow (the table no longer fits in the caches).
 
-use crate::bench::{Path, ScaleOptions, ScalePoint};
-
 use super::Options;
+use crate::bench::{Path, ScaleOptions, ScalePoint};
 
 pub struct Scale {
     pub points: Vec<ScalePoint>,

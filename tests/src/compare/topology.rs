@@ -163,8 +163,20 @@ impl Topology {
             "via",
             &ROUTER_CLIENT_ADDR.to_string(),
         ]);
-        blue.ip(&["route", "add", "default", "via", &ROUTER_BLUE_ADDR.to_string()]);
-        green.ip(&["route", "add", "default", "via", &ROUTER_GREEN_ADDR.to_string()]);
+        blue.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_BLUE_ADDR.to_string(),
+        ]);
+        green.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_GREEN_ADDR.to_string(),
+        ]);
         router.sysctl("net.ipv4.ip_forward", "1");
         // Connection-per-request runs open tens of thousands of connections.
         client.sysctl("net.ipv4.ip_local_port_range", "1024 65535");

@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use splitter_common::compare::SINK_TCP_PORT;
+
 use crate::compare::{
     alternatives::LocalVip,
     http::wait_for_listener,
     process::{Process, ScratchDir},
     topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, VIP},
 };
-use splitter_common::compare::SINK_TCP_PORT;
 
 /// Dropping it stops HAProxy (by its PID) and removes the local service address.
 pub struct HaproxyGuard {
@@ -22,7 +23,8 @@ pub fn config() -> String {
     let port = SINK_TCP_PORT;
     format!(
         "global\n\
-         \tmaxconn 100000\n\
+         \t# Within the default file limit (20000 here): the tests keep tens of connections open.\n\
+         \tmaxconn 5000\n\
          defaults\n\
          \tmode tcp\n\
          \ttimeout connect 5s\n\
@@ -44,6 +46,7 @@ pub fn install(topology: &Topology) -> anyhow::Result<HaproxyGuard> {
     let path = dir.path.join("haproxy.cfg");
     std::fs::write(&path, config())?;
     let vip = LocalVip::add(topology);
+    let log = dir.path.join("haproxy.log");
     let mut process = Process::spawn(
         "haproxy",
         topology
@@ -51,9 +54,15 @@ pub fn install(topology: &Topology) -> anyhow::Result<HaproxyGuard> {
             .command("haproxy")
             .args(["-db", "-f"])
             .arg(&path),
+        &log,
     )?;
-    wait_for_listener(&topology.router, VIP, SINK_TCP_PORT, Duration::from_secs(5))?;
-    process.ensure_running()?;
+    let started = process.ensure_running().and_then(|()| {
+        wait_for_listener(&topology.router, VIP, SINK_TCP_PORT, Duration::from_secs(5))
+    });
+    if let Err(e) = started {
+        let output = std::fs::read_to_string(&log).unwrap_or_default();
+        anyhow::bail!("HAProxy did not start: {e}\n{output}");
+    }
     Ok(HaproxyGuard {
         _process: process,
         _vip: vip,

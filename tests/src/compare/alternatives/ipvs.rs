@@ -2,11 +2,12 @@
 //! service address is local to the router, as IPVS requires. Kernels built without IPVS (the
 //! development VMs: CONFIG_IP_VS unset) report it as not measurable; nothing is faked.
 
+use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
+
 use crate::compare::{
     alternatives::{LocalVip, exec_status},
     topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, VIP},
 };
-use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
 
 /// Dropping it clears the IPVS tables and the local service address.
 pub struct IpvsGuard {

@@ -14,8 +14,8 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::Context as _;
 use ::splitter::dataplane::XdpMode;
+use anyhow::Context as _;
 
 use super::topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, VIP};
 use crate::netns::Netns;
@@ -33,7 +33,7 @@ pub enum Alternative {
 
 /// An installed alternative; dropping it removes it from the router.
 pub enum Installed {
-    Splitter(splitter::SplitterGuard),
+    Splitter(Box<splitter::SplitterGuard>),
     Nftables(nft::NftGuard),
     Ipvs(ipvs::IpvsGuard),
     Haproxy(haproxy::HaproxyGuard),
@@ -100,12 +100,12 @@ impl Alternative {
 
     pub fn install(self, topology: &Topology) -> anyhow::Result<Installed> {
         Ok(match self {
-            Alternative::SplitterNative => {
-                Installed::Splitter(splitter::install_splitter(topology, XdpMode::Native)?)
-            }
-            Alternative::SplitterGeneric => {
-                Installed::Splitter(splitter::install_splitter(topology, XdpMode::Generic)?)
-            }
+            Alternative::SplitterNative => Installed::Splitter(Box::new(
+                splitter::install_splitter(topology, XdpMode::Native)?,
+            )),
+            Alternative::SplitterGeneric => Installed::Splitter(Box::new(
+                splitter::install_splitter(topology, XdpMode::Generic)?,
+            )),
             Alternative::Nftables => Installed::Nftables(nft::install(topology)?),
             Alternative::Ipvs => Installed::Ipvs(ipvs::install(topology)?),
             Alternative::Haproxy => Installed::Haproxy(haproxy::install(topology)?),
@@ -113,9 +113,7 @@ impl Alternative {
                 routing::install(topology);
                 Installed::Routing
             }
-            Alternative::XdpForwarder => {
-                Installed::XdpForwarder(xdp_forwarder::install(topology)?)
-            }
+            Alternative::XdpForwarder => Installed::XdpForwarder(xdp_forwarder::install(topology)?),
         })
     }
 }
@@ -177,7 +175,15 @@ impl LocalVip {
 impl Drop for LocalVip {
     fn drop(&mut self) {
         let _ = Command::new("ip")
-            .args(["-n", &self.router, "addr", "del", &format!("{VIP}/32"), "dev", "lo"])
+            .args([
+                "-n",
+                &self.router,
+                "addr",
+                "del",
+                &format!("{VIP}/32"),
+                "dev",
+                "lo",
+            ])
             .output();
     }
 }

@@ -2,11 +2,12 @@
 //! to blue (0-89) or green (90-99), for the UDP and the TCP service. Conntrack keeps each flow
 //! on its first choice and reverses the translation of replies.
 
+use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
+
 use crate::compare::{
     alternatives::exec_with_input,
     topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, VIP},
 };
-use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
 
 const TABLE: &str = "splcmp";
 
@@ -17,7 +18,10 @@ pub struct NftGuard {
 
 pub fn ruleset() -> String {
     let blue_last = 99 - GREEN_PERCENT;
-    let map = format!("{{ 0-{blue_last} : {BLUE_ADDR}, {}-99 : {GREEN_ADDR} }}", blue_last + 1);
+    let map = format!(
+        "{{ 0-{blue_last} : {BLUE_ADDR}, {}-99 : {GREEN_ADDR} }}",
+        blue_last + 1
+    );
     format!(
         "table ip {TABLE} {{\n\
          \tchain prerouting {{\n\
@@ -39,7 +43,16 @@ pub fn install(topology: &Topology) -> anyhow::Result<NftGuard> {
 impl Drop for NftGuard {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.router, "nft", "delete", "table", "ip", TABLE])
+            .args([
+                "netns",
+                "exec",
+                &self.router,
+                "nft",
+                "delete",
+                "table",
+                "ip",
+                TABLE,
+            ])
             .output();
     }
 }

@@ -21,30 +21,33 @@ pub struct SplitterGuard {
 
 /// The services every splitting alternative carries, as the splitter's config states them.
 pub fn services() -> Vec<ServiceSpec> {
-    [(Protocol::Udp, SINK_UDP_PORT), (Protocol::Tcp, SINK_TCP_PORT)]
-        .into_iter()
-        .enumerate()
-        .map(|(i, (protocol, port))| {
-            let i = i as u32;
-            ServiceSpec {
-                id: i,
-                address: SocketAddr::new(VIP.into(), port),
-                protocol,
-                cohort: Cohort::Flow,
-                green_weight: GREEN_PERCENT * (WEIGHT_SCALE / 100),
-                blue: vec![BackendSpec {
-                    id: 2 * i,
-                    address: SocketAddr::new(BLUE_ADDR.into(), port),
-                }],
-                green: vec![BackendSpec {
-                    id: 2 * i + 1,
-                    address: SocketAddr::new(GREEN_ADDR.into(), port),
-                }],
-                first_slot: 2 * i,
-                miss_hold: Duration::from_secs(120),
-            }
-        })
-        .collect()
+    [
+        (Protocol::Udp, SINK_UDP_PORT),
+        (Protocol::Tcp, SINK_TCP_PORT),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (protocol, port))| {
+        let i = i as u32;
+        ServiceSpec {
+            id: i,
+            address: SocketAddr::new(VIP.into(), port),
+            protocol,
+            cohort: Cohort::Flow,
+            green_weight: GREEN_PERCENT * (WEIGHT_SCALE / 100),
+            blue: vec![BackendSpec {
+                id: 2 * i,
+                address: SocketAddr::new(BLUE_ADDR.into(), port),
+            }],
+            green: vec![BackendSpec {
+                id: 2 * i + 1,
+                address: SocketAddr::new(GREEN_ADDR.into(), port),
+            }],
+            first_slot: 2 * i,
+            miss_hold: Duration::from_secs(120),
+        }
+    })
+    .collect()
 }
 
 /// Installs the splitter on the router. The one place that knows how: for now through the
@@ -56,11 +59,9 @@ pub fn install_splitter(topology: &Topology, mode: XdpMode) -> anyhow::Result<Sp
         dataplane.maps.install_service(&spec)?;
     }
     let interface = topology.ifaces.router_client.clone();
-    let dataplane = topology.router.run(move || {
-        dataplane
-            .attach(&interface, mode)
-            .map(|()| dataplane)
-    })?;
+    let dataplane = topology
+        .router
+        .run(move || dataplane.attach(&interface, mode).map(|()| dataplane))?;
     Ok(SplitterGuard {
         _dataplane: dataplane,
     })
