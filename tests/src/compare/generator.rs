@@ -12,7 +12,7 @@
 //! * Saturated rate: the generator sends flat out; what the backends' sinks count per second,
 //!   the router's CPU time per packet and the green share are measured over a window.
 //! * No-drop rate: the highest paced rate at which the sinks count at least `1 - max_loss` of
-//!   what was sent, found by bisection below the saturated rate.
+//!   what was sent (in one of two tries), found by bisection below the saturated rate.
 
 use std::{
     net::Ipv4Addr,
@@ -36,8 +36,7 @@ use splitter_common::compare::{
 };
 
 use super::topology::{
-    CLIENT_ADDR, GENERATOR_PRIORITY, Topology, attach_native, ifindex, load_helper_object, pin,
-    realtime,
+    CLIENT_ADDR, Topology, attach_native, ifindex, load_helper_object, nice, pin,
 };
 use crate::netns::enter;
 
@@ -236,9 +235,11 @@ impl Generator {
         let handle = std::thread::spawn(move || {
             enter(&path);
             pin(0, Some(cpu))?;
-            // Real-time below the NAPI threads: other work on the shared CPU does not slow the
-            // generator, the backends' sinks still preempt it.
-            realtime(0, Some(GENERATOR_PRIORITY))?;
+            // First among ordinary threads (other work on the shared CPU hardly slows it), but
+            // not real-time: it runs flat out, and a real-time thread that never sleeps gets
+            // the CPU's real-time group throttled for 50 ms a second (sched_rt_runtime_us),
+            // the backends' real-time sinks with it.
+            nice(-20)?;
             let ebpf = ebpf.lock().expect("generator lock");
             let program: &Xdp = ebpf
                 .program(GENERATOR_PROGRAM)
@@ -345,8 +346,13 @@ fn paced(
     ))
 }
 
+/// Tries per bisection step: a step passes if one of them does. Loss that comes from the
+/// router's capacity repeats; a stall of the shared VM (a few hundred microseconds lose a
+/// ring's worth of frames at any rate) seldom strikes twice in a row.
+const TRIES: u32 = 2;
+
 /// The highest rate (packets/s) below `ceiling` at which at most `max_loss` is lost, by
-/// bisection over `steps` trials of `trial` each; the rate reported is the one achieved.
+/// bisection over `steps` steps of `trial` each; the rate reported is the one achieved.
 pub fn no_drop_rate(
     topology: &Topology,
     generator: &mut Generator,
@@ -358,12 +364,26 @@ pub fn no_drop_rate(
     let (mut low, mut high, mut best) = (0.0, ceiling, 0.0f64);
     for _ in 0..steps {
         let rate = (low + high) / 2.0;
-        let (achieved, loss) = paced(topology, generator, rate, trial)?;
-        if loss <= max_loss {
-            low = rate;
-            best = best.max(achieved);
-        } else {
-            high = rate;
+        let mut passed = None;
+        for _ in 0..TRIES {
+            let (achieved, loss) = paced(topology, generator, rate, trial)?;
+            eprintln!(
+                "  no-drop search: asked {:.3} Mpps, sent {:.3} Mpps, lost {:.3} %",
+                rate / 1e6,
+                achieved / 1e6,
+                loss * 100.0
+            );
+            if loss <= max_loss {
+                passed = Some(achieved);
+                break;
+            }
+        }
+        match passed {
+            Some(achieved) => {
+                low = rate;
+                best = best.max(achieved);
+            }
+            None => high = rate,
         }
     }
     Ok(best)
