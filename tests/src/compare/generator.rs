@@ -36,7 +36,8 @@ use splitter_common::compare::{
 };
 
 use super::topology::{
-    CLIENT_ADDR, Topology, attach_native, ifindex, load_helper_object, nice, pin,
+    CLIENT_ADDR, GENERATOR_PRIORITY, Topology, attach_native, ifindex, load_helper_object, pin,
+    realtime,
 };
 use crate::netns::enter;
 
@@ -46,8 +47,14 @@ pub const FLOWS: u32 = 16_384;
 const BASE_PORT: u16 = 20_000;
 /// Frame length without the FCS: 64 bytes on the wire.
 pub const FRAME_LEN: usize = 60;
-/// Program runs per BPF_PROG_RUN call (tens of milliseconds): how often a stop is noticed.
-const RUNS_PER_CALL: u32 = 1 << 18;
+/// Program runs per BPF_PROG_RUN call (about 10 ms flat out): how often a stop is noticed.
+const RUNS_PER_CALL: u32 = 1 << 17;
+/// The generator's pause after each call. It is real-time, so that nothing else on its shared
+/// CPU leaves gaps in the traffic long enough for the router to drain its ring and nap; but a
+/// CPU whose real-time threads never pause is throttled for 50 ms a second
+/// (`sched_rt_runtime_us`), the backends' sinks with it. A 1.5 ms pause every ~10 ms keeps the
+/// CPU's real-time share under that limit; the router's ring (256 frames) bridges most of it.
+const PAUSE: Duration = Duration::from_micros(1500);
 /// Program runs per batch, the most the kernel allows (`TEST_XDP_MAX_BATCH`): also the size of
 /// the run's page pool, which recycles the pages receivers return; a small pool sends most of
 /// them back to the page allocator, and the generator pays a fresh page per frame. (Redirects
@@ -235,11 +242,8 @@ impl Generator {
         let handle = std::thread::spawn(move || {
             enter(&path);
             pin(0, Some(cpu))?;
-            // First among ordinary threads (other work on the shared CPU hardly slows it), but
-            // not real-time: it runs flat out, and a real-time thread that never sleeps gets
-            // the CPU's real-time group throttled for 50 ms a second (sched_rt_runtime_us),
-            // the backends' real-time sinks with it.
-            nice(-20)?;
+            // Real-time below the NAPI threads (see `PAUSE`).
+            realtime(0, Some(GENERATOR_PRIORITY))?;
             let ebpf = ebpf.lock().expect("generator lock");
             let program: &Xdp = ebpf
                 .program(GENERATOR_PROGRAM)
@@ -258,6 +262,7 @@ impl Generator {
                 program
                     .test_run(options)
                     .context("BPF_PROG_RUN (live frames) of the generator")?;
+                std::thread::sleep(PAUSE);
             }
             Ok(start.elapsed())
         });

@@ -2,6 +2,7 @@
 //! politely, then for good.
 
 use std::{
+    os::unix::process::CommandExt as _,
     process::{Child, Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
@@ -20,6 +21,16 @@ impl Process {
     pub fn spawn(name: &str, cmd: &mut Command, log: &std::path::Path) -> anyhow::Result<Self> {
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        // The child inherits the signal mask: unblock what `clean_up_on_signal` blocked, or it
+        // would ignore the SIGTERM that stops it.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            })
+        };
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -438,6 +438,9 @@ const COALESCE_NS: u32 = 50_000;
 /// SCHED_FIFO priority of the NAPI threads during the packet-rate test.
 pub const NAPI_PRIORITY: i32 = 50;
 
+/// SCHED_FIFO priority of the generator: below the NAPI threads, which preempt it.
+pub const GENERATOR_PRIORITY: i32 = 10;
+
 /// Makes a thread SCHED_FIFO at `priority`, or SCHED_OTHER again (`None`). `tid` 0 is the
 /// calling thread.
 pub fn realtime(tid: i32, priority: Option<i32>) -> anyhow::Result<()> {
@@ -452,18 +455,6 @@ pub fn realtime(tid: i32, priority: Option<i32>) -> anyhow::Result<()> {
     anyhow::ensure!(
         rc == 0,
         "sched_setscheduler({tid}, {policy}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-/// Sets the calling thread's nice value.
-pub fn nice(value: i32) -> anyhow::Result<()> {
-    let tid = unsafe { libc::gettid() } as libc::id_t;
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, value) };
-    anyhow::ensure!(
-        rc == 0,
-        "setpriority({tid}, {value}): {}",
         std::io::Error::last_os_error()
     );
     Ok(())
