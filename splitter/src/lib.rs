@@ -1,4 +1,5 @@
 //! The splitter daemon and CLI as a library: the binary (`main.rs`) and the integration tests
 //! use the same code paths.
 
+pub mod config;
 pub mod dataplane;

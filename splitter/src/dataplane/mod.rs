@@ -7,7 +7,7 @@ pub mod maps;
 pub mod services;
 
 pub use error::DataplaneError;
-pub use loader::{Dataplane, LoadOptions, XdpMode};
+pub use loader::{Dataplane, LoadOptions, XdpMode, interface_index};
 
 /// The eBPF object built by `build.rs` from `splitter-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
