@@ -175,7 +175,19 @@ fn default_cohort() -> CohortSetting {
 }
 
 /// The two colors, as config keys and labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ColorName {
     Blue,
@@ -265,6 +277,12 @@ pub enum ConfigError {
         line: usize,
         column: usize,
         message: String,
+    },
+    #[error("{path}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        problem: Box<ConfigError>,
     },
     #[error("dataplane.interfaces: at least one interface is needed")]
     NoInterface,
@@ -394,9 +412,15 @@ impl Config {
         })
     }
 
-    /// Reads, parses and validates a file against this host's interfaces.
+    /// Reads, parses and validates a file against this host's interfaces. Validation errors
+    /// name the file too.
     pub fn load(path: &Path) -> Result<Validated, ConfigError> {
-        Self::read(path)?.validate()
+        Self::read(path)?
+            .validate()
+            .map_err(|problem| ConfigError::Invalid {
+                path: path.to_owned(),
+                problem: Box::new(problem),
+            })
     }
 
     /// Checks everything that can be checked without touching the kernel, interfaces included.

@@ -37,4 +37,55 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("pinning {path}: {source}")]
+    PinObject {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("opening the pinned map {path}: {source}")]
+    OpenPinnedMap {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("opening the pinned program {path}: {source}")]
+    OpenPinnedProgram {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "{path} is not on a bpf filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`) or point control.bpffs at one"
+    )]
+    NotBpffs { path: PathBuf },
+    #[error(
+        "the data plane pinned under {path} is incomplete (missing {missing}) but has attached links: run `splitter unload` and start again"
+    )]
+    IncompletePins { path: PathBuf, missing: String },
+    #[error(
+        "the data plane pinned under {path} was loaded with {setting} = {pinned}, the config says {configured}: set it back, or run `splitter unload` (drops pinned flows and counters) and start again"
+    )]
+    PinnedSettingDiffers {
+        path: PathBuf,
+        setting: &'static str,
+        pinned: u32,
+        configured: u32,
+    },
+    #[error("reading the hash seed of the pinned data plane ({path}): {source}")]
+    PinnedSeed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the eBPF object has no `{symbol}` in .rodata (stale build?)")]
+    MissingGlobal { symbol: &'static str },
+    #[error(
+        "interface `{interface}`: {hook} is attached without a bpf_link, which cannot be pinned ({detail})"
+    )]
+    Unpinnable {
+        interface: String,
+        hook: &'static str,
+        detail: &'static str,
+    },
 }

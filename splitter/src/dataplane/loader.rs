@@ -1,8 +1,6 @@
 //! Loading the embedded object and attaching it: XDP ingress + TC egress on every
 //! client-facing interface.
 
-use std::path::PathBuf;
-
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp},
@@ -47,19 +45,11 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads and verifies the embedded programs with fresh maps.
+    /// Loads and verifies the embedded programs with fresh maps. Nothing is pinned: the
+    /// programs, their attachments and the maps live as long as this value (tests). The daemon
+    /// uses [`super::PinnedDataplane`] instead.
     pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
-            .map_max_entries(names::FLOWS, options.flow_table_size)
-            .map_max_entries(names::REVERSE_FLOWS, options.flow_table_size)
-            .load(EBPF_OBJECT)?;
-        xdp(&mut ebpf)?
-            .load()
-            .map_err(|source| program_error(names::INGRESS_PROGRAM, source))?;
-        tc(&mut ebpf)?
-            .load()
-            .map_err(|source| program_error(names::EGRESS_PROGRAM, source))?;
+        let mut ebpf = load_object(options)?;
         let maps = Maps::open(|name| ebpf.take_map(name))?;
         Ok(Self {
             ebpf,
@@ -112,11 +102,27 @@ impl Dataplane {
     }
 }
 
+/// Loads the embedded object (maps created, globals set) and verifies both programs.
+pub(super) fn load_object(options: &LoadOptions) -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
+        .map_max_entries(names::FLOWS, options.flow_table_size)
+        .map_max_entries(names::REVERSE_FLOWS, options.flow_table_size)
+        .load(EBPF_OBJECT)?;
+    xdp(&mut ebpf)?
+        .load()
+        .map_err(|source| program_error(names::INGRESS_PROGRAM, source))?;
+    tc(&mut ebpf)?
+        .load()
+        .map_err(|source| program_error(names::EGRESS_PROGRAM, source))?;
+    Ok(ebpf)
+}
+
 fn program_error(name: &'static str, source: aya::programs::ProgramError) -> DataplaneError {
     DataplaneError::Program { name, source }
 }
 
-fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+pub(super) fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     let name = names::INGRESS_PROGRAM;
     ebpf.program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
@@ -124,7 +130,7 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
         .map_err(|source| program_error(name, source))
 }
 
-fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+pub(super) fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
     let name = names::EGRESS_PROGRAM;
     ebpf.program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
@@ -140,6 +146,3 @@ pub fn interface_index(interface: &str) -> Option<u32> {
         index => Some(index),
     }
 }
-
-#[expect(dead_code, reason = "pinning arrives with the daemon")]
-fn pin_dir(_dir: PathBuf) {}

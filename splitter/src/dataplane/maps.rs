@@ -193,3 +193,56 @@ impl Maps {
         Ok(live)
     }
 }
+
+/// Reads of the split configuration (the daemon rebuilds its view of installed services, ids
+/// and pool slots from these after a restart), and counter resets for recycled ids.
+impl Maps {
+    /// Every `SERVICES` entry (fragment keys, port 0, included).
+    pub fn service_entries(&self) -> Result<Vec<(ServiceKey, ServiceConfig)>, DataplaneError> {
+        self.services
+            .iter()
+            .map(|entry| entry.map_err(map_error(names::SERVICES)))
+            .collect()
+    }
+
+    pub fn pool_slot(&self, slot: u32) -> Result<u32, DataplaneError> {
+        self.pools.get(&slot, 0).map_err(map_error(names::POOLS))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        self.backends
+            .get(&id, 0)
+            .map_err(map_error(names::BACKENDS))
+    }
+
+    /// Zeroes a backend id's counters before the id serves a new backend.
+    pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zeros = zeros_per_cpu(names::BACKEND_COUNTERS)?;
+        self.backend_counters
+            .set(id, zeros, 0)
+            .map_err(map_error(names::BACKEND_COUNTERS))
+    }
+
+    /// Zeroes a service id's counters before the id serves a new service.
+    pub fn reset_service_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zeros = zeros_per_cpu(names::SERVICE_COUNTERS)?;
+        self.service_counters
+            .set(id, zeros, 0)
+            .map_err(map_error(names::SERVICE_COUNTERS))
+    }
+}
+
+fn zeros_per_cpu<T: aya::Pod + Default + Clone>(
+    name: &'static str,
+) -> Result<aya::maps::PerCpuValues<T>, DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Map {
+        name,
+        source: aya::maps::MapError::IoError(source),
+    })?;
+    aya::maps::PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|source| {
+        DataplaneError::Map {
+            name,
+            source: aya::maps::MapError::IoError(source),
+        }
+    })
+}

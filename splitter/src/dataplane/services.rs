@@ -76,6 +76,16 @@ pub fn addr_of(address: &SocketAddr) -> (Addr, Family) {
     }
 }
 
+/// The socket address stored in a key or backend entry (port in network byte order).
+pub fn socket_addr(addr: &Addr, port_be: u16, family: u8) -> SocketAddr {
+    let port = u16::from_be(port_be);
+    if family == Family::Ipv6 as u8 {
+        SocketAddr::from((std::net::Ipv6Addr::from(addr.octets()), port))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::from(addr.v4_octets()), port))
+    }
+}
+
 /// The `SERVICES` key of a service address.
 pub fn service_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
     let (addr, family) = addr_of(address);
