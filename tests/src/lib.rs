@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: network-namespace guards, topologies, real
 //! servers and a packet builder. Every test that needs root calls [`require_privileges`].
 
+pub mod daemon_harness;
 pub mod netns;
 
 /// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).

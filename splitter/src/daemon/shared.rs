@@ -15,10 +15,13 @@ use crate::{
     metrics::DaemonMetrics,
 };
 
-/// A flow-table scan is reused for this long (status --watch and scrapes may come together).
-const LIVE_FLOWS_TTL: Duration = Duration::from_secs(1);
+/// A flow-table scan is reused for at most twice as long as it took, and never longer than
+/// this: a small table is scanned for every request (exact gauges), a big one (200k flows take
+/// a few hundred ms) at most about once a second however many clients ask.
+const LIVE_FLOWS_MAX_AGE: Duration = Duration::from_secs(1);
 
-type LiveFlows = (Instant, HashMap<u32, u64>, u64);
+/// When a scan finished, how long it took, flows per backend id, total.
+type LiveFlows = (Instant, Duration, HashMap<u32, u64>, u64);
 
 pub struct Shared {
     /// `None` once the data plane has been unloaded (the daemon is stopping).
@@ -132,21 +135,22 @@ impl Shared {
         self.with_app(|app| app.status(&live, pinned))
     }
 
-    /// Flows per backend id, from a scan at most [`LIVE_FLOWS_TTL`] old. The scan runs on a
-    /// blocking thread with its own map handle, without the application lock.
+    /// Flows per backend id (see [`LIVE_FLOWS_MAX_AGE`]). The scan runs on a blocking thread
+    /// with its own map handle, without the application lock.
     async fn live_flows(&self) -> Result<(HashMap<u32, u64>, u64), SharedError> {
         let mut cache = self.live.lock().await;
-        if let Some((at, live, total)) = cache.as_ref()
-            && at.elapsed() < LIVE_FLOWS_TTL
+        if let Some((at, took, live, total)) = cache.as_ref()
+            && at.elapsed() < (*took * 2).min(LIVE_FLOWS_MAX_AGE)
         {
             return Ok((live.clone(), *total));
         }
         let path = self.with_app(|app| Ok(app.flows_pin()))?;
+        let started = Instant::now();
         let (live, total) = tokio::task::spawn_blocking(move || count_live_flows(&path))
             .await
             .expect("flow scan does not panic")
             .map_err(AppError::from)?;
-        *cache = Some((Instant::now(), live.clone(), total));
+        *cache = Some((Instant::now(), started.elapsed(), live.clone(), total));
         Ok((live, total))
     }
 }
