@@ -737,3 +737,211 @@ fn unload_detaches_and_removes_everything() {
     // The weights stay in state_dir for the next start.
     assert!(lab.work.state_dir().join("state.json").exists());
 }
+
+/// Resident memory (VmRSS, VmHWM) of a process in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU time of a process.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// The note's figures: time from `set-weight` returning to the first new flow steered by the
+/// new weight; daemon memory with 200k pinned flows; CPU of an idle daemon.
+/// `cargo test --release -p splitter-tests --test daemon -- --ignored measure --nocapture`
+#[test]
+#[ignore = "measurement, prints figures"]
+fn measure_daemon_figures() {
+    if !require_privileges("measure_daemon_figures") {
+        return;
+    }
+    let mut lab = Lab::new("dms");
+    let dns = service("dns", DNS, "udp", "0", &BLUE, &GREEN, UDP_PORT);
+    lab.write_config(&format!("{}{dns}", web("0")));
+    lab.start_daemon();
+    let pid = lab.daemon.as_ref().unwrap().pid();
+
+    // 1. set-weight → first new flow steered by it. A UDP client opens a new flow per
+    // datagram (a source port never used before: a reused port would hit its pinned flow),
+    // paced, recording when each was sent and who answered.
+    let vip: SocketAddr = DNS.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_client = stop.clone();
+    let client = lab.topology.client.spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut flows = Vec::new();
+        let mut ports = 10_000u16..65_000;
+        while !stop_client.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let Some(port) = ports.next() else { break };
+            let Ok(socket) = UdpSocket::bind(("198.18.0.1", port)) else {
+                continue;
+            };
+            std::thread::sleep(Duration::from_micros(30));
+            socket
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .unwrap();
+            let sent = Instant::now();
+            socket.send_to(b"x", vip).unwrap();
+            let mut buffer = [0u8; 64];
+            let answer = socket
+                .recv_from(&mut buffer)
+                .map(|(len, _)| String::from_utf8_lossy(&buffer[..len]).into_owned());
+            flows.push((sent, answer.ok()));
+        }
+        flows
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rounds = Vec::new();
+    for round in 0..8 {
+        let color = if round % 2 == 0 { "green" } else { "blue" };
+        let called = Instant::now();
+        lab.cli_ok(&["switch", "dns", color]);
+        let returned = Instant::now();
+        rounds.push((color, called, returned));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flows = client.join().unwrap();
+    let mut cli = Vec::new();
+    let mut first_new = Vec::new();
+    let mut old_after_return = 0;
+    for (index, (color, called, returned)) in rounds.iter().enumerate() {
+        let end = rounds.get(index + 1).map(|r| r.1);
+        let in_round = flows.iter().filter(|(sent, _)| {
+            *sent >= *called && end.is_none_or(|end| *sent < end)
+        });
+        let mut first: Option<Instant> = None;
+        for (sent, answer) in in_round {
+            let Some(answer) = answer else { continue };
+            let steered = splitter_tests::daemon_harness::color_of(answer) == *color;
+            if steered && first.is_none() {
+                first = Some(*sent);
+            }
+            if !steered && *sent >= *returned {
+                old_after_return += 1;
+            }
+        }
+        let first = first.expect("a flow steered by the new weight");
+        cli.push(returned.duration_since(*called).as_secs_f64() * 1e3);
+        // Negative: the first flow of the new color was sent before the CLI had returned.
+        let delay = if first >= *returned {
+            first.duration_since(*returned).as_secs_f64() * 1e6
+        } else {
+            -(returned.duration_since(first).as_secs_f64() * 1e6)
+        };
+        first_new.push(delay);
+    }
+    let gaps: Vec<f64> = flows
+        .windows(2)
+        .map(|pair| pair[1].0.duration_since(pair[0].0).as_secs_f64() * 1e6)
+        .collect();
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        values[values.len() / 2]
+    };
+    let (mut cli_sorted, mut first_sorted, mut gaps) = (cli.clone(), first_new.clone(), gaps);
+    println!(
+        "set-weight: CLI round trip median {:.2} ms (max {:.2}); first new flow of the new weight \
+         relative to the CLI returning: median {:.0} us, max {:.0} us (negative = already steered \
+         before it returned); client opened a new flow every {:.0} us (median); flows sent after \
+         the CLI returned but steered by the old weight: {old_after_return} of {} flows",
+        median(&mut cli_sorted),
+        cli.iter().cloned().fold(0.0, f64::max),
+        median(&mut first_sorted),
+        first_new.iter().cloned().fold(f64::MIN, f64::max),
+        median(&mut gaps),
+        flows.len(),
+    );
+    assert_eq!(old_after_return, 0);
+
+    // 2. Memory with 200k pinned flows (written straight into the pinned flow table).
+    let (rss_empty, _) = memory_kib(pid);
+    let mut maps = Maps::from_pins(&lab.work.bpffs().join("dataplane/maps")).unwrap();
+    let status = lab.status();
+    let targets: Vec<(u32, SocketAddr, u8)> = find(&status, "web")
+        .colors
+        .iter()
+        .flat_map(|color| {
+            color
+                .backends
+                .iter()
+                .map(move |b| (b.id, b.address, color.color.color() as u8))
+        })
+        .collect();
+    let web_key = service_key(&WEB.parse().unwrap(), Protocol::Tcp);
+    const FLOWS: u32 = 200_000;
+    let started = Instant::now();
+    for i in 0..FLOWS {
+        let (id, backend, color) = targets[i as usize % targets.len()];
+        let std::net::SocketAddr::V4(backend) = backend else {
+            unreachable!()
+        };
+        let key = FlowKey {
+            // Synthetic clients 198.19.x.y (only map entries: no packet is sent).
+            src: splitter_common::Addr::from_v4([198, 19, (i >> 8) as u8, i as u8]),
+            dst: web_key.addr,
+            src_port: (1024 + (i >> 16) as u16).to_be(),
+            dst_port: web_key.port,
+            protocol: 6,
+            family: 4,
+            _pad: [0; 2],
+        };
+        let value = FlowValue {
+            backend_addr: splitter_common::Addr::from_v4(backend.ip().octets()),
+            backend_port: backend.port().to_be(),
+            color,
+            _pad: 0,
+            backend_id: id,
+            created_ns: 0,
+        };
+        maps.flows.insert(key, value, 0).unwrap();
+    }
+    let filled = started.elapsed();
+    let (rss_filled, _) = memory_kib(pid);
+    let scan = Instant::now();
+    let status = lab.status();
+    let status_time = scan.elapsed();
+    let pinned = status.daemon.pinned_flows;
+    assert!(pinned >= u64::from(FLOWS), "{pinned}");
+    let scrape = Instant::now();
+    let text = lab.metrics();
+    let scrape_time = scrape.elapsed();
+    assert_eq!(metric(&text, "splitter_flow_table_entries"), Some(pinned as f64));
+    let (rss_after, hwm) = memory_kib(pid);
+    println!(
+        "memory: daemon RSS {rss_empty} KiB before, {rss_filled} KiB with {pinned} pinned flows, \
+         {rss_after} KiB after a status and a scrape (peak {hwm} KiB); filling took {:.2} s; \
+         `splitter status` with {pinned} flows {:.0} ms, GET /metrics {:.0} ms",
+        filled.as_secs_f64(),
+        status_time.as_secs_f64() * 1e3,
+        scrape_time.as_secs_f64() * 1e3,
+    );
+
+    // 3. CPU of an idle daemon (200k pinned flows, no requests) over 20 s.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_time(pid);
+    let wall = Instant::now();
+    std::thread::sleep(Duration::from_secs(20));
+    let used = cpu_time(pid) - before;
+    println!(
+        "idle CPU: {:.3} % of one core ({} ms CPU in {:.1} s)",
+        used.as_secs_f64() / wall.elapsed().as_secs_f64() * 100.0,
+        used.as_millis(),
+        wall.elapsed().as_secs_f64()
+    );
+}

@@ -145,18 +145,24 @@ impl Maps {
             }
         }
         let key = service_key(&spec.address, spec.protocol);
-        let previous = self.service(&key)?;
+        let green_weight = spec.green_weight.min(WEIGHT_SCALE);
+        // An unchanged weight keeps its generation (previous weight and change time), so a
+        // pool change does not reset the mid-flow-miss hold.
+        let (previous_green_weight, weight_changed_ns) = match self.service(&key)? {
+            Some(p) if p.green_weight == green_weight => {
+                (p.previous_green_weight, p.weight_changed_ns)
+            }
+            Some(p) => (p.green_weight, monotonic_ns()),
+            None => (green_weight, monotonic_ns()),
+        };
         let config = ServiceConfig {
             id: spec.id,
-            green_weight: spec.green_weight.min(WEIGHT_SCALE),
-            previous_green_weight: previous.map_or(spec.green_weight, |p| p.green_weight),
+            green_weight,
+            previous_green_weight,
             cohort: spec.cohort as u32,
             blue: pools[Color::Blue as usize],
             green: pools[Color::Green as usize],
-            weight_changed_ns: match previous {
-                Some(p) if p.green_weight == spec.green_weight => p.weight_changed_ns,
-                _ => monotonic_ns(),
-            },
+            weight_changed_ns,
             miss_hold_ns: spec.miss_hold.as_nanos() as u64,
         };
         self.set_service(&key, &config)?;
