@@ -2,7 +2,8 @@
 //! client side of their protocol.
 //!
 //! * TCP: every request line is answered with the server's name (`blue-0`, `green-1`, ...) and a
-//!   newline; the connection stays open until the client closes it.
+//!   newline; the connection stays open until the client closes it. The request `bulk N` is
+//!   answered with the name line followed by N bytes of [`bulk_byte`] (N ≤ [`MAX_BULK`]).
 //! * UDP: every datagram is answered with `<name> <payload>`.
 //!
 //! Servers are bounded: they stop when [`Servers`] is dropped (or `stop`ped), and after
@@ -33,6 +34,14 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request or reply line accepted.
 const MAX_LINE: usize = 512;
+/// The largest `bulk` answer.
+pub const MAX_BULK: usize = 64 << 20;
+
+/// Byte `i` of a `bulk` answer: a pattern that does not repeat every 2^n bytes, so a segment
+/// delivered at the wrong offset is noticed.
+pub const fn bulk_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
 
 /// A group of running servers, stopped and joined on drop.
 pub struct Servers {
@@ -151,9 +160,12 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>) {
     }
 }
 
-/// Answers every request line with the server's name until the client closes.
+/// Answers every request line with the server's name (and `bulk` data) until the client
+/// closes.
 fn serve_connection(mut stream: TcpStream, name: &str, stop: &AtomicBool, started: Instant) {
-    if stream.set_read_timeout(Some(POLL)).is_err() {
+    if stream.set_read_timeout(Some(POLL)).is_err()
+        || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
+    {
         return;
     }
     let reply = format!("{name}\n");
@@ -174,8 +186,17 @@ fn serve_connection(mut stream: TcpStream, name: &str, stop: &AtomicBool, starte
             Err(_) => return,
         }
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            pending.drain(..=end);
+            let line: Vec<u8> = pending.drain(..=end).collect();
             if stream.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+            let bulk = std::str::from_utf8(&line)
+                .ok()
+                .and_then(|line| line.trim_end().strip_prefix("bulk "))
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(len) = bulk
+                && write_bulk(&mut stream, len.min(MAX_BULK)).is_err()
+            {
                 return;
             }
         }
@@ -183,6 +204,20 @@ fn serve_connection(mut stream: TcpStream, name: &str, stop: &AtomicBool, starte
             return;
         }
     }
+}
+
+fn write_bulk(stream: &mut TcpStream, len: usize) -> io::Result<()> {
+    let mut chunk = [0u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        for (i, byte) in chunk[..n].iter_mut().enumerate() {
+            *byte = bulk_byte(sent + i);
+        }
+        stream.write_all(&chunk[..n])?;
+        sent += n;
+    }
+    Ok(())
 }
 
 fn udp_loop(socket: &UdpSocket, name: &str, stop: &AtomicBool) {
@@ -214,23 +249,46 @@ pub fn connect(from: SocketAddr, to: SocketAddr) -> io::Result<TcpStream> {
 /// Sends one request line and returns the answer (the server's name).
 pub fn ask(stream: &mut TcpStream) -> io::Result<String> {
     stream.write_all(b"who\n")?;
+    read_line(stream)
+}
+
+/// Reads the answer line byte by byte (nothing after it is consumed).
+fn read_line(stream: &mut TcpStream) -> io::Result<String> {
     let mut line = Vec::new();
-    let mut buf = [0u8; 64];
-    while !line.contains(&b'\n') {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        if stream.read(&mut byte)? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "server closed before answering",
             ));
         }
-        line.extend_from_slice(&buf[..n]);
+        line.push(byte[0]);
         if line.len() > MAX_LINE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "reply too long"));
         }
     }
-    let text = String::from_utf8_lossy(&line);
-    Ok(text.trim_end().to_owned())
+    Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
+}
+
+/// Asks for `len` bytes of bulk data, checks every byte, and returns the server's name.
+pub fn bulk(stream: &mut TcpStream, len: usize) -> io::Result<String> {
+    stream.write_all(format!("bulk {len}\n").as_bytes())?;
+    let name = read_line(stream)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    while received < len {
+        let n = buf.len().min(len - received);
+        stream.read_exact(&mut buf[..n])?;
+        if let Some(i) = (0..n).find(|&i| buf[i] != bulk_byte(received + i)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bulk byte {} from {name} is wrong", received + i),
+            ));
+        }
+        received += n;
+    }
+    Ok(name)
 }
 
 /// A connected UDP socket from `from` to `to`: the kernel delivers only datagrams whose source

@@ -425,3 +425,24 @@ impl Topology {
         &self.backend_of(service, id).name
     }
 }
+
+/// The `Tcp:` counters of `/proc/net/snmp` (shared by IPv4 and IPv6) in `ns`: `OutSegs`,
+/// `RetransSegs`, `InSegs`, ...
+pub fn tcp_mib(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
+    let name = ns.name.clone();
+    let snmp = ns.run(move || {
+        // thread-self: /proc/self/net would show the namespace of the process's main thread.
+        std::fs::read_to_string("/proc/thread-self/net/snmp")
+            .unwrap_or_else(|e| panic!("{name}: reading /proc/thread-self/net/snmp: {e}"))
+    });
+    let mut lines = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no Tcp: lines in /proc/net/snmp of {}", ns.name);
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}

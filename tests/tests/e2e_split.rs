@@ -19,8 +19,8 @@ use splitter::dataplane::{
 use splitter_common::{Cohort, Color, Family, Reason, WEIGHT_SCALE};
 use splitter_tests::{
     require_privileges,
-    servers::{Servers, ask, connect, udp_ask, udp_connect},
-    topology::{Layout, Spec, Topology},
+    servers::{Servers, ask, bulk, connect, udp_ask, udp_connect},
+    topology::{Layout, Spec, Topology, tcp_mib},
 };
 
 /// No traffic loop of a test runs longer than this.
@@ -618,4 +618,106 @@ fn one_armed_backends_on_the_client_segment() {
         return;
     }
     other_layout("oa", Layout::OneArmed);
+}
+
+/// Segments a namespace's TCP stack put on the wire: new ones and retransmissions.
+fn tcp_segments_sent(ns: &splitter_tests::netns::Netns) -> u64 {
+    let mib = tcp_mib(ns);
+    mib["OutSegs"] + mib["RetransSegs"]
+}
+
+/// Bulk downloads with the offloads a real host has: backends send TSO/checksum-offloaded
+/// segments and the splitter host aggregates them with GRO, so the egress program rewrites
+/// GSO packets whose checksums are partial. Every byte must arrive intact, and the per-backend
+/// packet counters must count wire segments (as the TCP stacks at both ends count them), not
+/// socket buffers.
+#[test]
+fn bulk_tcp_through_gro_counts_wire_segments() {
+    if !require_privileges("bulk_tcp_through_gro_counts_wire_segments") {
+        return;
+    }
+    const BYTES: usize = 4 << 20;
+    const CONNECTIONS: u16 = 3;
+    let mut bed = Bed::new("gro", Layout::Routed, 1, 1, 1);
+    for backend in &bed.topology.backends {
+        let peer = backend.name.replace('-', "");
+        bed.topology
+            .host
+            .exec(&["ethtool", "-K", &peer, "gro", "on"]);
+        backend
+            .ns
+            .exec(&["ethtool", "-K", "eth0", "tx", "on", "tso", "on"]);
+    }
+    for (id, family) in [(1, Family::Ipv4), (2, Family::Ipv6)] {
+        let service = bed
+            .topology
+            .service(id, family, Protocol::Tcp, Cohort::Flow, ppm(50));
+        bed.install(&service);
+        let backends_before: u64 = bed
+            .topology
+            .backends
+            .iter()
+            .map(|b| tcp_segments_sent(&b.ns))
+            .sum();
+        let client_before = tcp_segments_sent(&bed.topology.client);
+        let from = bed.topology.client_addr(family, 0);
+        let to = service.address;
+        let answers = bed
+            .topology
+            .client
+            .run(move || {
+                (0..CONNECTIONS)
+                    .map(|i| {
+                        let src = SocketAddr::new(from, 20_000 + i);
+                        let mut stream =
+                            connect(src, to).map_err(|e| format!("connect {src}: {e}"))?;
+                        let name =
+                            bulk(&mut stream, BYTES).map_err(|e| format!("bulk {src}: {e}"))?;
+                        Ok((src, name))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .unwrap_or_else(|e| panic!("{family:?} bulk download: {e}"));
+        for (src, name) in &answers {
+            assert_eq!(name, bed.topology.expected_backend(&service, *src));
+        }
+        let counters = |bed: &Bed| {
+            let mut sum = splitter_common::BackendCounters::default();
+            for spec in service.blue.iter().chain(&service.green) {
+                sum += bed.dataplane.maps.backend_counters(spec.id).unwrap();
+            }
+            sum
+        };
+        settle(|| {
+            let c = counters(&bed);
+            let backends_sent = bed
+                .topology
+                .backends
+                .iter()
+                .map(|b| tcp_segments_sent(&b.ns))
+                .sum::<u64>()
+                - backends_before;
+            let client_sent = tcp_segments_sent(&bed.topology.client) - client_before;
+            if c.to_client.packets != backends_sent || c.to_backend.packets != client_sent {
+                return Err(format!(
+                    "{family:?}: to_client packets {} vs {backends_sent} segments the backends \
+                     sent; to_backend packets {} vs {client_sent} segments the client sent",
+                    c.to_client.packets, c.to_backend.packets
+                ));
+            }
+            Ok(())
+        });
+        let c = counters(&bed);
+        assert!(
+            c.to_client.bytes >= (BYTES * CONNECTIONS as usize) as u64,
+            "{family:?}: to_client bytes {} below the {} bytes downloaded",
+            c.to_client.bytes,
+            BYTES * CONNECTIONS as usize
+        );
+        eprintln!(
+            "{family:?} bulk: {CONNECTIONS} × {BYTES} bytes intact; to_client {} packets / {} \
+             bytes, to_backend {} packets",
+            c.to_client.packets, c.to_client.bytes, c.to_backend.packets
+        );
+    }
 }
