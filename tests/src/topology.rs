@@ -12,9 +12,12 @@
 //! | client segment                   | 198.18.1.0/24         | fd00:5:1::/64          |
 //! | client `i`                       | 198.18.1.(1 + i)      | fd00:5:1::(1 + i)      |
 //! | splitter host                    | .254 of each segment  | ::fe of each segment   |
+//! | router (transit to the host)     | 198.18.0.1/24         | fd00:5::1/64           |
 //! | backend `i` (routed)             | 198.18.(10 + i).1/24  | fd00:5:(10 + i)::1/64  |
 //! | backend `i` (bridged, one-armed) | 198.18.2.(1 + i)/24   | fd00:5:2::(1 + i)/64   |
 //!
+//! With a router ([`Spec::router_mtu`]) the client segment's .254 / ::fe is the router, and the
+//! splitter host sits at .254 / ::fe of the transit segment 198.18.0.0/24, fd00:5::/64.
 //! Backend `i` counts blue backends first, then green ones; IPv6 groups are hexadecimal
 //! (backend 0 of the routed layout is `fd00:5:a::1`).
 
@@ -67,6 +70,10 @@ pub struct Spec {
     pub green: usize,
     /// Addresses on the client's interface (for the client cohort); at least 1.
     pub clients: usize,
+    /// A router between the client and the splitter host (not in the one-armed layout), whose
+    /// interface towards the client has this MTU: packets bigger than that make it send ICMP
+    /// "fragmentation needed" / "packet too big" back to their source, the service address.
+    pub router_mtu: Option<u32>,
 }
 
 /// One backend: its own namespace with one interface `eth0`.
@@ -95,6 +102,8 @@ pub struct Topology {
     pub host: Netns,
     /// The L2 switch of the one-armed layout.
     pub switch: Option<Netns>,
+    /// The router of [`Spec::router_mtu`].
+    pub router: Option<Netns>,
     pub backends: Vec<BackendHost>,
     pub clients_v4: Vec<Ipv4Addr>,
     pub clients_v6: Vec<Ipv6Addr>,
@@ -187,9 +196,17 @@ impl Topology {
         let switch = (spec.layout == Layout::OneArmed)
             .then(|| namespace(&unique(&format!("{}s", spec.tag)), false));
 
-        // Client segment.
-        match &switch {
-            Some(switch) => {
+        let router = spec.router_mtu.map(|mtu| {
+            assert!(
+                spec.layout != Layout::OneArmed,
+                "the one-armed layout has no router"
+            );
+            (namespace(&unique(&format!("{}r", spec.tag)), true), mtu)
+        });
+
+        // Client segment, and the transit segment behind a router.
+        match (&switch, &router) {
+            (Some(switch), _) => {
                 bridge(switch, "sw");
                 veth(&client, "eth0", switch, "swc");
                 veth(&host, CLIENT_IF, switch, "swh");
@@ -197,7 +214,12 @@ impl Topology {
                     switch.ip(&["link", "set", port, "master", "sw"]);
                 }
             }
-            None => veth(&client, "eth0", &host, CLIENT_IF),
+            (None, Some((router, mtu))) => {
+                veth(&client, "eth0", router, "lan");
+                veth(router, "wan", &host, CLIENT_IF);
+                router.ip(&["link", "set", "lan", "mtu", &mtu.to_string()]);
+            }
+            (None, None) => veth(&client, "eth0", &host, CLIENT_IF),
         }
         let clients_v4: Vec<Ipv4Addr> = (0..spec.clients).map(|i| v4(1, 1 + i as u8)).collect();
         let clients_v6: Vec<Ipv6Addr> = (0..spec.clients).map(|i| v6(1, 1 + i as u16)).collect();
@@ -205,8 +227,43 @@ impl Topology {
             addr(&client, "eth0", &format!("{a}/24"));
             addr(&client, "eth0", &format!("{b}/64"));
         }
-        addr(&host, CLIENT_IF, &format!("{}/24", v4(1, 254)));
-        addr(&host, CLIENT_IF, &format!("{}/64", v6(1, 0xfe)));
+        // The client's next hop: the splitter host, or the router in front of it.
+        let (first_hop, first_hop_if) = match &router {
+            Some((router, _)) => (router, "lan"),
+            None => (&host, CLIENT_IF),
+        };
+        addr(first_hop, first_hop_if, &format!("{}/24", v4(1, 254)));
+        addr(first_hop, first_hop_if, &format!("{}/64", v6(1, 0xfe)));
+        if let Some((router, _)) = &router {
+            addr(router, "wan", &format!("{}/24", v4(0, 1)));
+            addr(router, "wan", &format!("{}/64", v6(0, 1)));
+            addr(&host, CLIENT_IF, &format!("{}/24", v4(0, 254)));
+            addr(&host, CLIENT_IF, &format!("{}/64", v6(0, 0xfe)));
+            router.ip(&["route", "add", "default", "via", &v4(0, 254).to_string()]);
+            router.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &v6(0, 0xfe).to_string(),
+            ]);
+            host.ip(&[
+                "route",
+                "add",
+                &format!("{}/24", v4(1, 0)),
+                "via",
+                &v4(0, 1).to_string(),
+            ]);
+            host.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{}/64", v6(1, 0)),
+                "via",
+                &v6(0, 1).to_string(),
+            ]);
+        }
         client.ip(&[
             "route",
             "add",
@@ -301,6 +358,7 @@ impl Topology {
             client,
             host,
             switch,
+            router: router.map(|(router, _)| router),
             backends,
             clients_v4,
             clients_v6,
@@ -401,20 +459,10 @@ impl Topology {
     /// The name of the backend a new flow from `client` should land on, by the documented split
     /// hash (`splitter_common::hash`, default seed) at the service's weight.
     pub fn expected_backend(&self, service: &ServiceSpec, client: SocketAddr) -> &str {
-        let (src, family) = addr_of(&client);
-        let (dst, _) = addr_of(&service.address);
-        let key = FlowKey {
-            src,
-            dst,
-            src_port: client.port().to_be(),
-            dst_port: service.address.port().to_be(),
-            protocol: service.protocol.number(),
-            family: family as u8,
-            _pad: [0; 2],
-        };
+        let key = flow_key(service, client);
         let hash = match service.cohort {
             Cohort::Flow => flow_hash(&key, DEFAULT_HASH_SEED),
-            Cohort::Client => client_hash(&src, family as u8, DEFAULT_HASH_SEED),
+            Cohort::Client => client_hash(&key.src, key.family, DEFAULT_HASH_SEED),
         };
         let pool = if is_green(hash, service.green_weight) {
             &service.green
@@ -423,6 +471,21 @@ impl Topology {
         };
         let id = pool[pool_index(hash, pool.len() as u32) as usize].id;
         &self.backend_of(service, id).name
+    }
+}
+
+/// The `FLOWS` key of the flow from `client` to `service`.
+pub fn flow_key(service: &ServiceSpec, client: SocketAddr) -> FlowKey {
+    let (src, family) = addr_of(&client);
+    let (dst, _) = addr_of(&service.address);
+    FlowKey {
+        src,
+        dst,
+        src_port: client.port().to_be(),
+        dst_port: service.address.port().to_be(),
+        protocol: service.protocol.number(),
+        family: family as u8,
+        _pad: [0; 2],
     }
 }
 

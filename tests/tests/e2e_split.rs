@@ -20,7 +20,7 @@ use splitter_common::{Cohort, Color, Family, Reason, WEIGHT_SCALE};
 use splitter_tests::{
     require_privileges,
     servers::{Servers, ask, bulk, connect, udp_ask, udp_connect},
-    topology::{Layout, Spec, Topology, tcp_mib},
+    topology::{Layout, Spec, Topology, flow_key, tcp_mib},
 };
 
 /// No traffic loop of a test runs longer than this.
@@ -41,13 +41,18 @@ struct Bed {
 
 impl Bed {
     fn new(tag: &'static str, layout: Layout, blue: usize, green: usize, clients: usize) -> Self {
-        let topology = Topology::build(&Spec {
+        Self::with(&Spec {
             tag,
             layout,
             blue,
             green,
             clients,
-        });
+            router_mtu: None,
+        })
+    }
+
+    fn with(spec: &Spec) -> Self {
+        let topology = Topology::build(spec);
         let servers = topology.start_servers();
         let dataplane = Dataplane::load(&LoadOptions::default()).expect("load the eBPF object");
         let dataplane = topology.attach(dataplane);
@@ -447,6 +452,81 @@ fn long_lived_tcp_connection_stays_on_blue_ipv6() {
     );
 }
 
+/// A connection whose pinned flow is lost (LRU eviction, or ECMP moving it to this host) right
+/// after a weight change: its next packet is a flow miss, steered by the previous weight while
+/// the miss hold lasts, so it stays on its backend. Without a hold the current weight steers it,
+/// and at 100 % green the green backend resets it.
+#[test]
+fn evicted_flow_follows_the_previous_weight() {
+    if !require_privileges("evicted_flow_follows_the_previous_weight") {
+        return;
+    }
+    let mut bed = Bed::new("ev", Layout::Routed, 2, 2, 1);
+    for (id, family) in [(1, Family::Ipv4), (2, Family::Ipv6)] {
+        for (hold, port) in [(Duration::from_secs(30), 31_000), (Duration::ZERO, 31_001)] {
+            let service = ServiceSpec {
+                miss_hold: hold,
+                ..bed
+                    .topology
+                    .service(id, family, Protocol::Tcp, Cohort::Flow, 0)
+            };
+            bed.install(&service);
+            let src = SocketAddr::new(bed.topology.client_addr(family, 0), port);
+            let to = service.address;
+            let mut stream = bed
+                .topology
+                .client
+                .run(move || connect(src, to))
+                .unwrap_or_else(|e| panic!("connect {src} -> {to}: {e}"));
+            let first = ask(&mut stream).expect("first request");
+            assert_eq!(bed.color_of(&first), Color::Blue, "opened at 0 % green");
+            bed.set_weight(&service, 100);
+            let misses = bed.dataplane.maps.service_counters(id).unwrap().flow_misses;
+            bed.dataplane
+                .maps
+                .flows
+                .remove(&flow_key(&service, src))
+                .expect("remove the pinned flow");
+            let answer = ask(&mut stream);
+            let misses = bed.dataplane.maps.service_counters(id).unwrap().flow_misses - misses;
+            assert!(
+                misses >= 1,
+                "{family:?}: the next packet must be a flow miss"
+            );
+            if hold.is_zero() {
+                assert!(
+                    answer.is_err(),
+                    "{family:?}: without a miss hold the flow goes green and is reset, got \
+                     {answer:?}"
+                );
+            } else {
+                let answer = answer.as_ref().unwrap_or_else(|e| {
+                    panic!("{family:?}: the evicted flow broke within the miss hold: {e}")
+                });
+                assert_eq!(
+                    answer, &first,
+                    "{family:?}: the evicted flow changed backend"
+                );
+                let pinned = bed
+                    .dataplane
+                    .maps
+                    .flows
+                    .get(&flow_key(&service, src), 0)
+                    .expect("the miss pinned the flow again");
+                assert_eq!(
+                    bed.topology.backend_of(&service, pinned.backend_id).name,
+                    first,
+                    "{family:?}: re-pinned to its backend"
+                );
+            }
+            eprintln!(
+                "{family:?} miss hold {hold:?}: opened on {first}, after eviction at 100 %: \
+                 {answer:?} ({misses} flow misses)"
+            );
+        }
+    }
+}
+
 /// UDP through the splitter for one family: every reply comes from the service address (or the
 /// connected client socket would never see it) and the per-backend counters match exactly.
 fn udp_exchange(bed: &mut Bed, id: u32, family: Family, first_port: u16) {
@@ -718,6 +798,72 @@ fn bulk_tcp_through_gro_counts_wire_segments() {
             "{family:?} bulk: {CONNECTIONS} × {BYTES} bytes intact; to_client {} packets / {} \
              bytes, to_backend {} packets",
             c.to_client.packets, c.to_client.bytes, c.to_backend.packets
+        );
+    }
+}
+
+/// Path MTU discovery through the splitter: a router between the client and the splitter host
+/// has a 1280-byte link to the client, so the backends' full-size segments (the client
+/// advertised an MSS for 1500 bytes) make it send ICMP "fragmentation needed" (IPv4) and
+/// "packet too big" (IPv6) to the service address. The ingress program must hand them to the
+/// backend of the flow, rewritten so its stack matches them to the connection; otherwise the
+/// download stalls.
+#[test]
+fn path_mtu_errors_reach_the_backend() {
+    if !require_privileges("path_mtu_errors_reach_the_backend") {
+        return;
+    }
+    const BYTES: usize = 1 << 20;
+    let mut bed = Bed::with(&Spec {
+        tag: "mtu",
+        layout: Layout::Routed,
+        blue: 1,
+        green: 1,
+        clients: 1,
+        router_mtu: Some(1280),
+    });
+    for (id, family) in [(1, Family::Ipv4), (2, Family::Ipv6)] {
+        let service = bed
+            .topology
+            .service(id, family, Protocol::Tcp, Cohort::Flow, ppm(50));
+        bed.install(&service);
+        let errors_before = bed.verdict(Reason::IcmpToBackend);
+        let src = SocketAddr::new(bed.topology.client_addr(family, 0), 20_000);
+        let to = service.address;
+        let name = bed
+            .topology
+            .client
+            .run(move || {
+                let mut stream = connect(src, to).map_err(|e| format!("connect: {e}"))?;
+                bulk(&mut stream, BYTES).map_err(|e| format!("bulk download: {e}"))
+            })
+            .unwrap_or_else(|e| panic!("{family:?} {src} -> {to} through a 1280-byte link: {e}"));
+        assert_eq!(name, bed.topology.expected_backend(&service, src));
+        let errors = bed.verdict(Reason::IcmpToBackend) - errors_before;
+        assert!(
+            errors >= 1,
+            "{family:?}: the router's ICMP errors must reach the backend ({errors} did)"
+        );
+        // The backend's stack took the error for its connection: it caches the path MTU.
+        let backend = bed
+            .topology
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .expect("the answering backend");
+        let route = backend
+            .ns
+            .ip(&["route", "get", &src.ip().to_string()])
+            .stdout;
+        let route = String::from_utf8_lossy(&route);
+        assert!(
+            route.contains("mtu 1280"),
+            "{family:?}: {name} should have learnt the path MTU to the client: {route}"
+        );
+        eprintln!(
+            "{family:?}: {BYTES} bytes from {name} through a 1280-byte link, {errors} ICMP \
+             errors forwarded to the backend; its route: {}",
+            route.trim()
         );
     }
 }
