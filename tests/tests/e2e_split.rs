@@ -283,10 +283,10 @@ fn per_backend<'a>(names: impl Iterator<Item = &'a str>) -> BTreeMap<String, u64
     counts
 }
 
-/// Polls `check` until it returns `Ok` or a second passes (counters of the last packets of a
+/// Polls `check` until it returns `Ok` or three seconds pass (counters of the last packets of a
 /// round, such as the server's FIN, may trail the client by a moment).
 fn settle(mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match check() {
             Ok(()) => return,
