@@ -21,8 +21,17 @@ pub enum Direction {
     ToClient,
 }
 
+/// Counts `packets` wire packets (more than one for a GSO packet on the egress path) of
+/// `bytes` L3 bytes.
 #[inline(always)]
-pub fn backend_packet(backend_id: u32, direction: Direction, bytes: u64, tcp_flags: u8, new: bool) {
+pub fn backend_packet(
+    backend_id: u32,
+    direction: Direction,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u8,
+    new: bool,
+) {
     let Some(counters) = BACKEND_COUNTERS.get_ptr_mut(backend_id) else {
         return;
     };
@@ -34,7 +43,7 @@ pub fn backend_packet(backend_id: u32, direction: Direction, bytes: u64, tcp_fla
         Direction::ToBackend => &mut counters.to_backend,
         Direction::ToClient => &mut counters.to_client,
     };
-    side.packets += 1;
+    side.packets += packets;
     side.bytes += bytes;
     if tcp_flags & TCP_SYN != 0 {
         side.tcp_syn += 1;

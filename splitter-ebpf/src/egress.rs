@@ -56,11 +56,15 @@ pub fn handle(ctx: &TcContext) {
     };
     let reverse = *reverse;
     let bytes = (f.len() - ip.l3_offset) as u64;
+    // A GSO packet (GRO on the way in, TSO from a local sender) leaves as `gso_segs` wire
+    // packets; a plain one has gso_segs 0.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
     if rewrite_source(ctx, &packet, &reverse).is_ok() {
         counters::verdict(Reason::ToClient);
         counters::backend_packet(
             reverse.backend_id,
             Direction::ToClient,
+            segments,
             bytes.max((ctx.len() as usize - ip.l3_offset) as u64),
             packet.tcp_flags,
             false,

@@ -77,6 +77,7 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
     counters::backend_packet(
         flow.backend_id,
         Direction::ToBackend,
+        1,
         bytes,
         packet.tcp_flags,
         new,

@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod netns;
+pub mod servers;
+pub mod topology;
 
 /// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).
 pub const SKIP_ENV: &str = "SPLITTER_SKIP_PRIVILEGED";
