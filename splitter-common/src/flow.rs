@@ -1,10 +1,8 @@
-//! Flow tables. `FLOWS` pins a client flow to its backend; `REVERSE_FLOWS` maps the backend's
-//! replies back to the service address the client used.
+//! The flow table: `FLOWS` pins a client flow to its backend.
 
 use crate::Addr;
 
-/// A flow as seen on the wire in one direction. Ports in network byte order.
-/// Forward key: client → service. Reverse key: backend → client.
+/// A client flow as seen on the wire: client → service. Ports in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -30,14 +28,4 @@ pub struct FlowValue {
     pub backend_id: u32,
     /// When the flow was pinned (`bpf_ktime_get_ns`).
     pub created_ns: u64,
-}
-
-/// What a backend's reply is rewritten to: the service address and port the client used.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ReverseValue {
-    pub service_addr: Addr,
-    pub service_port: u16,
-    pub _pad: [u8; 2],
-    pub backend_id: u32,
 }

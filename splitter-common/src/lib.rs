@@ -16,9 +16,9 @@ pub mod maps;
 pub mod service;
 
 pub use addr::{Addr, Family};
-pub use backend::{Backend, Color};
+pub use backend::{Backend, BackendKey, Color, ReverseValue};
 pub use counters::{BackendCounters, DirectionCounters, Reason, ServiceCounters};
-pub use flow::{FlowKey, FlowValue, ReverseValue};
+pub use flow::{FlowKey, FlowValue};
 pub use service::{Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE};
 
 /// Implements `aya::Pod` (userspace only) for plain map types.
@@ -38,6 +38,7 @@ pod!(
     FlowKey,
     FlowValue,
     ReverseValue,
+    BackendKey,
     BackendCounters,
     ServiceCounters,
     bench::BenchPacket,

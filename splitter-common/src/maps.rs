@@ -9,8 +9,8 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const POOLS: &str = "POOLS";
 /// `FLOWS` (LRU): forward [`crate::FlowKey`] → [`crate::FlowValue`].
 pub const FLOWS: &str = "FLOWS";
-/// `REVERSE_FLOWS` (LRU): reverse [`crate::FlowKey`] → [`crate::ReverseValue`].
-pub const REVERSE_FLOWS: &str = "REVERSE_FLOWS";
+/// `BACKEND_REVERSE`: [`crate::BackendKey`] → [`crate::ReverseValue`] (the reply path).
+pub const BACKEND_REVERSE: &str = "BACKEND_REVERSE";
 /// `BACKEND_COUNTERS` (per CPU): backend id → [`crate::BackendCounters`].
 pub const BACKEND_COUNTERS: &str = "BACKEND_COUNTERS";
 /// `SERVICE_COUNTERS` (per CPU): service id → [`crate::ServiceCounters`].
@@ -28,5 +28,5 @@ pub const EGRESS_PROGRAM: &str = "splitter_egress";
 pub const MAX_SERVICES: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 8192;
 pub const POOL_SLOTS: u32 = 16384;
-/// Default capacity of `FLOWS` and `REVERSE_FLOWS` (the config's `flow_table_size`).
+/// Default capacity of `FLOWS` (the config's `flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;

@@ -1,16 +1,17 @@
 //! The TC egress program's work, on the interfaces where clients are: a backend's reply is
-//! rewritten back to the service address and port the client used (reverse NAT). Checksums go
+//! rewritten back to the service address and port the client used (reverse NAT), by the
+//! backend's address alone (stateless: it works for evicted flows and flows of other hosts). Checksums go
 //! through the kernel helpers, which also handle CHECKSUM_PARTIAL (GSO/forwarded) packets.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use splitter_common::{Family, FlowKey, Reason, ReverseValue};
+use splitter_common::{BackendKey, Family, Reason, ReverseValue};
 
 use crate::{
     counters::{self, Direction},
-    maps::REVERSE_FLOWS,
+    maps::BACKEND_REVERSE,
     parse::{self, Fragment, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
 };
 
@@ -42,16 +43,13 @@ pub fn handle(ctx: &TcContext) {
     let Ok(packet) = parse::ports(&f, ip) else {
         return;
     };
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
+    let key = BackendKey {
+        addr: ip.src,
+        port: packet.src_port,
         protocol: ip.protocol,
         family: ip.family as u8,
-        _pad: [0; 2],
     };
-    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(key) }) else {
+    let Some(reverse) = (unsafe { BACKEND_REVERSE.get(key) }) else {
         return;
     };
     let reverse = *reverse;

@@ -2,13 +2,13 @@
 //! ICMP errors about a service flow are forwarded to that flow's backend.
 
 use splitter_common::{
-    Addr, Cohort, Family, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig, ServiceKey,
+    Addr, Cohort, Family, FlowKey, FlowValue, Reason, ServiceConfig, ServiceKey,
 };
 
 use crate::{
     checksum::Delta,
     counters::{self, Direction},
-    maps::{FLOWS, REVERSE_FLOWS, SERVICES},
+    maps::{FLOWS, SERVICES},
     parse::{
         self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
         Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
@@ -111,25 +111,9 @@ fn new_flow(
         created_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
     };
     // A stray RST closes whatever it belongs to: forward it, but do not pin a flow for it.
+    // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
+    // takes the same choice again while the weight is unchanged.
     if !(tcp && packet.tcp_flags & TCP_RST != 0) {
-        let reverse_key = FlowKey {
-            src: backend.addr,
-            dst: key.src,
-            src_port: backend.port,
-            dst_port: key.src_port,
-            protocol: key.protocol,
-            family: key.family,
-            _pad: [0; 2],
-        };
-        let reverse = ReverseValue {
-            service_addr: key.dst,
-            service_port: key.dst_port,
-            _pad: [0; 2],
-            backend_id,
-        };
-        // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
-        // takes the same choice again while the weight is unchanged.
-        let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
         let _ = FLOWS.insert(key, flow, 0);
     }
     if start == Start::Earlier {

@@ -1,12 +1,12 @@
 //! Every map of the data plane. Names, key/value types and capacities come from
-//! `splitter_common::maps`; the daemon resizes `FLOWS`/`REVERSE_FLOWS` at load time.
+//! `splitter_common::maps`; the daemon resizes `FLOWS` at load time.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    Backend, BackendCounters, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
     ServiceCounters, ServiceKey,
     maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, POOL_SLOTS},
 };
@@ -29,10 +29,10 @@ pub static POOLS: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
-/// Backend reply flow (backend → client) → the service address to put back.
+/// Backend address (source of its replies) → the service address and port to put back.
 #[map]
-pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static BACKEND_REVERSE: HashMap<BackendKey, ReverseValue> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Backend id → traffic counters, per CPU.
 #[map]

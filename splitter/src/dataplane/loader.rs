@@ -52,7 +52,6 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
             .map_max_entries(names::FLOWS, options.flow_table_size)
-            .map_max_entries(names::REVERSE_FLOWS, options.flow_table_size)
             .load(EBPF_OBJECT)?;
         xdp(&mut ebpf)?
             .load()

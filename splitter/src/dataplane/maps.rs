@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use splitter_common::{
-    Backend, BackendCounters, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
     ServiceCounters, ServiceKey, maps as names,
 };
 
@@ -17,7 +17,7 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub pools: Array<MapData, u32>,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
-    pub reverse_flows: HashMap<MapData, FlowKey, ReverseValue>,
+    pub backend_reverse: HashMap<MapData, BackendKey, ReverseValue>,
     pub backend_counters: PerCpuArray<MapData, BackendCounters>,
     pub service_counters: PerCpuArray<MapData, ServiceCounters>,
     pub verdicts: PerCpuArray<MapData, u64>,
@@ -29,7 +29,7 @@ pub const ALL: [&str; 8] = [
     names::BACKENDS,
     names::POOLS,
     names::FLOWS,
-    names::REVERSE_FLOWS,
+    names::BACKEND_REVERSE,
     names::BACKEND_COUNTERS,
     names::SERVICE_COUNTERS,
     names::VERDICTS,
@@ -51,7 +51,7 @@ impl Maps {
             backends: typed(names::BACKENDS, take(names::BACKENDS))?,
             pools: typed(names::POOLS, take(names::POOLS))?,
             flows: typed(names::FLOWS, take(names::FLOWS))?,
-            reverse_flows: typed(names::REVERSE_FLOWS, take(names::REVERSE_FLOWS))?,
+            backend_reverse: typed(names::BACKEND_REVERSE, take(names::BACKEND_REVERSE))?,
             backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
             service_counters: typed(names::SERVICE_COUNTERS, take(names::SERVICE_COUNTERS))?,
             verdicts: typed(names::VERDICTS, take(names::VERDICTS))?,
@@ -139,6 +139,17 @@ impl Maps {
         self.backends
             .set(id, backend, 0)
             .map_err(map_error(names::BACKENDS))
+    }
+
+    /// Where a backend's replies are rewritten to.
+    pub fn set_backend_reverse(
+        &mut self,
+        key: &BackendKey,
+        value: &ReverseValue,
+    ) -> Result<(), DataplaneError> {
+        self.backend_reverse
+            .insert(key, value, 0)
+            .map_err(map_error(names::BACKEND_REVERSE))
     }
 
     /// Fills `ids.len()` pool slots starting at `first_slot`.

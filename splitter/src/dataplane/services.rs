@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
-    Addr, Backend, Cohort, Color, Family, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE,
+    Addr, Backend, BackendKey, Cohort, Color, Family, Pool, ReverseValue, ServiceConfig,
+    ServiceKey, WEIGHT_SCALE,
 };
 
 use super::{DataplaneError, maps::Maps};
@@ -92,7 +93,8 @@ impl Maps {
     /// entry in one update. A weight already in the map is kept only by `set_weight` callers;
     /// this writes `spec.green_weight`.
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
-        let (_, family) = addr_of(&spec.address);
+        let service_addr = addr_of(&spec.address);
+        let family = service_addr.1;
         let mut slot = spec.first_slot;
         let mut pools = [Pool::default(); 2];
         for (color, backends) in [(Color::Blue, &spec.blue), (Color::Green, &spec.green)] {
@@ -110,6 +112,20 @@ impl Maps {
                         family: family as u8,
                         color: color as u8,
                         service_id: spec.id,
+                    },
+                )?;
+                self.set_backend_reverse(
+                    &BackendKey {
+                        addr,
+                        port: backend.address.port().to_be(),
+                        protocol: spec.protocol.number(),
+                        family: family as u8,
+                    },
+                    &ReverseValue {
+                        service_addr: service_addr.0,
+                        service_port: spec.address.port().to_be(),
+                        _pad: [0; 2],
+                        backend_id: backend.id,
                     },
                 )?;
                 self.set_pool(slot, &[backend.id])?;
