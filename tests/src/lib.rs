@@ -2,6 +2,7 @@
 //! servers and a packet builder. Every test that needs root calls [`require_privileges`].
 
 pub mod netns;
+pub mod packet;
 
 /// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).
 pub const SKIP_ENV: &str = "SPLITTER_SKIP_PRIVILEGED";
