@@ -820,6 +820,38 @@ mod tests {
     }
 
     #[test]
+    fn udp_zero_checksum_and_fragments() {
+        let v4 = Ip::V4(Ipv4::new(
+            Ipv4Addr::new(198, 18, 0, 1),
+            Ipv4Addr::new(198, 18, 0, 2),
+        ));
+        let mut udp = Packet::udp(v4, Udp::new(1, 2), &[9; 100]);
+        let [first, later] = udp.fragments(48, 1);
+        assert_eq!(verify_checksums(&first).unwrap(), [Checked::Ipv4Header]);
+        assert_eq!(verify_checksums(&later).unwrap(), [Checked::Ipv4Header]);
+        assert_eq!(first.len() + later.len(), udp.build().len() + ETH_HLEN + 20);
+        udp.l4 = L4::Udp(Udp {
+            checksum: Some(0),
+            ..Udp::new(1, 2)
+        });
+        assert_eq!(
+            verify_checksums(&udp.build()).unwrap(),
+            [Checked::Ipv4Header, Checked::UdpNone]
+        );
+        // An atomic fragment (offset 0, no more fragments) is a whole datagram.
+        let v6 = Ip::V6(Ipv6 {
+            extensions: vec![Extension::Fragment {
+                offset: 0,
+                more: false,
+                id: 3,
+            }],
+            ..Ipv6::new("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap())
+        });
+        let udp6 = Packet::udp(v6, Udp::new(1, 2), b"whole");
+        assert_eq!(verify_checksums(&udp6.build()).unwrap(), [Checked::Udp]);
+    }
+
+    #[test]
     fn corrupted_checksums_fail() {
         let ip = Ip::V4(Ipv4::new(
             Ipv4Addr::new(198, 18, 0, 1),
