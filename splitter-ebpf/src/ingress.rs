@@ -73,7 +73,9 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
     };
     rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
     let bytes = (frame.len() - ip.l3_offset) as u64;
-    let new = reason != Reason::Established;
+    // A stray RST is forwarded but not pinned (see `new_flow`): no new flow to count.
+    let rst = ip.protocol == IPPROTO_TCP && packet.tcp_flags & TCP_RST != 0;
+    let new = reason != Reason::Established && !rst;
     counters::backend_packet(
         flow.backend_id,
         Direction::ToBackend,
@@ -139,8 +141,11 @@ fn later_fragment(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         protocol: ip.protocol,
         ..FlowKey::default()
     };
-    let (_, backend) = select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
+    let (backend_id, backend) =
+        select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
     rewrite_ip_destination(frame, &ip, &backend.addr);
+    let bytes = (frame.len() - ip.l3_offset) as u64;
+    counters::backend_packet(backend_id, Direction::ToBackend, 1, bytes, 0, false);
     Ok(Reason::FragmentSteered)
 }
 
@@ -272,6 +277,26 @@ fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         .ptr_at::<PortsHdr>(quoted.l4_offset)
         .ok_or(Reason::TruncatedIcmp)?;
     unsafe { (*ports).src_port = flow.backend_port };
+    // The quoted TCP/UDP checksum, when the quote reaches it, covers the source address
+    // (pseudo-header) and port too: update it so the backend gets back the packet it sent.
+    let l4_delta = Delta::new()
+        .addr(&quoted.src.0, &backend.0)
+        .u16(service_port, flow.backend_port);
+    let check_offset = match quoted.protocol {
+        IPPROTO_TCP => quoted.l4_offset + 16,
+        _ => quoted.l4_offset + 6,
+    };
+    if let Some(check) = frame.ptr_at::<u16>(check_offset) {
+        unsafe {
+            let old_check = *check;
+            let new_check = match quoted.protocol {
+                IPPROTO_TCP => l4_delta.apply(old_check),
+                _ => l4_delta.apply_udp(old_check),
+            };
+            *check = new_check;
+            quoted_delta = quoted_delta.u16(old_check, new_check);
+        }
+    }
     // The ICMP checksum covers the quoted bytes; ICMPv6's also covers the pseudo-header.
     let icmp_delta = match ip.family {
         Family::Ipv4 => quoted_delta,

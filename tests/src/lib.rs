@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod netns;
+pub mod packet;
 pub mod servers;
 pub mod topology;
 

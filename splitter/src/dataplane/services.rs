@@ -133,18 +133,24 @@ impl Maps {
             }
         }
         let key = service_key(&spec.address, spec.protocol);
-        let previous = self.service(&key)?;
+        let green_weight = spec.green_weight.min(WEIGHT_SCALE);
+        // Re-installing with the weight in force (a reload) keeps the whole weight generation:
+        // the previous weight still steers misses for the rest of its hold.
+        let (previous_green_weight, weight_changed_ns) = match self.service(&key)? {
+            Some(p) if p.green_weight == green_weight => {
+                (p.previous_green_weight, p.weight_changed_ns)
+            }
+            Some(p) => (p.green_weight, monotonic_ns()),
+            None => (green_weight, monotonic_ns()),
+        };
         let config = ServiceConfig {
             id: spec.id,
-            green_weight: spec.green_weight.min(WEIGHT_SCALE),
-            previous_green_weight: previous.map_or(spec.green_weight, |p| p.green_weight),
+            green_weight,
+            previous_green_weight,
             cohort: spec.cohort as u32,
             blue: pools[Color::Blue as usize],
             green: pools[Color::Green as usize],
-            weight_changed_ns: match previous {
-                Some(p) if p.green_weight == spec.green_weight => p.weight_changed_ns,
-                _ => monotonic_ns(),
-            },
+            weight_changed_ns,
             miss_hold_ns: spec.miss_hold.as_nanos() as u64,
         };
         self.set_service(&key, &config)?;
@@ -163,9 +169,10 @@ impl Maps {
         let Some(mut config) = self.service(&key)? else {
             return Err(DataplaneError::UnknownService { address: *address });
         };
+        let green_weight = green_weight.min(WEIGHT_SCALE);
         if config.green_weight != green_weight {
             config.previous_green_weight = config.green_weight;
-            config.green_weight = green_weight.min(WEIGHT_SCALE);
+            config.green_weight = green_weight;
             config.weight_changed_ns = monotonic_ns();
         }
         self.set_service(&key, &config)?;
