@@ -107,6 +107,30 @@ impl Reason {
     }
 }
 
+/// How a rewritten packet left the ingress program (`FORWARDING`, per CPU).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// XDP_REDIRECT to the backend's interface (the fast path).
+    Redirected = 0,
+    /// XDP_PASS to the kernel's routing (fast path off for that interface, no neighbour entry
+    /// yet, fragmentation needed, TTL expiring, ...).
+    Kernel = 1,
+}
+
+impl Forwarding {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [Forwarding; 2] = [Forwarding::Redirected, Forwarding::Kernel];
+
+    /// The `path` label of `splitter_forwarded_packets_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Forwarding::Redirected => "xdp_redirect",
+            Forwarding::Kernel => "kernel",
+        }
+    }
+}
+
 /// Traffic of one backend in one direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -17,7 +17,7 @@ pub mod service;
 
 pub use addr::{Addr, Family};
 pub use backend::{Backend, BackendKey, Color, ReverseValue};
-pub use counters::{BackendCounters, DirectionCounters, Reason, ServiceCounters};
+pub use counters::{BackendCounters, DirectionCounters, Forwarding, Reason, ServiceCounters};
 pub use flow::{FlowKey, FlowValue};
 pub use service::{Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE};
 

@@ -18,6 +18,12 @@ pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
 /// `VERDICTS` (per CPU): [`crate::Reason`] → packets.
 pub const VERDICTS: &str = "VERDICTS";
 
+/// `REDIRECT_PORTS` (devmap hash): ifindex → ifindex, the interfaces the fast path may
+/// XDP_REDIRECT to (native XDP transmit must work there).
+pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
+/// `FORWARDING` (per CPU): [`crate::Forwarding`] → packets.
+pub const FORWARDING: &str = "FORWARDING";
+
 /// Global set at load time (`EbpfLoader::override_global`): the split hash seed.
 pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
 
@@ -28,5 +34,6 @@ pub const EGRESS_PROGRAM: &str = "splitter_egress";
 pub const MAX_SERVICES: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 8192;
 pub const POOL_SLOTS: u32 = 16384;
+pub const MAX_REDIRECT_PORTS: u32 = 64;
 /// Default capacity of `FLOWS` (the config's `flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;

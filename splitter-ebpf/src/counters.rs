@@ -1,15 +1,22 @@
 //! Counting, never logging, on the hot path. All maps are per CPU: plain adds, no atomics.
 
-use splitter_common::{DirectionCounters, Reason};
+use splitter_common::{DirectionCounters, Forwarding, Reason};
 
 use crate::{
-    maps::{BACKEND_COUNTERS, SERVICE_COUNTERS, VERDICTS},
+    maps::{BACKEND_COUNTERS, FORWARDING, SERVICE_COUNTERS, VERDICTS},
     parse::{TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[inline(always)]
 pub fn verdict(reason: Reason) {
     if let Some(count) = VERDICTS.get_ptr_mut(reason as u32) {
+        unsafe { *count += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn forwarding(path: Forwarding) {
+    if let Some(count) = FORWARDING.get_ptr_mut(path as u32) {
         unsafe { *count += 1 };
     }
 }

@@ -6,10 +6,10 @@
 //! the kernel's routing. The fallback is decided before the packet's L2 header is touched.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::gen::bpf_fib_lookup as fib_lookup,
-    programs::XdpContext,
     EbpfContext,
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    helpers::generated::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
 };
 use splitter_common::{Family, Forwarding};
 
@@ -58,8 +58,8 @@ fn redirect(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<u32> {
                 return None;
             }
             params.family = AF_INET6;
-            params.__bindgen_anon_1.tot_len =
-                u16::from_be(unsafe { (*hdr).payload_len }) + core::mem::size_of::<Ipv6Hdr>() as u16;
+            params.__bindgen_anon_1.tot_len = u16::from_be(unsafe { (*hdr).payload_len })
+                + core::mem::size_of::<Ipv6Hdr>() as u16;
             params.__bindgen_anon_3.ipv6_src = ip.src.0;
             params.__bindgen_anon_4.ipv6_dst = ip.dst.0;
         }

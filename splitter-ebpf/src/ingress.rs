@@ -16,21 +16,25 @@ use crate::{
     select::{self, Start},
 };
 
-/// Handles one received frame and says why it did what it did. The verdict is always XDP_PASS:
-/// rewritten packets continue through the kernel's routing to their backend.
+/// Handles one received frame and says why it did what it did. A packet of a flow rewritten
+/// to its backend comes back with its new IP header data, for the forwarding step; everything
+/// else continues to the kernel untouched or as rewritten (fragments, ICMP errors).
 #[inline(always)]
-pub fn handle(frame: &Frame) -> Reason {
+pub fn handle(frame: &Frame) -> (Reason, Option<Ip>) {
     let ip = match parse::ip(frame) {
         Ok(ip) => ip,
-        Err(reason) => return reason,
+        Err(reason) => return (reason, None),
     };
     let result = match (ip.family, ip.protocol) {
         (_, IPPROTO_TCP | IPPROTO_UDP) => service_packet(frame, ip),
-        (Family::Ipv4, IPPROTO_ICMP) | (Family::Ipv6, IPPROTO_ICMPV6) => icmp_error(frame, ip),
+        (Family::Ipv4, IPPROTO_ICMP) | (Family::Ipv6, IPPROTO_ICMPV6) => {
+            icmp_error(frame, ip).map(|reason| (reason, None))
+        }
         _ => Err(Reason::NotService),
     };
     match result {
-        Ok(reason) | Err(reason) => reason,
+        Ok(outcome) => outcome,
+        Err(reason) => (reason, None),
     }
 }
 
@@ -46,9 +50,9 @@ fn service_key(addr: Addr, port: u16, protocol: u8, family: Family) -> ServiceKe
 
 /// A TCP or UDP packet: to a service or not.
 #[inline(always)]
-fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
+fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason> {
     if ip.fragment == Fragment::Later {
-        return later_fragment(frame, ip);
+        return later_fragment(frame, ip).map(|reason| (reason, None));
     }
     let packet = parse::ports(frame, ip)?;
     let key = service_key(ip.dst, packet.dst_port, ip.protocol, ip.family);
@@ -85,9 +89,15 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         new,
     );
     if ip.fragment == Fragment::First {
-        return Ok(Reason::FragmentSteered);
+        return Ok((Reason::FragmentSteered, None));
     }
-    Ok(reason)
+    Ok((
+        reason,
+        Some(Ip {
+            dst: flow.backend_addr,
+            ..ip
+        }),
+    ))
 }
 
 /// Chooses and pins a backend for a flow that has none.

@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
-    ServiceCounters, ServiceKey,
-    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, POOL_SLOTS},
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
+    ServiceConfig, ServiceCounters, ServiceKey,
+    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_REDIRECT_PORTS, MAX_SERVICES, POOL_SLOTS},
 };
 
 /// Service address, port and protocol → how its new flows are split.
@@ -47,3 +47,11 @@ pub static SERVICE_COUNTERS: PerCpuArray<ServiceCounters> =
 /// [`Reason`] → packets, per CPU.
 #[map]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Interfaces the fast path may XDP_REDIRECT to (ifindex → ifindex); empty: kernel routing.
+#[map]
+pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_PORTS, 0);
+
+/// [`Forwarding`] → rewritten packets, per CPU.
+#[map]
+pub static FORWARDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(Forwarding::COUNT, 0);

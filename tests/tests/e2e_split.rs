@@ -867,3 +867,75 @@ fn path_mtu_errors_reach_the_backend() {
         );
     }
 }
+
+/// The fast path: with XDP_REDIRECT allowed toward the backends' veths (their peers have GRO
+/// on, so native XDP transmit works), rewritten packets skip the kernel's routing; connections
+/// still land where the hash says, in both families. A bridge is refused for redirection.
+#[test]
+fn fast_path_redirects_to_the_backends() {
+    if !require_privileges("fast_path_redirects_to_the_backends") {
+        return;
+    }
+    let mut bed = Bed::new("fp", Layout::Routed, 2, 2, 1);
+    for backend in &bed.topology.backends {
+        // NAPI on the receiving end of the veth: without it native XDP_REDIRECT drops.
+        backend.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
+    }
+    let peers: Vec<String> = ["blue0", "blue1", "green0", "green1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let dataplane = std::mem::replace(
+        &mut bed.dataplane,
+        Dataplane::load(&LoadOptions::default()).expect("load"),
+    );
+    bed.dataplane = bed.topology.host.run(move || {
+        let mut dataplane = dataplane;
+        for peer in &peers {
+            dataplane
+                .allow_redirect(peer)
+                .unwrap_or_else(|e| panic!("allow_redirect({peer}): {e}"));
+        }
+        dataplane
+    });
+    for (id, family) in [(1, Family::Ipv4), (2, Family::Ipv6)] {
+        let service = bed
+            .topology
+            .service(id, family, Protocol::Tcp, Cohort::Flow, 0);
+        bed.install(&service);
+        let at_weight = bed.set_weight(&service, 50);
+        let before = bed.dataplane.maps.forwarding().unwrap();
+        let answers = bed.tcp_round(&at_weight, 0, 21_000..21_200);
+        let after = bed.dataplane.maps.forwarding().unwrap();
+        let answered = per_backend(answers.iter().map(|(_, n)| n.as_str()));
+        eprintln!("fast path {family:?}: {answered:?}, forwarding {before:?} -> {after:?}");
+        assert_eq!(answered.len(), 4, "every backend answers: {answered:?}");
+        let redirected = after[0].1 - before[0].1;
+        let kernel = after[1].1 - before[1].1;
+        // Each connection sends at least SYN, ACK, request, FIN, ACK toward its backend; the
+        // very first packets may wait for neighbour resolution in the kernel.
+        assert!(
+            redirected >= 4 * answers.len() as u64,
+            "{family:?}: {redirected} packets redirected, {kernel} through the kernel for {} \
+             connections",
+            answers.len()
+        );
+    }
+}
+
+#[test]
+fn fast_path_refuses_a_bridge() {
+    if !require_privileges("fast_path_refuses_a_bridge") {
+        return;
+    }
+    let bed = Bed::new("fb", Layout::Bridged, 1, 1, 1);
+    let mut dataplane = Dataplane::load(&LoadOptions::default()).expect("load");
+    let refused = bed.topology.host.run(move || {
+        dataplane
+            .allow_redirect("br0")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let error = refused.expect_err("a bridge cannot transmit XDP frames");
+    assert!(error.contains("is a bridge"), "unexpected error: {error}");
+}

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
-    ServiceCounters, ServiceKey, maps as names,
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
+    ServiceConfig, ServiceCounters, ServiceKey, maps as names,
 };
 
 use super::DataplaneError;
@@ -21,10 +21,12 @@ pub struct Maps {
     pub backend_counters: PerCpuArray<MapData, BackendCounters>,
     pub service_counters: PerCpuArray<MapData, ServiceCounters>,
     pub verdicts: PerCpuArray<MapData, u64>,
+    pub redirect_ports: DevMapHash<MapData>,
+    pub forwarding: PerCpuArray<MapData, u64>,
 }
 
 /// The map names, in the order they are pinned and opened.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 10] = [
     names::SERVICES,
     names::BACKENDS,
     names::POOLS,
@@ -33,6 +35,8 @@ pub const ALL: [&str; 8] = [
     names::BACKEND_COUNTERS,
     names::SERVICE_COUNTERS,
     names::VERDICTS,
+    names::REDIRECT_PORTS,
+    names::FORWARDING,
 ];
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -55,6 +59,8 @@ impl Maps {
             backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
             service_counters: typed(names::SERVICE_COUNTERS, take(names::SERVICE_COUNTERS))?,
             verdicts: typed(names::VERDICTS, take(names::VERDICTS))?,
+            redirect_ports: typed(names::REDIRECT_PORTS, take(names::REDIRECT_PORTS))?,
+            forwarding: typed(names::FORWARDING, take(names::FORWARDING))?,
         })
     }
 
@@ -93,6 +99,30 @@ impl Maps {
                     source,
                 })?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// Rewritten packets per forwarding path, summed over CPUs.
+    pub fn forwarding(&self) -> Result<Vec<(Forwarding, u64)>, DataplaneError> {
+        Forwarding::ALL
+            .iter()
+            .map(|&path| {
+                let per_cpu = self
+                    .forwarding
+                    .get(&(path as u32), 0)
+                    .map_err(map_error(names::FORWARDING))?;
+                Ok((path, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Lets the fast path XDP_REDIRECT to this interface (by index).
+    pub fn allow_redirect(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.redirect_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| DataplaneError::Redirect {
+                ifindex,
+                source: Box::new(source),
+            })
     }
 
     /// A backend's counters, summed over CPUs.
