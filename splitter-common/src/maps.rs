@@ -21,6 +21,8 @@ pub const VERDICTS: &str = "VERDICTS";
 /// `REDIRECT_PORTS` (devmap hash): ifindex → ifindex, the interfaces the fast path may
 /// XDP_REDIRECT to (native XDP transmit must work there).
 pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
+/// `FAST_PATH[0]`: 1 when `REDIRECT_PORTS` has entries (the FIB lookup is skipped otherwise).
+pub const FAST_PATH: &str = "FAST_PATH";
 /// `FORWARDING` (per CPU): [`crate::Forwarding`] → packets.
 pub const FORWARDING: &str = "FORWARDING";
 

@@ -16,7 +16,7 @@ use splitter_common::{Family, Forwarding};
 use crate::{
     checksum::Delta,
     counters,
-    maps::REDIRECT_PORTS,
+    maps::{FAST_PATH, REDIRECT_PORTS},
     parse::{EthHdr, Frame, Ip, Ipv4Hdr, Ipv6Hdr},
 };
 
@@ -37,6 +37,9 @@ pub fn rewritten(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> u32 {
 
 #[inline(always)]
 fn redirect(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<u32> {
+    if FAST_PATH.get(0).copied().unwrap_or(0) == 0 {
+        return None;
+    }
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     params.l4_protocol = ip.protocol;

@@ -55,3 +55,7 @@ pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIREC
 /// [`Forwarding`] → rewritten packets, per CPU.
 #[map]
 pub static FORWARDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(Forwarding::COUNT, 0);
+
+/// `[0]`: 1 when the fast path is on (some `REDIRECT_PORTS`); 0 saves the FIB lookup.
+#[map]
+pub static FAST_PATH: Array<u32> = Array::with_max_entries(1, 0);

@@ -23,10 +23,11 @@ pub struct Maps {
     pub verdicts: PerCpuArray<MapData, u64>,
     pub redirect_ports: DevMapHash<MapData>,
     pub forwarding: PerCpuArray<MapData, u64>,
+    pub fast_path: Array<MapData, u32>,
 }
 
 /// The map names, in the order they are pinned and opened.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     names::SERVICES,
     names::BACKENDS,
     names::POOLS,
@@ -37,6 +38,7 @@ pub const ALL: [&str; 10] = [
     names::VERDICTS,
     names::REDIRECT_PORTS,
     names::FORWARDING,
+    names::FAST_PATH,
 ];
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -61,6 +63,7 @@ impl Maps {
             verdicts: typed(names::VERDICTS, take(names::VERDICTS))?,
             redirect_ports: typed(names::REDIRECT_PORTS, take(names::REDIRECT_PORTS))?,
             forwarding: typed(names::FORWARDING, take(names::FORWARDING))?,
+            fast_path: typed(names::FAST_PATH, take(names::FAST_PATH))?,
         })
     }
 
@@ -122,7 +125,10 @@ impl Maps {
             .map_err(|source| DataplaneError::Redirect {
                 ifindex,
                 source: Box::new(source),
-            })
+            })?;
+        self.fast_path
+            .set(0, 1, 0)
+            .map_err(map_error(names::FAST_PATH))
     }
 
     /// A backend's counters, summed over CPUs.
