@@ -24,8 +24,23 @@ pub struct FlowValue {
     pub backend_port: u16,
     /// [`crate::Color`] as u8.
     pub color: u8,
-    pub _pad: u8,
+    /// [`Handshake`] as u8 (TCP flows opened by a SYN; others stay `None`).
+    pub handshake: u8,
     pub backend_id: u32,
-    /// When the flow was pinned (`bpf_ktime_get_ns`).
+    /// When the flow was pinned (`bpf_ktime_get_ns`): for a SYN, the start of the handshake.
     pub created_ns: u64,
+}
+
+/// Where a TCP flow's handshake with its backend stands (rollout signals).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Not tracked: UDP, or a flow pinned mid-stream (miss).
+    None = 0,
+    /// The client's SYN went to the backend; no SYN-ACK yet.
+    Pending = 1,
+    /// The backend answered with a SYN-ACK.
+    Completed = 2,
+    /// The backend refused (RST) or did not answer in time.
+    Failed = 3,
 }

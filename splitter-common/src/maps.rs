@@ -28,6 +28,8 @@ pub const FORWARDING: &str = "FORWARDING";
 
 /// Global set at load time (`EbpfLoader::override_global`): the split hash seed.
 pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
+/// Global set at load time: [`crate::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS`] unless configured.
+pub const HANDSHAKE_TIMEOUT_GLOBAL: &str = "HANDSHAKE_TIMEOUT_NS";
 
 /// Program names (the function names in `splitter-ebpf/src/main.rs`).
 pub const INGRESS_PROGRAM: &str = "splitter_ingress";

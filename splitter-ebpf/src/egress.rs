@@ -13,6 +13,7 @@ use crate::{
     counters::{self, Direction},
     maps::BACKEND_REVERSE,
     parse::{self, Fragment, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    signals,
 };
 
 /// Enough linear bytes for Ethernet, IPv6 with a few extension headers, and TCP.
@@ -57,6 +58,9 @@ pub fn handle(ctx: &TcContext) {
     // A GSO packet (GRO on the way in, TSO from a local sender) leaves as `gso_segs` wire
     // packets; a plain one has gso_segs 0.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
+    if ip.protocol == IPPROTO_TCP {
+        signals::backend_reply(&packet, &reverse);
+    }
     if rewrite_source(ctx, &packet, &reverse).is_ok() {
         counters::verdict(Reason::ToClient);
         counters::backend_packet(

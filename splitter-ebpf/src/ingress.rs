@@ -11,9 +11,10 @@ use crate::{
     maps::{FLOWS, SERVICES},
     parse::{
         self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
-        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_ACK, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
     },
     select::{self, Start},
+    signals,
 };
 
 /// Handles one received frame and says why it did what it did. A packet of a flow rewritten
@@ -72,7 +73,12 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         _pad: [0; 2],
     };
     let (reason, flow) = match unsafe { FLOWS.get(flow_key) } {
-        Some(flow) => (Reason::Established, *flow),
+        Some(flow) => {
+            if packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && ip.protocol == IPPROTO_TCP {
+                signals::syn_retransmitted(&flow_key);
+            }
+            (Reason::Established, *flow)
+        }
         None => new_flow(config, &flow_key, &packet)?,
     };
     rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
@@ -118,7 +124,7 @@ fn new_flow(
         backend_addr: backend.addr,
         backend_port: backend.port,
         color: backend.color,
-        _pad: 0,
+        handshake: signals::opening(tcp, packet.tcp_flags) as u8,
         backend_id,
         created_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
     };

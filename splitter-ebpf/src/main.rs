@@ -13,6 +13,7 @@ mod ingress;
 mod maps;
 mod parse;
 mod select;
+mod signals;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},

@@ -16,6 +16,7 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// The extension headers followed before giving up (hop-by-hop, routing, fragment, destination
 /// options, AH): six is the whole RFC 8200 order (without ESP). Real traffic rarely has two.

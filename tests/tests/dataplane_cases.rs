@@ -20,7 +20,7 @@ use splitter::dataplane::{
 };
 use splitter_common::{
     Addr, BackendCounters, BackendKey, Cohort, Color, DirectionCounters, Family, FlowKey,
-    FlowValue, Reason, ReverseValue, WEIGHT_SCALE,
+    FlowValue, Handshake, Reason, ReverseValue, Signals, WEIGHT_SCALE,
     hash::{DEFAULT_HASH_SEED, client_hash, flow_hash, is_green, pool_index},
 };
 use splitter_tests::{
@@ -275,12 +275,12 @@ fn to_client(frame: &[u8], flags: u8) -> BackendCounters {
     }
 }
 
-fn pinned_value(spec: &ServiceSpec, backend: &BackendSpec) -> FlowValue {
+fn pinned_value(spec: &ServiceSpec, backend: &BackendSpec, handshake: Handshake) -> FlowValue {
     FlowValue {
         backend_addr: addr(backend.address.ip()),
         backend_port: backend.address.port().to_be(),
         color: color_of(spec, backend) as u8,
-        _pad: 0,
+        handshake: handshake as u8,
         backend_id: backend.id,
         created_ns: 0,
     }
@@ -378,8 +378,30 @@ impl Case {
         self
     }
 
-    fn pins(mut self, spec: &ServiceSpec, flow: &Flow, backend: &BackendSpec) -> Self {
-        self.pinned.push((flow.key(), pinned_value(spec, backend)));
+    fn pins(
+        mut self,
+        spec: &ServiceSpec,
+        flow: &Flow,
+        backend: &BackendSpec,
+        handshake: Handshake,
+    ) -> Self {
+        self.pinned
+            .push((flow.key(), pinned_value(spec, backend, handshake)));
+        self
+    }
+
+    /// Rollout signals this packet adds to a backend (on top of its traffic counters).
+    fn signals(mut self, id: u32, signals: Signals) -> Self {
+        match self.backends.iter_mut().find(|(backend, _)| *backend == id) {
+            Some((_, delta)) => delta.signals = signals,
+            None => self.backends.push((
+                id,
+                BackendCounters {
+                    signals,
+                    ..BackendCounters::default()
+                },
+            )),
+        }
         self
     }
 
@@ -408,7 +430,14 @@ fn dnat(
         .rewritten(output, reason)
         .backend(backend.id, to_backend(&input, flags, pin));
     if pin {
-        case = case.pins(spec, flow, backend);
+        // A SYN opens a tracked handshake; UDP and mid-flow misses are not tracked.
+        let handshake = if flow.protocol == Protocol::Tcp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        {
+            Handshake::Pending
+        } else {
+            Handshake::None
+        };
+        case = case.pins(spec, flow, backend, handshake);
     }
     if rst {
         case = case.not_pinned(flow);
@@ -454,11 +483,35 @@ fn minus(a: DirectionCounters, b: DirectionCounters) -> DirectionCounters {
     }
 }
 
+/// The signal counters that changed; the latency histogram must have one observation per
+/// completed handshake (its buckets depend on timing, so they are checked, then left out).
+fn signals_delta(after: Signals, before: Signals) -> Signals {
+    let completed = after.handshakes_completed - before.handshakes_completed;
+    let observed: u64 = after
+        .handshake_latency_buckets
+        .iter()
+        .zip(before.handshake_latency_buckets)
+        .map(|(a, b)| a - b)
+        .sum();
+    assert_eq!(
+        observed, completed,
+        "one latency observation per completed handshake"
+    );
+    Signals {
+        handshakes_completed: completed,
+        handshakes_refused: after.handshakes_refused - before.handshakes_refused,
+        handshakes_timed_out: after.handshakes_timed_out - before.handshakes_timed_out,
+        established_resets: after.established_resets - before.established_resets,
+        ..Signals::default()
+    }
+}
+
 fn backend_delta(after: BackendCounters, before: BackendCounters) -> BackendCounters {
     BackendCounters {
         to_backend: minus(after.to_backend, before.to_backend),
         to_client: minus(after.to_client, before.to_client),
         new_flows: after.new_flows - before.new_flows,
+        signals: signals_delta(after.signals, before.signals),
     }
 }
 
@@ -1042,6 +1095,14 @@ fn egress_rewrites_backend_replies_back_to_the_service() {
                 &flow,
                 &reply,
                 backend,
+            )
+            .signals(
+                backend.id,
+                Signals {
+                    // The SYN-ACK completes the handshake the client's SYN opened.
+                    handshakes_completed: u64::from(protocol == Protocol::Tcp),
+                    ..Signals::default()
+                },
             ),
             reverse_nat(
                 format!("{what}: backend reply with data → from the service"),
@@ -1760,7 +1821,7 @@ fn fragments_follow_the_cohort() {
                 )
                 .rewritten(first_out, Reason::FragmentSteered)
                 .backend(backend.id, to_backend(&first, 0, true))
-                .pins(&by_client, &flow, backend),
+                .pins(&by_client, &flow, backend, Handshake::None),
             );
             cases.push(
                 Case::new(
@@ -1896,5 +1957,133 @@ fn icmp_errors_about_a_pinned_flow_reach_its_backend() {
             Reason::NotService,
         ));
         harness.run_all(&cases);
+    }
+}
+
+/// Rollout signals from the packets themselves: the backend's SYN-ACK completes the handshake
+/// the client's SYN opened (one latency observation), a RST answering the SYN is a refusal, a
+/// SYN retransmitted after the handshake timeout is a timeout, a RST after the handshake is a
+/// reset of an established flow. Data packets change no signal.
+#[test]
+fn handshakes_and_resets_are_counted_per_backend() {
+    if !require_privileges("handshakes_and_resets_are_counted_per_backend") {
+        return;
+    }
+    let mut harness = Harness::new();
+    for (i, v6) in [false, true].into_iter().enumerate() {
+        let what = label(v6, Protocol::Tcp);
+        let spec = service(20 + i as u32, v6, Protocol::Tcp, Cohort::Flow, HALF, HOUR);
+        harness.install(&spec);
+        let signal = |f: fn(&mut Signals)| {
+            let mut signals = Signals::default();
+            f(&mut signals);
+            signals
+        };
+        // Three flows, each to the backend the hash picks.
+        let flows: Vec<Flow> = (0..3)
+            .map(|n| Flow::new(&spec, client(v6, 7, 43000 + n)))
+            .collect();
+        let backends: Vec<&BackendSpec> = flows
+            .iter()
+            .map(|flow| predict(&spec, &flow.key(), HALF))
+            .collect();
+        let mut cases = Vec::new();
+        for (flow, backend) in flows.iter().zip(&backends) {
+            cases.push(dnat(
+                format!("{what}: SYN to {}", backend.id),
+                &spec,
+                flow,
+                &flow.packet(TCP_SYN),
+                backend,
+                Reason::NewFlow,
+            ));
+        }
+        // Flow 0: completed, then data, then a reset by the backend.
+        cases.push(
+            reverse_nat(
+                format!("{what}: SYN-ACK completes the handshake"),
+                &flows[0],
+                &flows[0].reply(backends[0].address, TCP_SYN | TCP_ACK),
+                backends[0],
+            )
+            .signals(backends[0].id, signal(|s| s.handshakes_completed = 1)),
+        );
+        cases.push(reverse_nat(
+            format!("{what}: data from the backend: no signal"),
+            &flows[0],
+            &flows[0]
+                .reply(backends[0].address, TCP_ACK | TCP_PSH)
+                .with_payload(b"hello"),
+            backends[0],
+        ));
+        cases.push(
+            reverse_nat(
+                format!("{what}: RST after the handshake: established reset"),
+                &flows[0],
+                &flows[0].reply(backends[0].address, TCP_RST | TCP_ACK),
+                backends[0],
+            )
+            .signals(backends[0].id, signal(|s| s.established_resets = 1)),
+        );
+        // Flow 1: refused.
+        cases.push(
+            reverse_nat(
+                format!("{what}: RST answering the SYN: refused"),
+                &flows[1],
+                &flows[1].reply(backends[1].address, TCP_RST | TCP_ACK),
+                backends[1],
+            )
+            .signals(backends[1].id, signal(|s| s.handshakes_refused = 1)),
+        );
+        harness.run_all(&cases);
+
+        // Flow 2: the client retransmits its SYN. Early: nothing; after the timeout: counted.
+        let early = dnat(
+            format!("{what}: SYN retransmitted at once: no timeout yet"),
+            &spec,
+            &flows[2],
+            &flows[2].packet(TCP_SYN),
+            backends[2],
+            Reason::Established,
+        );
+        harness.run_all(&[early]);
+        let key = flows[2].key();
+        let mut pinned = harness
+            .dataplane
+            .maps
+            .flows
+            .get(&key, 0)
+            .expect("flow 2 pinned");
+        pinned.created_ns -= 2 * splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS;
+        harness
+            .dataplane
+            .maps
+            .flows
+            .insert(key, pinned, 0)
+            .expect("age flow 2");
+        let late = dnat(
+            format!("{what}: SYN retransmitted after the timeout: timed out"),
+            &spec,
+            &flows[2],
+            &flows[2].packet(TCP_SYN),
+            backends[2],
+            Reason::Established,
+        )
+        .signals(backends[2].id, signal(|s| s.handshakes_timed_out = 1));
+        let again = dnat(
+            format!("{what}: a third SYN: counted once per flow"),
+            &spec,
+            &flows[2],
+            &flows[2].packet(TCP_SYN),
+            backends[2],
+            Reason::Established,
+        );
+        harness.run_all(&[late, again]);
+        let state = harness.dataplane.maps.flows.get(&key, 0).unwrap().handshake;
+        assert_eq!(
+            state,
+            Handshake::Failed as u8,
+            "{what}: flow 2 handshake state"
+        );
     }
 }
