@@ -73,7 +73,7 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         return;
     };
     let signals = unsafe { &mut (*counters).signals };
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
         if rst {
             // A flow this host did not pin (evicted, or begun on another host): past its
             // handshake as far as we can tell.
