@@ -73,6 +73,14 @@ pub struct DataplaneSection {
     /// previous weight (it most likely began before the change). `"60s"`, `"500ms"`, `"5m"`.
     #[serde(default = "default_miss_hold")]
     pub miss_hold: String,
+    /// A client SYN retransmitted this long after the first one without a SYN-ACK counts as a
+    /// handshake timeout (rollout signals). Load time only.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: String,
+    /// Backend-facing interfaces the XDP fast path may redirect rewritten packets to (FIB
+    /// lookup + XDP_REDIRECT); empty: rewritten packets take the kernel's routing.
+    #[serde(default)]
+    pub redirect_interfaces: Vec<String>,
 }
 
 /// `[control]`: how the daemon is reached and where it keeps things.
@@ -155,6 +163,12 @@ fn default_hash_seed() -> u32 {
 fn default_miss_hold() -> String {
     format!("{}s", DEFAULT_MISS_HOLD.as_secs())
 }
+fn default_handshake_timeout() -> String {
+    format!(
+        "{}ms",
+        splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS / 1_000_000
+    )
+}
 fn default_socket() -> PathBuf {
     PathBuf::from(DEFAULT_SOCKET)
 }
@@ -226,6 +240,8 @@ pub struct Validated {
     pub flow_table_size: u32,
     pub hash_seed: u32,
     pub miss_hold: Duration,
+    pub handshake_timeout: Duration,
+    pub redirect_interfaces: Vec<String>,
     pub socket: PathBuf,
     pub metrics: SocketAddr,
     pub state_dir: PathBuf,
@@ -286,12 +302,12 @@ pub enum ConfigError {
     },
     #[error("dataplane.interfaces: at least one interface is needed")]
     NoInterface,
-    #[error("dataplane.interfaces: `{name}` is not a valid interface name")]
-    InterfaceName { name: String },
-    #[error("dataplane.interfaces: `{name}` is listed twice")]
-    DuplicateInterface { name: String },
-    #[error("dataplane.interfaces: no interface `{name}` on this host")]
-    UnknownInterface { name: String },
+    #[error("dataplane.{field}: `{name}` is not a valid interface name")]
+    InterfaceName { field: &'static str, name: String },
+    #[error("dataplane.{field}: `{name}` is listed twice")]
+    DuplicateInterface { field: &'static str, name: String },
+    #[error("dataplane.{field}: no interface `{name}` on this host")]
+    UnknownInterface { field: &'static str, name: String },
     #[error(
         "dataplane.flow_table_size: {value} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX} entries"
     )]
@@ -300,6 +316,10 @@ pub enum ConfigError {
         "dataplane.miss_hold: `{value}` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)"
     )]
     MissHold { value: String },
+    #[error(
+        "dataplane.handshake_timeout: `{value}` is not a duration between 1ms and 60s like \"500ms\""
+    )]
+    HandshakeTimeout { value: String },
     #[error("control.{field}: `{value}` must be an absolute path")]
     RelativePath { field: &'static str, value: PathBuf },
     #[error("control.metrics: `{value}` is not an IP:port address")]
@@ -434,7 +454,15 @@ impl Config {
         interface_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Validated, ConfigError> {
         let dataplane = &self.dataplane;
-        validate_interfaces(&dataplane.interfaces, interface_exists)?;
+        if dataplane.interfaces.is_empty() {
+            return Err(ConfigError::NoInterface);
+        }
+        validate_interfaces("interfaces", &dataplane.interfaces, interface_exists)?;
+        validate_interfaces(
+            "redirect_interfaces",
+            &dataplane.redirect_interfaces,
+            interface_exists,
+        )?;
         if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&dataplane.flow_table_size) {
             return Err(ConfigError::FlowTableSize {
                 value: dataplane.flow_table_size,
@@ -444,6 +472,13 @@ impl Config {
             .filter(|hold| *hold <= MISS_HOLD_MAX)
             .ok_or_else(|| ConfigError::MissHold {
                 value: dataplane.miss_hold.clone(),
+            })?;
+        let handshake_timeout = parse_duration(&dataplane.handshake_timeout)
+            .filter(|timeout| {
+                (Duration::from_millis(1)..=Duration::from_secs(60)).contains(timeout)
+            })
+            .ok_or_else(|| ConfigError::HandshakeTimeout {
+                value: dataplane.handshake_timeout.clone(),
             })?;
         let control = &self.control;
         for (field, path) in [
@@ -471,6 +506,8 @@ impl Config {
             flow_table_size: dataplane.flow_table_size,
             hash_seed: dataplane.hash_seed,
             miss_hold,
+            handshake_timeout,
+            redirect_interfaces: dataplane.redirect_interfaces.clone(),
             socket: control.socket.clone(),
             metrics,
             state_dir: control.state_dir.clone(),
@@ -491,12 +528,10 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn validate_interfaces(
+    field: &'static str,
     interfaces: &[String],
     interface_exists: &dyn Fn(&str) -> bool,
 ) -> Result<(), ConfigError> {
-    if interfaces.is_empty() {
-        return Err(ConfigError::NoInterface);
-    }
     let mut seen = BTreeSet::new();
     for name in interfaces {
         let valid = !name.is_empty()
@@ -506,13 +541,22 @@ fn validate_interfaces(
             && !name.contains(['/', ':']) // ':' would be read as an alias
             && !name.chars().any(char::is_whitespace);
         if !valid {
-            return Err(ConfigError::InterfaceName { name: name.clone() });
+            return Err(ConfigError::InterfaceName {
+                field,
+                name: name.clone(),
+            });
         }
         if !seen.insert(name) {
-            return Err(ConfigError::DuplicateInterface { name: name.clone() });
+            return Err(ConfigError::DuplicateInterface {
+                field,
+                name: name.clone(),
+            });
         }
         if !interface_exists(name) {
-            return Err(ConfigError::UnknownInterface { name: name.clone() });
+            return Err(ConfigError::UnknownInterface {
+                field,
+                name: name.clone(),
+            });
         }
     }
     Ok(())
@@ -808,6 +852,8 @@ green = ["10.2.0.10:8080"]
         assert_eq!(config.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
         assert_eq!(config.hash_seed, splitter_common::hash::DEFAULT_HASH_SEED);
         assert_eq!(config.miss_hold, DEFAULT_MISS_HOLD);
+        assert_eq!(config.handshake_timeout, Duration::from_millis(500));
+        assert!(config.redirect_interfaces.is_empty());
         assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(config.metrics, DEFAULT_METRICS.parse().unwrap());
         assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
@@ -908,7 +954,7 @@ green = ["10.2.0.10:8080"]
                     "interfaces = [\"eth0\"]",
                     "interfaces = [\"eth0\"]\nxdp = \"native\"",
                 ),
-                "test.toml: line 4, column 1: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `flow_table_size`, `hash_seed`, `miss_hold`",
+                "test.toml: line 4, column 1: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `flow_table_size`, `hash_seed`, `miss_hold`, `handshake_timeout`, `redirect_interfaces`",
             ),
             (
                 "unknown key in a service (typo)",
@@ -1003,6 +1049,22 @@ green = ["10.2.0.10:8080"]
                     "interfaces = [\"eth0\"]\nmiss_hold = \"a while\"",
                 ),
                 "dataplane.miss_hold: `a while` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)",
+            ),
+            (
+                "bad handshake_timeout",
+                edit(
+                    "interfaces = [\"eth0\"]",
+                    "interfaces = [\"eth0\"]\nhandshake_timeout = \"0ms\"",
+                ),
+                "dataplane.handshake_timeout: `0ms` is not a duration between 1ms and 60s like \"500ms\"",
+            ),
+            (
+                "unknown redirect interface",
+                edit(
+                    "interfaces = [\"eth0\"]",
+                    "interfaces = [\"eth0\"]\nredirect_interfaces = [\"eth1\", \"eth7\"]",
+                ),
+                "dataplane.redirect_interfaces: no interface `eth7` on this host",
             ),
             (
                 "relative bpffs path",

@@ -75,6 +75,9 @@ impl Collector for DataplaneCollector {
         let mut live = Vec::new();
         let mut weights = Vec::new();
         let mut misses = Vec::new();
+        let mut handshakes = Vec::new();
+        let mut established_resets = Vec::new();
+        let mut latencies = Vec::new();
         for service in &report.services {
             let name = || ("service", service.name.clone());
             weights.push((
@@ -100,7 +103,19 @@ impl Collector for DataplaneCollector {
                         resets.push((labels, traffic.tcp_resets));
                     }
                     new_flows.push((labels.clone(), backend.new_flows));
-                    live.push((labels, backend.live_flows as i64));
+                    live.push((labels.clone(), backend.live_flows as i64));
+                    let signals = &backend.signals;
+                    for (result, count) in [
+                        ("completed", signals.handshakes_completed),
+                        ("refused", signals.handshakes_refused),
+                        ("timed_out", signals.handshakes_timed_out),
+                    ] {
+                        let mut labels = labels.clone();
+                        labels.push(("result", result.to_owned()));
+                        handshakes.push((labels, count));
+                    }
+                    established_resets.push((labels.clone(), signals.established_resets));
+                    latencies.push((labels, signals.clone()));
                 }
             }
         }
@@ -153,6 +168,30 @@ impl Collector for DataplaneCollector {
         )?;
         counters(
             &mut encoder,
+            "splitter_backend_handshakes",
+            "TCP handshakes per backend by result (SYN-ACK, RST, SYN retransmitted)",
+            &handshakes,
+        )?;
+        counters(
+            &mut encoder,
+            "splitter_backend_established_resets",
+            "RSTs from the backend on flows past their handshake",
+            &established_resets,
+        )?;
+        handshake_latency(&mut encoder, &latencies)?;
+        let forwarding: Vec<(Labels, u64)> = report
+            .forwarding
+            .iter()
+            .map(|(path, count)| (vec![("path", path.clone())], *count))
+            .collect();
+        counters(
+            &mut encoder,
+            "splitter_forwarded_packets",
+            "Rewritten client packets by forwarding path (xdp_redirect: fast path, kernel: routing)",
+            &forwarding,
+        )?;
+        counters(
+            &mut encoder,
             "splitter_verdicts",
             "Packets seen by the XDP and TC programs, by what they did and why",
             &verdicts,
@@ -181,6 +220,37 @@ fn counters(
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in values {
         ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// `splitter_backend_handshake_duration_seconds`: SYN → SYN-ACK time per backend.
+fn handshake_latency(
+    encoder: &mut DescriptorEncoder,
+    values: &[(Labels, crate::control::protocol::Signals)],
+) -> Result<(), std::fmt::Error> {
+    use splitter_common::signals::HANDSHAKE_BUCKETS_US;
+    let mut metric = encoder.encode_descriptor(
+        "splitter_backend_handshake_duration_seconds",
+        "Time from the client's SYN to the backend's SYN-ACK",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (labels, signals) in values {
+        let counts = &signals.handshake_latency_buckets;
+        let buckets: Vec<(f64, u64)> = HANDSHAKE_BUCKETS_US
+            .iter()
+            .map(|bound| *bound as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        let count = counts.iter().sum();
+        let sum = signals.handshake_latency_sum_ns as f64 / 1e9;
+        metric
+            .encode_family(labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
     }
     Ok(())
 }
@@ -317,7 +387,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{CohortSetting, ColorName},
-        control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Traffic},
+        control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
         dataplane::services::Protocol,
     };
 
@@ -338,6 +408,18 @@ mod tests {
                 bytes: 900 * n,
                 tcp_resets: 0,
             },
+            signals: Signals {
+                handshakes_completed: 3 * n,
+                handshakes_refused: n,
+                handshake_latency_buckets: {
+                    let mut buckets = vec![0; 16];
+                    buckets[1] = 2 * n; // <= 100 us
+                    buckets[15] = n; // +Inf
+                    buckets
+                },
+                handshake_latency_sum_ns: 5_000_000,
+                ..Signals::default()
+            },
         }
     }
 
@@ -352,6 +434,7 @@ mod tests {
         report.daemon.pinned_flows = 3;
         report.daemon.flow_table_size = 1024;
         report.verdicts.insert("new_flow".into(), 7);
+        report.forwarding.insert("kernel".into(), 11);
         report.services.push(ServiceStatus {
             name: "web".into(),
             address: "198.18.100.10:80".parse().unwrap(),
@@ -390,6 +473,17 @@ mod tests {
             r#"splitter_verdicts_total{reason="new_flow"} 7"#,
             "splitter_flow_table_entries 3",
             "splitter_flow_table_size 1024",
+            r#"splitter_backend_handshakes_total{service="web",color="blue",backend="198.18.1.10:8080",result="completed"} 3"#,
+            r#"splitter_backend_handshakes_total{service="web",color="green",backend="198.18.2.10:8080",result="refused"} 2"#,
+            r#"splitter_backend_established_resets_total{service="web",color="blue",backend="198.18.1.10:8080"} 0"#,
+            "# TYPE splitter_backend_handshake_duration_seconds histogram",
+            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="5e-05"} 0"#,
+            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="0.0001"} 2"#,
+            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="2.5"} 2"#,
+            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="+Inf"} 3"#,
+            r#"splitter_backend_handshake_duration_seconds_sum{service="web",color="blue",backend="198.18.1.10:8080"} 0.005"#,
+            r#"splitter_backend_handshake_duration_seconds_count{service="web",color="blue",backend="198.18.1.10:8080"} 3"#,
+            r#"splitter_forwarded_packets_total{path="kernel"} 11"#,
             r#"splitter_control_requests_total{command="set-weight",result="ok"} 1"#,
             r#"splitter_config_reloads_total{result="error"} 1"#,
         ] {

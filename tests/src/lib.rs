@@ -1,8 +1,12 @@
 //! Shared helpers of the integration tests: network-namespace guards, topologies, real
 //! servers and a packet builder. Every test that needs root calls [`require_privileges`].
 
+pub mod bench;
 pub mod daemon_harness;
 pub mod netns;
+pub mod packet;
+pub mod servers;
+pub mod topology;
 
 /// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).
 pub const SKIP_ENV: &str = "SPLITTER_SKIP_PRIVILEGED";

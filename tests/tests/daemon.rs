@@ -822,9 +822,9 @@ fn measure_daemon_figures() {
     let mut old_after_return = 0;
     for (index, (color, called, returned)) in rounds.iter().enumerate() {
         let end = rounds.get(index + 1).map(|r| r.1);
-        let in_round = flows.iter().filter(|(sent, _)| {
-            *sent >= *called && end.is_none_or(|end| *sent < end)
-        });
+        let in_round = flows
+            .iter()
+            .filter(|(sent, _)| *sent >= *called && end.is_none_or(|end| *sent < end));
         let mut first: Option<Instant> = None;
         for (sent, answer) in in_round {
             let Some(answer) = answer else { continue };
@@ -905,7 +905,7 @@ fn measure_daemon_figures() {
             backend_addr: splitter_common::Addr::from_v4(backend.ip().octets()),
             backend_port: backend.port().to_be(),
             color,
-            _pad: 0,
+            handshake: 0,
             backend_id: id,
             created_ns: 0,
         };
@@ -921,7 +921,10 @@ fn measure_daemon_figures() {
     let scrape = Instant::now();
     let text = lab.metrics();
     let scrape_time = scrape.elapsed();
-    assert_eq!(metric(&text, "splitter_flow_table_entries"), Some(pinned as f64));
+    assert_eq!(
+        metric(&text, "splitter_flow_table_entries"),
+        Some(pinned as f64)
+    );
     let (rss_after, hwm) = memory_kib(pid);
     println!(
         "memory: daemon RSS {rss_empty} KiB before, {rss_filled} KiB with {pinned} pinned flows, \

@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the project's build, test, run and benchmark entry points.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -18,12 +19,15 @@ enum Command {
     Setup(setup::Options),
     /// Setup, build, fmt and clippy (eBPF crate included), unit and integration tests.
     Test(test::Options),
+    /// Per-packet cost of every data-plane path (BPF_PROG_TEST_RUN), as a Markdown table.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup(options) => setup::run(&options),
         Command::Test(options) => test::run(&options),
+        Command::Bench(options) => bench::run(&options),
     }
 }
 

@@ -118,6 +118,8 @@ pub struct StatusReport {
     pub services: Vec<ServiceStatus>,
     /// Packets per verdict reason since the data plane was loaded.
     pub verdicts: BTreeMap<String, u64>,
+    /// Rewritten packets per forwarding path (`xdp_redirect`, `kernel`).
+    pub forwarding: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +192,24 @@ pub struct BackendStatus {
     pub new_flows_per_second: Option<f64>,
     pub to_backend: Traffic,
     pub to_client: Traffic,
+    /// TCP handshakes and resets measured in the kernel (rollout signals).
+    pub signals: Signals,
+}
+
+/// A backend's TCP handshakes (SYN → SYN-ACK) and resets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    pub handshakes_completed: u64,
+    /// RST in answer to the SYN.
+    pub handshakes_refused: u64,
+    /// The client retransmitted its SYN without a SYN-ACK (`handshake_timeout`).
+    pub handshakes_timed_out: u64,
+    /// RST from the backend on an established flow.
+    pub established_resets: u64,
+    /// SYN → SYN-ACK time: counts per bucket of `splitter_common::signals::HANDSHAKE_BUCKETS_US`
+    /// (the last one is +Inf), not cumulative.
+    pub handshake_latency_buckets: Vec<u64>,
+    pub handshake_latency_sum_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

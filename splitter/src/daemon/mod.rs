@@ -22,11 +22,12 @@ use self::{
 use crate::{
     config::{ColorName, Config, ConfigError, Validated, ppm_to_percent},
     control::protocol::{
-        BackendStatus, ColorStatus, DaemonStatus, ErrorKind, ReloadReport, ServiceStatus,
+        BackendStatus, ColorStatus, DaemonStatus, ErrorKind, ReloadReport, ServiceStatus, Signals,
         StatusReport, Traffic, WeightChange,
     },
     dataplane::{
-        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::Protocol,
+        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded,
+        services::{Protocol, socket_addr},
     },
     state::{ServiceState, State, StateError},
 };
@@ -89,6 +90,7 @@ impl App {
         let options = LoadOptions {
             flow_table_size: config.flow_table_size,
             hash_seed: config.hash_seed,
+            handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
         };
         let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
         tracing::info!(
@@ -145,7 +147,10 @@ impl App {
             maps.backend(id).is_ok_and(|backend| backend.family == 0)
         })?;
         let mut report = ReloadReport::default();
+        self.dataplane
+            .check_redirects(&config.redirect_interfaces)?;
         let (attached, detached) = self.attach_interfaces(&config)?;
+        self.dataplane.set_redirects(&config.redirect_interfaces)?;
         report.attached = attached;
         report.detached = detached;
         // Weights first: if the daemon dies after this, the restart applies them.
@@ -186,6 +191,7 @@ impl App {
             .collect();
         self.config = config;
         self.installed = reconcile::installed(&self.dataplane.maps)?;
+        self.forget_removed_backends()?;
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
             self.sampler.clear();
         }
@@ -233,6 +239,42 @@ impl App {
         }
         for (address, protocol) in &plan.removals {
             maps.remove_service_at(address, *protocol)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the reply-path entries of backends no service uses any more, once no pinned
+    /// flow goes to them (until then their replies must still be rewritten).
+    fn forget_removed_backends(&mut self) -> Result<(), AppError> {
+        let in_use: std::collections::BTreeSet<(SocketAddr, u8)> = self
+            .installed
+            .values()
+            .flat_map(|service| {
+                ColorName::BOTH.into_iter().flat_map(move |color| {
+                    service
+                        .pool(color)
+                        .iter()
+                        .map(move |(_, address)| (*address, service.protocol.number()))
+                })
+            })
+            .collect();
+        let maps = &self.dataplane.maps;
+        let orphans: Vec<_> = maps
+            .backend_reverse_entries()?
+            .into_iter()
+            .filter(|(key, _)| {
+                let address = socket_addr(&key.addr, key.port, key.family);
+                !in_use.contains(&(address, key.protocol))
+            })
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let (live, _) = count_live_flows(&self.flows_pin())?;
+        for (key, reverse) in orphans {
+            if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
+                self.dataplane.maps.remove_backend_reverse(&key)?;
+            }
         }
         Ok(())
     }
@@ -329,7 +371,13 @@ impl App {
         const RESTART: &str = "restart the daemon to apply it (the data plane keeps running)";
         let old = &self.config;
         let show = |path: &Path| path.display().to_string();
-        let checks: [(&'static str, String, String, &'static str); 7] = [
+        let checks: [(&'static str, String, String, &'static str); 8] = [
+            (
+                "dataplane.handshake_timeout",
+                format!("{:?}", old.handshake_timeout),
+                format!("{:?}", new.handshake_timeout),
+                UNLOAD,
+            ),
             (
                 "dataplane.flow_table_size",
                 old.flow_table_size.to_string(),
@@ -433,6 +481,17 @@ impl App {
                             bytes: counters.to_client.bytes,
                             tcp_resets: counters.to_client.tcp_rst,
                         },
+                        signals: Signals {
+                            handshakes_completed: counters.signals.handshakes_completed,
+                            handshakes_refused: counters.signals.handshakes_refused,
+                            handshakes_timed_out: counters.signals.handshakes_timed_out,
+                            established_resets: counters.signals.established_resets,
+                            handshake_latency_buckets: counters
+                                .signals
+                                .handshake_latency_buckets
+                                .to_vec(),
+                            handshake_latency_sum_ns: counters.signals.handshake_latency_sum_ns,
+                        },
                     });
                 }
                 colors.push(ColorStatus { color, backends });
@@ -457,6 +516,11 @@ impl App {
             .into_iter()
             .map(|(reason, count)| (reason.label().to_owned(), count))
             .collect();
+        let forwarding = maps
+            .forwarding()?
+            .into_iter()
+            .map(|(path, count)| (path.label().to_owned(), count))
+            .collect();
         Ok(StatusReport {
             daemon: DaemonStatus {
                 pid: std::process::id(),
@@ -472,6 +536,7 @@ impl App {
             },
             services,
             verdicts,
+            forwarding,
         })
     }
 

@@ -31,6 +31,17 @@ pub enum DataplaneError {
     },
     #[error("no service at {address} in the data plane")]
     UnknownService { address: std::net::SocketAddr },
+    #[error("cannot enable XDP_REDIRECT to interface index {ifindex}: {source}")]
+    Redirect {
+        ifindex: u32,
+        #[source]
+        source: Box<aya::maps::xdp::XdpMapError>,
+    },
+    #[error(
+        "interface `{interface}` is a bridge: XDP cannot transmit through a bridge, so the fast \
+         path stays off there (remove it from redirect_interfaces)"
+    )]
+    RedirectToBridge { interface: String },
     #[error("pinning under {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -69,10 +80,10 @@ pub enum DataplaneError {
     PinnedSettingDiffers {
         path: PathBuf,
         setting: &'static str,
-        pinned: u32,
-        configured: u32,
+        pinned: u64,
+        configured: u64,
     },
-    #[error("reading the hash seed of the pinned data plane ({path}): {source}")]
+    #[error("reading the load-time settings of the pinned data plane ({path}): {source}")]
     PinnedSeed {
         path: PathBuf,
         #[source]

@@ -26,6 +26,9 @@ pub enum XdpMode {
 pub struct LoadOptions {
     pub flow_table_size: u32,
     pub hash_seed: u32,
+    /// A client SYN retransmitted this long after the first, without a SYN-ACK in between,
+    /// counts as a handshake timeout (rollout signals).
+    pub handshake_timeout_ns: u64,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +36,7 @@ impl Default for LoadOptions {
         Self {
             flow_table_size: names::DEFAULT_FLOW_TABLE_SIZE,
             hash_seed: splitter_common::hash::DEFAULT_HASH_SEED,
+            handshake_timeout_ns: splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS,
         }
     }
 }
@@ -96,6 +100,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Enables the XDP fast path (FIB lookup + XDP_REDIRECT) toward a backend-facing interface.
+    /// Native XDP transmit must work there: physical NICs do; a veth only when its peer has an
+    /// XDP program or GRO on; a bridge never (refused here). Without it, rewritten packets take
+    /// the kernel's routing.
+    pub fn allow_redirect(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let ifindex =
+            interface_index(interface).ok_or_else(|| DataplaneError::UnknownInterface {
+                interface: interface.to_owned(),
+            })?;
+        if driver(interface).as_deref() == Some("bridge") {
+            return Err(DataplaneError::RedirectToBridge {
+                interface: interface.to_owned(),
+            });
+        }
+        self.maps.allow_redirect(ifindex)
+    }
+
+    /// The whole loaded object, for harnesses that load extra programs (the benchmark).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Interfaces this data plane is attached to.
     pub fn interfaces(&self) -> &[String] {
         &self.attached
@@ -106,8 +132,12 @@ impl Dataplane {
 pub(super) fn load_object(options: &LoadOptions) -> Result<Ebpf, DataplaneError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
+        .override_global(
+            names::HANDSHAKE_TIMEOUT_GLOBAL,
+            &options.handshake_timeout_ns,
+            true,
+        )
         .map_max_entries(names::FLOWS, options.flow_table_size)
-        .map_max_entries(names::REVERSE_FLOWS, options.flow_table_size)
         .load(EBPF_OBJECT)?;
     xdp(&mut ebpf)?
         .load()
@@ -145,4 +175,48 @@ pub fn interface_index(interface: &str) -> Option<u32> {
         0 => None,
         index => Some(index),
     }
+}
+
+/// The interface's driver name (ETHTOOL_GDRVINFO) in the current network namespace: "veth",
+/// "bridge", "virtio_net", ... (`/sys/class/net` may show another namespace's interfaces).
+pub fn driver(interface: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return None;
+    }
+    let rc = unsafe { libc::ioctl(socket, SIOCETHTOOL, &mut request) };
+    unsafe { libc::close(socket) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

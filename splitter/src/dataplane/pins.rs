@@ -242,6 +242,7 @@ pub enum Attachment {
 pub struct LoadedWith {
     pub flow_table_size: u32,
     pub hash_seed: u32,
+    pub handshake_timeout_ns: u64,
 }
 
 /// A data plane pinned under a bpffs directory.
@@ -283,13 +284,23 @@ impl PinnedDataplane {
             layout.load_and_pin(options)?;
         }
         let this = Self::adopt(layout, origin)?;
+        let loaded = this.loaded_with;
         for (setting, pinned, configured) in [
             (
                 "flow_table_size",
-                this.loaded_with.flow_table_size,
-                options.flow_table_size,
+                u64::from(loaded.flow_table_size),
+                u64::from(options.flow_table_size),
             ),
-            ("hash_seed", this.loaded_with.hash_seed, options.hash_seed),
+            (
+                "hash_seed",
+                u64::from(loaded.hash_seed),
+                u64::from(options.hash_seed),
+            ),
+            (
+                "handshake_timeout (ns)",
+                loaded.handshake_timeout_ns,
+                options.handshake_timeout_ns,
+            ),
         ] {
             if pinned != configured {
                 return Err(DataplaneError::PinnedSettingDiffers {
@@ -322,7 +333,11 @@ impl PinnedDataplane {
             .map_err(|source| DataplaneError::OpenPinnedProgram { path, source })?;
         let loaded_with = LoadedWith {
             flow_table_size: pinned_flow_table_size(&layout)?,
-            hash_seed: pinned_hash_seed(&layout)?,
+            hash_seed: u32::from_ne_bytes(pinned_global(&layout, names::HASH_SEED_GLOBAL)?),
+            handshake_timeout_ns: u64::from_ne_bytes(pinned_global(
+                &layout,
+                names::HANDSHAKE_TIMEOUT_GLOBAL,
+            )?),
         };
         Ok(Self {
             layout,
@@ -420,6 +435,42 @@ impl PinnedDataplane {
         })
     }
 
+    /// The interface indexes of `interfaces`, refusing bridges (XDP cannot transmit through
+    /// them). Changes nothing.
+    pub fn check_redirects(&self, interfaces: &[String]) -> Result<BTreeSet<u32>, DataplaneError> {
+        interfaces
+            .iter()
+            .map(|interface| {
+                let ifindex =
+                    interface_index(interface).ok_or_else(|| DataplaneError::UnknownInterface {
+                        interface: interface.clone(),
+                    })?;
+                if loader::driver(interface).as_deref() == Some("bridge") {
+                    return Err(DataplaneError::RedirectToBridge {
+                        interface: interface.clone(),
+                    });
+                }
+                Ok(ifindex)
+            })
+            .collect()
+    }
+
+    /// Makes the fast path redirect to exactly these interfaces (off when there are none).
+    pub fn set_redirects(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        let wanted = self.check_redirects(interfaces)?;
+        let current: BTreeSet<u32> = self.maps.redirect_ifindexes()?.into_iter().collect();
+        if wanted.is_empty() {
+            self.maps.set_fast_path(false)?;
+        }
+        for ifindex in current.difference(&wanted) {
+            self.maps.disallow_redirect(*ifindex)?;
+        }
+        for ifindex in wanted.difference(&current) {
+            self.maps.allow_redirect(*ifindex)?;
+        }
+        Ok(())
+    }
+
     /// Detaches both programs from `interface` (removes its link pins). Whether anything was
     /// attached.
     pub fn detach(&mut self, interface: &str) -> Result<bool, DataplaneError> {
@@ -505,23 +556,34 @@ fn pinned_flow_table_size(layout: &PinLayout) -> Result<u32, DataplaneError> {
     Ok(info.max_entries())
 }
 
-/// Offset of `HASH_SEED` in the object's `.rodata` (the value of the pinned RODATA map).
-fn hash_seed_offset() -> Result<usize, DataplaneError> {
-    static OFFSET: OnceLock<Option<usize>> = OnceLock::new();
-    let symbol = names::HASH_SEED_GLOBAL;
-    OFFSET
-        .get_or_init(|| {
-            let file = object::File::parse(EBPF_OBJECT).ok()?;
-            let seed = file.symbol_by_name(symbol)?;
-            let section = file.section_by_index(seed.section_index()?).ok()?;
-            (section.name().ok()? == ".rodata").then_some(seed.address() as usize)
-        })
+/// Offset of a global in the object's `.rodata` (the value of the pinned RODATA map).
+fn global_offset(symbol: &'static str) -> Result<usize, DataplaneError> {
+    static OFFSETS: OnceLock<BTreeMap<String, usize>> = OnceLock::new();
+    let offsets = OFFSETS.get_or_init(|| {
+        let Ok(file) = object::File::parse(EBPF_OBJECT) else {
+            return BTreeMap::new();
+        };
+        let Some(rodata) = file.section_by_name(".rodata") else {
+            return BTreeMap::new();
+        };
+        file.symbols()
+            .filter(|symbol| symbol.section_index() == Some(rodata.index()))
+            .filter_map(|symbol| Some((symbol.name().ok()?.to_owned(), symbol.address() as usize)))
+            .collect()
+    });
+    offsets
+        .get(symbol)
+        .copied()
         .ok_or(DataplaneError::MissingGlobal { symbol })
 }
 
-fn pinned_hash_seed(layout: &PinLayout) -> Result<u32, DataplaneError> {
+/// The bytes of a load-time global as the pinned programs have it.
+fn pinned_global<const N: usize>(
+    layout: &PinLayout,
+    symbol: &'static str,
+) -> Result<[u8; N], DataplaneError> {
     let path = layout.map(RODATA_PIN);
-    let offset = hash_seed_offset()?;
+    let offset = global_offset(symbol)?;
     let map = MapData::from_pin(&path).map_err(|source| DataplaneError::OpenPinnedMap {
         path: path.clone(),
         source,
@@ -537,14 +599,13 @@ fn pinned_hash_seed(layout: &PinLayout) -> Result<u32, DataplaneError> {
             source,
         }
     })?;
-    let bytes = value
-        .get(offset..offset + 4)
-        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+    value
+        .get(offset..offset + N)
+        .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
         .ok_or_else(|| DataplaneError::PinnedSeed {
             path,
             source: io::Error::from(io::ErrorKind::UnexpectedEof),
-        })?;
-    Ok(u32::from_ne_bytes(bytes))
+        })
 }
 
 #[cfg(test)]
@@ -552,8 +613,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seed_lives_in_rodata() {
-        hash_seed_offset().expect("HASH_SEED is a .rodata global of the embedded object");
+    fn load_time_globals_live_in_rodata() {
+        global_offset(names::HASH_SEED_GLOBAL).expect("HASH_SEED is a .rodata global");
+        global_offset(names::HANDSHAKE_TIMEOUT_GLOBAL).expect("HANDSHAKE_TIMEOUT_NS too");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
-    Addr, Backend, Cohort, Color, Family, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE,
+    Addr, Backend, BackendKey, Cohort, Color, Family, Pool, ReverseValue, ServiceConfig,
+    ServiceKey, WEIGHT_SCALE,
 };
 
 use super::{DataplaneError, maps::Maps};
@@ -120,7 +121,8 @@ impl Maps {
     /// entry in one update. A weight already in the map is kept only by `set_weight` callers;
     /// this writes `spec.green_weight`.
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
-        let (_, family) = addr_of(&spec.address);
+        let service_addr = addr_of(&spec.address);
+        let family = service_addr.1;
         let mut slot = spec.first_slot;
         let mut pools = [Pool::default(); 2];
         for (color, backends) in [(Color::Blue, &spec.blue), (Color::Green, &spec.green)] {
@@ -140,14 +142,28 @@ impl Maps {
                         service_id: spec.id,
                     },
                 )?;
+                self.set_backend_reverse(
+                    &BackendKey {
+                        addr,
+                        port: backend.address.port().to_be(),
+                        protocol: spec.protocol.number(),
+                        family: family as u8,
+                    },
+                    &ReverseValue {
+                        service_addr: service_addr.0,
+                        service_port: spec.address.port().to_be(),
+                        _pad: [0; 2],
+                        backend_id: backend.id,
+                    },
+                )?;
                 self.set_pool(slot, &[backend.id])?;
                 slot += 1;
             }
         }
         let key = service_key(&spec.address, spec.protocol);
         let green_weight = spec.green_weight.min(WEIGHT_SCALE);
-        // An unchanged weight keeps its generation (previous weight and change time), so a
-        // pool change does not reset the mid-flow-miss hold.
+        // Re-installing with the weight in force (a reload) keeps the whole weight generation:
+        // the previous weight still steers misses for the rest of its hold.
         let (previous_green_weight, weight_changed_ns) = match self.service(&key)? {
             Some(p) if p.green_weight == green_weight => {
                 (p.previous_green_weight, p.weight_changed_ns)
@@ -181,9 +197,10 @@ impl Maps {
         let Some(mut config) = self.service(&key)? else {
             return Err(DataplaneError::UnknownService { address: *address });
         };
+        let green_weight = green_weight.min(WEIGHT_SCALE);
         if config.green_weight != green_weight {
             config.previous_green_weight = config.green_weight;
-            config.green_weight = green_weight.min(WEIGHT_SCALE);
+            config.green_weight = green_weight;
             config.weight_changed_ns = monotonic_ns();
         }
         self.set_service(&key, &config)?;

@@ -1,0 +1,356 @@
+//! Per-packet cost of the data plane through BPF_PROG_TEST_RUN (`cargo xtask bench`).
+//!
+//! The kernel does not restore the packet between `repeat` runs, so every case runs through
+//! the `bench_restore` wrapper (it rewrites the saved packet, then tail-calls the program under
+//! test); the floors (`XDP_PASS`, parse-only) go through the same wrapper, so the ratios
+//! compare like with like. New-flow and miss cases vary the client address every run.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use aya::{
+    maps::{Array, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use splitter::dataplane::{
+    Dataplane, LoadOptions,
+    services::{BackendSpec, Protocol, ServiceSpec, addr_of},
+};
+use splitter_common::{
+    Addr, Cohort, FlowKey, FlowValue, WEIGHT_SCALE,
+    bench::{
+        BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM,
+        BENCH_RESTORE_PROGRAM, BENCH_TARGET, BenchPacket,
+    },
+    maps::INGRESS_PROGRAM,
+};
+
+const XDP_PASS: u32 = 2;
+
+/// One measured path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Floor: the wrapper + a program that returns XDP_PASS.
+    PassFloor,
+    /// Floor: the wrapper + Ethernet/IP/ports parsing, then XDP_PASS.
+    ParseFloor,
+    NotService,
+    Established,
+    NewFlow,
+    Miss,
+}
+
+impl Path {
+    pub const fn label(self) -> &'static str {
+        match self {
+            Path::PassFloor => "floor: XDP_PASS",
+            Path::ParseFloor => "floor: parse only",
+            Path::NotService => "not a service",
+            Path::Established => "established flow",
+            Path::NewFlow => "new flow",
+            Path::Miss => "miss (TCP ACK, no flow)",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// A measurement: median ns/packet over `rounds` test runs of `repeat` packets each.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub path: Path,
+    pub family: Family,
+    pub flows_in_table: u32,
+    pub ns_per_packet: f64,
+}
+
+pub struct Options {
+    pub repeat: u32,
+    pub rounds: usize,
+    pub table_sizes: Vec<u32>,
+}
+
+fn vip(family: Family) -> SocketAddr {
+    match family {
+        Family::V4 => "198.18.100.1:80".parse().unwrap(),
+        Family::V6 => "[fd00:100::1]:80".parse().unwrap(),
+    }
+}
+
+fn client(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10)),
+        Family::V6 => IpAddr::V6("fd00:1::10".parse::<Ipv6Addr>().unwrap()),
+    }
+}
+
+fn backends(family: Family, base: u32, count: u32, port: u16) -> Vec<BackendSpec> {
+    (0..count)
+        .map(|i| BackendSpec {
+            id: base + i,
+            address: match family {
+                Family::V4 => SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(198, 18, 10 + base as u8, 10 + i as u8)),
+                    port,
+                ),
+                Family::V6 => SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::new(
+                        0xfd00,
+                        10 + base as u16,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        10 + i as u16,
+                    )),
+                    port,
+                ),
+            },
+        })
+        .collect()
+}
+
+fn install(dataplane: &mut Dataplane, family: Family) {
+    let base = if family == Family::V4 { 0 } else { 10 };
+    let spec = ServiceSpec {
+        id: base,
+        address: vip(family),
+        protocol: Protocol::Tcp,
+        cohort: Cohort::Flow,
+        green_weight: WEIGHT_SCALE / 10,
+        blue: backends(family, base, 2, 8080),
+        green: backends(family, base + 2, 1, 8080),
+        first_slot: base * 4,
+        miss_hold: Duration::from_secs(120),
+    };
+    dataplane
+        .maps
+        .install_service(&spec)
+        .expect("install service");
+}
+
+/// Fills FLOWS with `count` pinned flows of other clients.
+fn prefill(dataplane: &mut Dataplane, family: Family, count: u32) {
+    let (service, fam) = addr_of(&vip(family));
+    for i in 0..count {
+        let src = match family {
+            Family::V4 => Addr::from_v4((0x0a00_0000u32 + i).to_be_bytes()),
+            Family::V6 => Addr::from_v6(((0xfd00_0002u128 << 96) + i as u128).to_be_bytes()),
+        };
+        let key = FlowKey {
+            src,
+            dst: service,
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol: 6,
+            family: fam as u8,
+            _pad: [0; 2],
+        };
+        let value = FlowValue {
+            backend_id: 0,
+            ..FlowValue::default()
+        };
+        dataplane
+            .maps
+            .flows
+            .insert(key, value, 0)
+            .expect("prefill FLOWS");
+    }
+}
+
+/// The packet a path measures, and the offset of the client address (for varying).
+fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
+    let client = client(family);
+    let service = vip(family);
+    let (flags, dst_port) = match path {
+        // An established flow's packets are data/ACKs (the flow is pinned by a SYN first).
+        Path::Miss | Path::Established => (TCP_ACK, 80),
+        Path::NotService => (TCP_SYN, 81),
+        _ => (TCP_SYN, 80),
+    };
+    let bytes = tcp_frame(client, 40000, service.ip(), dst_port, flags);
+    let src_offset = match family {
+        Family::V4 => 14 + 12,
+        Family::V6 => 14 + 8 + 12,
+    };
+    (bytes, src_offset)
+}
+
+fn xdp<'a>(dataplane: &'a mut Dataplane, name: &str) -> &'a mut Xdp {
+    dataplane
+        .ebpf_mut()
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("program {name}"))
+        .try_into()
+        .expect("an XDP program")
+}
+
+/// Measures one path; checks the verdict and the output bytes of the last run.
+fn measure(
+    dataplane: &mut Dataplane,
+    path: Path,
+    family: Family,
+    options: &Options,
+) -> anyhow::Result<f64> {
+    let (input, src_offset) = packet(path, family);
+    anyhow::ensure!(input.len() <= BENCH_PACKET_MAX, "bench packet too long");
+    let vary = matches!(path, Path::NewFlow | Path::Miss);
+    let mut saved = BenchPacket {
+        len: input.len() as u32,
+        vary_offset: if vary { src_offset } else { 0 },
+        data: [0; BENCH_PACKET_MAX],
+    };
+    saved.data[..input.len()].copy_from_slice(&input);
+    let target = match path {
+        Path::PassFloor => BENCH_PASS_PROGRAM,
+        Path::ParseFloor => BENCH_PARSE_PROGRAM,
+        _ => INGRESS_PROGRAM,
+    };
+    for name in [
+        BENCH_RESTORE_PROGRAM,
+        BENCH_PASS_PROGRAM,
+        BENCH_PARSE_PROGRAM,
+    ] {
+        let program = xdp(dataplane, name);
+        if program.fd().is_err() {
+            program.load()?;
+        }
+    }
+    let target_fd = xdp(dataplane, target).fd()?.try_clone()?;
+    {
+        let ebpf = dataplane.ebpf_mut();
+        let mut packets: Array<_, BenchPacket> =
+            Array::try_from(ebpf.map_mut(BENCH_PACKET).expect("BENCH_PACKET"))?;
+        packets.set(0, saved, 0)?;
+        let mut targets =
+            ProgramArray::try_from(ebpf.map_mut(BENCH_TARGET).expect("BENCH_TARGET"))?;
+        targets.set(0, &target_fd, 0)?;
+    }
+    if path == Path::Established {
+        // Pin the flow first: its SYN, once, through the real program.
+        let (syn, _) = packet(Path::NewFlow, family);
+        let mut out = vec![0u8; syn.len()];
+        run(xdp(dataplane, INGRESS_PROGRAM), &syn, &mut out, 1)?;
+    }
+    let mut samples = Vec::new();
+    for _ in 0..options.rounds {
+        let mut out = vec![0u8; input.len()];
+        let (verdict, duration) = run(
+            xdp(dataplane, BENCH_RESTORE_PROGRAM),
+            &input,
+            &mut out,
+            options.repeat,
+        )?;
+        anyhow::ensure!(
+            verdict == XDP_PASS,
+            "{path:?}: verdict {verdict}, want XDP_PASS"
+        );
+        check_output(path, family, &input, &out)?;
+        samples.push(duration.as_nanos() as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn run(
+    program: &mut Xdp,
+    input: &[u8],
+    output: &mut [u8],
+    repeat: u32,
+) -> anyhow::Result<(u32, Duration)> {
+    let opts = TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(output),
+        repeat,
+        ..TestRunOptions::default()
+    };
+    let result = program.test_run(opts)?;
+    Ok((result.return_value, result.duration))
+}
+
+/// Rewriting paths must leave with a backend address; the others untouched.
+fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow::Result<()> {
+    let dst = match family {
+        Family::V4 => &out[30..34],
+        Family::V6 => &out[38..54],
+    };
+    let vip = match vip(family).ip() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    match path {
+        Path::PassFloor | Path::ParseFloor | Path::NotService => {
+            anyhow::ensure!(out == input, "{path:?}: the packet must pass untouched")
+        }
+        Path::Established | Path::NewFlow | Path::Miss => {
+            anyhow::ensure!(dst != vip.as_slice(), "{path:?}: destination not rewritten");
+        }
+    }
+    Ok(())
+}
+
+/// Runs every path for both families and each table size.
+pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
+    let mut results = Vec::new();
+    for &flows in &options.table_sizes {
+        for family in [Family::V4, Family::V6] {
+            let mut dataplane = Dataplane::load(&LoadOptions::default())?;
+            install(&mut dataplane, family);
+            prefill(&mut dataplane, family, flows.saturating_sub(1));
+            for path in [
+                Path::PassFloor,
+                Path::ParseFloor,
+                Path::NotService,
+                Path::Established,
+                Path::NewFlow,
+                Path::Miss,
+            ] {
+                let ns_per_packet = measure(&mut dataplane, path, family, options)?;
+                results.push(Measurement {
+                    path,
+                    family,
+                    flows_in_table: flows,
+                    ns_per_packet,
+                });
+            }
+        }
+    }
+    Ok(results)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Ethernet + IPv4/IPv6 + a 20-byte TCP header (checksums are not needed by the data plane's
+/// incremental updates, so they are left zero).
+fn tcp_frame(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> Vec<u8> {
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&src_port.to_be_bytes());
+    tcp.extend_from_slice(&dst_port.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+            frame.extend_from_slice(&src.octets());
+            frame.extend_from_slice(&dst.octets());
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
+            frame.extend_from_slice(&src.octets());
+            frame.extend_from_slice(&dst.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    frame.extend_from_slice(&tcp);
+    frame
+}

@@ -1,0 +1,72 @@
+//! `cargo xtask bench`: the data plane's per-packet cost through BPF_PROG_TEST_RUN, printed as
+//! the README's table (Markdown) with ratios to the parse-only floor measured in the same run.
+
+use anyhow::Context as _;
+use splitter_tests::bench::{Family, Measurement, Options, Path, per_packet};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() -> anyhow::Result<()> {
+    let repeat = arg("--repeat")
+        .map(|r| r.parse())
+        .transpose()
+        .context("--repeat N")?
+        .unwrap_or(1_000_000);
+    let rounds = arg("--rounds")
+        .map(|r| r.parse())
+        .transpose()
+        .context("--rounds N")?
+        .unwrap_or(3);
+    let options = Options {
+        repeat,
+        rounds,
+        table_sizes: vec![1, 200_000],
+    };
+    eprintln!(
+        "per-packet cost: BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds}, through the \
+         restoring wrapper"
+    );
+    let results = per_packet(&options)?;
+    print_table(&results);
+    Ok(())
+}
+
+fn find(results: &[Measurement], path: Path, family: Family, flows: u32) -> Option<f64> {
+    results
+        .iter()
+        .find(|m| m.path == path && m.family == family && m.flows_in_table == flows)
+        .map(|m| m.ns_per_packet)
+}
+
+fn print_table(results: &[Measurement]) {
+    let mut sizes: Vec<u32> = results.iter().map(|m| m.flows_in_table).collect();
+    sizes.dedup();
+    println!("| path | family | flows in table | ns/packet | × parse-only floor |");
+    println!("|---|---|---:|---:|---:|");
+    for &flows in &sizes {
+        for family in [Family::V4, Family::V6] {
+            let floor = find(results, Path::ParseFloor, family, flows).unwrap_or(f64::NAN);
+            for m in results
+                .iter()
+                .filter(|m| m.family == family && m.flows_in_table == flows)
+            {
+                println!(
+                    "| {} | {} | {} | {:.1} | {:.2} |",
+                    m.path.label(),
+                    match family {
+                        Family::V4 => "IPv4",
+                        Family::V6 => "IPv6",
+                    },
+                    flows,
+                    m.ns_per_packet,
+                    m.ns_per_packet / floor
+                );
+            }
+        }
+    }
+}
