@@ -8,8 +8,11 @@
 //! ```text
 //!  client 198.18.0.1 ── eth0 [router 198.18.0.254] eth1 198.18.1.1 ── blue  198.18.1.10, .11
 //!                                                  eth2 198.18.2.1 ── green 198.18.2.10, .11
+//!  (IPv6: client fd00::1, router fd00::fe / fd00:1::1 / fd00:2::1, blue fd00:1::10, ::11,
+//!   green fd00:2::10, ::11)
 //! ```
-//! Services are virtual addresses in 198.18.100.0/24, routed by the client to the router.
+//! Services are virtual addresses in 198.18.100.0/24 and fd00:100::/64, routed by the client
+//! to the router.
 
 use std::{
     fs::File,
@@ -31,6 +34,9 @@ use crate::netns::{Netns, sh, unique, veth};
 pub const CLIENT: &str = "198.18.0.1";
 pub const BLUE: [&str; 2] = ["198.18.1.10", "198.18.1.11"];
 pub const GREEN: [&str; 2] = ["198.18.2.10", "198.18.2.11"];
+pub const CLIENT6: &str = "fd00::1";
+pub const BLUE6: [&str; 2] = ["fd00:1::10", "fd00:1::11"];
+pub const GREEN6: [&str; 2] = ["fd00:2::10", "fd00:2::11"];
 /// Backends' TCP ports (line echo: every line is answered with the backend's address:port).
 pub const TCP_PORT: u16 = 8080;
 pub const TCP_PORT_2: u16 = 8081;
@@ -105,9 +111,11 @@ impl Topology {
             green,
         } = &topology;
         for ns in [client, router, blue, green] {
-            // Only our own traffic: no IPv6 neighbour discovery or router solicitations.
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+            // No router solicitations or autoconfigured addresses: only our own traffic.
+            ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
+            ns.sysctl("net.ipv6.conf.default.router_solicitations", "0");
+            // Link-local addresses usable at once (a tentative one delays neighbour discovery).
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
         }
         veth(client, "eth0", router, "eth0");
         veth(blue, "eth0", router, "eth1");
@@ -118,11 +126,26 @@ impl Topology {
         router.ip(&["addr", "add", "198.18.1.1/24", "dev", "eth1"]);
         router.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth2"]);
         router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv6.conf.all.forwarding", "1");
         for (ns, addresses, gateway) in [(blue, BLUE, "198.18.1.1"), (green, GREEN, "198.18.2.1")] {
             for address in addresses {
                 ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
             }
             ns.ip(&["route", "add", "default", "via", gateway]);
+        }
+        let v6 = |ns: &Netns, address: &str, dev: &str| {
+            ns.ip(&["-6", "addr", "add", address, "dev", dev, "nodad"]);
+        };
+        v6(client, &format!("{CLIENT6}/64"), "eth0");
+        client.ip(&["-6", "route", "add", "default", "via", "fd00::fe"]);
+        v6(router, "fd00::fe/64", "eth0");
+        v6(router, "fd00:1::1/64", "eth1");
+        v6(router, "fd00:2::1/64", "eth2");
+        for (ns, addresses, gateway) in [(blue, BLUE6, "fd00:1::1"), (green, GREEN6, "fd00:2::1")] {
+            for address in addresses {
+                v6(ns, &format!("{address}/64"), "eth0");
+            }
+            ns.ip(&["-6", "route", "add", "default", "via", gateway]);
         }
         topology
     }
@@ -140,8 +163,9 @@ impl Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for address in addresses {
+            let ip: std::net::IpAddr = address.parse().expect("backend IP");
             for port in [TCP_PORT, TCP_PORT_2] {
-                let tcp: SocketAddr = format!("{address}:{port}").parse().unwrap();
+                let tcp = SocketAddr::new(ip, port);
                 let listener = ns.run(move || {
                     let listener = TcpListener::bind(tcp).expect("bind backend TCP");
                     listener.set_nonblocking(true).unwrap();
@@ -152,7 +176,7 @@ impl Servers {
                     tcp_server(listener, tcp, stop_tcp)
                 }));
             }
-            let udp: SocketAddr = format!("{address}:{UDP_PORT}").parse().unwrap();
+            let udp = SocketAddr::new(ip, UDP_PORT);
             let socket = ns.run(move || {
                 let socket = UdpSocket::bind(udp).expect("bind backend UDP");
                 socket
@@ -370,7 +394,10 @@ pub fn service(
     let list = |hosts: &[&str]| {
         hosts
             .iter()
-            .map(|host| format!("\"{host}:{port}\""))
+            .map(|host| {
+                let ip: std::net::IpAddr = host.parse().expect("backend IP");
+                format!("\"{}\"", SocketAddr::new(ip, port))
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -388,8 +415,8 @@ impl Lab {
         let topology = Topology::new(tag);
         let work = WorkDir::new(tag);
         let servers = vec![
-            Servers::start(&topology.blue, &BLUE),
-            Servers::start(&topology.green, &GREEN),
+            Servers::start(&topology.blue, &[BLUE[0], BLUE[1], BLUE6[0], BLUE6[1]]),
+            Servers::start(&topology.green, &[GREEN[0], GREEN[1], GREEN6[0], GREEN6[1]]),
         ];
         Self {
             daemon: None,
@@ -607,10 +634,14 @@ impl Conversation {
 
 /// Which color a backend answer (`address:port`) belongs to.
 pub fn color_of(backend: &str) -> &'static str {
-    let host = backend.split(':').next().unwrap_or("");
-    if BLUE.contains(&host) {
+    let host = backend
+        .parse::<SocketAddr>()
+        .map(|address| address.ip().to_string())
+        .unwrap_or_default();
+    let host = host.as_str();
+    if BLUE.contains(&host) || BLUE6.contains(&host) {
         "blue"
-    } else if GREEN.contains(&host) {
+    } else if GREEN.contains(&host) || GREEN6.contains(&host) {
         "green"
     } else {
         panic!("answer from an unknown backend `{backend}`")

@@ -28,7 +28,8 @@ use splitter::{
 use splitter_common::{FlowKey, FlowValue};
 use splitter_tests::{
     daemon_harness::{
-        BLUE, GREEN, Lab, TCP_PORT, TCP_PORT_2, UDP_PORT, colors, metric, request, service,
+        BLUE, BLUE6, GREEN, GREEN6, Lab, TCP_PORT, TCP_PORT_2, UDP_PORT, colors, metric, request,
+        service,
     },
     require_privileges,
 };
@@ -36,6 +37,7 @@ use splitter_tests::{
 const WEB: &str = "198.18.100.10:80";
 const API: &str = "198.18.100.11:80";
 const DNS: &str = "198.18.100.20:53";
+const WEB6: &str = "[fd00:100::10]:80";
 
 fn web(weight: &str) -> String {
     service("web", WEB, "tcp", weight, &BLUE, &GREEN, TCP_PORT)
@@ -131,6 +133,37 @@ fn set_weight_and_switch_change_the_split_of_new_connections() {
     assert!(web.window_new_flows > 0 && web.measured_green_share.is_some());
     let text = lab.cli_ok(&["status"]);
     assert!(text.contains("green weight 0%"), "{text}");
+}
+
+#[test]
+fn ipv6_service_splits_switches_and_keeps_open_connections() {
+    if !require_privileges("ipv6_service_splits_switches_and_keeps_open_connections") {
+        return;
+    }
+    let mut lab = Lab::new("d6");
+    lab.write_config(&service(
+        "web6", WEB6, "tcp", "0", &BLUE6, &GREEN6, TCP_PORT,
+    ));
+    lab.start_daemon();
+    assert_eq!(colors(&lab.requests(WEB6, 30)), (30, 0));
+    let mut open = lab.connect(WEB6);
+    let pinned_to = open.ask().unwrap();
+    lab.cli_ok(&["switch", "web6", "green"]);
+    assert_eq!(colors(&lab.requests(WEB6, 30)), (0, 30));
+    assert_eq!(open.ask().unwrap(), pinned_to, "the open connection stays");
+    lab.cli_ok(&["set-weight", "web6", "50"]);
+    let (_, green) = colors(&lab.requests(WEB6, 100));
+    assert!((25..=75).contains(&green), "{green} of 100 green at 50%");
+    let text = lab.metrics();
+    let backend = format!("[{}]:{TCP_PORT}", BLUE6[0]);
+    let new_flows = metric(
+        &text,
+        &format!(
+            r#"splitter_backend_new_flows_total{{service="web6",color="blue",backend="{backend}"}}"#
+        ),
+    )
+    .expect("IPv6 backend series");
+    assert!(new_flows > 0.0);
 }
 
 #[test]
