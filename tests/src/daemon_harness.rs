@@ -582,6 +582,26 @@ impl Lab {
             .run(move || (0..count).map(|_| request(vip)).collect())
     }
 
+    /// `count` new connections to `vip`: answers per color. A failed request panics with the
+    /// daemon's view (verdicts, per-backend counters) to tell where the packet went.
+    pub fn split(&self, vip: &str, count: usize) -> (usize, usize) {
+        let answers = self.requests(vip, count);
+        if let Some((index, Err(error))) = answers
+            .iter()
+            .enumerate()
+            .find(|(_, answer)| answer.is_err())
+        {
+            let status = self.cli(&["status", "--json"]);
+            panic!(
+                "request {index} of {count} to {vip} failed: {error}\nanswers: {answers:?}\n\
+                 status: {}\ndaemon log:\n{}",
+                status.stdout,
+                self.daemon_log()
+            );
+        }
+        colors(&answers)
+    }
+
     /// Opens a TCP connection to `vip` from the client namespace.
     pub fn connect(&self, vip: &str) -> Conversation {
         let vip: SocketAddr = vip.parse().unwrap();

@@ -86,18 +86,14 @@ fn set_weight_and_switch_change_the_split_of_new_connections() {
     lab.write_config(&web("0"));
     lab.start_daemon();
 
-    assert_eq!(
-        colors(&lab.requests(WEB, 40)),
-        (40, 0),
-        "weight 0: all blue"
-    );
+    assert_eq!(lab.split(WEB, 40), (40, 0), "weight 0: all blue");
 
     let out = lab.cli_ok(&["set-weight", "web", "50"]);
     assert_eq!(
         out,
         "web: green weight 0% -> 50% of new flows (established flows stay on their backend)\n"
     );
-    let (blue, green) = colors(&lab.requests(WEB, 200));
+    let (blue, green) = lab.split(WEB, 200);
     assert!(
         (60..=140).contains(&green),
         "weight 50%: {green} of 200 new connections went green ({blue} blue)"
@@ -107,7 +103,7 @@ fn set_weight_and_switch_change_the_split_of_new_connections() {
 
     lab.cli_ok(&["set-weight", "web", "12.5"]);
     assert_eq!(find(&lab.status(), "web").green_weight, 125_000);
-    let (_, green) = colors(&lab.requests(WEB, 400));
+    let (_, green) = lab.split(WEB, 400);
     assert!(
         (20..=85).contains(&green),
         "weight 12.5%: {green} of 400 new connections went green (expected ~50)"
@@ -118,9 +114,9 @@ fn set_weight_and_switch_change_the_split_of_new_connections() {
         out,
         "web: green weight 12.5% -> 100% of new flows (established flows stay on their backend)\n"
     );
-    assert_eq!(colors(&lab.requests(WEB, 40)), (0, 40), "switch green");
+    assert_eq!(lab.split(WEB, 40), (0, 40), "switch green");
     lab.cli_ok(&["switch", "web", "blue"]);
-    assert_eq!(colors(&lab.requests(WEB, 40)), (40, 0), "switch blue");
+    assert_eq!(lab.split(WEB, 40), (40, 0), "switch blue");
 
     // The split is also spread over both backends of a color.
     let answers = lab.requests(WEB, 40);
@@ -145,14 +141,14 @@ fn ipv6_service_splits_switches_and_keeps_open_connections() {
         "web6", WEB6, "tcp", "0", &BLUE6, &GREEN6, TCP_PORT,
     ));
     lab.start_daemon();
-    assert_eq!(colors(&lab.requests(WEB6, 30)), (30, 0));
+    assert_eq!(lab.split(WEB6, 30), (30, 0));
     let mut open = lab.connect(WEB6);
     let pinned_to = open.ask().unwrap();
     lab.cli_ok(&["switch", "web6", "green"]);
-    assert_eq!(colors(&lab.requests(WEB6, 30)), (0, 30));
+    assert_eq!(lab.split(WEB6, 30), (0, 30));
     assert_eq!(open.ask().unwrap(), pinned_to, "the open connection stays");
     lab.cli_ok(&["set-weight", "web6", "50"]);
-    let (_, green) = colors(&lab.requests(WEB6, 100));
+    let (_, green) = lab.split(WEB6, 100);
     assert!((25..=75).contains(&green), "{green} of 100 green at 50%");
     let text = lab.metrics();
     let backend = format!("[{}]:{TCP_PORT}", BLUE6[0]);
@@ -191,15 +187,11 @@ fn connection_open_across_switch_keeps_working() {
             "the open connection stays on its backend"
         );
     }
-    assert_eq!(
-        colors(&lab.requests(WEB, 30)),
-        (0, 30),
-        "new connections go green"
-    );
+    assert_eq!(lab.split(WEB, 30), (0, 30), "new connections go green");
 
     lab.cli_ok(&["switch", "web", "blue"]);
     assert_eq!(open.ask().unwrap(), pinned_to, "and back (rollback)");
-    assert_eq!(colors(&lab.requests(WEB, 30)), (30, 0));
+    assert_eq!(lab.split(WEB, 30), (30, 0));
 
     let status = lab.status();
     let backend = &backends(find(&status, "web"))[&pinned_to];
@@ -216,7 +208,7 @@ fn sigkill_is_hitless_and_a_restart_adopts_weights_flows_and_counters() {
     lab.write_config(&web("10"));
     lab.start_daemon();
     lab.cli_ok(&["set-weight", "web", "30"]);
-    colors(&lab.requests(WEB, 50));
+    lab.split(WEB, 50);
 
     // A client that never stops: a new connection per request and one long conversation.
     let vip: SocketAddr = WEB.parse().unwrap();
@@ -310,7 +302,7 @@ fn sigkill_is_hitless_and_a_restart_adopts_weights_flows_and_counters() {
     // SIGTERM: the daemon exits 0, the data plane stays, traffic flows; a new daemon adopts.
     lab.stop_daemon();
     assert!(xdp_attached(&lab), "SIGTERM leaves the programs attached");
-    colors(&lab.requests(WEB, 20));
+    lab.split(WEB, 20);
     lab.start_daemon();
     let again = lab.status();
     assert_eq!(again.daemon.dataplane, Origin::Adopted);
@@ -327,8 +319,8 @@ fn reload_applies_only_the_difference_and_a_bad_file_changes_nothing() {
     let web_before = service("web", WEB, "tcp", "0", &BLUE[..1], &GREEN[..1], TCP_PORT);
     lab.write_config(&format!("{web_before}{}", api("0")));
     lab.start_daemon();
-    colors(&lab.requests(WEB, 20));
-    colors(&lab.requests(API, 20));
+    lab.split(WEB, 20);
+    lab.split(API, 20);
     let mut api_conversation = lab.connect(API);
     let api_backend = api_conversation.ask().unwrap();
 
@@ -420,7 +412,7 @@ fn reload_applies_only_the_difference_and_a_bad_file_changes_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(colors(&lab.requests(API, 20)), (0, 20));
+    assert_eq!(lab.split(API, 20), (0, 20));
     assert_eq!(api_conversation.ask().unwrap(), api_backend, "still pinned");
 
     // Removing a service.
@@ -752,7 +744,7 @@ fn unload_detaches_and_removes_everything() {
     let mut lab = Lab::new("dul");
     lab.write_config(&web("50"));
     lab.start_daemon();
-    colors(&lab.requests(WEB, 10));
+    lab.split(WEB, 10);
     assert!(xdp_attached(&lab));
     let out = lab.cli_ok(&["unload"]);
     assert_eq!(

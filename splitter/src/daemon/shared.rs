@@ -15,13 +15,15 @@ use crate::{
     metrics::DaemonMetrics,
 };
 
-/// A flow-table scan is reused for at most twice as long as it took, and never longer than
-/// this: a small table is scanned for every request (exact gauges), a big one (200k flows take
-/// a few hundred ms) at most about once a second however many clients ask.
+/// A flow-table scan that took at least [`SLOW_SCAN`] (a big table: 200k flows take a few
+/// hundred ms) is reused for twice as long as it took, at most [`LIVE_FLOWS_MAX_AGE`], so many
+/// clients cost about one scan a second. Faster scans are never reused by a request that
+/// arrived after they started: small tables give exact gauges.
+const SLOW_SCAN: Duration = Duration::from_millis(100);
 const LIVE_FLOWS_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// When a scan finished, how long it took, flows per backend id, total.
-type LiveFlows = (Instant, Duration, HashMap<u32, u64>, u64);
+/// When a scan started, when it finished, flows per backend id, total.
+type LiveFlows = (Instant, Instant, HashMap<u32, u64>, u64);
 
 pub struct Shared {
     /// `None` once the data plane has been unloaded (the daemon is stopping).
@@ -135,14 +137,19 @@ impl Shared {
         self.with_app(|app| app.status(&live, pinned))
     }
 
-    /// Flows per backend id (see [`LIVE_FLOWS_MAX_AGE`]). The scan runs on a blocking thread
-    /// with its own map handle, without the application lock.
+    /// Flows per backend id (see [`SLOW_SCAN`]). The scan runs on a blocking thread with its
+    /// own map handle, without the application lock; concurrent requests wait for one scan.
     async fn live_flows(&self) -> Result<(HashMap<u32, u64>, u64), SharedError> {
+        let arrived = Instant::now();
         let mut cache = self.live.lock().await;
-        if let Some((at, took, live, total)) = cache.as_ref()
-            && at.elapsed() < (*took * 2).min(LIVE_FLOWS_MAX_AGE)
-        {
-            return Ok((live.clone(), *total));
+        if let Some((started, finished, live, total)) = cache.as_ref() {
+            let took = finished.duration_since(*started);
+            let fresh = *started >= arrived;
+            let big_and_recent =
+                took >= SLOW_SCAN && finished.elapsed() < (took * 2).min(LIVE_FLOWS_MAX_AGE);
+            if fresh || big_and_recent {
+                return Ok((live.clone(), *total));
+            }
         }
         let path = self.with_app(|app| Ok(app.flows_pin()))?;
         let started = Instant::now();
@@ -150,7 +157,7 @@ impl Shared {
             .await
             .expect("flow scan does not panic")
             .map_err(AppError::from)?;
-        *cache = Some((Instant::now(), started.elapsed(), live.clone(), total));
+        *cache = Some((started, Instant::now(), live.clone(), total));
         Ok((live, total))
     }
 }
