@@ -326,11 +326,11 @@ pub fn render_status(report: &StatusReport) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "splitter {}  pid {}  up {}  data plane {:?} ({})  interfaces {}  flow table {}/{}",
+        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}  flow table {}/{}",
         daemon.version,
         daemon.pid,
         uptime(daemon.uptime_seconds),
-        daemon.dataplane,
+        daemon.dataplane.name(),
         daemon.bpffs.display(),
         daemon.interfaces.join(","),
         daemon.pinned_flows,

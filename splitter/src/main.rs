@@ -67,11 +67,11 @@ fn run_daemon(config_path: &Path, config: Validated) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        // 3. Bind the control socket and the metrics endpoint before touching the kernel.
-        let control = ControlServer::bind(&config.socket)?;
+        // 3. Bind the metrics endpoint and the control socket before touching the kernel.
         let metrics_listener = metrics::bind(config.metrics)
             .await
             .with_context(|| format!("metrics endpoint {}", config.metrics))?;
+        let control = ControlServer::bind(&config.socket)?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;

@@ -26,8 +26,7 @@ use crate::{
         StatusReport, Traffic, WeightChange,
     },
     dataplane::{
-        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded,
-        services::{Protocol, socket_addr},
+        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::socket_addr,
     },
     state::{ServiceState, State, StateError},
 };
@@ -95,7 +94,7 @@ impl App {
         let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
         tracing::info!(
             bpffs = %config.bpffs.display(),
-            origin = ?dataplane.origin,
+            origin = dataplane.origin.name(),
             "data plane ready"
         );
         let mut app = Self {
@@ -574,9 +573,4 @@ pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), Da
         total += 1;
     }
     Ok((live, total))
-}
-
-/// A service's address in logs.
-pub fn show_address(address: &SocketAddr, protocol: Protocol) -> String {
-    format!("{address}/{}", protocol.name())
 }

@@ -84,7 +84,7 @@ pub enum DataplaneError {
         configured: u64,
     },
     #[error("reading the load-time settings of the pinned data plane ({path}): {source}")]
-    PinnedSeed {
+    PinnedGlobals {
         path: PathBuf,
         #[source]
         source: std::io::Error,

@@ -228,6 +228,15 @@ pub enum Origin {
     Adopted,
 }
 
+impl Origin {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::Loaded => "loaded",
+            Origin::Adopted => "adopted",
+        }
+    }
+}
+
 /// What happened to an interface's attachments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attachment {
@@ -594,7 +603,7 @@ fn pinned_global<const N: usize>(
     })?;
     let mut value = vec![0u8; info.value_size() as usize];
     sys::map_lookup(map.fd().as_fd(), &0u32.to_ne_bytes(), &mut value).map_err(|source| {
-        DataplaneError::PinnedSeed {
+        DataplaneError::PinnedGlobals {
             path: path.clone(),
             source,
         }
@@ -602,7 +611,7 @@ fn pinned_global<const N: usize>(
     value
         .get(offset..offset + N)
         .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
-        .ok_or_else(|| DataplaneError::PinnedSeed {
+        .ok_or_else(|| DataplaneError::PinnedGlobals {
             path,
             source: io::Error::from(io::ErrorKind::UnexpectedEof),
         })
