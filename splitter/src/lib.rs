@@ -2,3 +2,4 @@
 //! use the same code paths.
 
 pub mod dataplane;
+pub mod rollout;
