@@ -3,7 +3,8 @@
 //!
 //! One module per concern: `config` (the file), `state` (persisted weights), `dataplane`
 //! (loading, pinning, maps), `daemon` (the application and its reconcile), `control` (the Unix
-//! socket API), `metrics` (Prometheus), `cli` (arguments, exit codes, client commands).
+//! socket API), `metrics` (Prometheus), `rollout` (canary plans and analysis), `cli`
+//! (arguments, exit codes, client commands).
 
 pub mod cli;
 pub mod config;
@@ -11,4 +12,5 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
+pub mod rollout;
 pub mod state;
