@@ -107,6 +107,30 @@ impl Reason {
     }
 }
 
+/// How a rewritten packet left the ingress program (`FORWARDING`, per CPU).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// XDP_REDIRECT to the backend's interface (the fast path).
+    Redirected = 0,
+    /// XDP_PASS to the kernel's routing (fast path off for that interface, no neighbour entry
+    /// yet, fragmentation needed, TTL expiring, ...).
+    Kernel = 1,
+}
+
+impl Forwarding {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [Forwarding; 2] = [Forwarding::Redirected, Forwarding::Kernel];
+
+    /// The `path` label of `splitter_forwarded_packets_total`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Forwarding::Redirected => "xdp_redirect",
+            Forwarding::Kernel => "kernel",
+        }
+    }
+}
+
 /// Traffic of one backend in one direction.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -129,6 +153,26 @@ pub struct BackendCounters {
     pub to_client: DirectionCounters,
     /// Flows pinned to this backend (new flows and misses).
     pub new_flows: u64,
+    /// TCP handshakes and resets: the rollout signals.
+    pub signals: Signals,
+}
+
+/// What a canary analysis compares between blue and green, measured in the kernel from the
+/// packets themselves (see `crate::signals`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Signals {
+    /// SYN-ACKs from the backend for a pending handshake.
+    pub handshakes_completed: u64,
+    /// RST from the backend in answer to the SYN (connection refused).
+    pub handshakes_refused: u64,
+    /// The client retransmitted its SYN after `HANDSHAKE_TIMEOUT_NS` without a SYN-ACK.
+    pub handshakes_timed_out: u64,
+    /// RST from the backend on a flow past its handshake.
+    pub established_resets: u64,
+    /// SYN → SYN-ACK time, as a histogram over `crate::signals::HANDSHAKE_BUCKETS_US`.
+    pub handshake_latency_buckets: [u64; crate::signals::HANDSHAKE_BUCKETS],
+    pub handshake_latency_sum_ns: u64,
 }
 
 /// Per-service counters.
@@ -149,11 +193,29 @@ impl core::ops::AddAssign for DirectionCounters {
     }
 }
 
+impl core::ops::AddAssign for Signals {
+    fn add_assign(&mut self, o: Self) {
+        self.handshakes_completed += o.handshakes_completed;
+        self.handshakes_refused += o.handshakes_refused;
+        self.handshakes_timed_out += o.handshakes_timed_out;
+        self.established_resets += o.established_resets;
+        for (bucket, other) in self
+            .handshake_latency_buckets
+            .iter_mut()
+            .zip(o.handshake_latency_buckets)
+        {
+            *bucket += other;
+        }
+        self.handshake_latency_sum_ns += o.handshake_latency_sum_ns;
+    }
+}
+
 impl core::ops::AddAssign for BackendCounters {
     fn add_assign(&mut self, o: Self) {
         self.to_backend += o.to_backend;
         self.to_client += o.to_client;
         self.new_flows += o.new_flows;
+        self.signals += o.signals;
     }
 }
 

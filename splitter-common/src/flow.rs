@@ -1,10 +1,8 @@
-//! Flow tables. `FLOWS` pins a client flow to its backend; `REVERSE_FLOWS` maps the backend's
-//! replies back to the service address the client used.
+//! The flow table: `FLOWS` pins a client flow to its backend.
 
 use crate::Addr;
 
-/// A flow as seen on the wire in one direction. Ports in network byte order.
-/// Forward key: client → service. Reverse key: backend → client.
+/// A client flow as seen on the wire: client → service. Ports in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -26,18 +24,23 @@ pub struct FlowValue {
     pub backend_port: u16,
     /// [`crate::Color`] as u8.
     pub color: u8,
-    pub _pad: u8,
+    /// [`Handshake`] as u8 (TCP flows opened by a SYN; others stay `None`).
+    pub handshake: u8,
     pub backend_id: u32,
-    /// When the flow was pinned (`bpf_ktime_get_ns`).
+    /// When the flow was pinned (`bpf_ktime_get_ns`): for a SYN, the start of the handshake.
     pub created_ns: u64,
 }
 
-/// What a backend's reply is rewritten to: the service address and port the client used.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ReverseValue {
-    pub service_addr: Addr,
-    pub service_port: u16,
-    pub _pad: [u8; 2],
-    pub backend_id: u32,
+/// Where a TCP flow's handshake with its backend stands (rollout signals).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Not tracked: UDP, or a flow pinned mid-stream (miss).
+    None = 0,
+    /// The client's SYN went to the backend; no SYN-ACK yet.
+    Pending = 1,
+    /// The backend answered with a SYN-ACK.
+    Completed = 2,
+    /// The backend refused (RST) or did not answer in time.
+    Failed = 3,
 }

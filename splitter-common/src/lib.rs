@@ -15,11 +15,14 @@ pub mod flow;
 pub mod hash;
 pub mod maps;
 pub mod service;
+pub mod signals;
 
 pub use addr::{Addr, Family};
-pub use backend::{Backend, Color};
-pub use counters::{BackendCounters, DirectionCounters, Reason, ServiceCounters};
-pub use flow::{FlowKey, FlowValue, ReverseValue};
+pub use backend::{Backend, BackendKey, Color, ReverseValue};
+pub use counters::{
+    BackendCounters, DirectionCounters, Forwarding, Reason, ServiceCounters, Signals,
+};
+pub use flow::{FlowKey, FlowValue, Handshake};
 pub use service::{Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE};
 
 /// Implements `aya::Pod` (userspace only) for plain map types.
@@ -39,6 +42,7 @@ pod!(
     FlowKey,
     FlowValue,
     ReverseValue,
+    BackendKey,
     BackendCounters,
     ServiceCounters,
     bench::BenchPacket,

@@ -9,8 +9,8 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const POOLS: &str = "POOLS";
 /// `FLOWS` (LRU): forward [`crate::FlowKey`] → [`crate::FlowValue`].
 pub const FLOWS: &str = "FLOWS";
-/// `REVERSE_FLOWS` (LRU): reverse [`crate::FlowKey`] → [`crate::ReverseValue`].
-pub const REVERSE_FLOWS: &str = "REVERSE_FLOWS";
+/// `BACKEND_REVERSE`: [`crate::BackendKey`] → [`crate::ReverseValue`] (the reply path).
+pub const BACKEND_REVERSE: &str = "BACKEND_REVERSE";
 /// `BACKEND_COUNTERS` (per CPU): backend id → [`crate::BackendCounters`].
 pub const BACKEND_COUNTERS: &str = "BACKEND_COUNTERS";
 /// `SERVICE_COUNTERS` (per CPU): service id → [`crate::ServiceCounters`].
@@ -18,8 +18,18 @@ pub const SERVICE_COUNTERS: &str = "SERVICE_COUNTERS";
 /// `VERDICTS` (per CPU): [`crate::Reason`] → packets.
 pub const VERDICTS: &str = "VERDICTS";
 
+/// `REDIRECT_PORTS` (devmap hash): ifindex → ifindex, the interfaces the fast path may
+/// XDP_REDIRECT to (native XDP transmit must work there).
+pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
+/// `FAST_PATH[0]`: 1 when `REDIRECT_PORTS` has entries (the FIB lookup is skipped otherwise).
+pub const FAST_PATH: &str = "FAST_PATH";
+/// `FORWARDING` (per CPU): [`crate::Forwarding`] → packets.
+pub const FORWARDING: &str = "FORWARDING";
+
 /// Global set at load time (`EbpfLoader::override_global`): the split hash seed.
 pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
+/// Global set at load time: [`crate::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS`] unless configured.
+pub const HANDSHAKE_TIMEOUT_GLOBAL: &str = "HANDSHAKE_TIMEOUT_NS";
 
 /// Program names (the function names in `splitter-ebpf/src/main.rs`).
 pub const INGRESS_PROGRAM: &str = "splitter_ingress";
@@ -28,5 +38,6 @@ pub const EGRESS_PROGRAM: &str = "splitter_egress";
 pub const MAX_SERVICES: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 8192;
 pub const POOL_SLOTS: u32 = 16384;
-/// Default capacity of `FLOWS` and `REVERSE_FLOWS` (the config's `flow_table_size`).
+pub const MAX_REDIRECT_PORTS: u32 = 64;
+/// Default capacity of `FLOWS` (the config's `flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;

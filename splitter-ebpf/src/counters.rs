@@ -1,15 +1,22 @@
 //! Counting, never logging, on the hot path. All maps are per CPU: plain adds, no atomics.
 
-use splitter_common::{DirectionCounters, Reason};
+use splitter_common::{DirectionCounters, Forwarding, Reason};
 
 use crate::{
-    maps::{BACKEND_COUNTERS, SERVICE_COUNTERS, VERDICTS},
+    maps::{BACKEND_COUNTERS, FORWARDING, SERVICE_COUNTERS, VERDICTS},
     parse::{TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[inline(always)]
 pub fn verdict(reason: Reason) {
     if let Some(count) = VERDICTS.get_ptr_mut(reason as u32) {
+        unsafe { *count += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn forwarding(path: Forwarding) {
+    if let Some(count) = FORWARDING.get_ptr_mut(path as u32) {
         unsafe { *count += 1 };
     }
 }
@@ -21,8 +28,17 @@ pub enum Direction {
     ToClient,
 }
 
+/// Counts `packets` wire packets (more than one for a GSO packet on the egress path) of
+/// `bytes` L3 bytes.
 #[inline(always)]
-pub fn backend_packet(backend_id: u32, direction: Direction, bytes: u64, tcp_flags: u8, new: bool) {
+pub fn backend_packet(
+    backend_id: u32,
+    direction: Direction,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u8,
+    new: bool,
+) {
     let Some(counters) = BACKEND_COUNTERS.get_ptr_mut(backend_id) else {
         return;
     };
@@ -34,7 +50,7 @@ pub fn backend_packet(backend_id: u32, direction: Direction, bytes: u64, tcp_fla
         Direction::ToBackend => &mut counters.to_backend,
         Direction::ToClient => &mut counters.to_client,
     };
-    side.packets += 1;
+    side.packets += packets;
     side.bytes += bytes;
     if tcp_flags & TCP_SYN != 0 {
         side.tcp_syn += 1;

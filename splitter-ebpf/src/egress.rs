@@ -1,17 +1,19 @@
 //! The TC egress program's work, on the interfaces where clients are: a backend's reply is
-//! rewritten back to the service address and port the client used (reverse NAT). Checksums go
+//! rewritten back to the service address and port the client used (reverse NAT), by the
+//! backend's address alone (stateless: it works for evicted flows and flows of other hosts). Checksums go
 //! through the kernel helpers, which also handle CHECKSUM_PARTIAL (GSO/forwarded) packets.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use splitter_common::{Family, FlowKey, Reason, ReverseValue};
+use splitter_common::{BackendKey, Family, Reason, ReverseValue};
 
 use crate::{
     counters::{self, Direction},
-    maps::REVERSE_FLOWS,
+    maps::BACKEND_REVERSE,
     parse::{self, Fragment, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    signals,
 };
 
 /// Enough linear bytes for Ethernet, IPv6 with a few extension headers, and TCP.
@@ -42,25 +44,29 @@ pub fn handle(ctx: &TcContext) {
     let Ok(packet) = parse::ports(&f, ip) else {
         return;
     };
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
+    let key = BackendKey {
+        addr: ip.src,
+        port: packet.src_port,
         protocol: ip.protocol,
         family: ip.family as u8,
-        _pad: [0; 2],
     };
-    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(key) }) else {
+    let Some(reverse) = (unsafe { BACKEND_REVERSE.get(key) }) else {
         return;
     };
     let reverse = *reverse;
     let bytes = (f.len() - ip.l3_offset) as u64;
+    // A GSO packet (GRO on the way in, TSO from a local sender) leaves as `gso_segs` wire
+    // packets; a plain one has gso_segs 0.
+    let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
+    if ip.protocol == IPPROTO_TCP {
+        signals::backend_reply(&packet, &reverse);
+    }
     if rewrite_source(ctx, &packet, &reverse).is_ok() {
         counters::verdict(Reason::ToClient);
         counters::backend_packet(
             reverse.backend_id,
             Direction::ToClient,
+            segments,
             bytes.max((ctx.len() as usize - ip.l3_offset) as u64),
             packet.tcp_flags,
             false,

@@ -2,35 +2,40 @@
 //! ICMP errors about a service flow are forwarded to that flow's backend.
 
 use splitter_common::{
-    Addr, Cohort, Family, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig, ServiceKey,
+    Addr, Cohort, Family, FlowKey, FlowValue, Reason, ServiceConfig, ServiceKey,
 };
 
 use crate::{
     checksum::Delta,
     counters::{self, Direction},
-    maps::{FLOWS, REVERSE_FLOWS, SERVICES},
+    maps::{FLOWS, SERVICES},
     parse::{
         self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
-        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_ACK, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
     },
     select::{self, Start},
+    signals,
 };
 
-/// Handles one received frame and says why it did what it did. The verdict is always XDP_PASS:
-/// rewritten packets continue through the kernel's routing to their backend.
+/// Handles one received frame and says why it did what it did. A packet of a flow rewritten
+/// to its backend comes back with its new IP header data, for the forwarding step; everything
+/// else continues to the kernel untouched or as rewritten (fragments, ICMP errors).
 #[inline(always)]
-pub fn handle(frame: &Frame) -> Reason {
+pub fn handle(frame: &Frame) -> (Reason, Option<Ip>) {
     let ip = match parse::ip(frame) {
         Ok(ip) => ip,
-        Err(reason) => return reason,
+        Err(reason) => return (reason, None),
     };
     let result = match (ip.family, ip.protocol) {
         (_, IPPROTO_TCP | IPPROTO_UDP) => service_packet(frame, ip),
-        (Family::Ipv4, IPPROTO_ICMP) | (Family::Ipv6, IPPROTO_ICMPV6) => icmp_error(frame, ip),
+        (Family::Ipv4, IPPROTO_ICMP) | (Family::Ipv6, IPPROTO_ICMPV6) => {
+            icmp_error(frame, ip).map(|reason| (reason, None))
+        }
         _ => Err(Reason::NotService),
     };
     match result {
-        Ok(reason) | Err(reason) => reason,
+        Ok(outcome) => outcome,
+        Err(reason) => (reason, None),
     }
 }
 
@@ -46,9 +51,9 @@ fn service_key(addr: Addr, port: u16, protocol: u8, family: Family) -> ServiceKe
 
 /// A TCP or UDP packet: to a service or not.
 #[inline(always)]
-fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
+fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason> {
     if ip.fragment == Fragment::Later {
-        return later_fragment(frame, ip);
+        return later_fragment(frame, ip).map(|reason| (reason, None));
     }
     let packet = parse::ports(frame, ip)?;
     let key = service_key(ip.dst, packet.dst_port, ip.protocol, ip.family);
@@ -68,23 +73,37 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         _pad: [0; 2],
     };
     let (reason, flow) = match unsafe { FLOWS.get(flow_key) } {
-        Some(flow) => (Reason::Established, *flow),
+        Some(flow) => {
+            if packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && ip.protocol == IPPROTO_TCP {
+                signals::syn_retransmitted(&flow_key);
+            }
+            (Reason::Established, *flow)
+        }
         None => new_flow(config, &flow_key, &packet)?,
     };
     rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
     let bytes = (frame.len() - ip.l3_offset) as u64;
-    let new = reason != Reason::Established;
+    // A stray RST is forwarded but not pinned (see `new_flow`): no new flow to count.
+    let rst = ip.protocol == IPPROTO_TCP && packet.tcp_flags & TCP_RST != 0;
+    let new = reason != Reason::Established && !rst;
     counters::backend_packet(
         flow.backend_id,
         Direction::ToBackend,
+        1,
         bytes,
         packet.tcp_flags,
         new,
     );
     if ip.fragment == Fragment::First {
-        return Ok(Reason::FragmentSteered);
+        return Ok((Reason::FragmentSteered, None));
     }
-    Ok(reason)
+    Ok((
+        reason,
+        Some(Ip {
+            dst: flow.backend_addr,
+            ..ip
+        }),
+    ))
 }
 
 /// Chooses and pins a backend for a flow that has none.
@@ -105,30 +124,14 @@ fn new_flow(
         backend_addr: backend.addr,
         backend_port: backend.port,
         color: backend.color,
-        _pad: 0,
+        handshake: signals::opening(tcp, packet.tcp_flags) as u8,
         backend_id,
         created_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
     };
     // A stray RST closes whatever it belongs to: forward it, but do not pin a flow for it.
+    // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
+    // takes the same choice again while the weight is unchanged.
     if !(tcp && packet.tcp_flags & TCP_RST != 0) {
-        let reverse_key = FlowKey {
-            src: backend.addr,
-            dst: key.src,
-            src_port: backend.port,
-            dst_port: key.src_port,
-            protocol: key.protocol,
-            family: key.family,
-            _pad: [0; 2],
-        };
-        let reverse = ReverseValue {
-            service_addr: key.dst,
-            service_port: key.dst_port,
-            _pad: [0; 2],
-            backend_id,
-        };
-        // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
-        // takes the same choice again while the weight is unchanged.
-        let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
         let _ = FLOWS.insert(key, flow, 0);
     }
     if start == Start::Earlier {
@@ -154,8 +157,11 @@ fn later_fragment(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         protocol: ip.protocol,
         ..FlowKey::default()
     };
-    let (_, backend) = select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
+    let (backend_id, backend) =
+        select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
     rewrite_ip_destination(frame, &ip, &backend.addr);
+    let bytes = (frame.len() - ip.l3_offset) as u64;
+    counters::backend_packet(backend_id, Direction::ToBackend, 1, bytes, 0, false);
     Ok(Reason::FragmentSteered)
 }
 
@@ -287,6 +293,26 @@ fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         .ptr_at::<PortsHdr>(quoted.l4_offset)
         .ok_or(Reason::TruncatedIcmp)?;
     unsafe { (*ports).src_port = flow.backend_port };
+    // The quoted TCP/UDP checksum, when the quote reaches it, covers the source address
+    // (pseudo-header) and port too: update it so the backend gets back the packet it sent.
+    let l4_delta = Delta::new()
+        .addr(&quoted.src.0, &backend.0)
+        .u16(service_port, flow.backend_port);
+    let check_offset = match quoted.protocol {
+        IPPROTO_TCP => quoted.l4_offset + 16,
+        _ => quoted.l4_offset + 6,
+    };
+    if let Some(check) = frame.ptr_at::<u16>(check_offset) {
+        unsafe {
+            let old_check = *check;
+            let new_check = match quoted.protocol {
+                IPPROTO_TCP => l4_delta.apply(old_check),
+                _ => l4_delta.apply_udp(old_check),
+            };
+            *check = new_check;
+            quoted_delta = quoted_delta.u16(old_check, new_check);
+        }
+    }
     // The ICMP checksum covers the quoted bytes; ICMPv6's also covers the pseudo-header.
     let icmp_delta = match ip.family {
         Family::Ipv4 => quoted_delta,

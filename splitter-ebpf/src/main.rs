@@ -9,10 +9,12 @@ mod checksum;
 mod compare;
 mod counters;
 mod egress;
+mod forward;
 mod ingress;
 mod maps;
 mod parse;
 mod select;
+mod signals;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -21,16 +23,21 @@ use aya_ebpf::{
 };
 use parse::Frame;
 
-/// Ingress on client-facing interfaces. Fails open: every verdict is XDP_PASS, so traffic that
-/// is not for a service, or that cannot be parsed, reaches the kernel untouched (and counted).
+/// Ingress on client-facing interfaces. Fails open: traffic that is not for a service, or that
+/// cannot be parsed, reaches the kernel untouched (XDP_PASS, counted). Rewritten packets take
+/// the fast path (XDP_REDIRECT) where the daemon enabled it, the kernel's routing otherwise.
 #[xdp]
 pub fn splitter_ingress(ctx: XdpContext) -> u32 {
     let frame = Frame {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    counters::verdict(ingress::handle(&frame));
-    xdp_action::XDP_PASS
+    let (reason, rewritten) = ingress::handle(&frame);
+    counters::verdict(reason);
+    match rewritten {
+        Some(ip) => forward::rewritten(&ctx, &frame, &ip),
+        None => xdp_action::XDP_PASS,
+    }
 }
 
 /// Egress on client-facing interfaces: reverse NAT of backend replies. Never drops.

@@ -1,14 +1,14 @@
 //! Every map of the data plane. Names, key/value types and capacities come from
-//! `splitter_common::maps`; the daemon resizes `FLOWS`/`REVERSE_FLOWS` at load time.
+//! `splitter_common::maps`; the daemon resizes `FLOWS` at load time.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    Backend, BackendCounters, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
-    ServiceCounters, ServiceKey,
-    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, POOL_SLOTS},
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
+    ServiceConfig, ServiceCounters, ServiceKey,
+    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_REDIRECT_PORTS, MAX_SERVICES, POOL_SLOTS},
 };
 
 /// Service address, port and protocol → how its new flows are split.
@@ -29,10 +29,10 @@ pub static POOLS: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
-/// Backend reply flow (backend → client) → the service address to put back.
+/// Backend address (source of its replies) → the service address and port to put back.
 #[map]
-pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+pub static BACKEND_REVERSE: HashMap<BackendKey, ReverseValue> =
+    HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 /// Backend id → traffic counters, per CPU.
 #[map]
@@ -47,3 +47,15 @@ pub static SERVICE_COUNTERS: PerCpuArray<ServiceCounters> =
 /// [`Reason`] → packets, per CPU.
 #[map]
 pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Interfaces the fast path may XDP_REDIRECT to (ifindex → ifindex); empty: kernel routing.
+#[map]
+pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_PORTS, 0);
+
+/// [`Forwarding`] → rewritten packets, per CPU.
+#[map]
+pub static FORWARDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(Forwarding::COUNT, 0);
+
+/// `[0]`: 1 when the fast path is on (some `REDIRECT_PORTS`); 0 saves the FIB lookup.
+#[map]
+pub static FAST_PATH: Array<u32> = Array::with_max_entries(1, 0);

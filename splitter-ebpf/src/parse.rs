@@ -16,9 +16,10 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// The extension headers followed before giving up (hop-by-hop, routing, fragment, destination
-/// options, AH). Real traffic rarely carries more than two.
+/// options, AH): six is the whole RFC 8200 order (without ESP). Real traffic rarely has two.
 const MAX_IPV6_EXTENSIONS: usize = 6;
 
 #[repr(C)]
@@ -115,7 +116,9 @@ impl Frame {
 
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.end - self.start
+        // Opaque to LLVM, which otherwise may fold `len() - k` into `end + (-k - start)`: a
+        // scalar minus a packet pointer, which the verifier rejects.
+        core::hint::black_box(self.end - self.start)
     }
 }
 
@@ -213,7 +216,8 @@ pub fn ipv6(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
     let mut next = unsafe { (*ip).next_header };
     let mut l4_offset = offset + size_of::<Ipv6Hdr>();
     let mut fragment = Fragment::None;
-    for _ in 0..MAX_IPV6_EXTENSIONS {
+    // One pass per extension header plus the one that finds the L4 protocol.
+    for _ in 0..=MAX_IPV6_EXTENSIONS {
         if !matches!(next, 0 | 43 | 44 | 51 | 60) {
             return Ok(Ip {
                 family: Family::Ipv6,
@@ -258,6 +262,10 @@ pub fn ipv6(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
         if l4_offset > 512 {
             return Err(Reason::BadIpv6Extension);
         }
+        // The whole header must be there, not only the 8 bytes read above: its last byte.
+        frame
+            .ptr_at::<u8>(l4_offset - 1)
+            .ok_or(Reason::BadIpv6Extension)?;
     }
     Err(Reason::BadIpv6Extension)
 }

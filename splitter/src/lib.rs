@@ -1,4 +1,16 @@
 //! The splitter daemon and CLI as a library: the binary (`main.rs`) and the integration tests
 //! use the same code paths.
+//!
+//! One module per concern: `config` (the file), `state` (persisted weights), `dataplane`
+//! (loading, pinning, maps), `daemon` (the application and its reconcile), `control` (the Unix
+//! socket API), `metrics` (Prometheus), `rollout` (canary plans and analysis), `cli`
+//! (arguments, exit codes, client commands).
 
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod metrics;
+pub mod rollout;
+pub mod state;

@@ -1,24 +1,158 @@
-use anyhow::Context as _;
-use clap::Parser;
-use splitter::dataplane::{Dataplane, LoadOptions, XdpMode};
+//! `splitter`: the daemon (`splitter daemon --config FILE`) and the CLI that drives it.
+//!
+//! The daemon, step by step: load and validate the config (nothing is touched before it
+//! passes) -> claim the state directory -> bind the control socket and the metrics endpoint ->
+//! adopt the pinned data plane (or load and pin one), attach, install the services -> serve
+//! until SIGTERM/SIGINT (SIGHUP reloads) -> stop. Stopping leaves the data plane attached and
+//! pinned, so traffic keeps flowing with the last weights; only `splitter unload` removes it.
 
-#[derive(Parser)]
-struct Args {
-    #[arg(long)]
-    interface: String,
+use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use splitter::{
+    cli::{Cli, Command, Exit},
+    config::{Config, Validated},
+    control::server::ControlServer,
+    daemon::{App, AppError, shared::Shared},
+    metrics::{self, DaemonMetrics, Metrics},
+    state::{self, DaemonLock},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Daemon { config } => {
+            if cli.socket.is_some() {
+                eprintln!(
+                    "splitter: --socket is for client commands; the daemon uses control.socket of its config"
+                );
+                return Exit::Usage.into();
+            }
+            daemon(&config).into()
+        }
+        command => splitter::cli::run(command, cli.socket.as_deref()).into(),
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let mut dataplane = Dataplane::load(&LoadOptions::default()).context("loading")?;
-    dataplane.attach(&args.interface, XdpMode::Auto)?;
-    println!("attached to {}", args.interface);
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        for (reason, count) in dataplane.maps.verdicts()? {
-            if count > 0 {
-                println!("{} {count}", reason.label());
+fn daemon(config_path: &Path) -> Exit {
+    init_logging();
+    // 1. Load and validate the config: a bad file changes nothing.
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("splitter: {error}");
+            return Exit::InvalidConfig;
+        }
+    };
+    match run_daemon(config_path, config) {
+        Ok(()) => Exit::Ok,
+        Err(error) => {
+            eprintln!("splitter: {}", one_line(&error));
+            match error.downcast_ref::<AppError>() {
+                Some(AppError::Config(_) | AppError::Plan(_)) => Exit::InvalidConfig,
+                _ => Exit::Failure,
             }
         }
     }
+}
+
+fn run_daemon(config_path: &Path, config: Validated) -> anyhow::Result<()> {
+    // 2. Claim the state directory: one daemon per state and data plane.
+    state::create_dir(&config.state_dir)?;
+    let _lock = DaemonLock::acquire(&config.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        // 3. Bind the metrics endpoint and the control socket before touching the kernel.
+        let metrics_listener = metrics::bind(config.metrics)
+            .await
+            .with_context(|| format!("metrics endpoint {}", config.metrics))?;
+        let control = ControlServer::bind(&config.socket)?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        // 4. Data plane: adopt or load, attach, install the services.
+        let bpffs = config.bpffs.clone();
+        let app = match App::start(config_path, config.clone()) {
+            Ok(app) => app,
+            Err(error) => {
+                control.remove();
+                return Err(error.into());
+            }
+        };
+        let daemon_metrics = DaemonMetrics::default();
+        let metrics = Arc::new(Metrics::new(&daemon_metrics));
+        let shared = Arc::new(Shared::new(app, daemon_metrics));
+        tracing::info!(
+            socket = %control.path().display(),
+            metrics = %config.metrics,
+            "serving"
+        );
+        // 5. Serve until told to stop; SIGHUP reloads.
+        let socket_path = control.path().to_owned();
+        let control_task = tokio::spawn(control.serve(shared.clone()));
+        let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics, shared.clone()));
+        let sampler_task = tokio::spawn(sample(shared.clone()));
+        let unloaded = loop {
+            tokio::select! {
+                _ = terminate.recv() => break false,
+                _ = interrupt.recv() => break false,
+                () = shared.stop.notified() => break true,
+                _ = hangup.recv() => match shared.reload() {
+                    Ok(report) => tracing::info!(?report, "SIGHUP: reloaded"),
+                    Err(error) => tracing::error!(%error, "SIGHUP: reload refused, nothing changed"),
+                },
+            }
+        };
+        // 6. Stop: the data plane stays attached and pinned unless it was unloaded.
+        control_task.abort();
+        metrics_task.abort();
+        sampler_task.abort();
+        let _ = std::fs::remove_file(&socket_path);
+        if unloaded {
+            tracing::info!("data plane unloaded; daemon stopped");
+        } else {
+            tracing::info!(
+                bpffs = %bpffs.display(),
+                "daemon stopped; the data plane stays attached and pinned (`splitter unload` removes it)"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Samples the counters once a second (rates and measured shares for `status`).
+async fn sample(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        shared.sample();
+    }
+}
+
+/// The error and its causes on one line; causes our typed errors already print are skipped.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

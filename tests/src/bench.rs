@@ -176,7 +176,8 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
     let client = client(family);
     let service = vip(family);
     let (flags, dst_port) = match path {
-        Path::Miss => (TCP_ACK, 80),
+        // An established flow's packets are data/ACKs (the flow is pinned by a SYN first).
+        Path::Miss | Path::Established => (TCP_ACK, 80),
         Path::NotService => (TCP_SYN, 81),
         _ => (TCP_SYN, 80),
     };
@@ -251,9 +252,10 @@ fn measure(
         targets.set(0, &target_fd, 0)?;
     }
     if path == Path::Established {
-        // Pin the flow first: one run of the real program.
-        let mut out = vec![0u8; input.len()];
-        run(xdp(dataplane, INGRESS_PROGRAM), &input, &mut out, 1)?;
+        // Pin the flow first: its SYN, once, through the real program.
+        let (syn, _) = packet(Path::NewFlow, family);
+        let mut out = vec![0u8; syn.len()];
+        run(xdp(dataplane, INGRESS_PROGRAM), &syn, &mut out, 1)?;
     }
     let mut samples = Vec::new();
     for _ in 0..options.rounds {

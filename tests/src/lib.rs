@@ -3,7 +3,11 @@
 
 pub mod bench;
 pub mod compare;
+pub mod daemon_harness;
 pub mod netns;
+pub mod packet;
+pub mod servers;
+pub mod topology;
 
 /// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).
 pub const SKIP_ENV: &str = "SPLITTER_SKIP_PRIVILEGED";

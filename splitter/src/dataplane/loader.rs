@@ -1,8 +1,6 @@
 //! Loading the embedded object and attaching it: XDP ingress + TC egress on every
 //! client-facing interface.
 
-use std::path::PathBuf;
-
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp},
@@ -28,6 +26,9 @@ pub enum XdpMode {
 pub struct LoadOptions {
     pub flow_table_size: u32,
     pub hash_seed: u32,
+    /// A client SYN retransmitted this long after the first, without a SYN-ACK in between,
+    /// counts as a handshake timeout (rollout signals).
+    pub handshake_timeout_ns: u64,
 }
 
 impl Default for LoadOptions {
@@ -35,6 +36,7 @@ impl Default for LoadOptions {
         Self {
             flow_table_size: names::DEFAULT_FLOW_TABLE_SIZE,
             hash_seed: splitter_common::hash::DEFAULT_HASH_SEED,
+            handshake_timeout_ns: splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS,
         }
     }
 }
@@ -47,19 +49,11 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads and verifies the embedded programs with fresh maps.
+    /// Loads and verifies the embedded programs with fresh maps. Nothing is pinned: the
+    /// programs, their attachments and the maps live as long as this value (tests). The daemon
+    /// uses [`super::PinnedDataplane`] instead.
     pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
-            .map_max_entries(names::FLOWS, options.flow_table_size)
-            .map_max_entries(names::REVERSE_FLOWS, options.flow_table_size)
-            .load(EBPF_OBJECT)?;
-        xdp(&mut ebpf)?
-            .load()
-            .map_err(|source| program_error(names::INGRESS_PROGRAM, source))?;
-        tc(&mut ebpf)?
-            .load()
-            .map_err(|source| program_error(names::EGRESS_PROGRAM, source))?;
+        let mut ebpf = load_object(options)?;
         let maps = Maps::open(|name| ebpf.take_map(name))?;
         Ok(Self {
             ebpf,
@@ -106,6 +100,23 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Enables the XDP fast path (FIB lookup + XDP_REDIRECT) toward a backend-facing interface.
+    /// Native XDP transmit must work there: physical NICs do; a veth only when its peer has an
+    /// XDP program or GRO on; a bridge never (refused here). Without it, rewritten packets take
+    /// the kernel's routing.
+    pub fn allow_redirect(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let ifindex =
+            interface_index(interface).ok_or_else(|| DataplaneError::UnknownInterface {
+                interface: interface.to_owned(),
+            })?;
+        if driver(interface).as_deref() == Some("bridge") {
+            return Err(DataplaneError::RedirectToBridge {
+                interface: interface.to_owned(),
+            });
+        }
+        self.maps.allow_redirect(ifindex)
+    }
+
     /// The whole loaded object, for harnesses that load extra programs (the benchmark).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
@@ -117,11 +128,31 @@ impl Dataplane {
     }
 }
 
+/// Loads the embedded object (maps created, globals set) and verifies both programs.
+pub(super) fn load_object(options: &LoadOptions) -> Result<Ebpf, DataplaneError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
+        .override_global(
+            names::HANDSHAKE_TIMEOUT_GLOBAL,
+            &options.handshake_timeout_ns,
+            true,
+        )
+        .map_max_entries(names::FLOWS, options.flow_table_size)
+        .load(EBPF_OBJECT)?;
+    xdp(&mut ebpf)?
+        .load()
+        .map_err(|source| program_error(names::INGRESS_PROGRAM, source))?;
+    tc(&mut ebpf)?
+        .load()
+        .map_err(|source| program_error(names::EGRESS_PROGRAM, source))?;
+    Ok(ebpf)
+}
+
 fn program_error(name: &'static str, source: aya::programs::ProgramError) -> DataplaneError {
     DataplaneError::Program { name, source }
 }
 
-fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+pub(super) fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
     let name = names::INGRESS_PROGRAM;
     ebpf.program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
@@ -129,7 +160,7 @@ fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
         .map_err(|source| program_error(name, source))
 }
 
-fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
+pub(super) fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
     let name = names::EGRESS_PROGRAM;
     ebpf.program_mut(name)
         .ok_or(DataplaneError::MissingProgram { name })?
@@ -146,5 +177,46 @@ pub fn interface_index(interface: &str) -> Option<u32> {
     }
 }
 
-#[expect(dead_code, reason = "pinning arrives with the daemon")]
-fn pin_dir(_dir: PathBuf) {}
+/// The interface's driver name (ETHTOOL_GDRVINFO) in the current network namespace: "veth",
+/// "bridge", "virtio_net", ... (`/sys/class/net` may show another namespace's interfaces).
+pub fn driver(interface: &str) -> Option<String> {
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return None;
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if socket < 0 {
+        return None;
+    }
+    let rc = unsafe { libc::ioctl(socket, SIOCETHTOOL, &mut request) };
+    unsafe { libc::close(socket) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}

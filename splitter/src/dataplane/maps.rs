@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
 use splitter_common::{
-    Backend, BackendCounters, FlowKey, FlowValue, Reason, ReverseValue, ServiceConfig,
-    ServiceCounters, ServiceKey, maps as names,
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
+    ServiceConfig, ServiceCounters, ServiceKey, maps as names,
 };
 
 use super::DataplaneError;
@@ -17,22 +17,28 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub pools: Array<MapData, u32>,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
-    pub reverse_flows: HashMap<MapData, FlowKey, ReverseValue>,
+    pub backend_reverse: HashMap<MapData, BackendKey, ReverseValue>,
     pub backend_counters: PerCpuArray<MapData, BackendCounters>,
     pub service_counters: PerCpuArray<MapData, ServiceCounters>,
     pub verdicts: PerCpuArray<MapData, u64>,
+    pub redirect_ports: DevMapHash<MapData>,
+    pub forwarding: PerCpuArray<MapData, u64>,
+    pub fast_path: Array<MapData, u32>,
 }
 
 /// The map names, in the order they are pinned and opened.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 11] = [
     names::SERVICES,
     names::BACKENDS,
     names::POOLS,
     names::FLOWS,
-    names::REVERSE_FLOWS,
+    names::BACKEND_REVERSE,
     names::BACKEND_COUNTERS,
     names::SERVICE_COUNTERS,
     names::VERDICTS,
+    names::REDIRECT_PORTS,
+    names::FORWARDING,
+    names::FAST_PATH,
 ];
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -51,10 +57,13 @@ impl Maps {
             backends: typed(names::BACKENDS, take(names::BACKENDS))?,
             pools: typed(names::POOLS, take(names::POOLS))?,
             flows: typed(names::FLOWS, take(names::FLOWS))?,
-            reverse_flows: typed(names::REVERSE_FLOWS, take(names::REVERSE_FLOWS))?,
+            backend_reverse: typed(names::BACKEND_REVERSE, take(names::BACKEND_REVERSE))?,
             backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
             service_counters: typed(names::SERVICE_COUNTERS, take(names::SERVICE_COUNTERS))?,
             verdicts: typed(names::VERDICTS, take(names::VERDICTS))?,
+            redirect_ports: typed(names::REDIRECT_PORTS, take(names::REDIRECT_PORTS))?,
+            forwarding: typed(names::FORWARDING, take(names::FORWARDING))?,
+            fast_path: typed(names::FAST_PATH, take(names::FAST_PATH))?,
         })
     }
 
@@ -93,6 +102,33 @@ impl Maps {
                     source,
                 })?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// Rewritten packets per forwarding path, summed over CPUs.
+    pub fn forwarding(&self) -> Result<Vec<(Forwarding, u64)>, DataplaneError> {
+        Forwarding::ALL
+            .iter()
+            .map(|&path| {
+                let per_cpu = self
+                    .forwarding
+                    .get(&(path as u32), 0)
+                    .map_err(map_error(names::FORWARDING))?;
+                Ok((path, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Lets the fast path XDP_REDIRECT to this interface (by index).
+    pub fn allow_redirect(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        self.redirect_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| DataplaneError::Redirect {
+                ifindex,
+                source: Box::new(source),
+            })?;
+        self.fast_path
+            .set(0, 1, 0)
+            .map_err(map_error(names::FAST_PATH))
     }
 
     /// A backend's counters, summed over CPUs.
@@ -139,6 +175,17 @@ impl Maps {
         self.backends
             .set(id, backend, 0)
             .map_err(map_error(names::BACKENDS))
+    }
+
+    /// Where a backend's replies are rewritten to.
+    pub fn set_backend_reverse(
+        &mut self,
+        key: &BackendKey,
+        value: &ReverseValue,
+    ) -> Result<(), DataplaneError> {
+        self.backend_reverse
+            .insert(key, value, 0)
+            .map_err(map_error(names::BACKEND_REVERSE))
     }
 
     /// Fills `ids.len()` pool slots starting at `first_slot`.
@@ -191,5 +238,110 @@ impl Maps {
             *live.entry(flow.backend_id).or_insert(0) += 1;
         }
         Ok(live)
+    }
+}
+
+/// Reads of the split configuration (the daemon rebuilds its view of installed services, ids
+/// and pool slots from these after a restart), and counter resets for recycled ids.
+impl Maps {
+    /// Every `SERVICES` entry (fragment keys, port 0, included).
+    pub fn service_entries(&self) -> Result<Vec<(ServiceKey, ServiceConfig)>, DataplaneError> {
+        self.services
+            .iter()
+            .map(|entry| entry.map_err(map_error(names::SERVICES)))
+            .collect()
+    }
+
+    pub fn pool_slot(&self, slot: u32) -> Result<u32, DataplaneError> {
+        self.pools.get(&slot, 0).map_err(map_error(names::POOLS))
+    }
+
+    pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
+        self.backends
+            .get(&id, 0)
+            .map_err(map_error(names::BACKENDS))
+    }
+
+    /// Zeroes a backend id's counters before the id serves a new backend.
+    pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zeros = zeros_per_cpu(names::BACKEND_COUNTERS)?;
+        self.backend_counters
+            .set(id, zeros, 0)
+            .map_err(map_error(names::BACKEND_COUNTERS))
+    }
+
+    /// Zeroes a service id's counters before the id serves a new service.
+    pub fn reset_service_counters(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let zeros = zeros_per_cpu(names::SERVICE_COUNTERS)?;
+        self.service_counters
+            .set(id, zeros, 0)
+            .map_err(map_error(names::SERVICE_COUNTERS))
+    }
+}
+
+fn zeros_per_cpu<T: aya::Pod + Default + Clone>(
+    name: &'static str,
+) -> Result<aya::maps::PerCpuValues<T>, DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| DataplaneError::Map {
+        name,
+        source: aya::maps::MapError::IoError(source),
+    })?;
+    aya::maps::PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|source| {
+        DataplaneError::Map {
+            name,
+            source: aya::maps::MapError::IoError(source),
+        }
+    })
+}
+
+/// The fast path's redirect set.
+impl Maps {
+    /// Interface indexes the fast path may redirect to.
+    pub fn redirect_ifindexes(&self) -> Result<Vec<u32>, DataplaneError> {
+        self.redirect_ports
+            .keys()
+            .map(|key| key.map_err(map_error(names::REDIRECT_PORTS)))
+            .collect()
+    }
+
+    /// Stops redirecting to this interface (by index).
+    pub fn disallow_redirect(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
+        match self.redirect_ports.remove(ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                name: names::REDIRECT_PORTS,
+                source,
+            }),
+        }
+    }
+
+    /// Turns the fast path (FIB lookup + redirect) on or off as a whole.
+    pub fn set_fast_path(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.fast_path
+            .set(0, u32::from(on), 0)
+            .map_err(map_error(names::FAST_PATH))
+    }
+}
+
+/// The reply path's entries (the daemon removes those of removed backends once no pinned flow
+/// uses them).
+impl Maps {
+    pub fn backend_reverse_entries(
+        &self,
+    ) -> Result<Vec<(BackendKey, ReverseValue)>, DataplaneError> {
+        self.backend_reverse
+            .iter()
+            .map(|entry| entry.map_err(map_error(names::BACKEND_REVERSE)))
+            .collect()
+    }
+
+    pub fn remove_backend_reverse(&mut self, key: &BackendKey) -> Result<(), DataplaneError> {
+        match self.backend_reverse.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DataplaneError::Map {
+                name: names::BACKEND_REVERSE,
+                source,
+            }),
+        }
     }
 }

@@ -4,10 +4,13 @@
 mod error;
 mod loader;
 pub mod maps;
+pub mod pins;
 pub mod services;
+mod sys;
 
 pub use error::DataplaneError;
-pub use loader::{Dataplane, LoadOptions, XdpMode};
+pub use loader::{Dataplane, LoadOptions, XdpMode, interface_index};
+pub use pins::{Attachment, Origin, PinLayout, PinnedDataplane, Unloaded, unload};
 
 /// The eBPF object built by `build.rs` from `splitter-ebpf`.
 pub static EBPF_OBJECT: &[u8] =

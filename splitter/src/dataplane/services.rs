@@ -4,13 +4,16 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
-    Addr, Backend, Cohort, Color, Family, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE,
+    Addr, Backend, BackendKey, Cohort, Color, Family, Pool, ReverseValue, ServiceConfig,
+    ServiceKey, WEIGHT_SCALE,
 };
 
 use super::{DataplaneError, maps::Maps};
 
 /// IP protocol of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -22,6 +25,22 @@ impl Protocol {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
+        }
+    }
+
+    /// The config and label spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
         }
     }
 }
@@ -55,6 +74,16 @@ pub fn addr_of(address: &SocketAddr) -> (Addr, Family) {
     match address {
         SocketAddr::V4(v4) => (Addr::from_v4(v4.ip().octets()), Family::Ipv4),
         SocketAddr::V6(v6) => (Addr::from_v6(v6.ip().octets()), Family::Ipv6),
+    }
+}
+
+/// The socket address stored in a key or backend entry (port in network byte order).
+pub fn socket_addr(addr: &Addr, port_be: u16, family: u8) -> SocketAddr {
+    let port = u16::from_be(port_be);
+    if family == Family::Ipv6 as u8 {
+        SocketAddr::from((std::net::Ipv6Addr::from(addr.octets()), port))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::from(addr.v4_octets()), port))
     }
 }
 
@@ -92,7 +121,8 @@ impl Maps {
     /// entry in one update. A weight already in the map is kept only by `set_weight` callers;
     /// this writes `spec.green_weight`.
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
-        let (_, family) = addr_of(&spec.address);
+        let service_addr = addr_of(&spec.address);
+        let family = service_addr.1;
         let mut slot = spec.first_slot;
         let mut pools = [Pool::default(); 2];
         for (color, backends) in [(Color::Blue, &spec.blue), (Color::Green, &spec.green)] {
@@ -112,23 +142,43 @@ impl Maps {
                         service_id: spec.id,
                     },
                 )?;
+                self.set_backend_reverse(
+                    &BackendKey {
+                        addr,
+                        port: backend.address.port().to_be(),
+                        protocol: spec.protocol.number(),
+                        family: family as u8,
+                    },
+                    &ReverseValue {
+                        service_addr: service_addr.0,
+                        service_port: spec.address.port().to_be(),
+                        _pad: [0; 2],
+                        backend_id: backend.id,
+                    },
+                )?;
                 self.set_pool(slot, &[backend.id])?;
                 slot += 1;
             }
         }
         let key = service_key(&spec.address, spec.protocol);
-        let previous = self.service(&key)?;
+        let green_weight = spec.green_weight.min(WEIGHT_SCALE);
+        // Re-installing with the weight in force (a reload) keeps the whole weight generation:
+        // the previous weight still steers misses for the rest of its hold.
+        let (previous_green_weight, weight_changed_ns) = match self.service(&key)? {
+            Some(p) if p.green_weight == green_weight => {
+                (p.previous_green_weight, p.weight_changed_ns)
+            }
+            Some(p) => (p.green_weight, monotonic_ns()),
+            None => (green_weight, monotonic_ns()),
+        };
         let config = ServiceConfig {
             id: spec.id,
-            green_weight: spec.green_weight.min(WEIGHT_SCALE),
-            previous_green_weight: previous.map_or(spec.green_weight, |p| p.green_weight),
+            green_weight,
+            previous_green_weight,
             cohort: spec.cohort as u32,
             blue: pools[Color::Blue as usize],
             green: pools[Color::Green as usize],
-            weight_changed_ns: match previous {
-                Some(p) if p.green_weight == spec.green_weight => p.weight_changed_ns,
-                _ => monotonic_ns(),
-            },
+            weight_changed_ns,
             miss_hold_ns: spec.miss_hold.as_nanos() as u64,
         };
         self.set_service(&key, &config)?;
@@ -147,9 +197,10 @@ impl Maps {
         let Some(mut config) = self.service(&key)? else {
             return Err(DataplaneError::UnknownService { address: *address });
         };
+        let green_weight = green_weight.min(WEIGHT_SCALE);
         if config.green_weight != green_weight {
             config.previous_green_weight = config.green_weight;
-            config.green_weight = green_weight.min(WEIGHT_SCALE);
+            config.green_weight = green_weight;
             config.weight_changed_ns = monotonic_ns();
         }
         self.set_service(&key, &config)?;

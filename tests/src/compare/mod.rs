@@ -223,7 +223,7 @@ fn packet_rate(
             if over_budget() {
                 break 'runs;
             }
-            let _installed = alternative
+            let installed = alternative
                 .install(topology)
                 .with_context(|| format!("installing {}", alternative.label()))?;
             generator.set_destination(alternative.destination(), alternative.client_split());
@@ -258,6 +258,9 @@ fn packet_rate(
                 saturated.router_ns_per_packet,
                 saturated.green_percent,
             );
+            if let Some(description) = installed.describe() {
+                eprintln!("  {}: {description}", alternative.label());
+            }
             figures.offered_pps.push(saturated.offered_pps);
             figures.saturated_pps.push(saturated.received_pps);
             figures.no_drop_pps.push(no_drop);

@@ -41,6 +41,17 @@ pub enum Installed {
     XdpForwarder(xdp_forwarder::ForwarderGuard),
 }
 
+impl Installed {
+    /// What the installed alternative says about how it forwarded (the splitter: packets per
+    /// path), for the log.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Installed::Splitter(guard) => Some(guard.forwarding()),
+            _ => None,
+        }
+    }
+}
+
 impl Alternative {
     pub const ALL: [Alternative; 7] = [
         Alternative::SplitterNative,

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter::dataplane::{
-    Dataplane, LoadOptions, XdpMode,
+    Dataplane, DataplaneError, LoadOptions, XdpMode,
     services::{BackendSpec, Protocol, ServiceSpec},
 };
 use splitter_common::{
@@ -16,7 +16,7 @@ use crate::compare::topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, V
 
 /// The running splitter; dropping it detaches its programs.
 pub struct SplitterGuard {
-    _dataplane: Dataplane,
+    dataplane: Dataplane,
 }
 
 /// The services every splitting alternative carries, as the splitter's config states them.
@@ -50,19 +50,36 @@ pub fn services() -> Vec<ServiceSpec> {
     .collect()
 }
 
-/// Installs the splitter on the router. The one place that knows how: for now through the
-/// library (load, attach in the router's namespace, install the services); it switches to the
-/// real daemon (`splitter daemon --config FILE` in the router's namespace) once that lands.
+/// Installs the splitter on the router: attached to the client-facing veth, the fast path
+/// (FIB lookup + XDP_REDIRECT) allowed toward both backends' veths (their peers run the sinks'
+/// XDP programs, so native redirect into them works). The one place that knows how: for now
+/// through the library; it switches to the real daemon (`splitter daemon --config FILE` in the
+/// router's namespace).
 pub fn install_splitter(topology: &Topology, mode: XdpMode) -> anyhow::Result<SplitterGuard> {
     let mut dataplane = Dataplane::load(&LoadOptions::default())?;
     for spec in services() {
         dataplane.maps.install_service(&spec)?;
     }
-    let interface = topology.ifaces.router_client.clone();
-    let dataplane = topology
-        .router
-        .run(move || dataplane.attach(&interface, mode).map(|()| dataplane))?;
-    Ok(SplitterGuard {
-        _dataplane: dataplane,
-    })
+    let ifaces = topology.ifaces.clone();
+    let dataplane = topology.router.run(move || {
+        dataplane.attach(&ifaces.router_client, mode)?;
+        dataplane.allow_redirect(&ifaces.router_blue)?;
+        dataplane.allow_redirect(&ifaces.router_green)?;
+        Ok::<_, DataplaneError>(dataplane)
+    })?;
+    Ok(SplitterGuard { dataplane })
+}
+
+impl SplitterGuard {
+    /// Packets rewritten so far per forwarding path (XDP_REDIRECT or the kernel's routing).
+    pub fn forwarding(&self) -> String {
+        match self.dataplane.maps.forwarding() {
+            Ok(paths) => paths
+                .iter()
+                .map(|(path, packets)| format!("{} {packets}", path.label()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("forwarding counters unreadable: {e}"),
+        }
+    }
 }

@@ -1,0 +1,463 @@
+//! The command line: argument definitions (clap), the documented exit codes, and the client
+//! commands, which talk to the daemon over its control socket.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{
+        ColorName, Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET,
+        PercentError, parse_percent, ppm_to_percent,
+    },
+    control::{
+        client::{Client, ClientError},
+        protocol::{ErrorKind, Reply, Request, StatusReport},
+    },
+    dataplane::{self, Unloaded},
+};
+
+/// Exit codes (documented in the README and in `--help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Done.
+    Ok = 0,
+    /// A runtime failure (kernel, I/O, the daemon could not carry out a valid request).
+    Failure = 1,
+    /// Bad usage or argument: unknown command or option, unknown service, bad percent.
+    Usage = 2,
+    /// The daemon is not running (no socket, or nobody answers on it).
+    NotRunning = 3,
+    /// Permission denied on the control socket (it is root-only).
+    PermissionDenied = 4,
+    /// Invalid configuration (daemon start, `check-config`, `reload`), or a reload that needs
+    /// a restart; nothing was changed.
+    InvalidConfig = 5,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  runtime failure (kernel, I/O, daemon-side error)
+  2  bad usage or argument (unknown service, percent outside 0..=100, not a number)
+  3  daemon not running / not reachable on the socket
+  4  permission denied on the control socket (root only)
+  5  invalid configuration, or a reload that needs a restart (nothing changed)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "splitter",
+    version,
+    about = "Blue/green and canary traffic splitter (XDP + TC)",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    /// The daemon's control socket [default: /run/splitter/splitter.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the data plane, serve the control socket and metrics.
+    Daemon {
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Weights, measured green share and per-backend traffic of every service.
+    Status {
+        /// Print the daemon's JSON snapshot.
+        #[arg(long)]
+        json: bool,
+        /// Redraw in place every --interval seconds (Ctrl-C stops).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        interval: f64,
+    },
+    /// Send PERCENT of new flows of SERVICE to green (e.g. 12.5; up to 4 decimals).
+    /// Established flows stay where they are.
+    SetWeight {
+        service: String,
+        #[arg(allow_hyphen_values = true)]
+        percent: String,
+    },
+    /// Send every new flow of SERVICE to one color (cutover or instant rollback).
+    /// Established flows stay where they are.
+    Switch { service: String, color: ColorName },
+    /// Re-read the config file and apply the difference (same as SIGHUP).
+    Reload,
+    /// Validate a config file (syntax, values, interfaces on this host) without a daemon.
+    CheckConfig {
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Detach the data plane and remove its pins (flows and counters), stopping the daemon.
+    /// Without a running daemon, removes what is pinned under the config's bpffs directory.
+    Unload {
+        /// Where to find the socket and bpffs directory when they are not the defaults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// A client command's failure, mapped to an exit code.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("`{value}` {problem}")]
+    Percent {
+        value: String,
+        problem: PercentError,
+    },
+    #[error("--interval must be between 0.1 and 3600 seconds")]
+    Interval,
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::DataplaneError),
+    #[error("writing to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+}
+
+impl CliError {
+    fn exit(&self) -> Exit {
+        match self {
+            CliError::Client(ClientError::NotRunning { .. } | ClientError::Closed { .. }) => {
+                Exit::NotRunning
+            }
+            CliError::Client(ClientError::PermissionDenied { .. }) => Exit::PermissionDenied,
+            CliError::Client(ClientError::Daemon(error)) => match error.kind {
+                ErrorKind::UnknownService | ErrorKind::InvalidArgument | ErrorKind::BadRequest => {
+                    Exit::Usage
+                }
+                ErrorKind::InvalidConfig | ErrorKind::RestartRequired => Exit::InvalidConfig,
+                ErrorKind::Runtime => Exit::Failure,
+            },
+            CliError::Client(_) | CliError::Dataplane(_) | CliError::Stdout(_) => Exit::Failure,
+            CliError::Config(_) => Exit::InvalidConfig,
+            CliError::Percent { .. } | CliError::Interval => Exit::Usage,
+        }
+    }
+}
+
+/// Runs a client command (every command but `daemon`).
+pub fn run(command: Command, socket: Option<&Path>) -> Exit {
+    let socket = socket.map_or_else(|| PathBuf::from(DEFAULT_SOCKET), Path::to_owned);
+    match execute(command, &socket) {
+        Ok(()) => Exit::Ok,
+        Err(error) => {
+            eprintln!("splitter: {error}");
+            error.exit()
+        }
+    }
+}
+
+fn request(socket: &Path, request: &Request) -> Result<Reply, CliError> {
+    Ok(Client::connect(socket)?.request(request)?)
+}
+
+fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Daemon { .. } => unreachable!("main runs the daemon"),
+        Command::Status {
+            json,
+            watch,
+            interval,
+        } => {
+            if !(0.1..=3600.0).contains(&interval) {
+                return Err(CliError::Interval);
+            }
+            let mut client = Client::connect(socket)?;
+            loop {
+                let Reply::Status(report) = client.request(&Request::Status)? else {
+                    unreachable!("status answers a status");
+                };
+                let text = if json {
+                    serde_json::to_string_pretty(&report).expect("reports serialize") + "\n"
+                } else {
+                    render_status(&report)
+                };
+                if watch {
+                    // Home, draw, clear what is left of the previous frame.
+                    write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"))?;
+                } else {
+                    write!(out, "{text}")?;
+                }
+                out.flush()?;
+                if !watch {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_secs_f64(interval));
+            }
+        }
+        Command::SetWeight { service, percent } => {
+            let green_weight = parse_percent(&percent).map_err(|problem| CliError::Percent {
+                value: percent.clone(),
+                problem,
+            })?;
+            let reply = request(
+                socket,
+                &Request::SetWeight {
+                    service,
+                    green_weight,
+                },
+            )?;
+            print_weight(&mut out, reply)
+        }
+        Command::Switch { service, color } => {
+            let reply = request(socket, &Request::Switch { service, color })?;
+            print_weight(&mut out, reply)
+        }
+        Command::Reload => {
+            let Reply::Reloaded(report) = request(socket, &Request::Reload)? else {
+                unreachable!("reload answers a reload report");
+            };
+            let list = |names: &[String]| {
+                if names.is_empty() {
+                    "-".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            };
+            writeln!(
+                out,
+                "reloaded: added {}; changed {}; removed {}; unchanged {}; attached {}; detached {}",
+                list(&report.added),
+                list(&report.changed),
+                list(&report.removed),
+                list(&report.unchanged),
+                list(&report.attached),
+                list(&report.detached),
+            )?;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let valid = Config::load(&config)?;
+            writeln!(
+                out,
+                "{}: ok ({} service{}, interfaces {})",
+                config.display(),
+                valid.services.len(),
+                if valid.services.len() == 1 { "" } else { "s" },
+                valid.interfaces.join(", ")
+            )?;
+            Ok(())
+        }
+        Command::Unload { config } => {
+            let (socket, bpffs) = match &config {
+                Some(path) => {
+                    let config = Config::read(path)?;
+                    (config.control.socket, config.control.bpffs)
+                }
+                None => (socket.to_owned(), PathBuf::from(DEFAULT_BPFFS)),
+            };
+            let unloaded = match request(&socket, &Request::Unload) {
+                Ok(Reply::Unloaded(unloaded)) => unloaded,
+                Ok(_) => unreachable!("unload answers an unload report"),
+                Err(CliError::Client(ClientError::NotRunning { .. })) => {
+                    writeln!(
+                        out,
+                        "no daemon on {}; unloading {} directly",
+                        socket.display(),
+                        bpffs.display()
+                    )?;
+                    dataplane::unload(&bpffs)?
+                }
+                Err(error) => return Err(error),
+            };
+            print_unloaded(&mut out, &unloaded)
+        }
+    }
+}
+
+fn print_weight(out: &mut impl std::io::Write, reply: Reply) -> Result<(), CliError> {
+    let Reply::Weight(change) = reply else {
+        unreachable!("weight commands answer a weight change");
+    };
+    writeln!(
+        out,
+        "{}: green weight {}% -> {}% of new flows (established flows stay on their backend)",
+        change.service,
+        ppm_to_percent(change.previous_green_weight),
+        ppm_to_percent(change.green_weight)
+    )?;
+    Ok(())
+}
+
+fn print_unloaded(out: &mut impl std::io::Write, unloaded: &Unloaded) -> Result<(), CliError> {
+    let interfaces = if unloaded.interfaces.is_empty() {
+        "no interface".to_owned()
+    } else {
+        unloaded.interfaces.join(", ")
+    };
+    writeln!(
+        out,
+        "unloaded: detached from {interfaces}; {}",
+        if unloaded.dataplane {
+            "pinned maps and programs removed"
+        } else {
+            "nothing was pinned"
+        }
+    )?;
+    Ok(())
+}
+
+/// The human view of a status snapshot.
+pub fn render_status(report: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let daemon = &report.daemon;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}  flow table {}/{}",
+        daemon.version,
+        daemon.pid,
+        uptime(daemon.uptime_seconds),
+        daemon.dataplane.name(),
+        daemon.bpffs.display(),
+        daemon.interfaces.join(","),
+        daemon.pinned_flows,
+        daemon.flow_table_size,
+    );
+    for service in &report.services {
+        let measured = match service.measured_green_share {
+            Some(share) => format!(
+                "{:.2}% of {} new flows in the last {:.0}s",
+                share * 100.0,
+                service.window_new_flows,
+                service.window_seconds
+            ),
+            None => "no new flows in the last 10s".to_owned(),
+        };
+        let _ = writeln!(
+            text,
+            "\n{}  {}/{}  cohort {}\n  green weight {}%   measured green share {}   flow misses {}",
+            service.name,
+            service.address,
+            service.protocol.name(),
+            service.cohort.name(),
+            ppm_to_percent(service.green_weight),
+            measured,
+            service.flow_misses,
+        );
+        let _ = writeln!(
+            text,
+            "  {:<5} {:<22} {:>8} {:>8} {:>10} {:>10} {:>12} {:>12} {:>6} {:>6}",
+            "COLOR",
+            "BACKEND",
+            "FLOWS",
+            "NEW/S",
+            "PKTS_IN",
+            "PKTS_OUT",
+            "BYTES_IN",
+            "BYTES_OUT",
+            "RST_IN",
+            "RST_OUT"
+        );
+        for color in &service.colors {
+            for backend in &color.backends {
+                let rate = backend
+                    .new_flows_per_second
+                    .map_or("-".to_owned(), |rate| format!("{rate:.1}"));
+                let _ = writeln!(
+                    text,
+                    "  {:<5} {:<22} {:>8} {:>8} {:>10} {:>10} {:>12} {:>12} {:>6} {:>6}",
+                    color.color.name(),
+                    backend.address.to_string(),
+                    backend.live_flows,
+                    rate,
+                    backend.to_backend.packets,
+                    backend.to_client.packets,
+                    backend.to_backend.bytes,
+                    backend.to_client.bytes,
+                    backend.to_backend.tcp_resets,
+                    backend.to_client.tcp_resets,
+                );
+            }
+        }
+    }
+    text
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_percent_is_a_usage_error() {
+        let error = execute(
+            Command::SetWeight {
+                service: "web".into(),
+                percent: "150".into(),
+            },
+            Path::new("/nonexistent/splitter.sock"),
+        )
+        .unwrap_err();
+        assert_eq!(error.to_string(), "`150` is outside 0..=100");
+        assert_eq!(error.exit(), Exit::Usage);
+        let error = execute(
+            Command::SetWeight {
+                service: "web".into(),
+                percent: "abc".into(),
+            },
+            Path::new("/nonexistent/splitter.sock"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "`abc` is not a number (expected a percent like 12.5)"
+        );
+        assert_eq!(error.exit(), Exit::Usage);
+    }
+
+    #[test]
+    fn no_daemon_is_exit_3() {
+        let error = execute(
+            Command::Switch {
+                service: "web".into(),
+                color: ColorName::Green,
+            },
+            Path::new("/nonexistent/splitter.sock"),
+        )
+        .unwrap_err();
+        assert_eq!(error.exit(), Exit::NotRunning);
+        assert!(
+            error.to_string().starts_with(
+                "the splitter daemon is not running (nothing listens on /nonexistent/splitter.sock"
+            ),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! The control protocol: one JSON object per line over the daemon's Unix socket, a request
+//! from the CLI and one response from the daemon, any number per connection.
+//!
+//! ```text
+//! → {"command":"set-weight","service":"web","green_weight":125000}
+//! ← {"ok":{"weight":{"service":"web","previous_green_weight":100000,"green_weight":125000}}}
+//! → {"command":"switch","service":"web","color":"purple"}
+//! ← {"error":{"kind":"bad_request","message":"..."}}
+//! ```
+//!
+//! Weights travel in parts per million (`WEIGHT_SCALE`). New commands (e.g. `rollout-*`) are
+//! new `Request` variants; a daemon that does not know one answers `bad_request`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{CohortSetting, ColorName},
+    dataplane::{Origin, Unloaded, services::Protocol},
+};
+
+/// What the CLI asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Everything `splitter status` shows.
+    Status,
+    /// Share of new flows sent to green, in parts per million.
+    SetWeight { service: String, green_weight: u32 },
+    /// Every new flow to one color.
+    Switch { service: String, color: ColorName },
+    /// Re-read the config file and apply the difference.
+    Reload,
+    /// Detach and remove the data plane, then stop the daemon.
+    Unload,
+}
+
+impl Request {
+    /// The `command` label of the daemon's request counter.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::SetWeight { .. } => "set-weight",
+            Request::Switch { .. } => "switch",
+            Request::Reload => "reload",
+            Request::Unload => "unload",
+        }
+    }
+}
+
+/// What the daemon answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error(ErrorReply),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<StatusReport>),
+    Weight(WeightChange),
+    Reloaded(ReloadReport),
+    Unloaded(Unloaded),
+}
+
+/// A refused or failed request. `kind` decides the CLI's exit code; `message` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request could not be parsed (or is unknown to this daemon).
+    BadRequest,
+    /// No such service.
+    UnknownService,
+    /// An argument out of range.
+    InvalidArgument,
+    /// `reload`: the file is invalid; nothing changed.
+    InvalidConfig,
+    /// `reload`: a setting that only a restart (or an unload) can change.
+    RestartRequired,
+    /// The daemon failed to carry out a valid request.
+    Runtime,
+}
+
+/// The result of `set-weight` and `switch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightChange {
+    pub service: String,
+    pub previous_green_weight: u32,
+    pub green_weight: u32,
+}
+
+/// The result of `reload`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub attached: Vec<String>,
+    pub detached: Vec<String>,
+}
+
+/// A snapshot of the daemon and its data plane: what `status` prints and what the metrics
+/// endpoint exports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub daemon: DaemonStatus,
+    pub services: Vec<ServiceStatus>,
+    /// Packets per verdict reason since the data plane was loaded.
+    pub verdicts: BTreeMap<String, u64>,
+    /// Rewritten packets per forwarding path (`xdp_redirect`, `kernel`).
+    pub forwarding: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub config: PathBuf,
+    pub uptime_seconds: u64,
+    /// Whether this daemon loaded the data plane or adopted it from an earlier one.
+    pub dataplane: Origin,
+    pub bpffs: PathBuf,
+    pub interfaces: Vec<String>,
+    pub flow_table_size: u32,
+    pub hash_seed: u32,
+    /// Entries in the flow table (all services, including flows of removed backends).
+    pub pinned_flows: u64,
+}
+
+impl Default for DaemonStatus {
+    fn default() -> Self {
+        Self {
+            pid: 0,
+            version: String::new(),
+            config: PathBuf::new(),
+            uptime_seconds: 0,
+            dataplane: Origin::Loaded,
+            bpffs: PathBuf::new(),
+            interfaces: Vec::new(),
+            flow_table_size: 0,
+            hash_seed: 0,
+            pinned_flows: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    pub cohort: CohortSetting,
+    /// The weight in force (parts per million).
+    pub green_weight: u32,
+    /// Green share of the new flows of the last `window_seconds` (None: no new flow).
+    pub measured_green_share: Option<f64>,
+    pub window_seconds: f64,
+    /// New flows in that window.
+    pub window_new_flows: u64,
+    /// TCP non-SYN packets that found no pinned flow.
+    pub flow_misses: u64,
+    pub colors: Vec<ColorStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColorStatus {
+    pub color: ColorName,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: SocketAddr,
+    /// Index of its counters in the data plane.
+    pub id: u32,
+    /// Flows pinned to it now.
+    pub live_flows: u64,
+    /// Flows pinned to it since its id was assigned.
+    pub new_flows: u64,
+    /// New flows per second over the window (None until two samples exist).
+    pub new_flows_per_second: Option<f64>,
+    pub to_backend: Traffic,
+    pub to_client: Traffic,
+    /// TCP handshakes and resets measured in the kernel (rollout signals).
+    pub signals: Signals,
+}
+
+/// A backend's TCP handshakes (SYN → SYN-ACK) and resets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    pub handshakes_completed: u64,
+    /// RST in answer to the SYN.
+    pub handshakes_refused: u64,
+    /// The client retransmitted its SYN without a SYN-ACK (`handshake_timeout`).
+    pub handshakes_timed_out: u64,
+    /// RST from the backend on an established flow.
+    pub established_resets: u64,
+    /// SYN → SYN-ACK time: counts per bucket of `splitter_common::signals::HANDSHAKE_BUCKETS_US`
+    /// (the last one is +Inf), not cumulative.
+    pub handshake_latency_buckets: Vec<u64>,
+    pub handshake_latency_sum_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    /// L3 bytes.
+    pub bytes: u64,
+    pub tcp_resets: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let request = Request::SetWeight {
+            service: "web".into(),
+            green_weight: 125_000,
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"command":"set-weight","service":"web","green_weight":125000}"#
+        );
+        let switch: Request =
+            serde_json::from_str(r#"{"command":"switch","service":"web","color":"green"}"#)
+                .unwrap();
+        assert_eq!(
+            switch,
+            Request::Switch {
+                service: "web".into(),
+                color: ColorName::Green
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"rollout-start"}"#).is_err());
+        let response = Response::Error(ErrorReply {
+            kind: ErrorKind::UnknownService,
+            message: "no service `x`".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&response).unwrap(),
+            r#"{"error":{"kind":"unknown_service","message":"no service `x`"}}"#
+        );
+    }
+}

@@ -1,0 +1,576 @@
+//! The daemon's application state: the validated config, the pinned data plane, the persisted
+//! weights, and the operations the control API exposes. Everything here is synchronous; the
+//! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
+
+pub mod reconcile;
+pub mod sampler;
+pub mod shared;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use splitter_common::{BackendCounters, WEIGHT_SCALE};
+
+use self::{
+    reconcile::{Desired, InstalledService, Plan, PlanError, ServiceAddress},
+    sampler::Sampler,
+};
+use crate::{
+    config::{ColorName, Config, ConfigError, Validated, ppm_to_percent},
+    control::protocol::{
+        BackendStatus, ColorStatus, DaemonStatus, ErrorKind, ReloadReport, ServiceStatus, Signals,
+        StatusReport, Traffic, WeightChange,
+    },
+    dataplane::{
+        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::socket_addr,
+    },
+    state::{ServiceState, State, StateError},
+};
+
+/// Why a daemon operation failed; [`AppError::kind`] is what the CLI's exit code is made from.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("no service `{name}` (configured: {known})")]
+    UnknownService { name: String, known: String },
+    #[error("green weight {ppm} parts per million is outside 0..={WEIGHT_SCALE}")]
+    WeightRange { ppm: u32 },
+    #[error(
+        "{setting} changed from {from} to {to}: {remedy}; nothing was changed (put it back to reload the rest)"
+    )]
+    RestartRequired {
+        setting: &'static str,
+        from: String,
+        to: String,
+        remedy: &'static str,
+    },
+}
+
+impl AppError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AppError::Config(_) => ErrorKind::InvalidConfig,
+            AppError::UnknownService { .. } => ErrorKind::UnknownService,
+            AppError::WeightRange { .. } => ErrorKind::InvalidArgument,
+            AppError::RestartRequired { .. } => ErrorKind::RestartRequired,
+            AppError::Plan(_) => ErrorKind::InvalidConfig,
+            AppError::State(_) | AppError::Dataplane(_) => ErrorKind::Runtime,
+        }
+    }
+}
+
+pub struct App {
+    config_path: PathBuf,
+    config: Validated,
+    dataplane: PinnedDataplane,
+    state: State,
+    /// What the kernel holds, re-read after every change.
+    installed: BTreeMap<ServiceAddress, InstalledService>,
+    sampler: Sampler,
+    started: Instant,
+}
+
+impl App {
+    /// Adopts the pinned data plane (or loads and pins one), attaches it to the configured
+    /// interfaces, and installs the configured services with their persisted weights.
+    pub fn start(config_path: &Path, config: Validated) -> Result<Self, AppError> {
+        let state = State::load(&config.state_dir)?;
+        let options = LoadOptions {
+            flow_table_size: config.flow_table_size,
+            hash_seed: config.hash_seed,
+            handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
+        };
+        let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
+        tracing::info!(
+            bpffs = %config.bpffs.display(),
+            origin = dataplane.origin.name(),
+            "data plane ready"
+        );
+        let mut app = Self {
+            config_path: config_path.to_owned(),
+            installed: reconcile::installed(&dataplane.maps)?,
+            config: config.clone(),
+            dataplane,
+            state,
+            sampler: Sampler::default(),
+            started: Instant::now(),
+        };
+        let report = app.apply(config)?;
+        tracing::info!(?report, "configuration applied");
+        Ok(app)
+    }
+
+    pub fn config(&self) -> &Validated {
+        &self.config
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The pinned flow table, for scans that should not hold up the daemon.
+    pub fn flows_pin(&self) -> PathBuf {
+        self.dataplane.layout().map(splitter_common::maps::FLOWS)
+    }
+
+    /// Brings interfaces, services and the state file to `config`. Everything that can fail
+    /// for a config reason fails before the first change.
+    fn apply(&mut self, config: Validated) -> Result<ReloadReport, AppError> {
+        let desired: Vec<Desired<'_>> = config
+            .services
+            .iter()
+            .map(|service| Desired {
+                service,
+                green_weight: self.state.initial_weight(
+                    &service.name,
+                    service.green_weight,
+                    self.installed
+                        .get(&(service.address, service.protocol))
+                        .map(|installed| installed.config.green_weight),
+                ),
+            })
+            .collect();
+        let maps = &self.dataplane.maps;
+        let plan = reconcile::plan(&desired, config.miss_hold, &self.installed, &mut |id| {
+            maps.backend(id).is_ok_and(|backend| backend.family == 0)
+        })?;
+        let mut report = ReloadReport::default();
+        self.dataplane
+            .check_redirects(&config.redirect_interfaces)?;
+        let (attached, detached) = self.attach_interfaces(&config)?;
+        self.dataplane.set_redirects(&config.redirect_interfaces)?;
+        report.attached = attached;
+        report.detached = detached;
+        // Weights first: if the daemon dies after this, the restart applies them.
+        let mut state = State {
+            version: self.state.version.max(1),
+            services: BTreeMap::new(),
+        };
+        for wanted in &desired {
+            state.services.insert(
+                wanted.service.name.clone(),
+                ServiceState {
+                    green_weight: wanted.green_weight,
+                    file_green_weight: wanted.service.green_weight,
+                },
+            );
+        }
+        state.save(&config.state_dir)?;
+        self.state = state;
+        self.write(&plan)?;
+        for write in &plan.writes {
+            if write.replaces {
+                report.changed.push(write.name.clone());
+            } else {
+                report.added.push(write.name.clone());
+            }
+        }
+        report.unchanged = plan.unchanged.clone();
+        let names = self.names();
+        report.removed = plan
+            .removals
+            .iter()
+            .map(|address| {
+                names
+                    .get(address)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{}/{}", address.0, address.1.name()))
+            })
+            .collect();
+        self.config = config;
+        self.installed = reconcile::installed(&self.dataplane.maps)?;
+        self.forget_removed_backends()?;
+        if !plan.writes.is_empty() || !plan.removals.is_empty() {
+            self.sampler.clear();
+        }
+        Ok(report)
+    }
+
+    /// Attaches new interfaces, then detaches the ones no longer configured. On failure the
+    /// interfaces attached by this call are detached again.
+    fn attach_interfaces(
+        &mut self,
+        config: &Validated,
+    ) -> Result<(Vec<String>, Vec<String>), AppError> {
+        let mut attached = Vec::new();
+        for interface in &config.interfaces {
+            match self.dataplane.attach(interface, config.xdp_mode) {
+                Ok(Attachment::Attached) => attached.push(interface.clone()),
+                Ok(Attachment::Kept) => {}
+                Err(error) => {
+                    for interface in &attached {
+                        let _ = self.dataplane.detach(interface);
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
+        let mut detached = Vec::new();
+        for interface in self.dataplane.interfaces() {
+            if !config.interfaces.contains(&interface) && self.dataplane.detach(&interface)? {
+                detached.push(interface);
+            }
+        }
+        Ok((attached, detached))
+    }
+
+    fn write(&mut self, plan: &Plan) -> Result<(), AppError> {
+        let maps = &mut self.dataplane.maps;
+        for write in &plan.writes {
+            if write.fresh_service_id {
+                maps.reset_service_counters(write.spec.id)?;
+            }
+            for id in &write.fresh_backend_ids {
+                maps.reset_backend_counters(*id)?;
+            }
+            maps.install_service(&write.spec)?;
+        }
+        for (address, protocol) in &plan.removals {
+            maps.remove_service_at(address, *protocol)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the reply-path entries of backends no service uses any more, once no pinned
+    /// flow goes to them (until then their replies must still be rewritten).
+    fn forget_removed_backends(&mut self) -> Result<(), AppError> {
+        let in_use: std::collections::BTreeSet<(SocketAddr, u8)> = self
+            .installed
+            .values()
+            .flat_map(|service| {
+                ColorName::BOTH.into_iter().flat_map(move |color| {
+                    service
+                        .pool(color)
+                        .iter()
+                        .map(move |(_, address)| (*address, service.protocol.number()))
+                })
+            })
+            .collect();
+        let maps = &self.dataplane.maps;
+        let orphans: Vec<_> = maps
+            .backend_reverse_entries()?
+            .into_iter()
+            .filter(|(key, _)| {
+                let address = socket_addr(&key.addr, key.port, key.family);
+                !in_use.contains(&(address, key.protocol))
+            })
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let (live, _) = count_live_flows(&self.flows_pin())?;
+        for (key, reverse) in orphans {
+            if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
+                self.dataplane.maps.remove_backend_reverse(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Service names by address, from the config.
+    fn names(&self) -> BTreeMap<ServiceAddress, String> {
+        self.config
+            .services
+            .iter()
+            .map(|service| ((service.address, service.protocol), service.name.clone()))
+            .collect()
+    }
+
+    fn service_address(&self, name: &str) -> Result<ServiceAddress, AppError> {
+        self.config
+            .service(name)
+            .map(|service| (service.address, service.protocol))
+            .ok_or_else(|| AppError::UnknownService {
+                name: name.to_owned(),
+                known: self
+                    .config
+                    .services
+                    .iter()
+                    .map(|service| service.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Sets the share of new flows sent to green. Persisted before it is applied.
+    pub fn set_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
+        if green_weight > WEIGHT_SCALE {
+            return Err(AppError::WeightRange { ppm: green_weight });
+        }
+        let (address, protocol) = self.service_address(name)?;
+        let file_green_weight = self
+            .config
+            .service(name)
+            .map_or(0, |service| service.green_weight);
+        let previous = self
+            .installed
+            .get(&(address, protocol))
+            .map_or(0, |installed| installed.config.green_weight);
+        let mut state = self.state.clone();
+        state.services.insert(
+            name.to_owned(),
+            ServiceState {
+                green_weight,
+                file_green_weight,
+            },
+        );
+        state.save(&self.config.state_dir)?;
+        self.state = state;
+        let config = self
+            .dataplane
+            .maps
+            .set_weight(&address, protocol, green_weight)?;
+        if let Some(installed) = self.installed.get_mut(&(address, protocol)) {
+            installed.config = config;
+        }
+        tracing::info!(
+            service = name,
+            from = %ppm_to_percent(previous),
+            to = %ppm_to_percent(green_weight),
+            "green weight set"
+        );
+        Ok(WeightChange {
+            service: name.to_owned(),
+            previous_green_weight: previous,
+            green_weight,
+        })
+    }
+
+    /// Every new flow to one color; established flows stay where they are.
+    pub fn switch(&mut self, name: &str, color: ColorName) -> Result<WeightChange, AppError> {
+        let weight = match color {
+            ColorName::Blue => 0,
+            ColorName::Green => WEIGHT_SCALE,
+        };
+        self.set_weight(name, weight)
+    }
+
+    /// Re-reads the config file and applies the difference. A bad file changes nothing.
+    pub fn reload(&mut self) -> Result<ReloadReport, AppError> {
+        let config = Config::load(&self.config_path)?;
+        self.check_restart_settings(&config)?;
+        let report = self.apply(config)?;
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+
+    fn check_restart_settings(&self, new: &Validated) -> Result<(), AppError> {
+        const UNLOAD: &str = "the pinned data plane keeps it until `splitter unload` (drops pinned flows) and a restart";
+        const RESTART: &str = "restart the daemon to apply it (the data plane keeps running)";
+        let old = &self.config;
+        let show = |path: &Path| path.display().to_string();
+        let checks: [(&'static str, String, String, &'static str); 8] = [
+            (
+                "dataplane.handshake_timeout",
+                format!("{:?}", old.handshake_timeout),
+                format!("{:?}", new.handshake_timeout),
+                UNLOAD,
+            ),
+            (
+                "dataplane.flow_table_size",
+                old.flow_table_size.to_string(),
+                new.flow_table_size.to_string(),
+                UNLOAD,
+            ),
+            (
+                "dataplane.hash_seed",
+                old.hash_seed.to_string(),
+                new.hash_seed.to_string(),
+                UNLOAD,
+            ),
+            (
+                "dataplane.xdp_mode",
+                format!("{:?}", old.xdp_mode).to_lowercase(),
+                format!("{:?}", new.xdp_mode).to_lowercase(),
+                "attached interfaces keep their mode: remove an interface (reload) and add it back to re-attach it",
+            ),
+            (
+                "control.socket",
+                show(&old.socket),
+                show(&new.socket),
+                RESTART,
+            ),
+            (
+                "control.metrics",
+                old.metrics.to_string(),
+                new.metrics.to_string(),
+                RESTART,
+            ),
+            (
+                "control.state_dir",
+                show(&old.state_dir),
+                show(&new.state_dir),
+                RESTART,
+            ),
+            ("control.bpffs", show(&old.bpffs), show(&new.bpffs), UNLOAD),
+        ];
+        for (setting, from, to, remedy) in checks {
+            if from != to {
+                return Err(AppError::RestartRequired {
+                    setting,
+                    from,
+                    to,
+                    remedy,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One sample of every configured backend's new-flow counter (once a second).
+    pub fn sample(&mut self, now: Instant) {
+        let mut new_flows = BTreeMap::new();
+        for installed in self.installed.values() {
+            for color in ColorName::BOTH {
+                for (id, _) in installed.pool(color) {
+                    if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
+                        new_flows.insert(*id, counters.new_flows);
+                    }
+                }
+            }
+        }
+        self.sampler.record(now, new_flows);
+    }
+
+    /// Everything `status` and the metrics endpoint show. `live` is flows per backend id
+    /// (from a scan of the flow table), `pinned` their total.
+    pub fn status(&self, live: &HashMap<u32, u64>, pinned: u64) -> Result<StatusReport, AppError> {
+        let maps = &self.dataplane.maps;
+        let mut services = Vec::new();
+        for service in &self.config.services {
+            let Some(installed) = self.installed.get(&(service.address, service.protocol)) else {
+                continue;
+            };
+            let mut colors = Vec::new();
+            let mut window = [0u64; 2];
+            let mut window_seconds = 0.0;
+            for color in ColorName::BOTH {
+                let mut backends = Vec::new();
+                for (id, address) in installed.pool(color) {
+                    let counters: BackendCounters = maps.backend_counters(*id)?;
+                    let rate = self.sampler.rate(*id);
+                    if let Some(rate) = rate {
+                        window[color as usize] += rate.increase;
+                        window_seconds = rate.seconds;
+                    }
+                    backends.push(BackendStatus {
+                        address: *address,
+                        id: *id,
+                        live_flows: live.get(id).copied().unwrap_or(0),
+                        new_flows: counters.new_flows,
+                        new_flows_per_second: rate.map(|rate| rate.per_second()),
+                        to_backend: Traffic {
+                            packets: counters.to_backend.packets,
+                            bytes: counters.to_backend.bytes,
+                            tcp_resets: counters.to_backend.tcp_rst,
+                        },
+                        to_client: Traffic {
+                            packets: counters.to_client.packets,
+                            bytes: counters.to_client.bytes,
+                            tcp_resets: counters.to_client.tcp_rst,
+                        },
+                        signals: Signals {
+                            handshakes_completed: counters.signals.handshakes_completed,
+                            handshakes_refused: counters.signals.handshakes_refused,
+                            handshakes_timed_out: counters.signals.handshakes_timed_out,
+                            established_resets: counters.signals.established_resets,
+                            handshake_latency_buckets: counters
+                                .signals
+                                .handshake_latency_buckets
+                                .to_vec(),
+                            handshake_latency_sum_ns: counters.signals.handshake_latency_sum_ns,
+                        },
+                    });
+                }
+                colors.push(ColorStatus { color, backends });
+            }
+            let window_new_flows = window[0] + window[1];
+            services.push(ServiceStatus {
+                name: service.name.clone(),
+                address: service.address,
+                protocol: service.protocol,
+                cohort: service.cohort,
+                green_weight: installed.config.green_weight,
+                measured_green_share: (window_new_flows > 0)
+                    .then(|| window[ColorName::Green as usize] as f64 / window_new_flows as f64),
+                window_seconds,
+                window_new_flows,
+                flow_misses: maps.service_counters(installed.config.id)?.flow_misses,
+                colors,
+            });
+        }
+        let verdicts = maps
+            .verdicts()?
+            .into_iter()
+            .map(|(reason, count)| (reason.label().to_owned(), count))
+            .collect();
+        let forwarding = maps
+            .forwarding()?
+            .into_iter()
+            .map(|(path, count)| (path.label().to_owned(), count))
+            .collect();
+        Ok(StatusReport {
+            daemon: DaemonStatus {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                config: self.config_path.clone(),
+                uptime_seconds: self.started.elapsed().as_secs(),
+                dataplane: self.dataplane.origin,
+                bpffs: self.config.bpffs.clone(),
+                interfaces: self.dataplane.interfaces().into_iter().collect(),
+                flow_table_size: self.dataplane.loaded_with.flow_table_size,
+                hash_seed: self.dataplane.loaded_with.hash_seed,
+                pinned_flows: pinned,
+            },
+            services,
+            verdicts,
+            forwarding,
+        })
+    }
+
+    /// Detaches and removes the whole data plane (pinned flows and counters included). The
+    /// persisted weights stay in `state_dir`.
+    pub fn unload(self) -> Result<Unloaded, AppError> {
+        let unloaded = self.dataplane.unload()?;
+        tracing::info!(?unloaded, "data plane unloaded");
+        Ok(unloaded)
+    }
+}
+
+/// Counts pinned flows per backend id by scanning the pinned flow table through its own map
+/// handle (so the scan does not hold up the daemon). Returns (per backend id, total).
+pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), DataplaneError> {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use splitter_common::{FlowKey, FlowValue};
+
+    let name = splitter_common::maps::FLOWS;
+    let map = MapData::from_pin(flows_pin)
+        .and_then(Map::from_map_data)
+        .map_err(|source| DataplaneError::OpenPinnedMap {
+            path: flows_pin.to_owned(),
+            source,
+        })?;
+    let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+    let mut live = HashMap::new();
+    let mut total = 0;
+    for entry in flows.iter() {
+        // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
+        // gauge.
+        let Ok((_, flow)) = entry else { break };
+        *live.entry(flow.backend_id).or_insert(0) += 1;
+        total += 1;
+    }
+    Ok((live, total))
+}

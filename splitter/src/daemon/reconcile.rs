@@ -1,0 +1,495 @@
+//! Bringing the kernel's split configuration to what the config file says, touching only what
+//! differs. The kernel maps are the source of truth for what is installed, which ids and pool
+//! slots are in use: after a restart the daemon reads them back instead of trusting a file.
+//!
+//! A plan is computed completely (every id and slot allocated) before the first map write.
+//! Each service then switches in one `SERVICES` update: new pool slots are always fresh ones,
+//! never slots a live service entry points at, so packets see the old or the new pools.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    ops::Range,
+    time::Duration,
+};
+
+use splitter_common::{
+    ServiceConfig,
+    maps::{MAX_BACKENDS, MAX_SERVICES, POOL_SLOTS},
+};
+
+use crate::{
+    config::{ColorName, Service},
+    dataplane::{
+        DataplaneError,
+        maps::Maps,
+        services::{BackendSpec, Protocol, ServiceSpec, socket_addr},
+    },
+};
+
+/// How an installed service is addressed.
+pub type ServiceAddress = (SocketAddr, Protocol);
+
+/// A service as the kernel maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstalledService {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    pub config: ServiceConfig,
+    /// (backend id, address), in pool order.
+    pub blue: Vec<(u32, SocketAddr)>,
+    pub green: Vec<(u32, SocketAddr)>,
+}
+
+impl InstalledService {
+    pub fn pool(&self, color: ColorName) -> &[(u32, SocketAddr)] {
+        match color {
+            ColorName::Blue => &self.blue,
+            ColorName::Green => &self.green,
+        }
+    }
+
+    /// The pool slots the service entry points at (blue then green, contiguous).
+    fn slots(&self) -> Range<u32> {
+        let first = self.config.blue.first_slot;
+        first..first + self.config.blue.len + self.config.green.len
+    }
+
+    fn addresses(&self, color: ColorName) -> Vec<SocketAddr> {
+        self.pool(color)
+            .iter()
+            .map(|(_, address)| *address)
+            .collect()
+    }
+}
+
+/// Reads every installed service (fragment keys skipped) with its pools and backends.
+pub fn installed(
+    maps: &Maps,
+) -> Result<BTreeMap<ServiceAddress, InstalledService>, DataplaneError> {
+    let mut services = BTreeMap::new();
+    for (key, config) in maps.service_entries()? {
+        let Some(protocol) = Protocol::from_number(key.protocol) else {
+            continue;
+        };
+        if key.port == 0 {
+            continue; // the fragment key of a service: same config
+        }
+        let address = socket_addr(&key.addr, key.port, key.family);
+        let mut pools = [Vec::new(), Vec::new()];
+        for (pool, run) in pools.iter_mut().zip([config.blue, config.green]) {
+            for slot in run.first_slot..run.first_slot + run.len {
+                let id = maps.pool_slot(slot)?;
+                let backend = maps.backend(id)?;
+                pool.push((id, socket_addr(&backend.addr, backend.port, backend.family)));
+            }
+        }
+        let [blue, green] = pools;
+        services.insert(
+            (address, protocol),
+            InstalledService {
+                address,
+                protocol,
+                config,
+                blue,
+                green,
+            },
+        );
+    }
+    Ok(services)
+}
+
+/// What a service should look like.
+#[derive(Clone, Debug)]
+pub struct Desired<'a> {
+    pub service: &'a Service,
+    /// The weight to run with (runtime weight or the file's, see `State::initial_weight`).
+    pub green_weight: u32,
+}
+
+/// One service to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub name: String,
+    pub spec: ServiceSpec,
+    /// The service id is new to this service: its counters start from zero.
+    pub fresh_service_id: bool,
+    /// Backend ids new to their backend: their counters start from zero.
+    pub fresh_backend_ids: Vec<u32>,
+    /// Whether the service was installed before (changed) or not (added).
+    pub replaces: bool,
+}
+
+/// Everything a reconcile does, decided before the first write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    /// Installed services that are not in the config any more.
+    pub removals: Vec<ServiceAddress>,
+    /// Services already exactly as desired: not touched at all.
+    pub unchanged: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no free service id (at most {MAX_SERVICES} services)")]
+    ServiceIds,
+    #[error("no free backend id (at most {MAX_BACKENDS} backends)")]
+    BackendIds,
+    #[error(
+        "no {needed} consecutive free pool slots for service `{service}` ({POOL_SLOTS} slots; changed services need fresh ones while the old ones are in use)"
+    )]
+    PoolSlots { service: String, needed: u32 },
+}
+
+/// Plans the writes that turn `installed` into `desired`. `is_unused_backend_id(id)` says
+/// whether an id has never held a backend: those are taken first, so the id of a removed
+/// backend (whose pinned flows may still be counted under it) is recycled only when no other
+/// id is left.
+pub fn plan(
+    desired: &[Desired<'_>],
+    miss_hold: Duration,
+    installed: &BTreeMap<ServiceAddress, InstalledService>,
+    is_unused_backend_id: &mut dyn FnMut(u32) -> bool,
+) -> Result<Plan, PlanError> {
+    let mut allocator = Allocator::new(installed);
+    let mut plan = Plan::default();
+    let miss_hold_ns = miss_hold.as_nanos() as u64;
+    for wanted in desired {
+        let service = wanted.service;
+        let current = installed.get(&(service.address, service.protocol));
+        if let Some(current) = current {
+            let same = current.config.green_weight == wanted.green_weight
+                && current.config.cohort == service.cohort.cohort() as u32
+                && current.config.miss_hold_ns == miss_hold_ns
+                && same_pools(current, service);
+            if same {
+                plan.unchanged.push(service.name.clone());
+                continue;
+            }
+        }
+        let (id, fresh_service_id) = match current {
+            Some(current) => (current.config.id, false),
+            None => (allocator.service_id()?, true),
+        };
+        let mut fresh_backend_ids = Vec::new();
+        let mut pools = [Vec::new(), Vec::new()];
+        for (pool, color) in pools.iter_mut().zip(ColorName::BOTH) {
+            for address in service.pool(color) {
+                let kept = current.and_then(|current| {
+                    current
+                        .pool(color)
+                        .iter()
+                        .find(|(_, installed)| installed == address)
+                        .map(|(id, _)| *id)
+                });
+                let id = match kept {
+                    Some(id) => id,
+                    None => {
+                        let id = allocator.backend_id(is_unused_backend_id)?;
+                        fresh_backend_ids.push(id);
+                        id
+                    }
+                };
+                pool.push(BackendSpec {
+                    id,
+                    address: *address,
+                });
+            }
+        }
+        let first_slot = match current {
+            Some(current) if same_pools(current, service) => current.config.blue.first_slot,
+            _ => {
+                let needed = (service.blue.len() + service.green.len()) as u32;
+                allocator
+                    .slots(needed)
+                    .ok_or_else(|| PlanError::PoolSlots {
+                        service: service.name.clone(),
+                        needed,
+                    })?
+            }
+        };
+        let [blue, green] = pools;
+        plan.writes.push(Write {
+            name: service.name.clone(),
+            spec: ServiceSpec {
+                id,
+                address: service.address,
+                protocol: service.protocol,
+                cohort: service.cohort.cohort(),
+                green_weight: wanted.green_weight,
+                blue,
+                green,
+                first_slot,
+                miss_hold,
+            },
+            fresh_service_id,
+            fresh_backend_ids,
+            replaces: current.is_some(),
+        });
+    }
+    let wanted: BTreeSet<ServiceAddress> = desired
+        .iter()
+        .map(|wanted| (wanted.service.address, wanted.service.protocol))
+        .collect();
+    plan.removals = installed
+        .keys()
+        .filter(|address| !wanted.contains(address))
+        .copied()
+        .collect();
+    Ok(plan)
+}
+
+fn same_pools(current: &InstalledService, service: &Service) -> bool {
+    current.addresses(ColorName::Blue) == service.blue
+        && current.addresses(ColorName::Green) == service.green
+}
+
+/// Hands out ids and slot runs not used by any installed service nor by earlier writes of
+/// the same plan.
+struct Allocator {
+    service_ids: BTreeSet<u32>,
+    backend_ids: BTreeSet<u32>,
+    slots: Vec<Range<u32>>,
+}
+
+impl Allocator {
+    fn new(installed: &BTreeMap<ServiceAddress, InstalledService>) -> Self {
+        let mut this = Self {
+            service_ids: BTreeSet::new(),
+            backend_ids: BTreeSet::new(),
+            slots: Vec::new(),
+        };
+        for service in installed.values() {
+            this.service_ids.insert(service.config.id);
+            for color in ColorName::BOTH {
+                this.backend_ids
+                    .extend(service.pool(color).iter().map(|(id, _)| *id));
+            }
+            this.slots.push(service.slots());
+        }
+        this
+    }
+
+    fn service_id(&mut self) -> Result<u32, PlanError> {
+        // Each service takes two SERVICES entries, but ids index the counters: any below
+        // MAX_SERVICES will do.
+        let id = (0..MAX_SERVICES)
+            .find(|id| !self.service_ids.contains(id))
+            .ok_or(PlanError::ServiceIds)?;
+        self.service_ids.insert(id);
+        Ok(id)
+    }
+
+    fn backend_id(&mut self, is_unused: &mut dyn FnMut(u32) -> bool) -> Result<u32, PlanError> {
+        let free = |id: &u32| !self.backend_ids.contains(id);
+        let id = (0..MAX_BACKENDS)
+            .filter(free)
+            .find(|id| is_unused(*id))
+            .or_else(|| (0..MAX_BACKENDS).find(free))
+            .ok_or(PlanError::BackendIds)?;
+        self.backend_ids.insert(id);
+        Ok(id)
+    }
+
+    /// First fit.
+    fn slots(&mut self, len: u32) -> Option<u32> {
+        self.slots.sort_by_key(|run| run.start);
+        let mut start = 0;
+        for run in &self.slots {
+            if run.start >= start + len {
+                break;
+            }
+            start = start.max(run.end);
+        }
+        if start + len > POOL_SLOTS {
+            return None;
+        }
+        self.slots.push(start..start + len);
+        Some(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use splitter_common::{Cohort, Pool};
+
+    use super::*;
+    use crate::config::CohortSetting;
+
+    fn service(name: &str, port: u16, blue: &[&str], green: &[&str]) -> Service {
+        Service {
+            name: name.into(),
+            address: format!("198.18.100.10:{port}").parse().unwrap(),
+            protocol: Protocol::Tcp,
+            green_weight: 100_000,
+            cohort: CohortSetting::Flow,
+            blue: blue.iter().map(|a| a.parse().unwrap()).collect(),
+            green: green.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    /// What the kernel would hold after `plan`'s writes (as `installed` reads it back).
+    fn apply(installed: &mut BTreeMap<ServiceAddress, InstalledService>, plan: &Plan) {
+        for write in &plan.writes {
+            let spec = &write.spec;
+            let blue_len = spec.blue.len() as u32;
+            installed.insert(
+                (spec.address, spec.protocol),
+                InstalledService {
+                    address: spec.address,
+                    protocol: spec.protocol,
+                    config: ServiceConfig {
+                        id: spec.id,
+                        green_weight: spec.green_weight,
+                        cohort: spec.cohort as u32,
+                        blue: Pool {
+                            first_slot: spec.first_slot,
+                            len: blue_len,
+                        },
+                        green: Pool {
+                            first_slot: spec.first_slot + blue_len,
+                            len: spec.green.len() as u32,
+                        },
+                        miss_hold_ns: spec.miss_hold.as_nanos() as u64,
+                        ..ServiceConfig::default()
+                    },
+                    blue: spec.blue.iter().map(|b| (b.id, b.address)).collect(),
+                    green: spec.green.iter().map(|b| (b.id, b.address)).collect(),
+                },
+            );
+        }
+        for removal in &plan.removals {
+            installed.remove(removal);
+        }
+    }
+
+    const HOLD: Duration = Duration::from_secs(60);
+
+    fn desired(services: &[Service], weight: u32) -> Vec<Desired<'_>> {
+        services
+            .iter()
+            .map(|service| Desired {
+                service,
+                green_weight: weight,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_install_then_nothing_to_do() {
+        let services = [
+            service(
+                "web",
+                80,
+                &["10.1.0.10:80", "10.1.0.11:80"],
+                &["10.2.0.10:80"],
+            ),
+            service("api", 81, &["10.1.0.20:80"], &["10.2.0.20:80"]),
+        ];
+        let mut installed = BTreeMap::new();
+        let plan = plan(&desired(&services, 100_000), HOLD, &installed, &mut |_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(plan.writes.len(), 2);
+        let web = &plan.writes[0].spec;
+        let api = &plan.writes[1].spec;
+        assert_eq!((web.id, api.id), (0, 1));
+        assert_eq!((web.first_slot, api.first_slot), (0, 3));
+        assert_eq!(plan.writes[0].fresh_backend_ids, [0, 1, 2]);
+        assert_eq!(plan.writes[1].fresh_backend_ids, [3, 4]);
+        assert_eq!(web.cohort, Cohort::Flow);
+        apply(&mut installed, &plan);
+
+        let again = super::plan(&desired(&services, 100_000), HOLD, &installed, &mut |_| {
+            true
+        })
+        .unwrap();
+        assert!(again.writes.is_empty(), "{again:?}");
+        assert_eq!(again.unchanged, ["web", "api"]);
+    }
+
+    #[test]
+    fn a_changed_pool_moves_to_fresh_slots_and_keeps_the_ids_of_kept_backends() {
+        let before = [
+            service(
+                "web",
+                80,
+                &["10.1.0.10:80", "10.1.0.11:80"],
+                &["10.2.0.10:80"],
+            ),
+            service("api", 81, &["10.1.0.20:80"], &["10.2.0.20:80"]),
+        ];
+        let mut installed = BTreeMap::new();
+        let first = plan(&desired(&before, 0), HOLD, &installed, &mut |_| true).unwrap();
+        apply(&mut installed, &first);
+
+        // web loses 10.1.0.11 and gains 10.2.0.11; api is untouched.
+        let after = [
+            service(
+                "web",
+                80,
+                &["10.1.0.10:80"],
+                &["10.2.0.10:80", "10.2.0.11:80"],
+            ),
+            service("api", 81, &["10.1.0.20:80"], &["10.2.0.20:80"]),
+        ];
+        // Ids 0..=4 have been used; 5 is the first never used.
+        let next = plan(&desired(&after, 0), HOLD, &installed, &mut |id| id >= 5).unwrap();
+        assert_eq!(next.unchanged, ["api"]);
+        assert_eq!(next.writes.len(), 1);
+        let web = &next.writes[0];
+        assert!(web.replaces && !web.fresh_service_id);
+        assert_eq!(web.spec.id, 0);
+        let ids: Vec<_> = web
+            .spec
+            .blue
+            .iter()
+            .chain(&web.spec.green)
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(
+            ids,
+            [0, 2, 5],
+            "kept backends keep their ids (and counters)"
+        );
+        assert_eq!(web.fresh_backend_ids, [5]);
+        assert_eq!(
+            web.spec.first_slot, 5,
+            "slots 0..5 are in use by the live entries"
+        );
+    }
+
+    #[test]
+    fn weight_only_change_rewrites_in_place_and_removed_services_go() {
+        let services = [
+            service("web", 80, &["10.1.0.10:80"], &["10.2.0.10:80"]),
+            service("api", 81, &["10.1.0.20:80"], &["10.2.0.20:80"]),
+        ];
+        let mut installed = BTreeMap::new();
+        let first = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        apply(&mut installed, &first);
+
+        let only_web = &services[..1];
+        let next = plan(&desired(only_web, 500_000), HOLD, &installed, &mut |_| true).unwrap();
+        assert_eq!(next.writes.len(), 1);
+        assert_eq!(next.writes[0].spec.first_slot, 0);
+        assert!(next.writes[0].fresh_backend_ids.is_empty());
+        assert_eq!(
+            next.removals,
+            [(services[1].address, Protocol::Tcp)],
+            "api is no longer configured"
+        );
+    }
+
+    #[test]
+    fn slots_first_fit_and_exhaustion() {
+        let installed = BTreeMap::new();
+        let mut allocator = Allocator::new(&installed);
+        allocator.slots.push(2..4);
+        assert_eq!(allocator.slots(2), Some(0));
+        assert_eq!(allocator.slots(1), Some(4));
+        assert_eq!(allocator.slots(POOL_SLOTS), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! What the daemon's tasks share: the application behind a lock, the cached flow-table scan,
+//! the daemon's own metrics, and the "stop now" signal `unload` raises.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+
+use super::{App, AppError, count_live_flows};
+use crate::{
+    control::protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
+    metrics::DaemonMetrics,
+};
+
+/// A flow-table scan that took at least [`SLOW_SCAN`] (a big table: 200k flows take a few
+/// hundred ms) is reused for twice as long as it took, at most [`LIVE_FLOWS_MAX_AGE`], so many
+/// clients cost about one scan a second. Faster scans are never reused by a request that
+/// arrived after they started: small tables give exact gauges.
+const SLOW_SCAN: Duration = Duration::from_millis(100);
+const LIVE_FLOWS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// When a scan started, when it finished, flows per backend id, total.
+type LiveFlows = (Instant, Instant, HashMap<u32, u64>, u64);
+
+pub struct Shared {
+    /// `None` once the data plane has been unloaded (the daemon is stopping).
+    app: Mutex<Option<App>>,
+    live: tokio::sync::Mutex<Option<LiveFlows>>,
+    pub metrics: DaemonMetrics,
+    /// Raised after `unload`: the daemon exits.
+    pub stop: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("the data plane was unloaded; the daemon is stopping")]
+    Unloaded,
+}
+
+impl SharedError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SharedError::App(error) => error.kind(),
+            SharedError::Unloaded => ErrorKind::Runtime,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(app: App, metrics: DaemonMetrics) -> Self {
+        Self {
+            app: Mutex::new(Some(app)),
+            live: tokio::sync::Mutex::new(None),
+            metrics,
+            stop: Notify::new(),
+        }
+    }
+
+    fn app(&self) -> MutexGuard<'_, Option<App>> {
+        // A panic while holding the lock leaves maps consistent (each write is atomic).
+        self.app
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn with_app<T>(
+        &self,
+        f: impl FnOnce(&mut App) -> Result<T, AppError>,
+    ) -> Result<T, SharedError> {
+        let mut guard = self.app();
+        let app = guard.as_mut().ok_or(SharedError::Unloaded)?;
+        Ok(f(app)?)
+    }
+
+    /// Answers one control request.
+    pub async fn handle(&self, request: Request) -> Response {
+        let command = request.name();
+        let result = match request {
+            Request::Status => self
+                .status()
+                .await
+                .map(|report| Reply::Status(Box::new(report))),
+            Request::SetWeight {
+                service,
+                green_weight,
+            } => self
+                .with_app(|app| app.set_weight(&service, green_weight))
+                .map(Reply::Weight),
+            Request::Switch { service, color } => self
+                .with_app(|app| app.switch(&service, color))
+                .map(Reply::Weight),
+            Request::Reload => self.reload().map(Reply::Reloaded),
+            Request::Unload => self.unload().map(Reply::Unloaded),
+        };
+        self.metrics.request(command, result.is_ok());
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(error) => {
+                tracing::warn!(command, %error, "request refused");
+                Response::Error(ErrorReply {
+                    kind: error.kind(),
+                    message: error.to_string(),
+                })
+            }
+        }
+    }
+
+    /// `reload` and SIGHUP.
+    pub fn reload(&self) -> Result<crate::control::protocol::ReloadReport, SharedError> {
+        let result = self.with_app(App::reload);
+        self.metrics.reload(result.is_ok());
+        result
+    }
+
+    fn unload(&self) -> Result<crate::dataplane::Unloaded, SharedError> {
+        let app = self.app().take().ok_or(SharedError::Unloaded)?;
+        let result = app.unload();
+        self.stop.notify_one();
+        Ok(result?)
+    }
+
+    /// One sampling tick.
+    pub fn sample(&self) {
+        if let Some(app) = self.app().as_mut() {
+            app.sample(Instant::now());
+        }
+    }
+
+    /// A snapshot for `status` and the metrics endpoint.
+    pub async fn status(&self) -> Result<StatusReport, SharedError> {
+        let (live, pinned) = self.live_flows().await?;
+        self.with_app(|app| app.status(&live, pinned))
+    }
+
+    /// Flows per backend id (see [`SLOW_SCAN`]). The scan runs on a blocking thread with its
+    /// own map handle, without the application lock; concurrent requests wait for one scan.
+    async fn live_flows(&self) -> Result<(HashMap<u32, u64>, u64), SharedError> {
+        let arrived = Instant::now();
+        let mut cache = self.live.lock().await;
+        if let Some((started, finished, live, total)) = cache.as_ref() {
+            let took = finished.duration_since(*started);
+            let fresh = *started >= arrived;
+            let big_and_recent =
+                took >= SLOW_SCAN && finished.elapsed() < (took * 2).min(LIVE_FLOWS_MAX_AGE);
+            if fresh || big_and_recent {
+                return Ok((live.clone(), *total));
+            }
+        }
+        let path = self.with_app(|app| Ok(app.flows_pin()))?;
+        let started = Instant::now();
+        let (live, total) = tokio::task::spawn_blocking(move || count_live_flows(&path))
+            .await
+            .expect("flow scan does not panic")
+            .map_err(AppError::from)?;
+        *cache = Some((started, Instant::now(), live.clone(), total));
+        Ok((live, total))
+    }
+}

@@ -1,0 +1,239 @@
+//! A rollout plan: the green weights to walk through, how long each step lasts, and the
+//! thresholds that decide whether green may go on. Validated before anything changes.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use splitter_common::WEIGHT_SCALE;
+
+/// Defaults (documented in the README).
+pub const DEFAULT_STEPS_PERCENT: [f64; 5] = [1.0, 5.0, 25.0, 50.0, 100.0];
+pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_FAILURE_RATIO: f64 = 0.05;
+pub const DEFAULT_FAILURE_TOLERANCE: f64 = 0.5;
+pub const DEFAULT_LATENCY_TOLERANCE: f64 = 0.5;
+pub const DEFAULT_MIN_FLOWS: u64 = 20;
+/// Differences in failure ratio below this are noise, whatever the relative tolerance says
+/// (a blue ratio of exactly 0 would otherwise make one green failure an abort).
+pub const FAILURE_RATIO_NOISE: f64 = 0.01;
+
+/// An external check: a PromQL query whose (scalar or single-sample vector) value must stay
+/// within `bound`, e.g. the 5xx share of green from the L7 proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
+    pub prometheus: String,
+    pub query: String,
+    pub bound: CheckBound,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckBound {
+    /// The value must be at most this.
+    Max(f64),
+    /// The value must be at least this.
+    Min(f64),
+}
+
+/// A validated plan. Weights in parts per million (`WEIGHT_SCALE`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Strictly increasing, each in (0, WEIGHT_SCALE], the last one is the end of the rollout.
+    pub steps: Vec<u32>,
+    /// How long each step runs (its analysis window) before it may advance.
+    #[serde(with = "duration_ms")]
+    pub every: Duration,
+    /// Green's failure ratio (failed handshakes + resets per handshake attempt) may not
+    /// exceed this, whatever blue does.
+    pub max_failure_ratio: f64,
+    /// Green's failure ratio may not exceed blue's × (1 + this).
+    pub failure_tolerance: f64,
+    /// Green's handshake p99 may not exceed blue's × (1 + this).
+    pub latency_tolerance: f64,
+    /// Green handshakes a window needs before it can be judged; fewer means hold, never pass.
+    pub min_flows: u64,
+    /// External checks; all must pass for a step to advance; one failing aborts.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("rollout steps are empty: give at least one weight, e.g. --steps 1,5,25,50,100")]
+    NoSteps,
+    #[error("rollout step {value}% is not a weight in (0, 100]")]
+    OutOfRange { value: f64 },
+    #[error("rollout step {value}% is finer than 0.0001% (the data plane's resolution)")]
+    TooFine { value: f64 },
+    #[error("rollout steps must increase: {previous}% then {value}%")]
+    NotIncreasing { previous: f64, value: f64 },
+    #[error("rollout step duration must be at least 100ms (got {millis}ms)")]
+    TooShort { millis: u128 },
+    #[error("{field} must be a finite number ≥ 0 (got {value})")]
+    BadNumber { field: &'static str, value: f64 },
+    #[error("max_failure_ratio must be in [0, 1] (got {value})")]
+    BadRatio { value: f64 },
+    #[error("min_flows must be at least 1: a step judged on no traffic would pass blindly")]
+    NoMinFlows,
+    #[error("check `{query}`: prometheus URL must start with http:// (got `{url}`)")]
+    BadCheckUrl { query: String, url: String },
+}
+
+/// Percent (up to four decimals) → parts per million.
+pub fn percent_to_ppm(percent: f64) -> Result<u32, PlanError> {
+    if !percent.is_finite() || percent <= 0.0 || percent > 100.0 {
+        return Err(PlanError::OutOfRange { value: percent });
+    }
+    let ppm = percent * (WEIGHT_SCALE as f64 / 100.0);
+    if (ppm - ppm.round()).abs() > 1e-6 {
+        return Err(PlanError::TooFine { value: percent });
+    }
+    Ok(ppm.round() as u32)
+}
+
+pub fn ppm_to_percent(ppm: u32) -> f64 {
+    ppm as f64 * 100.0 / WEIGHT_SCALE as f64
+}
+
+impl Plan {
+    /// Builds and validates a plan from steps in percent.
+    pub fn new(
+        steps_percent: &[f64],
+        every: Duration,
+        max_failure_ratio: f64,
+        failure_tolerance: f64,
+        latency_tolerance: f64,
+        min_flows: u64,
+        checks: Vec<Check>,
+    ) -> Result<Self, PlanError> {
+        if steps_percent.is_empty() {
+            return Err(PlanError::NoSteps);
+        }
+        let mut steps = Vec::with_capacity(steps_percent.len());
+        for (i, &value) in steps_percent.iter().enumerate() {
+            let ppm = percent_to_ppm(value)?;
+            if i > 0 && value <= steps_percent[i - 1] {
+                return Err(PlanError::NotIncreasing {
+                    previous: steps_percent[i - 1],
+                    value,
+                });
+            }
+            steps.push(ppm);
+        }
+        if every < Duration::from_millis(100) {
+            return Err(PlanError::TooShort {
+                millis: every.as_millis(),
+            });
+        }
+        if !(0.0..=1.0).contains(&max_failure_ratio) {
+            return Err(PlanError::BadRatio {
+                value: max_failure_ratio,
+            });
+        }
+        for (field, value) in [
+            ("failure_tolerance", failure_tolerance),
+            ("latency_tolerance", latency_tolerance),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(PlanError::BadNumber { field, value });
+            }
+        }
+        if min_flows == 0 {
+            return Err(PlanError::NoMinFlows);
+        }
+        for check in &checks {
+            if !check.prometheus.starts_with("http://") {
+                return Err(PlanError::BadCheckUrl {
+                    query: check.query.clone(),
+                    url: check.prometheus.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            steps,
+            every,
+            max_failure_ratio,
+            failure_tolerance,
+            latency_tolerance,
+            min_flows,
+            checks,
+        })
+    }
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(steps: &[f64], every_ms: u64) -> Result<Plan, PlanError> {
+        Plan::new(
+            steps,
+            Duration::from_millis(every_ms),
+            0.05,
+            0.5,
+            0.5,
+            20,
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn bad_plans_are_rejected_with_the_reason() {
+        let cases: [(&[f64], u64, PlanError); 6] = [
+            (&[], 1000, PlanError::NoSteps),
+            (
+                &[5.0, 1.0],
+                1000,
+                PlanError::NotIncreasing {
+                    previous: 5.0,
+                    value: 1.0,
+                },
+            ),
+            (
+                &[1.0, 1.0],
+                1000,
+                PlanError::NotIncreasing {
+                    previous: 1.0,
+                    value: 1.0,
+                },
+            ),
+            (&[50.0, 150.0], 1000, PlanError::OutOfRange { value: 150.0 }),
+            (&[0.0, 10.0], 1000, PlanError::OutOfRange { value: 0.0 }),
+            (&[1.0, 100.0], 0, PlanError::TooShort { millis: 0 }),
+        ];
+        for (steps, every, expected) in cases {
+            assert_eq!(
+                plan(steps, every).unwrap_err(),
+                expected,
+                "{steps:?} every {every}ms"
+            );
+        }
+        assert_eq!(
+            plan(&[0.00001], 1000).unwrap_err(),
+            PlanError::TooFine { value: 0.00001 }
+        );
+    }
+
+    #[test]
+    fn steps_become_parts_per_million() {
+        let plan = plan(&[0.5, 12.5, 100.0], 1000).unwrap();
+        assert_eq!(plan.steps, vec![5_000, 125_000, 1_000_000]);
+    }
+}

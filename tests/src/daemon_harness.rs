@@ -1,0 +1,691 @@
+//! A lab for end-to-end tests of the real `splitter` binary: client, router (the splitter host)
+//! and blue/green backend namespaces, a bpffs mounted under /run from the root mount namespace
+//! (so pins outlive a killed daemon and are visible to the next one), real TCP and UDP servers,
+//! the daemon as a child process that entered only the router's network namespace, and the
+//! CLI. Everything is torn down on drop, in order: daemon (by PID), servers, pins, the bpffs
+//! mount and work directory, namespaces.
+//!
+//! ```text
+//!  client 198.18.0.1 ── eth0 [router 198.18.0.254] eth1 198.18.1.1 ── blue  198.18.1.10, .11
+//!                                                  eth2 198.18.2.1 ── green 198.18.2.10, .11
+//!  (IPv6: client fd00::1, router fd00::fe / fd00:1::1 / fd00:2::1, blue fd00:1::10, ::11,
+//!   green fd00:2::10, ::11)
+//! ```
+//! Services are virtual addresses in 198.18.100.0/24 and fd00:100::/64, routed by the client
+//! to the router.
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::netns::{Netns, sh, unique, veth};
+
+pub const CLIENT: &str = "198.18.0.1";
+pub const BLUE: [&str; 2] = ["198.18.1.10", "198.18.1.11"];
+pub const GREEN: [&str; 2] = ["198.18.2.10", "198.18.2.11"];
+pub const CLIENT6: &str = "fd00::1";
+pub const BLUE6: [&str; 2] = ["fd00:1::10", "fd00:1::11"];
+pub const GREEN6: [&str; 2] = ["fd00:2::10", "fd00:2::11"];
+/// Backends' TCP ports (line echo: every line is answered with the backend's address:port).
+pub const TCP_PORT: u16 = 8080;
+pub const TCP_PORT_2: u16 = 8081;
+/// Backends' UDP port (every datagram is answered with the backend's address).
+pub const UDP_PORT: u16 = 5353;
+
+/// The `splitter` binary of this build, built (up to date) once per test process: cargo
+/// does not build other packages' binaries for integration tests. `SPLITTER_BIN` overrides.
+pub fn splitter_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("SPLITTER_BIN") {
+                return PathBuf::from(path);
+            }
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> → target/<profile>
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test executable under target/<profile>/deps")
+                .to_path_buf();
+            let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+            let release = profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+            let mut build = Command::new(cargo);
+            build
+                .args(["build", "--quiet", "-p", "splitter", "--bin", "splitter"])
+                .arg("--manifest-path")
+                .arg(&manifest)
+                .arg("--target-dir")
+                .arg(&target_dir);
+            if release {
+                build.arg("--release");
+            }
+            let out = build
+                .output()
+                .expect("running cargo build for the splitter binary");
+            assert!(
+                out.status.success(),
+                "building the splitter binary failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            profile_dir.join("splitter")
+        })
+        .clone()
+}
+
+/// The four namespaces and their links.
+pub struct Topology {
+    pub client: Netns,
+    pub router: Netns,
+    pub blue: Netns,
+    pub green: Netns,
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Self {
+        let topology = Self {
+            client: Netns::new(&unique(&format!("{tag}-c"))),
+            router: Netns::new(&unique(&format!("{tag}-r"))),
+            blue: Netns::new(&unique(&format!("{tag}-b"))),
+            green: Netns::new(&unique(&format!("{tag}-g"))),
+        };
+        let Topology {
+            client,
+            router,
+            blue,
+            green,
+        } = &topology;
+        for ns in [client, router, blue, green] {
+            // No router solicitations or autoconfigured addresses: only our own traffic.
+            ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
+            ns.sysctl("net.ipv6.conf.default.router_solicitations", "0");
+            // Link-local addresses usable at once (a tentative one delays neighbour discovery).
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        }
+        veth(client, "eth0", router, "eth0");
+        veth(blue, "eth0", router, "eth1");
+        veth(green, "eth0", router, "eth2");
+        client.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"]);
+        client.ip(&["route", "add", "default", "via", "198.18.0.254"]);
+        router.ip(&["addr", "add", "198.18.0.254/24", "dev", "eth0"]);
+        router.ip(&["addr", "add", "198.18.1.1/24", "dev", "eth1"]);
+        router.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth2"]);
+        router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for (ns, addresses, gateway) in [(blue, BLUE, "198.18.1.1"), (green, GREEN, "198.18.2.1")] {
+            for address in addresses {
+                ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+            }
+            ns.ip(&["route", "add", "default", "via", gateway]);
+        }
+        let v6 = |ns: &Netns, address: &str, dev: &str| {
+            ns.ip(&["-6", "addr", "add", address, "dev", dev, "nodad"]);
+        };
+        v6(client, &format!("{CLIENT6}/64"), "eth0");
+        client.ip(&["-6", "route", "add", "default", "via", "fd00::fe"]);
+        v6(router, "fd00::fe/64", "eth0");
+        v6(router, "fd00:1::1/64", "eth1");
+        v6(router, "fd00:2::1/64", "eth2");
+        for (ns, addresses, gateway) in [(blue, BLUE6, "fd00:1::1"), (green, GREEN6, "fd00:2::1")] {
+            for address in addresses {
+                v6(ns, &format!("{address}/64"), "eth0");
+            }
+            ns.ip(&["-6", "route", "add", "default", "via", gateway]);
+        }
+        topology
+    }
+}
+
+/// A backend server thread pool: TCP line echo and UDP echo on every backend address of a
+/// namespace, answering with the backend's `address:port`. Stops on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    pub fn start(ns: &Netns, addresses: &[&str]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for address in addresses {
+            let ip: std::net::IpAddr = address.parse().expect("backend IP");
+            for port in [TCP_PORT, TCP_PORT_2] {
+                let tcp = SocketAddr::new(ip, port);
+                let listener = ns.run(move || {
+                    let listener = TcpListener::bind(tcp).expect("bind backend TCP");
+                    listener.set_nonblocking(true).unwrap();
+                    listener
+                });
+                let stop_tcp = stop.clone();
+                threads.push(std::thread::spawn(move || {
+                    tcp_server(listener, tcp, stop_tcp)
+                }));
+            }
+            let udp = SocketAddr::new(ip, UDP_PORT);
+            let socket = ns.run(move || {
+                let socket = UdpSocket::bind(udp).expect("bind backend UDP");
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                socket
+            });
+            let stop_udp = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                udp_server(socket, udp, stop_udp)
+            }));
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn tcp_server(listener: TcpListener, me: SocketAddr, stop: Arc<AtomicBool>) {
+    let mut connections = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let stop = stop.clone();
+                connections.push(std::thread::spawn(move || tcp_connection(stream, me, stop)));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+        connections.retain(|thread: &JoinHandle<()>| !thread.is_finished());
+    }
+    for thread in connections {
+        let _ = thread.join();
+    }
+}
+
+fn tcp_connection(stream: TcpStream, me: SocketAddr, stop: Arc<AtomicBool>) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut writer = stream.try_clone().expect("clone stream");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if line.ends_with('\n') => {
+                if writer.write_all(format!("{me}\n").as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn udp_server(socket: UdpSocket, me: SocketAddr, stop: Arc<AtomicBool>) {
+    let mut buffer = [0u8; 2048];
+    let reply = me.to_string();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(reply.as_bytes(), peer);
+        }
+    }
+}
+
+/// A bpffs mounted under /run from the root mount namespace, and the test's work directory
+/// (config, socket, state). On drop: whatever is pinned is unloaded, the bpffs unmounted, the
+/// directory removed.
+pub struct WorkDir {
+    pub dir: PathBuf,
+    pub bpffs_mount: PathBuf,
+}
+
+impl WorkDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = PathBuf::from(format!("/run/splitter-test/{tag}-{}", std::process::id()));
+        let bpffs_mount = dir.join("bpf");
+        // Leftovers of a crashed run with the same pid.
+        if bpffs_mount.exists() {
+            let _ = splitter::dataplane::unload(&bpffs_mount.join("splitter"));
+            let _ = Command::new("umount").arg(&bpffs_mount).output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&bpffs_mount).expect("create work dir");
+        let mount = bpffs_mount.to_str().expect("utf-8 path");
+        sh(&["mount", "-t", "bpf", "bpf", mount]);
+        Self { dir, bpffs_mount }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("splitter.toml")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("splitter.sock")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn bpffs(&self) -> PathBuf {
+        self.bpffs_mount.join("splitter")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = splitter::dataplane::unload(&self.bpffs());
+        let _ = Command::new("umount").arg(&self.bpffs_mount).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent); // only when no other test uses it
+        }
+    }
+}
+
+/// A daemon process started by the test; SIGKILLed on drop if still running.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: a signal to our own child, by PID.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.child.id());
+    }
+
+    /// Waits for the process to exit (at most `timeout`), returning its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait(Duration::from_secs(10));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a CLI run printed and returned.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Everything a daemon test needs. Fields drop in this order.
+pub struct Lab {
+    pub daemon: Option<Daemon>,
+    pub servers: Vec<Servers>,
+    pub work: WorkDir,
+    pub topology: Topology,
+    pub binary: PathBuf,
+}
+
+/// The `[dataplane]` and `[control]` sections of a lab config.
+pub fn base_config(work: &WorkDir) -> String {
+    format!(
+        "[dataplane]\ninterfaces = [\"eth0\"]\nxdp_mode = \"auto\"\nflow_table_size = 262144\nmiss_hold = \"30s\"\n\n\
+         [control]\nsocket = \"{}\"\nmetrics = \"127.0.0.1:9435\"\nstate_dir = \"{}\"\nbpffs = \"{}\"\n",
+        work.socket().display(),
+        work.state_dir().display(),
+        work.bpffs().display(),
+    )
+}
+
+/// A `[[service]]` section: blue and green backends at `port`.
+pub fn service(
+    name: &str,
+    vip: &str,
+    protocol: &str,
+    weight: &str,
+    blue: &[&str],
+    green: &[&str],
+    port: u16,
+) -> String {
+    let list = |hosts: &[&str]| {
+        hosts
+            .iter()
+            .map(|host| {
+                let ip: std::net::IpAddr = host.parse().expect("backend IP");
+                format!("\"{}\"", SocketAddr::new(ip, port))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "\n[[service]]\nname = \"{name}\"\naddress = \"{vip}\"\nprotocol = \"{protocol}\"\ngreen_weight = {weight}\nblue = [{}]\ngreen = [{}]\n",
+        list(blue),
+        list(green)
+    )
+}
+
+impl Lab {
+    /// Namespaces, bpffs, servers on every backend. `tag` must be short (namespace names).
+    pub fn new(tag: &str) -> Self {
+        let binary = splitter_binary();
+        let topology = Topology::new(tag);
+        let work = WorkDir::new(tag);
+        let servers = vec![
+            Servers::start(&topology.blue, &[BLUE[0], BLUE[1], BLUE6[0], BLUE6[1]]),
+            Servers::start(&topology.green, &[GREEN[0], GREEN[1], GREEN6[0], GREEN6[1]]),
+        ];
+        Self {
+            daemon: None,
+            servers,
+            work,
+            topology,
+            binary,
+        }
+    }
+
+    /// Writes the config: the lab's base sections plus `services`.
+    pub fn write_config(&self, services: &str) {
+        std::fs::write(
+            self.work.config(),
+            format!("{}{services}", base_config(&self.work)),
+        )
+        .expect("write config");
+    }
+
+    /// Starts `splitter daemon` in the router's network namespace (its mount namespace stays
+    /// the test's, so the bpffs under /run is shared) and waits until it answers.
+    pub fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "a daemon is already running");
+        let child = self.spawn_daemon();
+        self.daemon = Some(Daemon { child });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.cli(&["status", "--json"]);
+            if status.code == 0 {
+                return;
+            }
+            if let Some(code) = self.daemon.as_mut().unwrap().wait(Duration::ZERO) {
+                panic!("the daemon exited with {code}:\n{}", self.daemon_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer within 20 s:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `splitter daemon` to completion (for configs that must be refused).
+    pub fn run_daemon_to_exit(&self) -> CliOutput {
+        let mut child = self.spawn_daemon();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not exit:\n{}", self.daemon_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        CliOutput {
+            code,
+            stdout: String::new(),
+            stderr: self.daemon_log(),
+        }
+    }
+
+    fn spawn_daemon(&self) -> Child {
+        let netns = File::open(format!("/run/netns/{}", self.topology.router.name))
+            .expect("open router netns");
+        let log = File::create(self.work.log()).expect("daemon log");
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["daemon", "--config"])
+            .arg(self.work.config())
+            .env("SPLITTER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let fd = netns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the fd stays open until after spawn.
+        unsafe {
+            command.pre_exec(move || {
+                // Dies with the test thread that started it, even if the test is killed.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawn the splitter daemon");
+        drop(netns);
+        child
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.work.log()).unwrap_or_default()
+    }
+
+    /// SIGKILLs the daemon (the data plane stays).
+    pub fn kill_daemon(&mut self) {
+        self.daemon.take().expect("a running daemon").kill();
+    }
+
+    /// SIGTERM and wait: the daemon must exit 0.
+    pub fn stop_daemon(&mut self) {
+        let mut daemon = self.daemon.take().expect("a running daemon");
+        daemon.signal(libc::SIGTERM);
+        let code = daemon.wait(Duration::from_secs(10));
+        assert_eq!(code, Some(0), "SIGTERM exit:\n{}", self.daemon_log());
+    }
+
+    /// Runs the CLI with the lab's socket.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        self.cli_with(&mut Command::new(&self.binary), args)
+    }
+
+    pub fn cli_with(&self, command: &mut Command, args: &[&str]) -> CliOutput {
+        let out = command
+            .arg("--socket")
+            .arg(self.work.socket())
+            .args(args)
+            .output()
+            .expect("run the splitter CLI");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `splitter <args>` must succeed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert_eq!(out.code, 0, "splitter {args:?}: {out:?}");
+        out.stdout
+    }
+
+    /// The daemon's status snapshot (`splitter status --json`).
+    pub fn status(&self) -> splitter::control::protocol::StatusReport {
+        serde_json::from_str(&self.cli_ok(&["status", "--json"])).expect("status JSON")
+    }
+
+    /// GET /metrics from inside the router namespace.
+    pub fn metrics(&self) -> String {
+        self.topology.router.run(|| {
+            let mut stream = TcpStream::connect("127.0.0.1:9435").expect("connect metrics");
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            body.to_owned()
+        })
+    }
+
+    /// `count` requests to `vip`, one new TCP connection each; the backends that answered.
+    pub fn requests(&self, vip: &str, count: usize) -> Vec<Result<String, String>> {
+        let vip: SocketAddr = vip.parse().unwrap();
+        self.topology
+            .client
+            .run(move || (0..count).map(|_| request(vip)).collect())
+    }
+
+    /// `count` new connections to `vip`: answers per color. A failed request panics with the
+    /// daemon's view (verdicts, per-backend counters) to tell where the packet went.
+    pub fn split(&self, vip: &str, count: usize) -> (usize, usize) {
+        let answers = self.requests(vip, count);
+        if let Some((index, Err(error))) = answers
+            .iter()
+            .enumerate()
+            .find(|(_, answer)| answer.is_err())
+        {
+            let status = self.cli(&["status", "--json"]);
+            panic!(
+                "request {index} of {count} to {vip} failed: {error}\nanswers: {answers:?}\n\
+                 status: {}\ndaemon log:\n{}",
+                status.stdout,
+                self.daemon_log()
+            );
+        }
+        colors(&answers)
+    }
+
+    /// Opens a TCP connection to `vip` from the client namespace.
+    pub fn connect(&self, vip: &str) -> Conversation {
+        let vip: SocketAddr = vip.parse().unwrap();
+        let stream = self
+            .topology
+            .client
+            .run(move || TcpStream::connect_timeout(&vip, Duration::from_secs(2)))
+            .expect("connect to the service");
+        Conversation::new(stream)
+    }
+}
+
+/// One request on a new connection: the answering backend.
+pub fn request(vip: SocketAddr) -> Result<String, String> {
+    let stream =
+        TcpStream::connect_timeout(&vip, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    Conversation::new(stream).ask()
+}
+
+/// A long-lived TCP connection to a service.
+pub struct Conversation {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conversation {
+    pub fn new(stream: TcpStream) -> Self {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Sends a line; the backend's answer.
+    pub fn ask(&mut self) -> Result<String, String> {
+        self.reader
+            .get_mut()
+            .write_all(b"hello\n")
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("connection closed".into()),
+            Ok(_) => Ok(line.trim().to_owned()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// Which color a backend answer (`address:port`) belongs to.
+pub fn color_of(backend: &str) -> &'static str {
+    let host = backend
+        .parse::<SocketAddr>()
+        .map(|address| address.ip().to_string())
+        .unwrap_or_default();
+    let host = host.as_str();
+    if BLUE.contains(&host) || BLUE6.contains(&host) {
+        "blue"
+    } else if GREEN.contains(&host) || GREEN6.contains(&host) {
+        "green"
+    } else {
+        panic!("answer from an unknown backend `{backend}`")
+    }
+}
+
+/// Counts answers per color; panics on any failed request.
+pub fn colors(answers: &[Result<String, String>]) -> (usize, usize) {
+    let mut blue = 0;
+    let mut green = 0;
+    for answer in answers {
+        match answer {
+            Ok(backend) if color_of(backend) == "blue" => blue += 1,
+            Ok(_) => green += 1,
+            Err(error) => panic!("request failed: {error}"),
+        }
+    }
+    (blue, green)
+}
+
+/// The value of one exposition line `name{labels} value`, matched exactly on `name{labels}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().expect("metric value"))
+    })
+}
