@@ -177,7 +177,7 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
     let service = vip(family);
     let (flags, dst_port) = match path {
         // An established flow's packets are data/ACKs (the flow is pinned by a SYN first).
-        Path::Miss | Path::Established => (TCP_ACK, 80),
+        Path::Miss | Path::Established | Path::Spread => (TCP_ACK, 80),
         Path::NotService => (TCP_SYN, 81),
         _ => (TCP_SYN, 80),
     };
