@@ -39,6 +39,9 @@ pub enum Exit {
     /// Invalid configuration (daemon start, `check-config`, `reload`), or a reload that needs
     /// a restart; nothing was changed.
     InvalidConfig = 5,
+    /// `rollout start --wait`: the rollout was rolled back (green did worse than blue, or an
+    /// operator aborted it).
+    RolloutAborted = 6,
 }
 
 impl From<Exit> for ExitCode {
@@ -54,7 +57,8 @@ Exit codes:
   2  bad usage or argument (unknown service, percent outside 0..=100, not a number)
   3  daemon not running / not reachable on the socket
   4  permission denied on the control socket (root only)
-  5  invalid configuration, or a reload that needs a restart (nothing changed)";
+  5  invalid configuration, or a reload that needs a restart (nothing changed)
+  6  rollout start --wait: the rollout was rolled back";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +110,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Canary rollouts: start, status, pause, resume, promote, abort.
+    Rollout {
+        #[command(subcommand)]
+        command: crate::rollout::cli::RolloutCommand,
+    },
     /// Detach the data plane and remove its pins (flows and counters), stopping the daemon.
     /// Without a running daemon, removes what is pinned under the config's bpffs directory.
     Unload {
@@ -120,6 +129,8 @@ pub enum Command {
 enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Rollout(crate::rollout::cli::RolloutCliError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
@@ -138,21 +149,32 @@ enum CliError {
 impl CliError {
     fn exit(&self) -> Exit {
         match self {
-            CliError::Client(ClientError::NotRunning { .. } | ClientError::Closed { .. }) => {
-                Exit::NotRunning
-            }
-            CliError::Client(ClientError::PermissionDenied { .. }) => Exit::PermissionDenied,
-            CliError::Client(ClientError::Daemon(error)) => match error.kind {
-                ErrorKind::UnknownService | ErrorKind::InvalidArgument | ErrorKind::BadRequest => {
-                    Exit::Usage
-                }
-                ErrorKind::InvalidConfig | ErrorKind::RestartRequired => Exit::InvalidConfig,
-                ErrorKind::Runtime => Exit::Failure,
-            },
-            CliError::Client(_) | CliError::Dataplane(_) | CliError::Stdout(_) => Exit::Failure,
+            CliError::Client(client) => client_exit(client),
+            CliError::Dataplane(_) | CliError::Stdout(_) => Exit::Failure,
             CliError::Config(_) => Exit::InvalidConfig,
+            CliError::Rollout(error) => match error {
+                crate::rollout::cli::RolloutCliError::Client(client) => client_exit(client),
+                crate::rollout::cli::RolloutCliError::Every(_) => Exit::Usage,
+                crate::rollout::cli::RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
+                crate::rollout::cli::RolloutCliError::Stdout(_) => Exit::Failure,
+            },
             CliError::Percent { .. } | CliError::Interval => Exit::Usage,
         }
+    }
+}
+
+fn client_exit(error: &ClientError) -> Exit {
+    match error {
+        ClientError::NotRunning { .. } | ClientError::Closed { .. } => Exit::NotRunning,
+        ClientError::PermissionDenied { .. } => Exit::PermissionDenied,
+        ClientError::Daemon(error) => match error.kind {
+            ErrorKind::UnknownService | ErrorKind::InvalidArgument | ErrorKind::BadRequest => {
+                Exit::Usage
+            }
+            ErrorKind::InvalidConfig | ErrorKind::RestartRequired => Exit::InvalidConfig,
+            ErrorKind::Runtime => Exit::Failure,
+        },
+        _ => Exit::Failure,
     }
 }
 
@@ -247,6 +269,9 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 list(&report.detached),
             )?;
             Ok(())
+        }
+        Command::Rollout { command } => {
+            crate::rollout::cli::execute(command, socket).map_err(CliError::Rollout)
         }
         Command::CheckConfig { config } => {
             let valid = Config::load(&config)?;

@@ -17,7 +17,10 @@ use splitter_common::{
     maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, POOL_SLOTS},
 };
 
-use crate::dataplane::{XdpMode, services::Protocol};
+use crate::{
+    dataplane::{XdpMode, services::Protocol},
+    rollout::{Plan, PlanError, plan::Thresholds},
+};
 
 /// Where `splitter daemon` and `check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/splitter/splitter.toml";
@@ -149,6 +152,105 @@ pub struct ServiceSection {
     pub cohort: CohortSetting,
     pub blue: Vec<String>,
     pub green: Vec<String>,
+    /// The service's rollout plan (`splitter rollout start` flags override each field).
+    #[serde(default)]
+    pub rollout: Option<RolloutSection>,
+}
+
+/// `[service.rollout]`: steps, step duration and the thresholds green is judged by.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Green weights in percent, strictly increasing, e.g. `[1, 5, 25, 50, 100]`.
+    #[serde(default = "default_rollout_steps")]
+    pub steps: Vec<f64>,
+    /// How long each step runs before it may advance: `"60s"`, `"500ms"`, `"5m"`.
+    #[serde(default = "default_rollout_every")]
+    pub every: String,
+    /// Green's failure ratio may not exceed this (absolute).
+    #[serde(default = "default_max_failure_ratio")]
+    pub max_failure_ratio: f64,
+    /// Green's failure ratio may not exceed blue's × (1 + this).
+    #[serde(default = "default_failure_tolerance")]
+    pub failure_tolerance: f64,
+    /// ... unless green's ratio is within this of blue's (absolute).
+    #[serde(default = "default_failure_margin")]
+    pub failure_margin: f64,
+    /// Green's handshake p99 may not exceed blue's × (1 + this) ...
+    #[serde(default = "default_latency_tolerance")]
+    pub latency_tolerance: f64,
+    /// ... unless it is within this many milliseconds of blue's.
+    #[serde(default = "default_latency_margin_ms")]
+    pub latency_margin_ms: f64,
+    /// Green handshakes needed before a step can be judged (fewer: hold).
+    #[serde(default = "default_min_flows")]
+    pub min_flows: u64,
+    /// External checks: PromQL queries with a bound.
+    #[serde(default)]
+    pub checks: Vec<crate::rollout::Check>,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        Self {
+            steps: default_rollout_steps(),
+            every: default_rollout_every(),
+            max_failure_ratio: default_max_failure_ratio(),
+            failure_tolerance: default_failure_tolerance(),
+            failure_margin: default_failure_margin(),
+            latency_tolerance: default_latency_tolerance(),
+            latency_margin_ms: default_latency_margin_ms(),
+            min_flows: default_min_flows(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl RolloutSection {
+    /// The validated plan.
+    pub fn plan(&self) -> Result<Plan, PlanError> {
+        let every = parse_duration(&self.every).ok_or(PlanError::BadDuration {
+            value: self.every.clone(),
+        })?;
+        Plan::new(
+            &self.steps,
+            every,
+            Thresholds {
+                max_failure_ratio: self.max_failure_ratio,
+                failure_tolerance: self.failure_tolerance,
+                failure_margin: self.failure_margin,
+                latency_tolerance: self.latency_tolerance,
+                latency_margin_ms: self.latency_margin_ms,
+                min_flows: self.min_flows,
+            },
+            self.checks.clone(),
+        )
+    }
+}
+
+fn default_rollout_steps() -> Vec<f64> {
+    crate::rollout::plan::DEFAULT_STEPS_PERCENT.to_vec()
+}
+fn default_rollout_every() -> String {
+    format!("{}s", crate::rollout::plan::DEFAULT_EVERY.as_secs())
+}
+fn default_max_failure_ratio() -> f64 {
+    crate::rollout::plan::DEFAULT_MAX_FAILURE_RATIO
+}
+fn default_failure_tolerance() -> f64 {
+    crate::rollout::plan::DEFAULT_FAILURE_TOLERANCE
+}
+fn default_latency_tolerance() -> f64 {
+    crate::rollout::plan::DEFAULT_LATENCY_TOLERANCE
+}
+fn default_failure_margin() -> f64 {
+    crate::rollout::plan::DEFAULT_FAILURE_MARGIN
+}
+fn default_latency_margin_ms() -> f64 {
+    crate::rollout::plan::DEFAULT_LATENCY_MARGIN_MS
+}
+fn default_min_flows() -> u64 {
+    crate::rollout::plan::DEFAULT_MIN_FLOWS
 }
 
 fn default_xdp_mode() -> XdpMode {
@@ -251,7 +353,7 @@ pub struct Validated {
 }
 
 /// One validated service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub name: String,
     pub address: SocketAddr,
@@ -261,6 +363,8 @@ pub struct Service {
     pub cohort: CohortSetting,
     pub blue: Vec<SocketAddr>,
     pub green: Vec<SocketAddr>,
+    /// The default rollout plan (`[service.rollout]`, or the documented defaults).
+    pub rollout: Plan,
 }
 
 impl Service {
@@ -359,6 +463,11 @@ pub enum ConfigError {
     WeightRange { service: String, value: f64 },
     #[error("service `{service}`: green_weight {value} is finer than 0.0001 percent")]
     WeightPrecision { service: String, value: f64 },
+    #[error("service `{service}`: rollout: {source}")]
+    Rollout {
+        service: String,
+        source: Box<PlanError>,
+    },
     #[error("service `{service}`: {color} has no backend (each color needs at least one)")]
     EmptyPool { service: String, color: ColorName },
     #[error("service `{service}`: {field} {backend} is the service address itself")]
@@ -802,6 +911,15 @@ fn validate_service(section: &ServiceSection) -> Result<Service, ConfigError> {
         });
     }
     let [blue, green] = pools;
+    let rollout = section
+        .rollout
+        .clone()
+        .unwrap_or_default()
+        .plan()
+        .map_err(|source| ConfigError::Rollout {
+            service: name.clone(),
+            source: Box::new(source),
+        })?;
     Ok(Service {
         name: name.clone(),
         address,
@@ -810,6 +928,7 @@ fn validate_service(section: &ServiceSection) -> Result<Service, ConfigError> {
         cohort: section.cohort,
         blue,
         green,
+        rollout,
     })
 }
 
@@ -959,7 +1078,32 @@ green = ["10.2.0.10:8080"]
             (
                 "unknown key in a service (typo)",
                 edit("green_weight = 10", "green_weight = 10\ngreen_wieght = 20"),
-                "test.toml: line 9, column 1: unknown field `green_wieght`, expected one of `name`, `address`, `protocol`, `green_weight`, `cohort`, `blue`, `green`",
+                "test.toml: line 9, column 1: unknown field `green_wieght`, expected one of `name`, `address`, `protocol`, `green_weight`, `cohort`, `blue`, `green`, `rollout`",
+            ),
+            (
+                "rollout steps not increasing",
+                format!("{GOOD}\n[service.rollout]\nsteps = [10, 5]\n"),
+                "service `web`: rollout: rollout steps must increase: 10% then 5%",
+            ),
+            (
+                "rollout step above 100",
+                format!("{GOOD}\n[service.rollout]\nsteps = [50, 150]\n"),
+                "service `web`: rollout: rollout step 150% is not a weight in (0, 100]",
+            ),
+            (
+                "rollout step duration zero",
+                format!("{GOOD}\n[service.rollout]\nevery = \"0s\"\n"),
+                "service `web`: rollout: rollout step duration must be at least 100ms (got 0ms)",
+            ),
+            (
+                "rollout duration not a duration",
+                format!("{GOOD}\n[service.rollout]\nevery = \"soon\"\n"),
+                "service `web`: rollout: `soon` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")",
+            ),
+            (
+                "rollout min_flows zero",
+                format!("{GOOD}\n[service.rollout]\nmin_flows = 0\n"),
+                "service `web`: rollout: min_flows must be at least 1: a step judged on no traffic would pass blindly",
             ),
             (
                 "missing [dataplane]",

@@ -97,6 +97,7 @@ fn run_daemon(config_path: &Path, config: Validated) -> anyhow::Result<()> {
         let control_task = tokio::spawn(control.serve(shared.clone()));
         let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics, shared.clone()));
         let sampler_task = tokio::spawn(sample(shared.clone()));
+        let rollout_task = tokio::spawn(judge_rollouts(shared.clone()));
         let unloaded = loop {
             tokio::select! {
                 _ = terminate.recv() => break false,
@@ -112,6 +113,7 @@ fn run_daemon(config_path: &Path, config: Validated) -> anyhow::Result<()> {
         control_task.abort();
         metrics_task.abort();
         sampler_task.abort();
+        rollout_task.abort();
         let _ = std::fs::remove_file(&socket_path);
         if unloaded {
             tracing::info!("data plane unloaded; daemon stopped");
@@ -132,6 +134,17 @@ async fn sample(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.sample();
+    }
+}
+
+/// Judges running rollouts every `TICK` (they run inside the daemon: closing the CLI does
+/// not stop them).
+async fn judge_rollouts(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(splitter::daemon::rollouts::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        shared.rollout_tick().await;
     }
 }
 

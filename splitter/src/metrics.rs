@@ -76,6 +76,7 @@ impl Collector for DataplaneCollector {
         let mut weights = Vec::new();
         let mut misses = Vec::new();
         let mut handshakes = Vec::new();
+        let mut handshake_failures = Vec::new();
         let mut established_resets = Vec::new();
         let mut latencies = Vec::new();
         for service in &report.services {
@@ -113,6 +114,14 @@ impl Collector for DataplaneCollector {
                         let mut labels = labels.clone();
                         labels.push(("result", result.to_owned()));
                         handshakes.push((labels, count));
+                    }
+                    for (reason, count) in [
+                        ("refused", signals.handshakes_refused),
+                        ("timeout", signals.handshakes_timed_out),
+                    ] {
+                        let mut labels = labels.clone();
+                        labels.push(("reason", reason.to_owned()));
+                        handshake_failures.push((labels, count));
                     }
                     established_resets.push((labels.clone(), signals.established_resets));
                     latencies.push((labels, signals.clone()));
@@ -174,6 +183,12 @@ impl Collector for DataplaneCollector {
         )?;
         counters(
             &mut encoder,
+            "splitter_backend_handshake_failures",
+            "Failed TCP handshakes per backend: refused (RST to the SYN) or timeout (SYN retransmitted without a SYN-ACK)",
+            &handshake_failures,
+        )?;
+        counters(
+            &mut encoder,
             "splitter_backend_established_resets",
             "RSTs from the backend on flows past their handshake",
             &established_resets,
@@ -224,14 +239,14 @@ fn counters(
     Ok(())
 }
 
-/// `splitter_backend_handshake_duration_seconds`: SYN → SYN-ACK time per backend.
+/// `splitter_backend_handshake_seconds`: SYN → SYN-ACK time per backend.
 fn handshake_latency(
     encoder: &mut DescriptorEncoder,
     values: &[(Labels, crate::control::protocol::Signals)],
 ) -> Result<(), std::fmt::Error> {
     use splitter_common::signals::HANDSHAKE_BUCKETS_US;
     let mut metric = encoder.encode_descriptor(
-        "splitter_backend_handshake_duration_seconds",
+        "splitter_backend_handshake_seconds",
         "Time from the client's SYN to the backend's SYN-ACK",
         None,
         MetricType::Histogram,
@@ -475,14 +490,15 @@ mod tests {
             "splitter_flow_table_size 1024",
             r#"splitter_backend_handshakes_total{service="web",color="blue",backend="198.18.1.10:8080",result="completed"} 3"#,
             r#"splitter_backend_handshakes_total{service="web",color="green",backend="198.18.2.10:8080",result="refused"} 2"#,
+            r#"splitter_backend_handshake_failures_total{service="web",color="green",backend="198.18.2.10:8080",reason="refused"} 2"#,
             r#"splitter_backend_established_resets_total{service="web",color="blue",backend="198.18.1.10:8080"} 0"#,
-            "# TYPE splitter_backend_handshake_duration_seconds histogram",
-            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="5e-05"} 0"#,
-            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="0.0001"} 2"#,
-            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="2.5"} 2"#,
-            r#"splitter_backend_handshake_duration_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="+Inf"} 3"#,
-            r#"splitter_backend_handshake_duration_seconds_sum{service="web",color="blue",backend="198.18.1.10:8080"} 0.005"#,
-            r#"splitter_backend_handshake_duration_seconds_count{service="web",color="blue",backend="198.18.1.10:8080"} 3"#,
+            "# TYPE splitter_backend_handshake_seconds histogram",
+            r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="5e-05"} 0"#,
+            r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="0.0001"} 2"#,
+            r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="2.5"} 2"#,
+            r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="+Inf"} 3"#,
+            r#"splitter_backend_handshake_seconds_sum{service="web",color="blue",backend="198.18.1.10:8080"} 0.005"#,
+            r#"splitter_backend_handshake_seconds_count{service="web",color="blue",backend="198.18.1.10:8080"} 3"#,
             r#"splitter_forwarded_packets_total{path="kernel"} 11"#,
             r#"splitter_control_requests_total{command="set-weight",result="ok"} 1"#,
             r#"splitter_config_reloads_total{result="error"} 1"#,

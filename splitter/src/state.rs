@@ -23,12 +23,15 @@ const LOCK_FILE: &str = "daemon.lock";
 const VERSION: u32 = 1;
 
 /// The persisted state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
     /// By service name.
     pub services: BTreeMap<String, ServiceState>,
+    /// Rollouts by service name: running, paused, and the last finished one of each service.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
 }
 
 /// One service's runtime weight.

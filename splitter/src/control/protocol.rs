@@ -21,19 +21,50 @@ use crate::{
 };
 
 /// What the CLI asks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Everything `splitter status` shows.
     Status,
     /// Share of new flows sent to green, in parts per million.
-    SetWeight { service: String, green_weight: u32 },
+    SetWeight {
+        service: String,
+        green_weight: u32,
+    },
     /// Every new flow to one color.
-    Switch { service: String, color: ColorName },
+    Switch {
+        service: String,
+        color: ColorName,
+    },
     /// Re-read the config file and apply the difference.
     Reload,
     /// Detach and remove the data plane, then stop the daemon.
     Unload,
+    /// Start a canary rollout with the service's configured plan, fields overridden.
+    RolloutStart {
+        service: String,
+        #[serde(default)]
+        overrides: crate::rollout::plan::Overrides,
+    },
+    RolloutStatus {
+        service: String,
+    },
+    RolloutPause {
+        service: String,
+    },
+    RolloutResume {
+        service: String,
+    },
+    /// The next step now, or (`full`) the last one.
+    RolloutPromote {
+        service: String,
+        full: bool,
+    },
+    /// Back to weight 0; `cut` also unpins green's established flows.
+    RolloutAbort {
+        service: String,
+        cut: bool,
+    },
 }
 
 impl Request {
@@ -45,6 +76,12 @@ impl Request {
             Request::Switch { .. } => "switch",
             Request::Reload => "reload",
             Request::Unload => "unload",
+            Request::RolloutStart { .. } => "rollout-start",
+            Request::RolloutStatus { .. } => "rollout-status",
+            Request::RolloutPause { .. } => "rollout-pause",
+            Request::RolloutResume { .. } => "rollout-resume",
+            Request::RolloutPromote { .. } => "rollout-promote",
+            Request::RolloutAbort { .. } => "rollout-abort",
         }
     }
 }
@@ -64,6 +101,30 @@ pub enum Reply {
     Weight(WeightChange),
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
+    Rollout(Box<RolloutReport>),
+}
+
+/// Where a rollout stands: `rollout status` and every `rollout` command's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutReport {
+    pub service: String,
+    pub phase: crate::rollout::Phase,
+    /// 1-based step number, of `steps.len()`.
+    pub step: usize,
+    /// The plan's weights (parts per million).
+    pub steps: Vec<u32>,
+    /// The green weight in force.
+    pub green_weight: u32,
+    pub next_weight: Option<u32>,
+    /// Until the current step may advance (0 when due, holding or not running).
+    pub time_left_ms: u64,
+    pub every_ms: u64,
+    pub min_flows: u64,
+    /// The current analysis window, per color.
+    pub green: crate::rollout::engine::Summary,
+    pub blue: crate::rollout::engine::Summary,
+    pub last: Option<crate::rollout::engine::Decision>,
+    pub history: Vec<crate::rollout::engine::Decision>,
 }
 
 /// A refused or failed request. `kind` decides the CLI's exit code; `message` is for people.

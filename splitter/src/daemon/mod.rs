@@ -3,6 +3,7 @@
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
 pub mod reconcile;
+pub mod rollouts;
 pub mod sampler;
 pub mod shared;
 
@@ -42,6 +43,8 @@ pub enum AppError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Rollout(Box<rollouts::RolloutError>),
     #[error("no service `{name}` (configured: {known})")]
     UnknownService { name: String, known: String },
     #[error("green weight {ppm} parts per million is outside 0..={WEIGHT_SCALE}")]
@@ -57,6 +60,12 @@ pub enum AppError {
     },
 }
 
+impl From<rollouts::RolloutError> for AppError {
+    fn from(error: rollouts::RolloutError) -> Self {
+        AppError::Rollout(Box::new(error))
+    }
+}
+
 impl AppError {
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -65,6 +74,7 @@ impl AppError {
             AppError::WeightRange { .. } => ErrorKind::InvalidArgument,
             AppError::RestartRequired { .. } => ErrorKind::RestartRequired,
             AppError::Plan(_) => ErrorKind::InvalidConfig,
+            AppError::Rollout(_) => ErrorKind::InvalidArgument,
             AppError::State(_) | AppError::Dataplane(_) => ErrorKind::Runtime,
         }
     }
@@ -108,6 +118,7 @@ impl App {
         };
         let report = app.apply(config)?;
         tracing::info!(?report, "configuration applied");
+        app.resume_rollouts_after_restart();
         Ok(app)
     }
 
@@ -156,6 +167,14 @@ impl App {
         let mut state = State {
             version: self.state.version.max(1),
             services: BTreeMap::new(),
+            // Rollouts of services that are still configured carry over.
+            rollouts: self
+                .state
+                .rollouts
+                .iter()
+                .filter(|(name, _)| desired.iter().any(|d| &d.service.name == *name))
+                .map(|(name, rollout)| (name.clone(), rollout.clone()))
+                .collect(),
         };
         for wanted in &desired {
             state.services.insert(
@@ -303,8 +322,19 @@ impl App {
             })
     }
 
-    /// Sets the share of new flows sent to green. Persisted before it is applied.
+    /// Sets the share of new flows sent to green (the operator's command: a running rollout of
+    /// the service pauses). Persisted before it is applied.
     pub fn set_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
+        if green_weight > WEIGHT_SCALE {
+            return Err(AppError::WeightRange { ppm: green_weight });
+        }
+        self.service_address(name)?;
+        self.pause_rollout_for_operator(name, green_weight)?;
+        self.write_weight(name, green_weight)
+    }
+
+    /// Writes a service's green weight: persisted first, then one map update.
+    fn write_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
         if green_weight > WEIGHT_SCALE {
             return Err(AppError::WeightRange { ppm: green_weight });
         }

@@ -326,6 +326,7 @@ mod tests {
             cohort: CohortSetting::Flow,
             blue: blue.iter().map(|a| a.parse().unwrap()).collect(),
             green: green.iter().map(|a| a.parse().unwrap()).collect(),
+            rollout: crate::config::RolloutSection::default().plan().unwrap(),
         }
     }
 

@@ -96,6 +96,24 @@ impl Shared {
                 .map(Reply::Weight),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
+            Request::RolloutStart { service, overrides } => self
+                .with_app(|app| app.rollout_start(&service, &overrides))
+                .map(rollout_reply),
+            Request::RolloutStatus { service } => self
+                .with_app(|app| app.rollout_status(&service))
+                .map(rollout_reply),
+            Request::RolloutPause { service } => self
+                .with_app(|app| app.rollout_pause(&service))
+                .map(rollout_reply),
+            Request::RolloutResume { service } => self
+                .with_app(|app| app.rollout_resume(&service))
+                .map(rollout_reply),
+            Request::RolloutPromote { service, full } => self
+                .with_app(|app| app.rollout_promote(&service, full))
+                .map(rollout_reply),
+            Request::RolloutAbort { service, cut } => self
+                .with_app(|app| app.rollout_abort(&service, cut))
+                .map(rollout_reply),
         };
         self.metrics.request(command, result.is_ok());
         match result {
@@ -122,6 +140,21 @@ impl Shared {
         let result = app.unload();
         self.stop.notify_one();
         Ok(result?)
+    }
+
+    /// One rollout tick: external checks first (outside the lock), then the analysis.
+    pub async fn rollout_tick(&self) {
+        let wanted = match self.app().as_ref() {
+            Some(app) => app.rollout_checks(),
+            None => return,
+        };
+        let mut checks = std::collections::BTreeMap::new();
+        for (service, list) in wanted {
+            checks.insert(service, crate::rollout::prometheus::evaluate(&list).await);
+        }
+        if let Some(app) = self.app().as_mut() {
+            app.rollout_tick(&checks);
+        }
     }
 
     /// One sampling tick.
@@ -160,4 +193,8 @@ impl Shared {
         *cache = Some((started, Instant::now(), live.clone(), total));
         Ok((live, total))
     }
+}
+
+fn rollout_reply(report: crate::control::protocol::RolloutReport) -> Reply {
+    Reply::Rollout(Box::new(report))
 }

@@ -345,3 +345,23 @@ impl Maps {
         }
     }
 }
+
+impl Maps {
+    /// Unpins every flow pinned to one of `backend_ids`; returns how many were removed.
+    pub fn unpin_backends(&mut self, backend_ids: &[u32]) -> Result<usize, DataplaneError> {
+        let mut doomed = Vec::new();
+        for entry in self.flows.iter() {
+            let (key, flow) = entry.map_err(map_error(names::FLOWS))?;
+            if backend_ids.contains(&flow.backend_id) {
+                doomed.push(key);
+            }
+        }
+        for key in &doomed {
+            match self.flows.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(names::FLOWS)(source)),
+            }
+        }
+        Ok(doomed.len())
+    }
+}

@@ -208,6 +208,22 @@ impl Maps {
         Ok(config)
     }
 
+    /// Makes mid-flow misses follow the current weight at once (forgets the previous weight
+    /// generation): after a rollback with `--cut`, unpinned green flows must land on blue.
+    pub fn forget_previous_weight(
+        &mut self,
+        address: &SocketAddr,
+        protocol: Protocol,
+    ) -> Result<(), DataplaneError> {
+        let key = service_key(address, protocol);
+        let Some(mut config) = self.service(&key)? else {
+            return Err(DataplaneError::UnknownService { address: *address });
+        };
+        config.previous_green_weight = config.green_weight;
+        self.set_service(&key, &config)?;
+        self.set_service(&fragment_key(address, protocol), &config)
+    }
+
     /// Removes a service's entries (its pinned flows age out of the LRU).
     pub fn remove_service_at(
         &mut self,

@@ -8,7 +8,7 @@ use splitter_common::{
     signals::{HANDSHAKE_BUCKETS, HANDSHAKE_BUCKETS_US},
 };
 
-use super::plan::{FAILURE_RATIO_NOISE, Plan};
+use super::plan::Plan;
 
 /// One color's counters (summed over its backends) at an instant, or their change over a
 /// window.
@@ -127,49 +127,51 @@ pub fn judge(plan: &Plan, window: &Window) -> Verdict {
     // Failures are judged as soon as they are significant, even before min_flows: a green that
     // refuses everything must not wait for a full window.
     let green_failures = green.handshakes_failed + green.established_resets;
-    if green.attempts() >= plan.min_flows || green_failures >= plan.min_flows {
-        if green_ratio > plan.max_failure_ratio {
+    if green.attempts() >= plan.thresholds.min_flows || green_failures >= plan.thresholds.min_flows
+    {
+        if green_ratio > plan.thresholds.max_failure_ratio {
             return Verdict::Fail {
                 reason: format!(
                     "green failure ratio {green_ratio:.3} > max {:.3} ({green_failures} failed of \
                      {} attempts)",
-                    plan.max_failure_ratio,
+                    plan.thresholds.max_failure_ratio,
                     green.attempts()
                 ),
             };
         }
-        if blue.attempts() >= plan.min_flows
-            && green_ratio - blue_ratio > FAILURE_RATIO_NOISE
-            && green_ratio > blue_ratio * (1.0 + plan.failure_tolerance)
+        if blue.attempts() >= plan.thresholds.min_flows
+            && green_ratio - blue_ratio > plan.thresholds.failure_margin
+            && green_ratio > blue_ratio * (1.0 + plan.thresholds.failure_tolerance)
         {
             return Verdict::Fail {
                 reason: format!(
                     "green failure ratio {green_ratio:.3} > blue {blue_ratio:.3} × {:.2}",
-                    1.0 + plan.failure_tolerance
+                    1.0 + plan.thresholds.failure_tolerance
                 ),
             };
         }
     }
-    if green.attempts() < plan.min_flows {
+    if green.attempts() < plan.thresholds.min_flows {
         return Verdict::Hold {
             reason: format!(
                 "too few green handshakes to judge: {} < min_flows {}",
                 green.attempts(),
-                plan.min_flows
+                plan.thresholds.min_flows
             ),
         };
     }
-    if blue.handshakes_completed >= plan.min_flows
+    if blue.handshakes_completed >= plan.thresholds.min_flows
         && let (Some(green_p99), Some(blue_p99)) =
             (green.latency_quantile(0.99), blue.latency_quantile(0.99))
-        && green_p99 > blue_p99 * (1.0 + plan.latency_tolerance)
+        && green_p99 > blue_p99 * (1.0 + plan.thresholds.latency_tolerance)
+        && (green_p99 - blue_p99) * 1e3 > plan.thresholds.latency_margin_ms
     {
         return Verdict::Fail {
             reason: format!(
                 "green handshake p99 {:.1}ms > blue {:.1}ms × {:.2}",
                 green_p99 * 1e3,
                 blue_p99 * 1e3,
-                1.0 + plan.latency_tolerance
+                1.0 + plan.thresholds.latency_tolerance
             ),
         };
     }
@@ -181,15 +183,16 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::rollout::plan::Thresholds;
 
     fn plan() -> Plan {
         Plan::new(
             &[10.0, 100.0],
             Duration::from_secs(1),
-            0.05,
-            0.5,
-            0.5,
-            20,
+            Thresholds {
+                min_flows: 20,
+                ..Thresholds::default()
+            },
             Vec::new(),
         )
         .unwrap()

@@ -327,10 +327,10 @@ mod tests {
         Plan::new(
             &[10.0, 50.0, 100.0],
             Duration::from_secs(1),
-            0.05,
-            0.5,
-            0.5,
-            10,
+            crate::rollout::plan::Thresholds {
+                min_flows: 10,
+                ..Default::default()
+            },
             Vec::new(),
         )
         .unwrap()

@@ -15,7 +15,42 @@ pub const DEFAULT_LATENCY_TOLERANCE: f64 = 0.5;
 pub const DEFAULT_MIN_FLOWS: u64 = 20;
 /// Differences in failure ratio below this are noise, whatever the relative tolerance says
 /// (a blue ratio of exactly 0 would otherwise make one green failure an abort).
-pub const FAILURE_RATIO_NOISE: f64 = 0.01;
+pub const DEFAULT_FAILURE_MARGIN: f64 = 0.01;
+/// Handshake p99 differences below this are noise (sub-millisecond handshakes vary by 2× from
+/// scheduling alone).
+pub const DEFAULT_LATENCY_MARGIN_MS: f64 = 2.0;
+
+/// What green is judged by.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Green's failure ratio (failed handshakes + resets per handshake attempt) may not
+    /// exceed this, whatever blue does.
+    pub max_failure_ratio: f64,
+    /// Green's failure ratio may not exceed blue's × (1 + this) ...
+    pub failure_tolerance: f64,
+    /// ... unless it is within this of blue's (absolute).
+    pub failure_margin: f64,
+    /// Green's handshake p99 may not exceed blue's × (1 + this) ...
+    pub latency_tolerance: f64,
+    /// ... unless it is within this many milliseconds of blue's.
+    pub latency_margin_ms: f64,
+    /// Green handshakes a window needs before it can be judged; fewer means hold, never pass.
+    pub min_flows: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            max_failure_ratio: DEFAULT_MAX_FAILURE_RATIO,
+            failure_tolerance: DEFAULT_FAILURE_TOLERANCE,
+            failure_margin: DEFAULT_FAILURE_MARGIN,
+            latency_tolerance: DEFAULT_LATENCY_TOLERANCE,
+            latency_margin_ms: DEFAULT_LATENCY_MARGIN_MS,
+            min_flows: DEFAULT_MIN_FLOWS,
+        }
+    }
+}
 
 /// An external check: a PromQL query whose (scalar or single-sample vector) value must stay
 /// within `bound`, e.g. the 5xx share of green from the L7 proxy.
@@ -46,15 +81,8 @@ pub struct Plan {
     /// How long each step runs (its analysis window) before it may advance.
     #[serde(with = "duration_ms")]
     pub every: Duration,
-    /// Green's failure ratio (failed handshakes + resets per handshake attempt) may not
-    /// exceed this, whatever blue does.
-    pub max_failure_ratio: f64,
-    /// Green's failure ratio may not exceed blue's × (1 + this).
-    pub failure_tolerance: f64,
-    /// Green's handshake p99 may not exceed blue's × (1 + this).
-    pub latency_tolerance: f64,
-    /// Green handshakes a window needs before it can be judged; fewer means hold, never pass.
-    pub min_flows: u64,
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
     /// External checks; all must pass for a step to advance; one failing aborts.
     #[serde(default)]
     pub checks: Vec<Check>,
@@ -62,6 +90,8 @@ pub struct Plan {
 
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum PlanError {
+    #[error("`{value}` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")")]
+    BadDuration { value: String },
     #[error("rollout steps are empty: give at least one weight, e.g. --steps 1,5,25,50,100")]
     NoSteps,
     #[error("rollout step {value}% is not a weight in (0, 100]")]
@@ -103,12 +133,17 @@ impl Plan {
     pub fn new(
         steps_percent: &[f64],
         every: Duration,
-        max_failure_ratio: f64,
-        failure_tolerance: f64,
-        latency_tolerance: f64,
-        min_flows: u64,
+        thresholds: Thresholds,
         checks: Vec<Check>,
     ) -> Result<Self, PlanError> {
+        let Thresholds {
+            max_failure_ratio,
+            failure_tolerance,
+            failure_margin,
+            latency_tolerance,
+            latency_margin_ms,
+            min_flows,
+        } = thresholds;
         if steps_percent.is_empty() {
             return Err(PlanError::NoSteps);
         }
@@ -135,7 +170,9 @@ impl Plan {
         }
         for (field, value) in [
             ("failure_tolerance", failure_tolerance),
+            ("failure_margin", failure_margin),
             ("latency_tolerance", latency_tolerance),
+            ("latency_margin_ms", latency_margin_ms),
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(PlanError::BadNumber { field, value });
@@ -155,12 +192,51 @@ impl Plan {
         Ok(Self {
             steps,
             every,
-            max_failure_ratio,
-            failure_tolerance,
-            latency_tolerance,
-            min_flows,
+            thresholds,
             checks,
         })
+    }
+}
+
+/// Plan fields given on the command line (`splitter rollout start --steps ...`); the rest come
+/// from the service's `[service.rollout]` (or the defaults).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    pub steps_percent: Option<Vec<f64>>,
+    pub every_ms: Option<u64>,
+    pub max_failure_ratio: Option<f64>,
+    pub failure_tolerance: Option<f64>,
+    pub latency_tolerance: Option<f64>,
+    pub min_flows: Option<u64>,
+}
+
+impl Overrides {
+    /// `base` with these fields replaced, validated as a whole.
+    pub fn apply(&self, base: &Plan) -> Result<Plan, PlanError> {
+        let steps: Vec<f64> = match &self.steps_percent {
+            Some(steps) => steps.clone(),
+            None => base.steps.iter().map(|&ppm| ppm_to_percent(ppm)).collect(),
+        };
+        let base_thresholds = base.thresholds;
+        Plan::new(
+            &steps,
+            self.every_ms.map_or(base.every, Duration::from_millis),
+            Thresholds {
+                max_failure_ratio: self
+                    .max_failure_ratio
+                    .unwrap_or(base_thresholds.max_failure_ratio),
+                failure_tolerance: self
+                    .failure_tolerance
+                    .unwrap_or(base_thresholds.failure_tolerance),
+                latency_tolerance: self
+                    .latency_tolerance
+                    .unwrap_or(base_thresholds.latency_tolerance),
+                min_flows: self.min_flows.unwrap_or(base_thresholds.min_flows),
+                ..base_thresholds
+            },
+            base.checks.clone(),
+        )
     }
 }
 
@@ -186,10 +262,7 @@ mod tests {
         Plan::new(
             steps,
             Duration::from_millis(every_ms),
-            0.05,
-            0.5,
-            0.5,
-            20,
+            Thresholds::default(),
             Vec::new(),
         )
     }

@@ -1,0 +1,342 @@
+//! Canary rollouts run inside the daemon: the control API starts and steers them, a tick every
+//! [`TICK`] judges the running ones on the service's in-kernel signals and applies what the
+//! engine decides (one map write per weight change). Every decision is one structured log line
+//! with the numbers behind it, and the rollout is persisted with the weights, so a restarted
+//! daemon resumes a running rollout at its step (with a fresh analysis window).
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use splitter_common::WEIGHT_SCALE;
+
+use super::{App, AppError};
+use crate::{
+    config::ColorName,
+    control::protocol::RolloutReport,
+    rollout::{
+        Action, ColorSignals, Phase, Rollout, Window,
+        engine::Checks,
+        plan::{Overrides, ppm_to_percent},
+    },
+};
+
+/// How often running rollouts are judged.
+pub const TICK: Duration = Duration::from_millis(100);
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(
+        "service `{service}` already has a {phase} rollout at {weight}%: abort it or let it finish first"
+    )]
+    Busy {
+        service: String,
+        phase: &'static str,
+        weight: String,
+    },
+    #[error(transparent)]
+    Plan(#[from] crate::rollout::PlanError),
+    #[error(
+        "service `{service}` has no rollout (start one with `splitter rollout start {service}`)"
+    )]
+    None { service: String },
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Running => "running",
+        Phase::Paused => "paused",
+        Phase::Completed => "completed",
+        Phase::Aborted => "aborted",
+    }
+}
+
+impl App {
+    /// The service's counters per color, summed over its backends (absolute).
+    fn color_window(&self, name: &str) -> Result<Window, AppError> {
+        let address = self.service_address(name)?;
+        let mut window = Window::default();
+        let Some(installed) = self.installed.get(&address) else {
+            return Ok(window);
+        };
+        for color in ColorName::BOTH {
+            let sums: &mut ColorSignals = match color {
+                ColorName::Blue => &mut window.blue,
+                ColorName::Green => &mut window.green,
+            };
+            for (id, _) in installed.pool(color) {
+                let counters = self.dataplane.maps.backend_counters(*id)?;
+                sums.add(counters.new_flows, &counters.signals);
+            }
+        }
+        Ok(window)
+    }
+
+    fn save_rollout(&mut self, rollout: &Rollout) -> Result<(), AppError> {
+        let mut state = self.state.clone();
+        state
+            .rollouts
+            .insert(rollout.service.clone(), rollout.clone());
+        state.save(&self.config.state_dir)?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Applies an engine action and persists the rollout; logs its new decisions.
+    fn commit(&mut self, rollout: Rollout, action: Action, logged: usize) -> Result<(), AppError> {
+        if let Action::SetWeight(weight) = action {
+            self.write_weight(&rollout.service, weight)?;
+        }
+        for decision in rollout.history.iter().skip(logged) {
+            tracing::info!(
+                service = %rollout.service,
+                action = %decision.action,
+                from = %ppm_to_percent(decision.from_weight),
+                to = %ppm_to_percent(decision.to_weight),
+                reason = %decision.reason,
+                green_flows = decision.green.new_flows,
+                green_handshakes = decision.green.handshakes,
+                green_failure_ratio = decision.green.failure_ratio,
+                green_p99_ms = decision.green.handshake_p99.map(|s| s * 1e3),
+                blue_flows = decision.blue.new_flows,
+                blue_handshakes = decision.blue.handshakes,
+                blue_failure_ratio = decision.blue.failure_ratio,
+                blue_p99_ms = decision.blue.handshake_p99.map(|s| s * 1e3),
+                "rollout"
+            );
+        }
+        self.save_rollout(&rollout)
+    }
+
+    fn rollout(&self, name: &str) -> Result<Rollout, AppError> {
+        self.service_address(name)?;
+        self.state
+            .rollouts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RolloutError::None {
+                service: name.to_owned(),
+            })
+            .map_err(AppError::from)
+    }
+
+    /// Starts a rollout of `name` with the service's configured plan and `overrides`.
+    pub fn rollout_start(
+        &mut self,
+        name: &str,
+        overrides: &Overrides,
+    ) -> Result<RolloutReport, AppError> {
+        let (address, _) = self.service_address(name)?;
+        if let Some(existing) = self.state.rollouts.get(name)
+            && matches!(existing.phase, Phase::Running | Phase::Paused)
+        {
+            return Err(RolloutError::Busy {
+                service: name.to_owned(),
+                phase: phase_name(existing.phase),
+                weight: ppm_to_percent(existing.weight()).to_string(),
+            }
+            .into());
+        }
+        let configured = self
+            .config
+            .service(name)
+            .map(|service| service.rollout.clone())
+            .expect("service_address found it");
+        let plan = overrides.apply(&configured).map_err(RolloutError::Plan)?;
+        let current = self
+            .installed
+            .iter()
+            .find(|((a, _), _)| *a == address)
+            .map_or(0, |(_, installed)| installed.config.green_weight);
+        let counters = self.color_window(name)?;
+        let (rollout, action) = Rollout::start(name, plan, current, now_unix_ms(), counters);
+        self.commit(rollout, action, 0)?;
+        self.rollout_status(name)
+    }
+
+    /// One analysis tick of every running rollout. `checks` holds the external checks'
+    /// outcome per service (services without checks are absent: they pass).
+    pub fn rollout_tick(&mut self, checks: &BTreeMap<String, Checks>) {
+        let running: Vec<String> = self
+            .state
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Running)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in running {
+            let result = (|| {
+                let mut rollout = self.rollout(&name)?;
+                let counters = self.color_window(&name)?;
+                let logged = rollout.history.len();
+                let pass = Checks::Pass;
+                let action =
+                    rollout.tick(now_unix_ms(), &counters, checks.get(&name).unwrap_or(&pass));
+                if rollout.history.len() != logged || action != Action::None {
+                    self.commit(rollout, action, logged)?;
+                } else if let Some(stored) = self.state.rollouts.get_mut(&name) {
+                    // Only the live window changed: kept in memory for `status`.
+                    stored.window = rollout.window;
+                }
+                Ok::<_, AppError>(())
+            })();
+            if let Err(error) = result {
+                tracing::error!(service = %name, %error, "rollout tick failed");
+            }
+        }
+    }
+
+    /// The running rollouts that have external checks, for the async evaluation.
+    pub fn rollout_checks(&self) -> Vec<(String, Vec<crate::rollout::Check>)> {
+        self.state
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Running && !r.plan.checks.is_empty())
+            .map(|(name, r)| (name.clone(), r.plan.checks.clone()))
+            .collect()
+    }
+
+    pub fn rollout_pause(&mut self, name: &str) -> Result<RolloutReport, AppError> {
+        let mut rollout = self.rollout(name)?;
+        let logged = rollout.history.len();
+        let action = rollout.pause(now_unix_ms(), "paused by the operator");
+        self.commit(rollout, action, logged)?;
+        self.rollout_status(name)
+    }
+
+    pub fn rollout_resume(&mut self, name: &str) -> Result<RolloutReport, AppError> {
+        let mut rollout = self.rollout(name)?;
+        let counters = self.color_window(name)?;
+        let logged = rollout.history.len();
+        let action = rollout.resume(now_unix_ms(), counters, "resumed by the operator");
+        self.commit(rollout, action, logged)?;
+        self.rollout_status(name)
+    }
+
+    pub fn rollout_promote(&mut self, name: &str, full: bool) -> Result<RolloutReport, AppError> {
+        let mut rollout = self.rollout(name)?;
+        let counters = self.color_window(name)?;
+        let logged = rollout.history.len();
+        let action = rollout.promote(now_unix_ms(), counters, full);
+        self.commit(rollout, action, logged)?;
+        self.rollout_status(name)
+    }
+
+    /// Rolls back: green's weight to 0 in one map write. With `cut`, green's established
+    /// flows are unpinned too and their next packets go blue (their connections break).
+    pub fn rollout_abort(&mut self, name: &str, cut: bool) -> Result<RolloutReport, AppError> {
+        let mut rollout = self.rollout(name)?;
+        let logged = rollout.history.len();
+        let why = if cut {
+            "aborted by the operator (--cut: green flows unpinned)"
+        } else {
+            "aborted by the operator"
+        };
+        let action = rollout.abort(now_unix_ms(), why);
+        self.commit(rollout, action, logged)?;
+        if cut {
+            self.cut_green(name)?;
+        }
+        self.rollout_status(name)
+    }
+
+    /// Unpins every flow of the service's green backends, and makes mid-flow misses follow
+    /// weight 0 (the previous generation) so they land on blue.
+    fn cut_green(&mut self, name: &str) -> Result<(), AppError> {
+        let address = self.service_address(name)?;
+        let Some(installed) = self.installed.get(&address) else {
+            return Ok(());
+        };
+        let green: Vec<u32> = installed
+            .pool(ColorName::Green)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let removed = self.dataplane.maps.unpin_backends(&green)?;
+        self.dataplane
+            .maps
+            .forget_previous_weight(&address.0, address.1)?;
+        tracing::info!(
+            service = name,
+            unpinned = removed,
+            "rollout abort --cut: green flows unpinned"
+        );
+        Ok(())
+    }
+
+    pub fn rollout_status(&self, name: &str) -> Result<RolloutReport, AppError> {
+        let rollout = self.rollout(name)?;
+        let now = now_unix_ms();
+        Ok(RolloutReport {
+            service: name.to_owned(),
+            phase: rollout.phase,
+            step: rollout.step + 1,
+            steps: rollout.plan.steps.clone(),
+            green_weight: rollout.weight(),
+            next_weight: match rollout.phase {
+                Phase::Running | Phase::Paused => rollout.next_weight(),
+                _ => None,
+            },
+            time_left_ms: match rollout.phase {
+                Phase::Running => rollout.time_left_ms(now),
+                _ => 0,
+            },
+            every_ms: rollout.plan.every.as_millis() as u64,
+            min_flows: rollout.plan.thresholds.min_flows,
+            green: (&rollout.window.green).into(),
+            blue: (&rollout.window.blue).into(),
+            last: rollout.last_decision().cloned(),
+            history: rollout.history.clone(),
+        })
+    }
+
+    /// After a restart: running rollouts go on at their step with a fresh window.
+    pub fn resume_rollouts_after_restart(&mut self) {
+        let names: Vec<String> = self.state.rollouts.keys().cloned().collect();
+        for name in names {
+            let result = (|| {
+                let mut rollout = self.rollout(&name)?;
+                let counters = self.color_window(&name)?;
+                let logged = rollout.history.len();
+                let action = rollout.resume_after_restart(now_unix_ms(), counters);
+                if action != Action::None {
+                    self.commit(rollout, action, logged)?;
+                }
+                Ok::<_, AppError>(())
+            })();
+            if let Err(error) = result {
+                tracing::error!(service = %name, %error, "could not resume the rollout");
+            }
+        }
+    }
+
+    /// A weight set by the operator pauses a running rollout of that service (the operator
+    /// took over); `rollout resume` hands it back.
+    pub(super) fn pause_rollout_for_operator(
+        &mut self,
+        name: &str,
+        weight: u32,
+    ) -> Result<(), AppError> {
+        let Some(rollout) = self.state.rollouts.get(name) else {
+            return Ok(());
+        };
+        if rollout.phase != Phase::Running {
+            return Ok(());
+        }
+        let mut rollout = rollout.clone();
+        let logged = rollout.history.len();
+        let why = format!(
+            "the operator set the weight to {}%: rollout paused",
+            ppm_to_percent(weight.min(WEIGHT_SCALE))
+        );
+        let action = rollout.pause(now_unix_ms(), &why);
+        self.commit(rollout, action, logged)
+    }
+}

@@ -1,0 +1,277 @@
+//! `splitter rollout ...`: the rollout commands of the CLI and how their answers are shown.
+
+use std::{io::Write as _, path::Path, time::Duration};
+
+use clap::Subcommand;
+
+use super::{
+    Phase,
+    plan::{Overrides, ppm_to_percent},
+};
+use crate::{
+    config::parse_duration,
+    control::{
+        client::{Client, ClientError},
+        protocol::{Reply, Request, RolloutReport},
+    },
+};
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a canary rollout: green walks through the steps while the analysis passes, and
+    /// goes back to 0 on its own when green does worse than blue. Flags override the
+    /// service's `[service.rollout]` plan.
+    Start {
+        service: String,
+        /// Green weights in percent, increasing, e.g. `1,5,25,50,100`.
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        steps: Option<Vec<f64>>,
+        /// How long each step runs before it may advance, e.g. `30s`, `500ms`, `5m`.
+        #[arg(long)]
+        every: Option<String>,
+        /// Green's failure ratio may not exceed this (absolute, 0..1).
+        #[arg(long)]
+        max_failure_ratio: Option<f64>,
+        /// Green's failure ratio may not exceed blue's × (1 + this).
+        #[arg(long)]
+        failure_tolerance: Option<f64>,
+        /// Green's handshake p99 may not exceed blue's × (1 + this).
+        #[arg(long)]
+        latency_tolerance: Option<f64>,
+        /// Green handshakes needed before a step is judged (fewer: hold).
+        #[arg(long)]
+        min_flows: Option<u64>,
+        /// Wait for the end: exit 0 when green reaches the last step, 6 when it was rolled back.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Step n of m, current and next weight, time left, signals per color, last verdict.
+    Status {
+        service: String,
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until the rollout ends (Ctrl-C stops watching, not the rollout).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Hold at the current step (the weight stays).
+    Pause { service: String },
+    /// Go on from the current step with a fresh analysis window.
+    Resume { service: String },
+    /// Move to the next step now; `--full`: straight to the last step.
+    Promote {
+        service: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Roll back now: green's weight to 0 in one map write. Established green flows keep their
+    /// backend unless `--cut` (then they are unpinned and their connections break).
+    Abort {
+        service: String,
+        #[arg(long)]
+        cut: bool,
+    },
+}
+
+/// What a rollout command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutCliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("--every `{0}` is not a duration (e.g. 30s, 500ms, 5m)")]
+    Every(String),
+    #[error("writing to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+    #[error("the rollout of `{service}` was rolled back: {reason}")]
+    Aborted { service: String, reason: String },
+}
+
+pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliError> {
+    let mut out = std::io::stdout().lock();
+    let ask = |request: &Request| -> Result<RolloutReport, RolloutCliError> {
+        match Client::connect(socket)?.request(request)? {
+            Reply::Rollout(report) => Ok(*report),
+            _ => unreachable!("rollout commands answer a rollout report"),
+        }
+    };
+    match command {
+        RolloutCommand::Start {
+            service,
+            steps,
+            every,
+            max_failure_ratio,
+            failure_tolerance,
+            latency_tolerance,
+            min_flows,
+            wait,
+        } => {
+            let every_ms = every
+                .map(|text| {
+                    parse_duration(&text)
+                        .map(|d| d.as_millis() as u64)
+                        .ok_or(RolloutCliError::Every(text))
+                })
+                .transpose()?;
+            let overrides = Overrides {
+                steps_percent: steps,
+                every_ms,
+                max_failure_ratio,
+                failure_tolerance,
+                latency_tolerance,
+                min_flows,
+            };
+            let report = ask(&Request::RolloutStart {
+                service: service.clone(),
+                overrides,
+            })?;
+            write!(out, "{}", render(&report))?;
+            out.flush()?;
+            if !wait {
+                return Ok(());
+            }
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let report = ask(&Request::RolloutStatus {
+                    service: service.clone(),
+                })?;
+                match report.phase {
+                    Phase::Completed => {
+                        writeln!(
+                            out,
+                            "{service}: rollout completed at {}% green",
+                            pct(report.green_weight)
+                        )?;
+                        return Ok(());
+                    }
+                    Phase::Aborted => {
+                        return Err(RolloutCliError::Aborted {
+                            service,
+                            reason: report.last.map(|d| d.reason).unwrap_or_default(),
+                        });
+                    }
+                    Phase::Running | Phase::Paused => {}
+                }
+            }
+        }
+        RolloutCommand::Status {
+            service,
+            json,
+            watch,
+        } => loop {
+            let report = ask(&Request::RolloutStatus {
+                service: service.clone(),
+            })?;
+            let text = if json {
+                serde_json::to_string_pretty(&report).expect("reports serialize") + "\n"
+            } else {
+                render(&report)
+            };
+            if watch {
+                write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"))?;
+            } else {
+                write!(out, "{text}")?;
+            }
+            out.flush()?;
+            if !watch || matches!(report.phase, Phase::Completed | Phase::Aborted) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        },
+        RolloutCommand::Pause { service } => {
+            let report = ask(&Request::RolloutPause { service })?;
+            write!(out, "{}", render(&report))?;
+            Ok(())
+        }
+        RolloutCommand::Resume { service } => {
+            let report = ask(&Request::RolloutResume { service })?;
+            write!(out, "{}", render(&report))?;
+            Ok(())
+        }
+        RolloutCommand::Promote { service, full } => {
+            let report = ask(&Request::RolloutPromote { service, full })?;
+            write!(out, "{}", render(&report))?;
+            Ok(())
+        }
+        RolloutCommand::Abort { service, cut } => {
+            let report = ask(&Request::RolloutAbort { service, cut })?;
+            write!(out, "{}", render(&report))?;
+            Ok(())
+        }
+    }
+}
+
+fn pct(ppm: u32) -> String {
+    format!("{}", ppm_to_percent(ppm))
+}
+
+fn bar(step: usize, steps: usize, width: usize) -> String {
+    let done = (step * width).checked_div(steps).unwrap_or(0);
+    format!("[{}{}]", "#".repeat(done), ".".repeat(width - done))
+}
+
+/// The human view of a rollout.
+pub fn render(report: &RolloutReport) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let phase = match report.phase {
+        Phase::Running => "running",
+        Phase::Paused => "paused",
+        Phase::Completed => "completed",
+        Phase::Aborted => "aborted (rolled back)",
+    };
+    let steps: Vec<String> = report.steps.iter().map(|&w| pct(w)).collect();
+    let _ = writeln!(
+        text,
+        "rollout {}: {phase}  step {} of {} {}  green {}%{}{}",
+        report.service,
+        report.step,
+        report.steps.len(),
+        bar(report.step, report.steps.len(), 20),
+        pct(report.green_weight),
+        report
+            .next_weight
+            .map(|w| format!(" -> next {}%", pct(w)))
+            .unwrap_or_default(),
+        if report.phase == Phase::Running {
+            format!("  time left {:.1}s", report.time_left_ms as f64 / 1e3)
+        } else {
+            String::new()
+        },
+    );
+    let _ = writeln!(
+        text,
+        "  plan: steps {}%  every {:.1}s  min flows {}",
+        steps.join(","),
+        report.every_ms as f64 / 1e3,
+        report.min_flows
+    );
+    let _ = writeln!(
+        text,
+        "  {:<6} {:>9} {:>10} {:>9} {:>8} {:>12}",
+        "window", "new flows", "handshakes", "failures", "ratio", "p99"
+    );
+    for (name, s) in [("blue", &report.blue), ("green", &report.green)] {
+        let _ = writeln!(
+            text,
+            "  {:<6} {:>9} {:>10} {:>9} {:>8.3} {:>12}",
+            name,
+            s.new_flows,
+            s.handshakes,
+            s.failures,
+            s.failure_ratio,
+            s.handshake_p99
+                .map_or("-".to_owned(), |p| format!("{:.2}ms", p * 1e3))
+        );
+    }
+    if let Some(last) = &report.last {
+        let _ = writeln!(
+            text,
+            "  last: {} {}% -> {}%: {}",
+            last.action,
+            pct(last.from_weight),
+            pct(last.to_weight),
+            last.reason
+        );
+    }
+    text
+}
