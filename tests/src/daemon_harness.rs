@@ -53,12 +53,17 @@ pub fn splitter_binary() -> PathBuf {
                 return PathBuf::from(path);
             }
             let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/<test> → target/<profile>
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test executable under target/<profile>/deps")
-                .to_path_buf();
+            // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (the bench and
+            // demo binaries) → target/<profile>
+            let parent = exe.parent().expect("executable in a directory");
+            let profile_dir = if parent.file_name().is_some_and(|name| name == "deps") {
+                parent
+                    .parent()
+                    .expect("target/<profile>/deps")
+                    .to_path_buf()
+            } else {
+                parent.to_path_buf()
+            };
             let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
             let release = profile_dir
                 .file_name()
@@ -483,13 +488,26 @@ impl Lab {
     }
 
     fn spawn_daemon(&self) -> Child {
-        let netns = File::open(format!("/run/netns/{}", self.topology.router.name))
-            .expect("open router netns");
-        let log = File::create(self.work.log()).expect("daemon log");
-        let mut command = Command::new(&self.binary);
+        spawn_daemon(&self.binary, &self.topology.router, &self.work)
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.work.log()).unwrap_or_default()
+    }
+}
+
+/// Starts `binary daemon --config <work>/splitter.toml` in `netns`'s network namespace only
+/// (its mount namespace stays ours, so the bpffs under /run is shared), logging to
+/// `<work>/daemon.log`. The child dies with the thread that started it.
+pub fn spawn_daemon(binary: &Path, netns: &Netns, work: &WorkDir) -> Child {
+    {
+        let netns =
+            File::open(format!("/run/netns/{}", netns.name)).expect("open the daemon's netns");
+        let log = File::create(work.log()).expect("daemon log");
+        let mut command = Command::new(binary);
         command
             .args(["daemon", "--config"])
-            .arg(self.work.config())
+            .arg(work.config())
             .env("SPLITTER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -510,11 +528,9 @@ impl Lab {
         drop(netns);
         child
     }
+}
 
-    pub fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.work.log()).unwrap_or_default()
-    }
-
+impl Lab {
     /// SIGKILLs the daemon (the data plane stays).
     pub fn kill_daemon(&mut self) {
         self.daemon.take().expect("a running daemon").kill();
