@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's build, test, run and benchmark entry points.
 
 mod bench;
+mod run;
 mod setup;
 mod test;
 
@@ -19,6 +20,8 @@ enum Command {
     Setup(setup::Options),
     /// Setup, build, fmt and clippy (eBPF crate included), unit and integration tests.
     Test(test::Options),
+    /// Setup, build, then run `splitter ARGS` (e.g. `-- daemon --config FILE`).
+    Run(run::Options),
     /// Per-packet cost of every data-plane path (BPF_PROG_TEST_RUN), as a Markdown table;
     /// `--compare`: against nftables, IPVS, HAProxy, routing and an XDP forwarder.
     Bench(bench::Options),
@@ -29,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(options) => setup::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Run(options) => run::run(&options),
     }
 }
 
