@@ -2,7 +2,7 @@
 //! ICMP errors about a service flow are forwarded to that flow's backend.
 
 use splitter_common::{
-    Addr, Cohort, Family, FlowKey, FlowValue, Reason, ServiceConfig, ServiceKey,
+    Addr, Cohort, Family, FlowKey, FlowValue, Handshake, Reason, ServiceConfig, ServiceKey,
 };
 
 use crate::{
@@ -74,10 +74,22 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
     };
     let (reason, flow) = match unsafe { FLOWS.get(flow_key) } {
         Some(flow) => {
-            if packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && ip.protocol == IPPROTO_TCP {
-                signals::syn_retransmitted(&flow_key);
+            let syn =
+                ip.protocol == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let handshake_over = flow.handshake == Handshake::Completed as u8
+                || flow.handshake == Handshake::None as u8;
+            if syn && handshake_over {
+                // A new connection on a reused 5-tuple (the client reused its source port once
+                // the earlier connection was established): it follows the split in force now,
+                // like any new connection. A SYN while the handshake is pending (or after it
+                // failed) is a retransmission of the same attempt and stays on its backend.
+                new_flow(config, &flow_key, &packet)?
+            } else {
+                if syn {
+                    signals::syn_retransmitted(&flow_key);
+                }
+                (Reason::Established, *flow)
             }
-            (Reason::Established, *flow)
         }
         None => new_flow(config, &flow_key, &packet)?,
     };

@@ -2087,3 +2087,79 @@ fn handshakes_and_resets_are_counted_per_backend() {
         );
     }
 }
+
+/// A client that reuses its source port for a new connection (the earlier one completed its
+/// handshake) gets the split in force now, like any new connection; packets of the earlier
+/// connection kept their backend until then.
+#[test]
+fn a_new_connection_on_a_reused_tuple_follows_the_current_weight() {
+    if !require_privileges("a_new_connection_on_a_reused_tuple_follows_the_current_weight") {
+        return;
+    }
+    let mut harness = Harness::new();
+    for (i, v6) in [false, true].into_iter().enumerate() {
+        let what = label(v6, Protocol::Tcp);
+        let spec = service(30 + i as u32, v6, Protocol::Tcp, Cohort::Flow, 0, HOUR);
+        harness.install(&spec);
+        let flow = Flow::new(&spec, client(v6, 8, 44000));
+        let blue = predict(&spec, &flow.key(), 0);
+        let green = predict(&spec, &flow.key(), ALL_GREEN);
+        let opening = [
+            dnat(
+                format!("{what}: first connection's SYN at weight 0"),
+                &spec,
+                &flow,
+                &flow.packet(TCP_SYN),
+                blue,
+                Reason::NewFlow,
+            ),
+            reverse_nat(
+                format!("{what}: its SYN-ACK"),
+                &flow,
+                &flow.reply(blue.address, TCP_SYN | TCP_ACK),
+                blue,
+            )
+            .signals(
+                blue.id,
+                Signals {
+                    handshakes_completed: 1,
+                    ..Signals::default()
+                },
+            ),
+        ];
+        harness.run_all(&opening);
+        harness.set_weight(&spec, ALL_GREEN);
+        let cases = [dnat(
+            format!("{what}: the first connection's data at 100 % stays blue"),
+            &spec,
+            &flow,
+            &flow.packet(TCP_ACK),
+            blue,
+            Reason::Established,
+        )];
+        harness.run_all(&cases);
+        // The pin is replaced, not added: the table does not grow, the entry now says green.
+        let syn = flow.packet(TCP_SYN);
+        let input = syn.build();
+        let repin = Case::new(
+            Hook::Ingress,
+            format!("{what}: a new SYN on the same tuple goes green"),
+            input.clone(),
+        )
+        .rewritten(
+            with_destination(&syn, green.address).build(),
+            Reason::NewFlow,
+        )
+        .backend(green.id, to_backend(&input, TCP_SYN, true));
+        harness.run_all(&[repin]);
+        let pinned = harness.dataplane.maps.flows.get(&flow.key(), 0).unwrap();
+        assert_eq!(
+            FlowValue {
+                created_ns: 0,
+                ..pinned
+            },
+            pinned_value(&spec, green, Handshake::Pending),
+            "{what}: the tuple is pinned to green now"
+        );
+    }
+}
