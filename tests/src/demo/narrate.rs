@@ -1,0 +1,154 @@
+//! What the demo prints: one narration line per step, the commands it runs with their output,
+//! and a live view. On a terminal the live view (status table, client counters) is redrawn in
+//! place and colors mark blue and green; anywhere else (a pipe, a CI log) there are no escape
+//! sequences at all and the tables are printed once, when a step ends. `NO_COLOR` turns colors
+//! off on a terminal too.
+
+use std::io::Write as _;
+
+/// Where the demo's output goes and how it may be drawn.
+pub struct Terminal {
+    /// stdout is a terminal: the live view may redraw in place.
+    tty: bool,
+    color: bool,
+    /// Rows of the live view on screen now (erased before anything else is printed).
+    live_rows: usize,
+}
+
+#[derive(Clone, Copy)]
+pub enum Style {
+    Blue,
+    Green,
+    Red,
+    Bold,
+    Dim,
+}
+
+impl Terminal {
+    pub fn detect() -> Self {
+        // SAFETY: isatty only inspects the descriptor.
+        let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+        let color = tty
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            && std::env::var("TERM").map_or(true, |term| term != "dumb");
+        Self {
+            tty,
+            color,
+            live_rows: 0,
+        }
+    }
+
+    pub fn is_tty(&self) -> bool {
+        self.tty
+    }
+
+    /// `text` in `style` (unchanged without colors).
+    pub fn paint(&self, style: Style, text: &str) -> String {
+        if !self.color {
+            return text.to_owned();
+        }
+        let code = match style {
+            Style::Blue => "1;34",
+            Style::Green => "1;32",
+            Style::Red => "1;31",
+            Style::Bold => "1",
+            Style::Dim => "2",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+
+    /// A color's name (or any text starting with it) in that color.
+    pub fn color(&self, color: &str, text: &str) -> String {
+        match color {
+            "blue" => self.paint(Style::Blue, text),
+            "green" => self.paint(Style::Green, text),
+            _ => text.to_owned(),
+        }
+    }
+
+    fn print(&mut self, text: &str) {
+        self.erase_live();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    /// A section heading: `== Step 2/4  title`.
+    pub fn heading(&mut self, text: &str) {
+        let line = format!("\n{}", self.paint(Style::Bold, &format!("== {text}")));
+        self.print(&line);
+    }
+
+    /// One narration line.
+    pub fn say(&mut self, text: &str) {
+        self.print(&format!("   {text}"));
+    }
+
+    /// A command the demo ran, and what it printed.
+    pub fn command(&mut self, command: &str, output: &str) {
+        let line = format!("   {}", self.paint(Style::Bold, &format!("$ {command}")));
+        self.print(&line);
+        self.block(output);
+    }
+
+    /// Indented text (tables).
+    pub fn block(&mut self, text: &str) {
+        let indented: Vec<String> = text
+            .trim_end()
+            .lines()
+            .map(|line| format!("     {line}"))
+            .collect();
+        self.print(&indented.join("\n"));
+    }
+
+    /// On a terminal: replaces the live view with `text` (cut to the terminal's width so the
+    /// rows can be counted). Elsewhere: nothing; the caller prints a snapshot at the end.
+    pub fn live(&mut self, text: &str) {
+        if !self.tty {
+            return;
+        }
+        self.erase_live();
+        let width = terminal_width().saturating_sub(1).max(20);
+        let mut out = std::io::stdout().lock();
+        let mut rows = 0;
+        for line in text.trim_end().lines() {
+            let line: String = format!("     {line}").chars().take(width).collect();
+            let _ = writeln!(out, "{}", self.paint(Style::Dim, &line));
+            rows += 1;
+        }
+        let _ = out.flush();
+        self.live_rows = rows;
+    }
+
+    fn erase_live(&mut self) {
+        if self.live_rows > 0 {
+            let mut out = std::io::stdout().lock();
+            // Up to the first row of the live view, erase to the end of the screen.
+            let _ = write!(out, "\x1b[{}A\x1b[J", self.live_rows);
+            let _ = out.flush();
+            self.live_rows = 0;
+        }
+    }
+
+    /// Erases the live view (on a terminal).
+    pub fn end_live(&mut self) {
+        self.erase_live();
+    }
+}
+
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills a winsize; on failure we fall back to 80 columns.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
+            size.ws_col as usize
+        } else {
+            80
+        }
+    }
+}
+
+/// `0.1234` as `12.3%`.
+pub fn percent(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
