@@ -520,6 +520,9 @@ impl Lab {
             command.pre_exec(move || {
                 // Dies with the test thread that started it, even if the test is killed.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Its own process group: a Ctrl-C in the terminal reaches the test (or the
+                // demo), which stops the daemon in order, not the daemon behind its back.
+                libc::setpgid(0, 0);
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -202,28 +202,12 @@ where
 /// Answers every request line with the server's name (and `bulk` data) until the client
 /// closes.
 fn serve_connection(mut stream: TcpStream, name: &str, lifetime: &Lifetime) {
-    if stream.set_read_timeout(Some(POLL)).is_err()
-        || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
-    {
+    if server_timeouts(&stream).is_err() {
         return;
     }
     let reply = format!("{name}\n");
     let mut pending = Vec::new();
-    let mut buf = [0u8; MAX_LINE];
-    while !lifetime.expired() {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
+    while read_more(&mut stream, &mut pending, lifetime) {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             if stream.write_all(reply.as_bytes()).is_err() {
@@ -243,6 +227,35 @@ fn serve_connection(mut stream: TcpStream, name: &str, lifetime: &Lifetime) {
             return;
         }
     }
+}
+
+/// A served connection's timeouts: reads wake up every [`POLL`] (to look at the lifetime),
+/// writes give up after [`CLIENT_TIMEOUT`].
+pub fn server_timeouts(stream: &TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))
+}
+
+/// Waits for more bytes from the peer (polling `lifetime`) and appends them to `pending`;
+/// `false` once the peer closed, the read failed or the lifetime expired.
+pub fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>, lifetime: &Lifetime) -> bool {
+    let mut buf = [0u8; MAX_LINE];
+    while !lifetime.expired() {
+        match stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                return true;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn write_bulk(stream: &mut TcpStream, len: usize) -> io::Result<()> {

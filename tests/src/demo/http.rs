@@ -9,10 +9,8 @@ use std::{
     time::Duration,
 };
 
-use crate::servers::{CLIENT_TIMEOUT, Lifetime};
+use crate::servers::{self, CLIENT_TIMEOUT, Lifetime};
 
-/// How often an idle backend connection looks at its lifetime.
-const POLL: Duration = Duration::from_millis(100);
 /// The largest request head or response body accepted.
 const MAX_MESSAGE: usize = 8192;
 
@@ -41,28 +39,12 @@ pub fn serve(mut stream: TcpStream, release: Release, instance: &str, lifetime: 
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         return;
     }
-    if stream.set_read_timeout(Some(POLL)).is_err()
-        || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
-    {
+    if servers::server_timeouts(&stream).is_err() {
         return;
     }
     let body = format!("{} {instance}\n", release.version());
     let mut pending = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !lifetime.expired() {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
+    while servers::read_more(&mut stream, &mut pending, lifetime) {
         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head: Vec<u8> = pending.drain(..end + 4).collect();
             let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
@@ -90,6 +72,7 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection from a port the kernel picks.
     pub fn open(vip: SocketAddr) -> io::Result<Self> {
         let stream = TcpStream::connect_timeout(&vip, CLIENT_TIMEOUT)?;
         stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
@@ -97,6 +80,13 @@ impl Connection {
         stream.set_nodelay(true)?;
         Ok(Self {
             reader: BufReader::new(stream),
+        })
+    }
+
+    /// A connection from `from` (address and port).
+    pub fn open_from(from: SocketAddr, vip: SocketAddr) -> io::Result<Self> {
+        Ok(Self {
+            reader: BufReader::new(servers::connect(from, vip)?),
         })
     }
 
@@ -146,9 +136,9 @@ impl Connection {
     }
 }
 
-/// One request on a new connection: the answer (`v1 blue-0`) or what failed.
-pub fn get_once(vip: SocketAddr) -> Result<String, String> {
-    Connection::open(vip)
+/// One request on a new connection from `from`: the answer (`v1 blue-0`) or what failed.
+pub fn get_once(from: SocketAddr, vip: SocketAddr) -> Result<String, String> {
+    Connection::open_from(from, vip)
         .and_then(|mut connection| connection.get(true))
         .map_err(|e| e.to_string())
 }
@@ -159,4 +149,18 @@ pub fn color_of(answer: &str) -> Option<&'static str> {
     ["blue", "green"]
         .into_iter()
         .find(|color| instance.starts_with(&format!("{color}-")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_name_their_color() {
+        assert_eq!(color_of("v1 blue-0"), Some("blue"));
+        assert_eq!(color_of("v2 green-1"), Some("green"));
+        assert_eq!(color_of("v2 greenish-1"), None);
+        assert_eq!(color_of("blue-0"), None);
+        assert_eq!(color_of(""), None);
+    }
 }

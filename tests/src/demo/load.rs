@@ -6,10 +6,10 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU16, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -23,8 +23,19 @@ use crate::netns::{Netns, enter};
 pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(200);
 /// No client thread runs longer than this.
 pub const MAX_RUN: Duration = Duration::from_secs(15 * 60);
-/// The most new connections a run opens.
-pub const MAX_NEW_CONNECTIONS: u64 = 200_000;
+/// New connections come from these source ports, each used once per run, below the kernel's
+/// ephemeral range (32768-60999 by default, where the long-lived connections get theirs).
+///
+/// Why not let the kernel pick: it walks its range in strides and wraps after a few thousand
+/// connections to one destination, so ports come back within a minute. A SYN whose 5-tuple is
+/// still pinned in the flow table (entries leave it by LRU eviction, not on FIN/RST) follows
+/// its old pin: after a switch or a rollback such a new connection lands on the old color
+/// (seen here: resets from the rolled-back green). That is data-plane behaviour, reported
+/// separately; the demo's client does not reuse 5-tuples, like many distinct clients.
+const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 10_000..=32_767;
+/// The most new connections a run opens: one per source port.
+pub const MAX_NEW_CONNECTIONS: u64 =
+    (*SOURCE_PORTS.end() as u64) - (*SOURCE_PORTS.start() as u64) + 1;
 /// Failure messages kept per phase.
 const KEPT_ERRORS: usize = 5;
 /// Threads opening the new connections (a few, so that one slow answer does not hold up
@@ -108,6 +119,9 @@ struct State {
 struct Shared {
     stop: AtomicBool,
     started: Instant,
+    /// The client's address, and the next source port of a new connection.
+    client: IpAddr,
+    next_port: AtomicU16,
     state: Mutex<State>,
 }
 
@@ -136,11 +150,20 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts the new connections: one every `pace`, counted in phase `phase`.
-    pub fn start(client: &Netns, vip: SocketAddr, pace: Duration, phase: &str) -> Self {
+    /// Starts the new connections from `address` in `client`: one every `pace`, counted in
+    /// phase `phase`.
+    pub fn start(
+        client: &Netns,
+        address: IpAddr,
+        vip: SocketAddr,
+        pace: Duration,
+        phase: &str,
+    ) -> Self {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             started: Instant::now(),
+            client: address,
+            next_port: AtomicU16::new(*SOURCE_PORTS.start()),
             state: Mutex::new(State {
                 phases: vec![(phase.to_owned(), Tally::default())],
                 long_lived: Vec::new(),
@@ -304,8 +327,12 @@ fn new_connection(shared: &Shared, vip: SocketAddr) {
     if shared.stopped() {
         return;
     }
+    let port = shared.next_port.fetch_add(1, Ordering::Relaxed);
+    if !SOURCE_PORTS.contains(&port) {
+        return; // every source port used: the pacer stops at MAX_NEW_CONNECTIONS anyway
+    }
     let phase = shared.phase();
-    let answer = get_once(vip);
+    let answer = get_once(SocketAddr::new(shared.client, port), vip);
     let mut state = shared.state();
     let tally = &mut state.phases[phase].1;
     match answer {

@@ -78,8 +78,11 @@ pub fn run(options: Options) -> Summary {
     }
     t.heading("Cleanup");
     if lab.daemon_pid().is_some() {
-        match lab.cli(&["unload"]) {
-            Ok(out) => t.command("splitter unload", &out.stdout),
+        // With the lab's config: its bpffs, never the default /sys/fs/bpf/splitter.
+        let config = lab.lab.work.config();
+        let config = config.to_string_lossy();
+        match lab.cli(&["unload", "--config", &config]) {
+            Ok(out) => t.command(&format!("splitter unload --config {config}"), &out.stdout),
             Err(error) => t.say(&format!("splitter unload: {error:#}")),
         }
     }
@@ -90,7 +93,9 @@ pub fn run(options: Options) -> Summary {
     if let Some(error) = error {
         summary.error = Some(format!("{error:#}"));
     }
-    t.say("daemon stopped, backends stopped, pins and bpffs mount removed, namespaces deleted");
+    if summary.left_behind.is_empty() {
+        t.say("backends and daemon stopped, pins and bpffs mount removed, namespaces deleted");
+    }
     t.heading("Summary");
     t.block(&summary.render(&t));
     let problems = summary.problems();

@@ -101,8 +101,9 @@ impl Terminal {
         self.print(&indented.join("\n"));
     }
 
-    /// On a terminal: replaces the live view with `text` (cut to the terminal's width so the
-    /// rows can be counted). Elsewhere: nothing; the caller prints a snapshot at the end.
+    /// On a terminal: replaces the live view with `text` (cut to the terminal's width so that
+    /// no line wraps and the rows can be counted). Elsewhere: nothing; the caller prints a
+    /// snapshot when the step ends.
     pub fn live(&mut self, text: &str) {
         if !self.tty {
             return;
@@ -112,8 +113,7 @@ impl Terminal {
         let mut out = std::io::stdout().lock();
         let mut rows = 0;
         for line in text.trim_end().lines() {
-            let line: String = format!("     {line}").chars().take(width).collect();
-            let _ = writeln!(out, "{}", self.paint(Style::Dim, &line));
+            let _ = writeln!(out, "{}", cut(&format!("     {line}"), width));
             rows += 1;
         }
         let _ = out.flush();
@@ -136,6 +136,28 @@ impl Terminal {
     }
 }
 
+/// The first `width` visible characters of `line`; color sequences are kept, not counted.
+fn cut(line: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut visible = 0;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            out.push(c);
+            for c in chars.by_ref() {
+                out.push(c);
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else if visible < width {
+            out.push(c);
+            visible += 1;
+        }
+    }
+    out
+}
+
 fn terminal_width() -> usize {
     // SAFETY: TIOCGWINSZ fills a winsize; on failure we fall back to 80 columns.
     unsafe {
@@ -151,4 +173,23 @@ fn terminal_width() -> usize {
 /// `0.1234` as `12.3%`.
 pub fn percent(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_counts_visible_characters_only() {
+        let line = "ab\x1b[1;34mcdef\x1b[0mgh";
+        assert_eq!(cut(line, 4), "ab\x1b[1;34mcd\x1b[0m");
+        assert_eq!(cut(line, 100), line);
+        assert_eq!(cut("abc", 0), "");
+    }
+
+    #[test]
+    fn percent_has_one_decimal() {
+        assert_eq!(percent(0.0123), "1.2%");
+        assert_eq!(percent(1.0), "100.0%");
+    }
 }

@@ -98,8 +98,13 @@ impl Summary {
     /// What did not go as the demo promises; empty when everything did.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if !self.left_behind.is_empty() {
+            problems.push(format!("left behind: {}", self.left_behind.join(", ")));
+        }
         if self.interrupted {
+            // The rest was never going to happen.
             problems.push("interrupted before the end".to_owned());
+            return problems;
         }
         if let Some(error) = &self.error {
             problems.push(format!("stopped on an error: {error}"));
@@ -127,9 +132,6 @@ impl Summary {
                 "{broken} of {} long-lived connections broke or changed backend",
                 self.long_lived.len()
             ));
-        }
-        if !self.left_behind.is_empty() {
-            problems.push(format!("left behind: {}", self.left_behind.join(", ")));
         }
         problems
     }
@@ -279,5 +281,92 @@ impl Summary {
             "error": self.error,
             "problems": self.problems(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(name: &str, bad_green: bool, failed: u64) -> Phase {
+        Phase {
+            step: 1,
+            name: name.into(),
+            weight_percent: 0.0,
+            bad_green,
+            tally: Tally {
+                new_blue: 10,
+                new_failed: failed,
+                ..Tally::default()
+            },
+            kernel: (10, 0),
+            seconds: 1.0,
+        }
+    }
+
+    fn outcome(phase: &str, weight: f64) -> Option<RolloutOutcome> {
+        Some(RolloutOutcome {
+            phase: phase.into(),
+            green_weight_percent: weight,
+            step: 1,
+            actions: vec![],
+            reason: String::new(),
+            seconds: 1.0,
+        })
+    }
+
+    fn promised() -> Summary {
+        Summary {
+            phases: vec![phase("all on blue", false, 0), phase("bad", true, 3)],
+            canary: outcome("completed", 100.0),
+            rollback: outcome("aborted", 0.0),
+            long_lived: vec![LongLived {
+                first: Some("v1 blue-0".into()),
+                requests: 5,
+                ..LongLived::default()
+            }],
+            cleaned_up: true,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn failures_count_against_the_demo_only_outside_the_bad_green() {
+        let summary = promised();
+        assert_eq!(summary.failed(), 3);
+        assert_eq!(summary.failed_healthy(), 0);
+        assert!(summary.problems().is_empty(), "{:?}", summary.problems());
+        let mut broken = promised();
+        broken.phases[0].tally.long_failed = 1;
+        assert_eq!(
+            broken.problems(),
+            ["1 requests failed outside the bad green's step"]
+        );
+    }
+
+    #[test]
+    fn a_missing_rollback_or_a_leftover_is_a_problem() {
+        let mut summary = promised();
+        summary.rollback = outcome("completed", 100.0);
+        summary.left_behind = vec!["network namespace spldemo-c-1".into()];
+        assert_eq!(
+            summary.problems(),
+            [
+                "left behind: network namespace spldemo-c-1",
+                "the bad green was not rolled back"
+            ]
+        );
+        let json = summary.json();
+        assert_eq!(json["rolled_back"], false);
+        assert_eq!(json["failed_healthy"], 0);
+    }
+
+    #[test]
+    fn an_interrupted_run_reports_only_the_interruption() {
+        let summary = Summary {
+            interrupted: true,
+            ..Summary::default()
+        };
+        assert_eq!(summary.problems(), ["interrupted before the end"]);
     }
 }

@@ -21,6 +21,7 @@ use super::{
     narrate::{Style, Terminal, percent},
     summary::{Phase, RolloutOutcome, Summary},
 };
+use crate::daemon_harness::CLIENT;
 
 /// How fast the demo goes.
 #[derive(Clone, Debug)]
@@ -166,7 +167,13 @@ impl<'a> Walk<'a> {
             Some(load) => load.phase(name),
             None => {
                 let client = &self.lab.lab.topology.client;
-                self.load = Some(Load::start(client, self.lab.vip(), self.timing.pace, name));
+                self.load = Some(Load::start(
+                    client,
+                    CLIENT.parse().expect("client address"),
+                    self.lab.vip(),
+                    self.timing.pace,
+                    name,
+                ));
             }
         }
         self.marks.push(Mark {
