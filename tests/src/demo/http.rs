@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use splitter::config::ColorName;
+
 use crate::servers::{self, CLIENT_TIMEOUT, Lifetime};
 
 /// The largest request head or response body accepted.
@@ -143,12 +145,12 @@ pub fn get_once(from: SocketAddr, vip: SocketAddr) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The color of an answer `v1 blue-0` (`blue`), if it is one.
-pub fn color_of(answer: &str) -> Option<&'static str> {
+/// The color of an answer `v1 blue-0` (blue), if it is one.
+pub fn color_of(answer: &str) -> Option<ColorName> {
     let instance = answer.split_whitespace().nth(1)?;
-    ["blue", "green"]
+    ColorName::BOTH
         .into_iter()
-        .find(|color| instance.starts_with(&format!("{color}-")))
+        .find(|color| instance.starts_with(&format!("{}-", color.name())))
 }
 
 #[cfg(test)]
@@ -157,8 +159,8 @@ mod tests {
 
     #[test]
     fn answers_name_their_color() {
-        assert_eq!(color_of("v1 blue-0"), Some("blue"));
-        assert_eq!(color_of("v2 green-1"), Some("green"));
+        assert_eq!(color_of("v1 blue-0"), Some(ColorName::Blue));
+        assert_eq!(color_of("v2 green-1"), Some(ColorName::Green));
         assert_eq!(color_of("v2 greenish-1"), None);
         assert_eq!(color_of("blue-0"), None);
         assert_eq!(color_of(""), None);

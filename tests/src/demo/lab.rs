@@ -12,9 +12,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use splitter::control::{
-    client::Client,
-    protocol::{Reply, Request, RolloutReport, StatusReport},
+use splitter::{
+    config::ColorName,
+    control::{
+        client::Client,
+        protocol::{Reply, Request, RolloutReport, StatusReport},
+    },
 };
 
 use super::http::{self, Release};
@@ -74,17 +77,16 @@ impl DemoLab {
 
     /// Starts `release` on both instances of `color` (`blue-0`, `blue-1`), replacing what ran
     /// there: the old servers stop first (their connections close).
-    pub fn deploy(&mut self, color: &str, release: Release) {
+    pub fn deploy(&mut self, color: ColorName, release: Release) {
         let (ns, addresses, slot) = match color {
-            "blue" => (&self.lab.topology.blue, BLUE, &mut self.blue),
-            "green" => (&self.lab.topology.green, GREEN, &mut self.green),
-            other => panic!("no color `{other}`"),
+            ColorName::Blue => (&self.lab.topology.blue, BLUE, &mut self.blue),
+            ColorName::Green => (&self.lab.topology.green, GREEN, &mut self.green),
         };
         *slot = None;
         let mut servers = Servers::with_lifetime(MAX_LIFETIME);
         for (index, address) in addresses.iter().enumerate() {
             let ip: IpAddr = address.parse().expect("backend IP");
-            let instance = format!("{color}-{index}");
+            let instance = format!("{}-{index}", color.name());
             servers.tcp_with(
                 ns,
                 SocketAddr::new(ip, TCP_PORT),
@@ -157,9 +159,9 @@ impl DemoLab {
         let mut flows = (0, 0);
         for color in &service.colors {
             let sum: u64 = color.backends.iter().map(|b| b.new_flows).sum();
-            match color.color.name() {
-                "blue" => flows.0 += sum,
-                _ => flows.1 += sum,
+            match color.color {
+                ColorName::Blue => flows.0 += sum,
+                ColorName::Green => flows.1 += sum,
             }
         }
         Ok(flows)

@@ -9,12 +9,14 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU16, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
         mpsc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use splitter::config::ColorName;
 
 use super::http::{Connection, color_of, get_once};
 use crate::netns::{Netns, enter};
@@ -100,7 +102,7 @@ pub struct LongLived {
 }
 
 impl LongLived {
-    pub fn color(&self) -> Option<&'static str> {
+    pub fn color(&self) -> Option<ColorName> {
         self.first.as_deref().and_then(color_of)
     }
 
@@ -122,6 +124,9 @@ struct Shared {
     /// The client's address, and the next source port of a new connection.
     client: IpAddr,
     next_port: AtomicU16,
+    /// New connections wait (see [`Load::pause`]); how many are under way.
+    paused: AtomicBool,
+    in_flight: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -164,6 +169,8 @@ impl Load {
             started: Instant::now(),
             client: address,
             next_port: AtomicU16::new(*SOURCE_PORTS.start()),
+            paused: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             state: Mutex::new(State {
                 phases: vec![(phase.to_owned(), Tally::default())],
                 long_lived: Vec::new(),
@@ -180,6 +187,22 @@ impl Load {
             pacer: Some(pacer),
             long_threads: Vec::new(),
         }
+    }
+
+    /// Holds new connections back (their ticks are skipped) and waits, at most a few seconds,
+    /// until none is under way: a weight changed now is seen by every new connection of the
+    /// next phase and by none of this one. Long-lived connections carry on.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// New connections go on (after [`Load::pause`]).
+    pub fn resume(&self) {
+        self.shared.paused.store(false, Ordering::SeqCst);
     }
 
     /// From now on, requests are counted in a new phase `name`.
@@ -237,7 +260,7 @@ impl Load {
 
     /// Closes (FIN: a drain, not a failure) the open long-lived connections whose first answer
     /// came from `color`, and waits for their threads.
-    pub fn close(&mut self, color: &str) {
+    pub fn close(&mut self, color: ColorName) {
         let closing: Vec<usize> = {
             let mut state = self.shared.state();
             let mut closing = Vec::new();
@@ -322,11 +345,19 @@ fn new_connections(shared: &Arc<Shared>, client: &str, vip: SocketAddr, pace: Du
     }
 }
 
-/// One request on a new connection, counted in the phase in force when it began.
+/// One new connection unless paused or stopped.
 fn new_connection(shared: &Shared, vip: SocketAddr) {
-    if shared.stopped() {
-        return;
+    // Counted under way before looking at the pause, so that `pause` either sees this one or
+    // this one sees the pause.
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    if !shared.stopped() && !shared.paused.load(Ordering::SeqCst) {
+        request(shared, vip);
     }
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// One request on a new connection, counted in the phase in force when it began.
+fn request(shared: &Shared, vip: SocketAddr) {
     let port = shared.next_port.fetch_add(1, Ordering::Relaxed);
     if !SOURCE_PORTS.contains(&port) {
         return; // every source port used: the pacer stops at MAX_NEW_CONNECTIONS anyway
@@ -338,8 +369,8 @@ fn new_connection(shared: &Shared, vip: SocketAddr) {
     match answer {
         Ok(answer) => {
             match color_of(&answer) {
-                Some("green") => tally.new_green += 1,
-                Some(_) => tally.new_blue += 1,
+                Some(ColorName::Green) => tally.new_green += 1,
+                Some(ColorName::Blue) => tally.new_blue += 1,
                 None => {
                     tally.new_failed += 1;
                     tally.error(format!("unexpected answer {answer:?}"));

@@ -23,6 +23,8 @@ pub mod walk;
 
 use std::time::{Duration, Instant};
 
+use splitter::config::ColorName;
+
 use self::{
     http::Release,
     lab::{DemoLab, MAX_LIFETIME},
@@ -117,7 +119,7 @@ fn walk(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     interrupt::check()?;
-    lab.deploy("blue", Release::Healthy("v1"));
+    lab.deploy(ColorName::Blue, Release::Healthy("v1"));
     t.say(&format!(
         "Starting the daemon ({}) in the splitter host's namespace {}; every `splitter` \
          command below runs with --socket {}.",
@@ -137,7 +139,7 @@ fn walk(
 /// `--keep`: green gets its healthy release back, the lab stays up until Ctrl-C (bounded by
 /// the backends' lifetime), with instructions to poke at it.
 fn keep(lab: &mut DemoLab, t: &mut Terminal) {
-    lab.deploy("green", Release::Healthy("v2"));
+    lab.deploy(ColorName::Green, Release::Healthy("v2"));
     t.heading("The lab keeps running (--keep)");
     t.say(
         "Green runs v2 again. In another terminal, as root, try (Ctrl-C here tears everything \

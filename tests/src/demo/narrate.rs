@@ -6,6 +6,8 @@
 
 use std::io::Write as _;
 
+use splitter::config::ColorName;
+
 /// Where the demo's output goes and how it may be drawn.
 pub struct Terminal {
     /// stdout is a terminal: the live view may redraw in place.
@@ -57,12 +59,11 @@ impl Terminal {
         format!("\x1b[{code}m{text}\x1b[0m")
     }
 
-    /// A color's name (or any text starting with it) in that color.
-    pub fn color(&self, color: &str, text: &str) -> String {
+    /// `text` in `color`'s color.
+    pub fn color(&self, color: ColorName, text: &str) -> String {
         match color {
-            "blue" => self.paint(Style::Blue, text),
-            "green" => self.paint(Style::Green, text),
-            _ => text.to_owned(),
+            ColorName::Blue => self.paint(Style::Blue, text),
+            ColorName::Green => self.paint(Style::Green, text),
         }
     }
 

@@ -9,6 +9,7 @@ use std::{
 };
 
 use splitter::{
+    config::ColorName,
     control::protocol::RolloutReport,
     rollout::{Phase as RolloutPhase, cli::render as render_rollout},
 };
@@ -161,8 +162,9 @@ impl<'a> Walk<'a> {
         weight_percent: f64,
         bad_green: bool,
     ) -> anyhow::Result<()> {
-        let kernel = self.lab.kernel_new_flows()?;
-        self.kernel_end = kernel;
+        // The client's phase first: every request that starts from now on saw the weight of
+        // this phase (the command that set it has returned). The kernel's counters follow one
+        // status request later (a flow may fall on the other side of that line).
         match &self.load {
             Some(load) => load.phase(name),
             None => {
@@ -176,15 +178,19 @@ impl<'a> Walk<'a> {
                 ));
             }
         }
+        let kernel = self.lab.kernel_new_flows();
+        // Marks and client phases stay paired even when the daemon does not answer.
+        let snapshot = *kernel.as_ref().unwrap_or(&self.kernel_end);
+        self.kernel_end = snapshot;
         self.marks.push(Mark {
             step,
             name: name.to_owned(),
             weight_percent,
             bad_green,
             started: Instant::now(),
-            kernel,
+            kernel: snapshot,
         });
-        Ok(())
+        kernel.map(|_| ())
     }
 
     fn load(&self) -> &Load {
@@ -216,11 +222,11 @@ impl<'a> Walk<'a> {
             "client: {} new connections ({} · {}), {} long-lived requests; {failed}",
             tally.new_connections(),
             self.t.color(
-                "blue",
+                ColorName::Blue,
                 &format!("blue {}", share.map_or("-".into(), |s| percent(1.0 - s)))
             ),
             self.t.color(
-                "green",
+                ColorName::Green,
                 &format!("green {}", share.map_or("-".into(), percent))
             ),
             tally.long_requests,
@@ -252,22 +258,20 @@ impl<'a> Walk<'a> {
 
     /// `v1 blue-0 ×2, v2 green-1`: where long-lived connections are pinned.
     fn describe(&self, connections: &[LongLived]) -> String {
-        let mut backends = std::collections::BTreeMap::<(&str, String), usize>::new();
+        let mut backends = std::collections::BTreeMap::<String, (usize, Option<ColorName>)>::new();
         for c in connections {
             let first = c.first.clone().unwrap_or_else(|| "no answer".into());
-            *backends
-                .entry((c.color().unwrap_or_default(), first))
-                .or_default() += 1;
+            backends.entry(first).or_insert((0, c.color())).0 += 1;
         }
         backends
             .iter()
-            .map(|((color, first), n)| {
+            .map(|(first, (n, color))| {
                 let text = if *n > 1 {
                     format!("{first} ×{n}")
                 } else {
                     first.clone()
                 };
-                self.t.color(color, &text)
+                color.map_or(text.clone(), |color| self.t.color(color, &text))
             })
             .collect::<Vec<_>>()
             .join(", ")
@@ -278,8 +282,8 @@ impl<'a> Walk<'a> {
         self.t.say(&format!(
             "{} runs v1 on two instances; {} runs nothing yet. The weight is 0 %: every new \
              connection goes to blue.",
-            self.t.color("blue", "blue"),
-            self.t.color("green", "green")
+            self.t.color(ColorName::Blue, "blue"),
+            self.t.color(ColorName::Green, "green")
         ));
         self.begin(1, "all on blue", 0.0, false)?;
         let client = self.lab.lab.topology.client.name.clone();
@@ -300,12 +304,12 @@ impl<'a> Walk<'a> {
 
     fn canary(&mut self) -> anyhow::Result<RolloutOutcome> {
         self.step(2, "Green (v2) deployed; canary rollout 1 → 10 → 50 → 100 %");
-        self.lab.deploy("green", Release::Healthy("v2"));
+        self.lab.deploy(ColorName::Green, Release::Healthy("v2"));
         self.t.say(&format!(
             "{} now runs v2 on two instances. A canary rollout moves new connections to it \
              step by step; the daemon judges each step on in-kernel handshake signals (green \
              against blue) before the next one.",
-            self.t.color("green", "green")
+            self.t.color(ColorName::Green, "green")
         ));
         self.run_cli(&self.timing.rollout_start())?;
         let outcome = self.watch_rollout(2, "canary", false)?;
@@ -408,6 +412,18 @@ impl<'a> Walk<'a> {
         Ok(outcome(&report, started.elapsed()))
     }
 
+    /// `splitter switch web <color>` and a new phase. New connections wait while the command
+    /// runs (a few tens of milliseconds), so that each is counted in the phase whose weight it
+    /// saw, by the client and by the kernel alike; the long-lived ones carry on through it.
+    fn switch(&mut self, color: &str, phase: &str, weight_percent: f64) -> anyhow::Result<()> {
+        self.load().pause();
+        let switched = self
+            .run_cli(&format!("switch {SERVICE} {color}"))
+            .and_then(|()| self.begin(3, phase, weight_percent, false));
+        self.load().resume();
+        switched
+    }
+
     /// Returns how many long-lived connections were open through both switches.
     fn switches(&mut self) -> anyhow::Result<usize> {
         self.step(3, "Blue-green switch: back to blue, then forward to green");
@@ -424,12 +440,9 @@ impl<'a> Walk<'a> {
             "A switch moves every new connection to one color at once; established ones \
              stay on their backend.",
         );
-        // Each phase begins once the command returned: the weight is in force by then.
-        self.run_cli(&format!("switch {SERVICE} blue"))?;
-        self.begin(3, "switched to blue", 0.0, false)?;
+        self.switch("blue", "switched to blue", 0.0)?;
         self.dwell(self.timing.dwell)?;
-        self.run_cli(&format!("switch {SERVICE} green"))?;
-        self.begin(3, "switched to green", 100.0, false)?;
+        self.switch("green", "switched to green", 100.0)?;
         self.dwell(self.timing.dwell)?;
         let connections = self.load().long_lived();
         let through = connections.iter().filter(|c| c.intact()).count();
@@ -445,17 +458,19 @@ impl<'a> Walk<'a> {
         self.t.say(&format!(
             "Next release: {} takes every new connection, green's keep-alive connections close \
              (drained), and green gets v3.",
-            self.t.color("blue", "blue (v1)")
+            self.t.color(ColorName::Blue, "blue (v1)")
         ));
-        self.run_cli(&format!("switch {SERVICE} blue"))?;
-        self.begin(3, "back to blue, green drained", 0.0, false)?;
+        self.switch("blue", "back to blue, green drained", 0.0)?;
         interrupt::sleep(Duration::from_millis(500))?;
-        self.load.as_mut().expect("the client runs").close("green");
+        self.load
+            .as_mut()
+            .expect("the client runs")
+            .close(ColorName::Green);
         Ok(through)
     }
 
     fn bad_green(&mut self) -> anyhow::Result<RolloutOutcome> {
-        self.lab.deploy("green", Release::Resetting("v3"));
+        self.lab.deploy(ColorName::Green, Release::Resetting("v3"));
         self.step(
             4,
             "A bad release: green (v3) resets connections; the analysis rolls it back",
@@ -463,7 +478,7 @@ impl<'a> Walk<'a> {
         self.t.say(&format!(
             "{} accepts every connection and resets it. The same canary rollout starts; \
              the daemon sees the resets in the kernel and puts green back to 0 % on its own.",
-            self.t.color("green", "green v3")
+            self.t.color(ColorName::Green, "green v3")
         ));
         self.run_cli(&self.timing.rollout_start())?;
         let outcome = self.watch_rollout(4, "bad canary", true)?;
