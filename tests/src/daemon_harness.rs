@@ -43,8 +43,9 @@ pub const TCP_PORT_2: u16 = 8081;
 /// Backends' UDP port (every datagram is answered with the backend's address).
 pub const UDP_PORT: u16 = 5353;
 
-/// The `splitter` binary of this build, built (up to date) once per test process: cargo
-/// does not build other packages' binaries for integration tests. `SPLITTER_BIN` overrides.
+/// The `splitter` binary of this build, built (up to date) once per process: cargo does not
+/// build other packages' binaries for integration tests (nor for `cargo run` of a binary of
+/// this package, e.g. the demo). `SPLITTER_BIN` overrides.
 pub fn splitter_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
@@ -52,17 +53,13 @@ pub fn splitter_binary() -> PathBuf {
             if let Some(path) = std::env::var_os("SPLITTER_BIN") {
                 return PathBuf::from(path);
             }
-            let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/<test> (tests) or target/<profile>/<bin> (the bench and
-            // demo binaries) → target/<profile>
-            let parent = exe.parent().expect("executable in a directory");
-            let profile_dir = if parent.file_name().is_some_and(|name| name == "deps") {
-                parent
-                    .parent()
-                    .expect("target/<profile>/deps")
-                    .to_path_buf()
+            let exe = std::env::current_exe().expect("own executable path");
+            // A test: target/<profile>/deps/<test>; a binary: target/<profile>/<binary>.
+            let dir = exe.parent().expect("executable under target/<profile>");
+            let profile_dir = if dir.file_name().is_some_and(|name| name == "deps") {
+                dir.parent().expect("target/<profile>/deps").to_path_buf()
             } else {
-                parent.to_path_buf()
+                dir.to_path_buf()
             };
             let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
             let release = profile_dir
@@ -269,8 +266,17 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
+    /// `/run/splitter-test/<tag>-<pid>`.
     pub fn new(tag: &str) -> Self {
-        let dir = PathBuf::from(format!("/run/splitter-test/{tag}-{}", std::process::id()));
+        Self::at(PathBuf::from(format!(
+            "/run/splitter-test/{tag}-{}",
+            std::process::id()
+        )))
+    }
+
+    /// A work directory at `dir` (unique to this process: its leftovers are removed first);
+    /// its parent is removed on drop when empty.
+    pub fn at(dir: PathBuf) -> Self {
         let bpffs_mount = dir.join("bpf");
         // Leftovers of a crashed run with the same pid.
         if bpffs_mount.exists() {
@@ -416,16 +422,25 @@ pub fn service(
 impl Lab {
     /// Namespaces, bpffs, servers on every backend. `tag` must be short (namespace names).
     pub fn new(tag: &str) -> Self {
+        let mut lab = Self::bare(tag, WorkDir::new(tag));
+        lab.servers = vec![
+            Servers::start(&lab.topology.blue, &[BLUE[0], BLUE[1], BLUE6[0], BLUE6[1]]),
+            Servers::start(
+                &lab.topology.green,
+                &[GREEN[0], GREEN[1], GREEN6[0], GREEN6[1]],
+            ),
+        ];
+        lab
+    }
+
+    /// Namespaces and the work directory `work`, no servers: for callers that run their own
+    /// backends.
+    pub fn bare(tag: &str, work: WorkDir) -> Self {
         let binary = splitter_binary();
         let topology = Topology::new(tag);
-        let work = WorkDir::new(tag);
-        let servers = vec![
-            Servers::start(&topology.blue, &[BLUE[0], BLUE[1], BLUE6[0], BLUE6[1]]),
-            Servers::start(&topology.green, &[GREEN[0], GREEN[1], GREEN6[0], GREEN6[1]]),
-        ];
         Self {
             daemon: None,
-            servers,
+            servers: Vec::new(),
             work,
             topology,
             binary,
@@ -518,6 +533,9 @@ pub fn spawn_daemon(binary: &Path, netns: &Netns, work: &WorkDir) -> Child {
             command.pre_exec(move || {
                 // Dies with the test thread that started it, even if the test is killed.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Its own process group: a Ctrl-C in the terminal reaches the test (or the
+                // demo), which stops the daemon in order, not the daemon behind its back.
+                libc::setpgid(0, 0);
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

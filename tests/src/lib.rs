@@ -1,9 +1,11 @@
 //! Shared helpers of the integration tests: network-namespace guards, topologies, real
-//! servers and a packet builder. Every test that needs root calls [`require_privileges`].
+//! servers and a packet builder; and the demo (`cargo xtask demo`), built on them. Every test
+//! that needs root calls [`require_privileges`].
 
 pub mod bench;
 pub mod compare;
 pub mod daemon_harness;
+pub mod demo;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -7,7 +7,8 @@
 //! * UDP: every datagram is answered with `<name> <payload>`.
 //!
 //! Servers are bounded: they stop when [`Servers`] is dropped (or `stop`ped), and after
-//! [`MAX_LIFETIME`] at the latest, even if nobody stops them.
+//! [`MAX_LIFETIME`] (or the lifetime given to [`Servers::with_lifetime`]) at the latest, even if
+//! nobody stops them. [`Servers::tcp_with`] serves another protocol on the same accept loop.
 
 use std::{
     io::{self, Read, Write},
@@ -46,7 +47,23 @@ pub const fn bulk_byte(i: usize) -> u8 {
 /// A group of running servers, stopped and joined on drop.
 pub struct Servers {
     stop: Arc<AtomicBool>,
+    max_lifetime: Duration,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// Whether a server thread must end: its [`Servers`] was stopped (or dropped), or the thread
+/// has lived its maximum lifetime. Handlers given to [`Servers::tcp_with`] poll it.
+#[derive(Clone)]
+pub struct Lifetime {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    max: Duration,
+}
+
+impl Lifetime {
+    pub fn expired(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.started.elapsed() > self.max
+    }
 }
 
 impl Default for Servers {
@@ -57,17 +74,43 @@ impl Default for Servers {
 
 impl Servers {
     pub fn new() -> Self {
+        Self::with_lifetime(MAX_LIFETIME)
+    }
+
+    /// Servers that stop by themselves after `max_lifetime`.
+    pub fn with_lifetime(max_lifetime: Duration) -> Self {
         Self {
             stop: Arc::new(AtomicBool::new(false)),
+            max_lifetime,
             threads: Vec::new(),
+        }
+    }
+
+    fn lifetime(&self) -> Lifetime {
+        Lifetime {
+            stop: self.stop.clone(),
+            started: Instant::now(),
+            max: self.max_lifetime,
         }
     }
 
     /// Starts a TCP server named `name` on `addr` inside `ns`; returns once it listens.
     pub fn tcp(&mut self, ns: &Netns, addr: SocketAddr, name: &str) {
-        let (ready, bound) = mpsc::channel();
-        let stop = self.stop.clone();
         let name = name.to_owned();
+        self.tcp_with(ns, addr, move |stream, lifetime| {
+            serve_connection(stream, &name, lifetime);
+        });
+    }
+
+    /// Starts a TCP server on `addr` inside `ns` that hands every accepted connection to
+    /// `serve` on its own thread; returns once it listens. `serve` must return soon after
+    /// its [`Lifetime`] expires.
+    pub fn tcp_with<F>(&mut self, ns: &Netns, addr: SocketAddr, serve: F)
+    where
+        F: Fn(TcpStream, &Lifetime) + Send + Sync + 'static,
+    {
+        let (ready, bound) = mpsc::channel();
+        let lifetime = self.lifetime();
         self.threads.push(ns.spawn(move || {
             let listener = match TcpListener::bind(addr) {
                 Ok(listener) => listener,
@@ -77,7 +120,7 @@ impl Servers {
                 }
             };
             let _ = ready.send(Ok(()));
-            accept_loop(&listener, &name, &stop);
+            accept_loop(&listener, Arc::new(serve), &lifetime);
         }));
         wait_bound(&bound, "TCP", addr);
     }
@@ -85,7 +128,7 @@ impl Servers {
     /// Starts a UDP server named `name` on `addr` inside `ns`; returns once it is bound.
     pub fn udp(&mut self, ns: &Netns, addr: SocketAddr, name: &str) {
         let (ready, bound) = mpsc::channel();
-        let stop = self.stop.clone();
+        let lifetime = self.lifetime();
         let name = name.to_owned();
         self.threads.push(ns.spawn(move || {
             let socket = match UdpSocket::bind(addr).and_then(|s| {
@@ -99,7 +142,7 @@ impl Servers {
                 }
             };
             let _ = ready.send(Ok(()));
-            udp_loop(&socket, &name, &stop);
+            udp_loop(&socket, &name, &lifetime);
         }));
         wait_bound(&bound, "UDP", addr);
     }
@@ -127,16 +170,14 @@ fn wait_bound(bound: &mpsc::Receiver<io::Result<()>>, kind: &str, addr: SocketAd
     }
 }
 
-fn expired(stop: &AtomicBool, started: Instant) -> bool {
-    stop.load(Ordering::Relaxed) || started.elapsed() > MAX_LIFETIME
-}
-
 /// Accepts connections (polling so that the stop flag is seen) and serves each on its own
 /// thread.
-fn accept_loop(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>) {
-    let started = Instant::now();
+fn accept_loop<F>(listener: &TcpListener, serve: Arc<F>, lifetime: &Lifetime)
+where
+    F: Fn(TcpStream, &Lifetime) + Send + Sync + 'static,
+{
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
-    while !expired(stop, started) {
+    while !lifetime.expired() {
         let mut fd = libc::pollfd {
             fd: listener.as_raw_fd(),
             events: libc::POLLIN,
@@ -148,11 +189,9 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>) {
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        let stop = stop.clone();
-        let name = name.to_owned();
-        connections.push(std::thread::spawn(move || {
-            serve_connection(stream, &name, &stop, started);
-        }));
+        let serve = serve.clone();
+        let lifetime = lifetime.clone();
+        connections.push(std::thread::spawn(move || serve(stream, &lifetime)));
         connections.retain(|thread| !thread.is_finished());
     }
     for thread in connections {
@@ -162,29 +201,13 @@ fn accept_loop(listener: &TcpListener, name: &str, stop: &Arc<AtomicBool>) {
 
 /// Answers every request line with the server's name (and `bulk` data) until the client
 /// closes.
-fn serve_connection(mut stream: TcpStream, name: &str, stop: &AtomicBool, started: Instant) {
-    if stream.set_read_timeout(Some(POLL)).is_err()
-        || stream.set_write_timeout(Some(CLIENT_TIMEOUT)).is_err()
-    {
+fn serve_connection(mut stream: TcpStream, name: &str, lifetime: &Lifetime) {
+    if server_timeouts(&stream).is_err() {
         return;
     }
     let reply = format!("{name}\n");
     let mut pending = Vec::new();
-    let mut buf = [0u8; MAX_LINE];
-    while !expired(stop, started) {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
+    while read_more(&mut stream, &mut pending, lifetime) {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             if stream.write_all(reply.as_bytes()).is_err() {
@@ -206,6 +229,35 @@ fn serve_connection(mut stream: TcpStream, name: &str, stop: &AtomicBool, starte
     }
 }
 
+/// A served connection's timeouts: reads wake up every [`POLL`] (to look at the lifetime),
+/// writes give up after [`CLIENT_TIMEOUT`].
+pub fn server_timeouts(stream: &TcpStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))
+}
+
+/// Waits for more bytes from the peer (polling `lifetime`) and appends them to `pending`;
+/// `false` once the peer closed, the read failed or the lifetime expired.
+pub fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>, lifetime: &Lifetime) -> bool {
+    let mut buf = [0u8; MAX_LINE];
+    while !lifetime.expired() {
+        match stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                return true;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 fn write_bulk(stream: &mut TcpStream, len: usize) -> io::Result<()> {
     let mut chunk = [0u8; 64 * 1024];
     let mut sent = 0;
@@ -220,10 +272,9 @@ fn write_bulk(stream: &mut TcpStream, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn udp_loop(socket: &UdpSocket, name: &str, stop: &AtomicBool) {
-    let started = Instant::now();
+fn udp_loop(socket: &UdpSocket, name: &str, lifetime: &Lifetime) {
     let mut buf = [0u8; 2048];
-    while !expired(stop, started) {
+    while !lifetime.expired() {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
             continue;
         };

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's build, test, run and benchmark entry points.
 
 mod bench;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -16,6 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// See the splitter at work: a blue-green cutover and a canary rollout, live, in network
+    /// namespaces of this machine (root); `--fast` for short steps, `--keep` to poke at it.
+    Demo(demo::Options),
     /// Install what the build needs (rust-src, bpf-linker) and check the kernel and privileges.
     Setup(setup::Options),
     /// Setup, build, fmt and clippy (eBPF crate included), unit and integration tests.
@@ -29,6 +33,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo(options) => demo::run(&options),
         Command::Setup(options) => setup::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Bench(options) => bench::run(&options),

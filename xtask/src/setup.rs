@@ -202,7 +202,8 @@ fn check_bpffs() -> anyhow::Result<()> {
     )
 }
 
-fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+/// Installs the Debian packages of `packages` that are missing.
+pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
