@@ -29,11 +29,10 @@ pub const MAX_RUN: Duration = Duration::from_secs(15 * 60);
 /// ephemeral range (32768-60999 by default, where the long-lived connections get theirs).
 ///
 /// Why not let the kernel pick: it walks its range in strides and wraps after a few thousand
-/// connections to one destination, so ports come back within a minute. A SYN whose 5-tuple is
-/// still pinned in the flow table (entries leave it by LRU eviction, not on FIN/RST) follows
-/// its old pin: after a switch or a rollback such a new connection lands on the old color
-/// (seen here: resets from the rolled-back green). That is data-plane behaviour, reported
-/// separately; the demo's client does not reuse 5-tuples, like many distinct clients.
+/// connections to one destination, so ports come back within a minute. The data plane treats a
+/// SYN on a reused, still-pinned 5-tuple whose earlier handshake completed as a new connection
+/// (it follows the weight in force), but the demo found that case first: distinct ports keep
+/// each phase's tally about exactly the connections it opened, like many distinct clients.
 const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 10_000..=32_767;
 /// The most new connections a run opens: one per source port.
 pub const MAX_NEW_CONNECTIONS: u64 =
