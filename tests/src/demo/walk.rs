@@ -311,6 +311,9 @@ impl<'a> Walk<'a> {
              against blue) before the next one.",
             self.t.color(ColorName::Green, "green")
         ));
+        // New connections wait from just before the rollout starts until its first phase
+        // begins (as around a switch), so each is counted in the phase whose weight it saw.
+        self.load().pause();
         self.run_cli(&self.timing.rollout_start())?;
         let outcome = self.watch_rollout(2, "canary", false)?;
         self.run_cli(&format!("rollout status {SERVICE}"))?;
@@ -373,6 +376,7 @@ impl<'a> Walk<'a> {
                 weight = Some(report.green_weight);
                 let percent = report.green_weight as f64 / 1e4;
                 self.begin(step, &format!("{prefix} {percent}%"), percent, bad_green)?;
+                self.load().resume();
             }
             for decision in &report.history {
                 if !seen.insert((decision.at_unix_ms, decision.action.clone())) {
@@ -480,6 +484,9 @@ impl<'a> Walk<'a> {
              the daemon sees the resets in the kernel and puts green back to 0 % on its own.",
             self.t.color(ColorName::Green, "green v3")
         ));
+        // New connections wait from just before the rollout starts until its first phase
+        // begins (as around a switch), so each is counted in the phase whose weight it saw.
+        self.load().pause();
         self.run_cli(&self.timing.rollout_start())?;
         let outcome = self.watch_rollout(4, "bad canary", true)?;
         self.begin(4, "after the rollback", 0.0, false)?;
