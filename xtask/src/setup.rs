@@ -186,7 +186,8 @@ fn check_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon pins under a bpffs; make sure one is mounted at /sys/fs/bpf.
+/// The daemon pins under a bpffs: one must be mounted, or at least mountable (checked without
+/// leaving a mount behind).
 fn check_bpffs() -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounts
@@ -195,11 +196,31 @@ fn check_bpffs() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    std::fs::create_dir_all("/sys/fs/bpf").ok();
-    run_command(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"])).context(
-        "no bpffs mounted and mounting one at /sys/fs/bpf failed: \
-         run `mount -t bpf bpf /sys/fs/bpf` (kernel needs CONFIG_BPF_SYSCALL)",
-    )
+    // Mountable? Try on a scratch directory and unmount at once: setup leaves no mount (and no
+    // kernel-preloaded `*.debug` pins) behind. The tests mount their own bpffs under /run.
+    let probe = std::env::temp_dir().join(format!("splitter-bpffs-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&probe)?;
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&probe)
+        .status()
+        .is_ok_and(|status| status.success());
+    if mounted {
+        let _ = Command::new("umount").arg(&probe).status();
+    }
+    let _ = std::fs::remove_dir(&probe);
+    if !mounted {
+        bail!(
+            "no bpffs is mounted and none can be: the kernel needs CONFIG_BPF_SYSCALL and we need \
+             CAP_SYS_ADMIN; the daemon pins under `control.bpffs` (default /sys/fs/bpf/splitter): \
+             `mount -t bpf bpf /sys/fs/bpf`"
+        );
+    }
+    eprintln!(
+        "setup: bpffs is mountable but not mounted; before running the daemon with the default \
+         control.bpffs: mount -t bpf bpf /sys/fs/bpf"
+    );
+    Ok(())
 }
 
 /// Installs the Debian packages of `packages` that are missing.
