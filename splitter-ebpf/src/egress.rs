@@ -54,7 +54,8 @@ pub fn handle(ctx: &TcContext) {
         return;
     };
     let reverse = *reverse;
-    let bytes = (f.len() - ip.l3_offset) as u64;
+    // skb->len: the whole packet, paged data included (the linear part may be shorter).
+    let bytes = (ctx.len() as u64).saturating_sub(ip.l3_offset as u64);
     // A GSO packet (GRO on the way in, TSO from a local sender) leaves as `gso_segs` wire
     // packets; a plain one has gso_segs 0.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
@@ -67,7 +68,7 @@ pub fn handle(ctx: &TcContext) {
             reverse.backend_id,
             Direction::ToClient,
             segments,
-            bytes.max((ctx.len() as usize - ip.l3_offset) as u64),
+            bytes,
             packet.tcp_flags,
             false,
         );

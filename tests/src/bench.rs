@@ -28,6 +28,8 @@ use splitter_common::{
     maps::{DEFAULT_FLOW_TABLE_SIZE, INGRESS_PROGRAM},
 };
 
+use crate::packet::{Ip, Ipv4, Ipv6, Packet, TCP_ACK, TCP_SYN, Tcp};
+
 const XDP_PASS: u32 = 2;
 
 /// One measured path.
@@ -186,7 +188,12 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
         Path::Spread => spread_base(family),
         _ => client,
     };
-    let bytes = tcp_frame(client, 40000, service.ip(), dst_port, flags);
+    let ip = match (client, service.ip()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => Ip::V4(Ipv4::new(src, dst)),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => Ip::V6(Ipv6::new(src, dst)),
+        _ => unreachable!("one family per measurement"),
+    };
+    let bytes = Packet::tcp(ip, Tcp::new(40000, dst_port, flags)).build();
     let src_offset = match family {
         Family::V4 => 14 + 12,
         Family::V6 => 14 + 8 + 12,
@@ -491,34 +498,4 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
         }
     }
     Ok(results)
-}
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-
-/// Ethernet + IPv4/IPv6 + a 20-byte TCP header (checksums are not needed by the data plane's
-/// incremental updates, so they are left zero).
-fn tcp_frame(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    let mut tcp = Vec::with_capacity(20);
-    tcp.extend_from_slice(&src_port.to_be_bytes());
-    tcp.extend_from_slice(&dst_port.to_be_bytes());
-    tcp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    match (src, dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            frame.extend_from_slice(&0x0800u16.to_be_bytes());
-            frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
-            frame.extend_from_slice(&src.octets());
-            frame.extend_from_slice(&dst.octets());
-        }
-        (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-            frame.extend_from_slice(&[0x60, 0, 0, 0, 0, 20, 6, 64]);
-            frame.extend_from_slice(&src.octets());
-            frame.extend_from_slice(&dst.octets());
-        }
-        _ => panic!("mixed address families"),
-    }
-    frame.extend_from_slice(&tcp);
-    frame
 }

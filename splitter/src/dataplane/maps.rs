@@ -80,15 +80,7 @@ impl Maps {
     pub fn verdicts(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
         Reason::ALL
             .iter()
-            .map(|&reason| {
-                let per_cpu = self.verdicts.get(&(reason as u32), 0).map_err(|source| {
-                    DataplaneError::Map {
-                        name: names::VERDICTS,
-                        source,
-                    }
-                })?;
-                Ok((reason, per_cpu.iter().sum()))
-            })
+            .map(|&reason| Ok((reason, self.verdict(reason)?)))
             .collect()
     }
 
