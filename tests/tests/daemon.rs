@@ -705,7 +705,17 @@ fn cli_errors_have_documented_exit_codes_and_change_nothing() {
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
         0o600
     );
-    let nobody = lab.cli_with(Command::new(&lab.binary).uid(65534).gid(65534), &["status"]);
+    // The build tree may not be reachable by another user (a clone under `mktemp -d` is 0700):
+    // that user runs a copy from the lab's work directory.
+    for dir in [lab.work.dir.parent().unwrap(), lab.work.dir.as_path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("make the work directory reachable");
+    }
+    let binary = lab.work.dir.join("splitter-as-nobody");
+    std::fs::copy(&lab.binary, &binary).expect("copy the CLI for another user");
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod the copy");
+    let nobody = lab.cli_with(Command::new(&binary).uid(65534).gid(65534), &["status"]);
     assert_eq!(nobody.code, 4, "{nobody:?}");
     assert_eq!(
         nobody.stderr,
