@@ -17,19 +17,19 @@
 use std::{
     fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use crate::netns::{Netns, sh, unique, veth};
+use crate::{
+    netns::{Netns, sh, unique, veth},
+    resets::{self, ResetTrace, Role, Roles},
+    servers::Servers,
+};
 
 pub const CLIENT: &str = "198.18.0.1";
 pub const BLUE: [&str; 2] = ["198.18.1.10", "198.18.1.11"];
@@ -42,6 +42,8 @@ pub const TCP_PORT: u16 = 8080;
 pub const TCP_PORT_2: u16 = 8081;
 /// Backends' UDP port (every datagram is answered with the backend's address).
 pub const UDP_PORT: u16 = 5353;
+/// The longest a CLI command may take in a test before it is killed and the test fails.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `splitter` binary of this build, built (up to date) once per process: cargo does not
 /// build other packages' binaries for integration tests (nor for `cargo run` of a binary of
@@ -153,108 +155,22 @@ impl Topology {
     }
 }
 
-/// A backend server thread pool: TCP line echo and UDP echo on every backend address of a
-/// namespace, answering with the backend's `address:port`. Stops on drop.
-pub struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Servers {
-    pub fn start(ns: &Netns, addresses: &[&str]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for address in addresses {
-            let ip: std::net::IpAddr = address.parse().expect("backend IP");
-            for port in [TCP_PORT, TCP_PORT_2] {
-                let tcp = SocketAddr::new(ip, port);
-                let listener = ns.run(move || {
-                    let listener = TcpListener::bind(tcp).expect("bind backend TCP");
-                    listener.set_nonblocking(true).unwrap();
-                    listener
-                });
-                let stop_tcp = stop.clone();
-                threads.push(std::thread::spawn(move || {
-                    tcp_server(listener, tcp, stop_tcp)
-                }));
-            }
-            let udp = SocketAddr::new(ip, UDP_PORT);
-            let socket = ns.run(move || {
-                let socket = UdpSocket::bind(udp).expect("bind backend UDP");
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(50)))
-                    .unwrap();
-                socket
-            });
-            let stop_udp = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                udp_server(socket, udp, stop_udp)
-            }));
+/// The servers of one backend namespace: TCP line echo on [`TCP_PORT`] and [`TCP_PORT_2`] and
+/// UDP on [`UDP_PORT`] of every address in `addresses`, each answering with its own
+/// `address:port` (UDP: nothing else, so the reply's length is known). Stop on drop.
+pub fn backend_servers(ns: &Netns, addresses: &[&str]) -> Servers {
+    let mut servers = Servers::new();
+    for address in addresses {
+        let ip: std::net::IpAddr = address.parse().expect("backend IP");
+        for port in [TCP_PORT, TCP_PORT_2] {
+            let tcp = SocketAddr::new(ip, port);
+            servers.tcp(ns, tcp, &tcp.to_string());
         }
-        Self { stop, threads }
+        let udp = SocketAddr::new(ip, UDP_PORT);
+        let reply = udp.to_string();
+        servers.udp_with(ns, udp, move |_| reply.clone().into_bytes());
     }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn tcp_server(listener: TcpListener, me: SocketAddr, stop: Arc<AtomicBool>) {
-    let mut connections = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let stop = stop.clone();
-                connections.push(std::thread::spawn(move || tcp_connection(stream, me, stop)));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(2)),
-        }
-        connections.retain(|thread: &JoinHandle<()>| !thread.is_finished());
-    }
-    for thread in connections {
-        let _ = thread.join();
-    }
-}
-
-fn tcp_connection(stream: TcpStream, me: SocketAddr, stop: Arc<AtomicBool>) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut writer = stream.try_clone().expect("clone stream");
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    while !stop.load(Ordering::Relaxed) {
-        match reader.read_line(&mut line) {
-            Ok(0) => return,
-            Ok(_) if line.ends_with('\n') => {
-                if writer.write_all(format!("{me}\n").as_bytes()).is_err() {
-                    return;
-                }
-                line.clear();
-            }
-            Ok(_) => {}
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-fn udp_server(socket: UdpSocket, me: SocketAddr, stop: Arc<AtomicBool>) {
-    let mut buffer = [0u8; 2048];
-    let reply = me.to_string();
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-            let _ = socket.send_to(reply.as_bytes(), peer);
-        }
-    }
+    servers
 }
 
 /// A bpffs mounted under /run from the root mount namespace, and the test's work directory
@@ -376,6 +292,8 @@ pub struct CliOutput {
 pub struct Lab {
     pub daemon: Option<Daemon>,
     pub servers: Vec<Servers>,
+    /// Every RST sent while the test runs, to explain a reset a client sees.
+    pub resets: ResetTrace,
     pub work: WorkDir,
     pub topology: Topology,
     pub binary: PathBuf,
@@ -424,8 +342,8 @@ impl Lab {
     pub fn new(tag: &str) -> Self {
         let mut lab = Self::bare(tag, WorkDir::new(tag));
         lab.servers = vec![
-            Servers::start(&lab.topology.blue, &[BLUE[0], BLUE[1], BLUE6[0], BLUE6[1]]),
-            Servers::start(
+            backend_servers(&lab.topology.blue, &[BLUE[0], BLUE[1], BLUE6[0], BLUE6[1]]),
+            backend_servers(
                 &lab.topology.green,
                 &[GREEN[0], GREEN[1], GREEN6[0], GREEN6[1]],
             ),
@@ -438,9 +356,13 @@ impl Lab {
     pub fn bare(tag: &str, work: WorkDir) -> Self {
         let binary = splitter_binary();
         let topology = Topology::new(tag);
+        for backends in [&topology.blue, &topology.green] {
+            resets::one_cpu_per_flow(backends, "eth0");
+        }
         Self {
             daemon: None,
             servers: Vec::new(),
+            resets: ResetTrace::start(tag),
             work,
             topology,
             binary,
@@ -567,25 +489,97 @@ impl Lab {
         self.cli_with(&mut Command::new(&self.binary), args)
     }
 
+    /// Runs the CLI (`command`, with the lab's socket and `args`) under [`CLI_TIMEOUT`]: a
+    /// command that does not return in time is killed and the test fails with the daemon's log.
     pub fn cli_with(&self, command: &mut Command, args: &[&str]) -> CliOutput {
-        let out = command
+        self.cli_within(command, args, CLI_TIMEOUT)
+    }
+
+    /// [`Lab::cli_with`] with another time limit (e.g. `rollout start --wait`).
+    pub fn cli_within(&self, command: &mut Command, args: &[&str], limit: Duration) -> CliOutput {
+        let mut child = command
             .arg("--socket")
             .arg(self.work.socket())
             .args(args)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run the splitter CLI");
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the splitter CLI") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`splitter {}` did not return within {limit:?}; daemon log:\n{}",
+                    args.join(" "),
+                    self.daemon_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
         CliOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
         }
     }
 
     /// `splitter <args>` must succeed.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert_eq!(out.code, 0, "splitter {args:?}: {out:?}");
+        assert_eq!(
+            out.code,
+            0,
+            "splitter {args:?}: {out:?}\ndaemon log:\n{}",
+            self.daemon_log()
+        );
         out.stdout
+    }
+
+    /// `splitter <args>` must exit with `code`; its output.
+    pub fn cli_code(&self, args: &[&str], code: i32) -> CliOutput {
+        let out = self.cli(args);
+        assert_eq!(
+            out.code,
+            code,
+            "splitter {args:?}: {out:?}\ndaemon log:\n{}",
+            self.daemon_log()
+        );
+        out
+    }
+
+    /// The addresses of the lab's hosts, for [`ResetTrace::explain`].
+    pub fn roles(&self) -> Roles {
+        let ip = |a: &str| a.parse().expect("lab address");
+        let mut roles = vec![(ip(CLIENT), Role::Client), (ip(CLIENT6), Role::Client)];
+        for router in ["198.18.0.254", "198.18.1.1", "198.18.2.1", "fd00::fe", "fd00:1::1", "fd00:2::1"] {
+            roles.push((ip(router), Role::SplitterHost));
+        }
+        for backend in BLUE.iter().chain(&GREEN).chain(&BLUE6).chain(&GREEN6) {
+            roles.push((ip(backend), Role::Backend));
+        }
+        roles
+    }
+
+    /// Who sent the RSTs recorded so far (see [`crate::resets`]), for a failure message.
+    pub fn explain_resets(&self) -> String {
+        self.resets.explain(&self.roles())
     }
 
     /// The daemon's status snapshot (`splitter status --json`).
@@ -627,8 +621,9 @@ impl Lab {
         {
             let status = self.cli(&["status", "--json"]);
             panic!(
-                "request {index} of {count} to {vip} failed: {error}\nanswers: {answers:?}\n\
-                 status: {}\ndaemon log:\n{}",
+                "request {index} of {count} to {vip} failed: {error}\nresets: {}\n\
+                 answers: {answers:?}\nstatus: {}\ndaemon log:\n{}",
+                self.explain_resets(),
                 status.stdout,
                 self.daemon_log()
             );

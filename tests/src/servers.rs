@@ -4,7 +4,8 @@
 //! * TCP: every request line is answered with the server's name (`blue-0`, `green-1`, ...) and a
 //!   newline; the connection stays open until the client closes it. The request `bulk N` is
 //!   answered with the name line followed by N bytes of [`bulk_byte`] (N ≤ [`MAX_BULK`]).
-//! * UDP: every datagram is answered with `<name> <payload>`.
+//! * UDP: every datagram is answered with `<name> <payload>` ([`Servers::udp_with`]: any
+//!   answer).
 //!
 //! Servers are bounded: they stop when [`Servers`] is dropped (or `stop`ped), and after
 //! [`MAX_LIFETIME`] (or the lifetime given to [`Servers::with_lifetime`]) at the latest, even if
@@ -127,9 +128,22 @@ impl Servers {
 
     /// Starts a UDP server named `name` on `addr` inside `ns`; returns once it is bound.
     pub fn udp(&mut self, ns: &Netns, addr: SocketAddr, name: &str) {
+        let name = name.to_owned();
+        self.udp_with(ns, addr, move |payload| {
+            let mut reply = format!("{name} ").into_bytes();
+            reply.extend_from_slice(payload);
+            reply
+        });
+    }
+
+    /// Starts a UDP server on `addr` inside `ns` that answers every datagram with
+    /// `reply(payload)`; returns once it is bound.
+    pub fn udp_with<F>(&mut self, ns: &Netns, addr: SocketAddr, reply: F)
+    where
+        F: Fn(&[u8]) -> Vec<u8> + Send + 'static,
+    {
         let (ready, bound) = mpsc::channel();
         let lifetime = self.lifetime();
-        let name = name.to_owned();
         self.threads.push(ns.spawn(move || {
             let socket = match UdpSocket::bind(addr).and_then(|s| {
                 s.set_read_timeout(Some(POLL))?;
@@ -142,7 +156,7 @@ impl Servers {
                 }
             };
             let _ = ready.send(Ok(()));
-            udp_loop(&socket, &name, &lifetime);
+            udp_loop(&socket, &reply, &lifetime);
         }));
         wait_bound(&bound, "UDP", addr);
     }
@@ -272,15 +286,13 @@ fn write_bulk(stream: &mut TcpStream, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn udp_loop(socket: &UdpSocket, name: &str, lifetime: &Lifetime) {
+fn udp_loop(socket: &UdpSocket, reply: &dyn Fn(&[u8]) -> Vec<u8>, lifetime: &Lifetime) {
     let mut buf = [0u8; 2048];
     while !lifetime.expired() {
         let Ok((n, peer)) = socket.recv_from(&mut buf) else {
             continue;
         };
-        let mut reply = format!("{name} ").into_bytes();
-        reply.extend_from_slice(&buf[..n]);
-        let _ = socket.send_to(&reply, peer);
+        let _ = socket.send_to(&reply(&buf[..n]), peer);
     }
 }
 
