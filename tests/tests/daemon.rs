@@ -22,16 +22,20 @@ use splitter::{
     dataplane::{
         Origin,
         maps::Maps,
-        services::{Protocol, service_key},
+        services::{Protocol, addr_of, service_key, socket_addr},
     },
 };
-use splitter_common::{FlowKey, FlowValue};
+use splitter_common::{
+    FlowKey, FlowValue,
+    hash::{DEFAULT_HASH_SEED, flow_hash, is_green, pool_index},
+};
 use splitter_tests::{
     daemon_harness::{
-        BLUE, BLUE6, GREEN, GREEN6, Lab, TCP_PORT, TCP_PORT_2, UDP_PORT, colors, metric, request,
-        service,
+        BLUE, BLUE6, CLIENT, GREEN, GREEN6, Lab, TCP_PORT, TCP_PORT_2, UDP_PORT, base_config,
+        colors, metric, request, service,
     },
     require_privileges,
+    servers::{ask, connect},
 };
 
 const WEB: &str = "198.18.100.10:80";
@@ -982,4 +986,295 @@ fn measure_daemon_figures() {
         used.as_millis(),
         wall.elapsed().as_secs_f64()
     );
+}
+
+/// The config with `[dataplane]` lines `extra` added (e.g. `hash_seed = 7`).
+fn write_config_with(lab: &Lab, extra: &str, services: &str) {
+    let text = base_config(&lab.work).replace("miss_hold", &format!("{extra}\nmiss_hold"));
+    std::fs::write(lab.work.config(), format!("{text}{services}")).expect("write config");
+}
+
+/// The backend (`address:port`) a new TCP flow from `client` to `vip` lands on, computed with the
+/// contract's selection functions and `seed`, for a service with `blue`/`green` (config order)
+/// at `weight_ppm`; and whether it is green.
+fn predicted(
+    client: SocketAddr,
+    vip: SocketAddr,
+    seed: u32,
+    weight_ppm: u32,
+    blue: &[&str],
+    green: &[&str],
+) -> (String, bool) {
+    let (src, family) = addr_of(&client);
+    let (dst, _) = addr_of(&vip);
+    let key = FlowKey {
+        src,
+        dst,
+        src_port: client.port().to_be(),
+        dst_port: vip.port().to_be(),
+        protocol: Protocol::Tcp.number(),
+        family: family as u8,
+        _pad: [0; 2],
+    };
+    let hash = flow_hash(&key, seed);
+    let is_green = is_green(hash, weight_ppm);
+    let pool = if is_green { green } else { blue };
+    let host = pool[pool_index(hash, pool.len() as u32) as usize];
+    (format!("{host}:{TCP_PORT}"), is_green)
+}
+
+/// New connections from `ports` of the client to `vip`, one request each: the backend that
+/// answered each. A failed request fails the test with who reset it.
+fn answers_from_ports(lab: &Lab, vip: &str, ports: std::ops::Range<u16>) -> Vec<(SocketAddr, String)> {
+    let vip: SocketAddr = vip.parse().unwrap();
+    let answers = lab.topology.client.run(move || {
+        ports
+            .map(|port| {
+                let from = SocketAddr::new(CLIENT.parse().unwrap(), port);
+                let answer = connect(from, vip)
+                    .and_then(|mut stream| ask(&mut stream))
+                    .map_err(|e| e.to_string());
+                (from, answer)
+            })
+            .collect::<Vec<_>>()
+    });
+    answers
+        .into_iter()
+        .map(|(from, answer)| {
+            let answer = answer.unwrap_or_else(|error| {
+                panic!(
+                    "request from {from} to {vip} failed: {error}\nresets: {}\ndaemon log:\n{}",
+                    lab.explain_resets(),
+                    lab.daemon_log()
+                )
+            });
+            (from, answer)
+        })
+        .collect()
+}
+
+/// Polls the status until `done` (at most 5 s).
+fn status_until(lab: &Lab, what: &str, done: impl Fn(&StatusReport) -> bool) -> StatusReport {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = lab.status();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 5 s: {status:?}\n{}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn hash_seed_decides_the_split_and_load_time_keys_need_an_unload() {
+    if !require_privileges("hash_seed_decides_the_split_and_load_time_keys_need_an_unload") {
+        return;
+    }
+    const SEED: u32 = 0x0bad_f00d;
+    const CONNECTIONS: u16 = 120;
+    let mut lab = Lab::new("dhs");
+    let services = service("web", WEB, "tcp", "30", &BLUE, &GREEN, TCP_PORT);
+    write_config_with(
+        &lab,
+        &format!("hash_seed = {SEED}\nhandshake_timeout = \"700ms\""),
+        &services,
+    );
+    lab.start_daemon();
+    // Two samples of the new-flow counters before any traffic: the measured share's window
+    // then holds exactly this test's connections.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // Every connection lands where the contract's functions say with the configured seed; the
+    // default seed would send some of them elsewhere (so a daemon ignoring the seed fails).
+    let vip: SocketAddr = WEB.parse().unwrap();
+    let answers = answers_from_ports(&lab, WEB, 20_000..20_000 + CONNECTIONS);
+    let mut green = 0u64;
+    let mut differs_by_seed = 0;
+    for (from, answer) in &answers {
+        let (expected, is_green) = predicted(*from, vip, SEED, 300_000, &BLUE, &GREEN);
+        assert_eq!(answer, &expected, "flow from {from} with hash_seed {SEED:#x}");
+        green += u64::from(is_green);
+        let (default, _) = predicted(*from, vip, DEFAULT_HASH_SEED, 300_000, &BLUE, &GREEN);
+        differs_by_seed += usize::from(default != expected);
+    }
+    assert!(
+        differs_by_seed > 10,
+        "only {differs_by_seed} of {CONNECTIONS} flows would land elsewhere with the default \
+         seed: the test could not tell the seeds apart"
+    );
+
+    // The measured green share is exactly the share of this test's connections that went green.
+    let total = u64::from(CONNECTIONS);
+    let status = status_until(&lab, "the window counts every connection", |status| {
+        find(status, "web").window_new_flows == total
+    });
+    let share = find(&status, "web").measured_green_share;
+    assert_eq!(
+        share,
+        Some(green as f64 / total as f64),
+        "{green} of {total} new flows went green"
+    );
+    let text = lab.cli_ok(&["status"]);
+    let percent = format!("measured green share {:.2}%", 100.0 * green as f64 / total as f64);
+    assert!(text.contains(&percent), "status shows the measured share {percent}:\n{text}");
+
+    // A reload may not change a load-time key: exit 5, the field named, nothing changed.
+    let original = std::fs::read_to_string(lab.work.config()).unwrap();
+    for (from, to, field) in [
+        (
+            format!("hash_seed = {SEED}"),
+            "hash_seed = 1".to_owned(),
+            "dataplane.hash_seed",
+        ),
+        (
+            "flow_table_size = 262144".to_owned(),
+            "flow_table_size = 4096".to_owned(),
+            "dataplane.flow_table_size",
+        ),
+        (
+            "handshake_timeout = \"700ms\"".to_owned(),
+            "handshake_timeout = \"1s\"".to_owned(),
+            "dataplane.handshake_timeout",
+        ),
+    ] {
+        assert!(original.contains(&from), "{from} in the config");
+        std::fs::write(
+            lab.work.config(),
+            original.replace(&from, &to).replace("green_weight = 30", "green_weight = 80"),
+        )
+        .unwrap();
+        let refused = lab.cli_code(&["reload"], 5);
+        assert!(refused.stderr.contains(field), "{field}: {refused:?}");
+        assert_eq!(
+            find(&lab.status(), "web").green_weight,
+            300_000,
+            "{field}: the weight edited in the same file is not applied"
+        );
+    }
+    std::fs::write(lab.work.config(), &original).unwrap();
+    lab.cli_ok(&["reload"]);
+
+    // A daemon started over the pinned data plane with another load-time setting is refused
+    // and says which; the data plane keeps the old one and keeps splitting.
+    lab.stop_daemon();
+    for (from, to, setting) in [
+        (
+            format!("hash_seed = {SEED}"),
+            "hash_seed = 1".to_owned(),
+            format!("hash_seed = {SEED}, the config says 1"),
+        ),
+        (
+            "flow_table_size = 262144".to_owned(),
+            "flow_table_size = 4096".to_owned(),
+            "flow_table_size = 262144, the config says 4096".to_owned(),
+        ),
+        (
+            "handshake_timeout = \"700ms\"".to_owned(),
+            "handshake_timeout = \"1s\"".to_owned(),
+            "handshake_timeout (ns) = 700000000, the config says 1000000000".to_owned(),
+        ),
+    ] {
+        std::fs::write(lab.work.config(), original.replace(&from, &to)).unwrap();
+        let out = lab.run_daemon_to_exit();
+        assert_ne!(out.code, 0, "{setting}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("was loaded with {setting}")),
+            "{setting}: {out:?}"
+        );
+        assert!(xdp_attached(&lab), "the pinned data plane stays attached");
+    }
+    let again = answers_from_ports(&lab, WEB, 21_000..21_020);
+    for (from, answer) in &again {
+        let (expected, _) = predicted(*from, vip, SEED, 300_000, &BLUE, &GREEN);
+        assert_eq!(answer, &expected, "still split with hash_seed {SEED:#x}");
+    }
+    std::fs::write(lab.work.config(), &original).unwrap();
+    lab.start_daemon();
+    assert_eq!(lab.status().daemon.dataplane, Origin::Adopted);
+}
+
+#[test]
+fn a_backend_removed_on_reload_serves_its_pinned_connection_and_its_mapping_goes_after() {
+    if !require_privileges(
+        "a_backend_removed_on_reload_serves_its_pinned_connection_and_its_mapping_goes_after",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("drm");
+    lab.write_config(&web("0"));
+    lab.start_daemon();
+    let mut open = lab.connect(WEB);
+    let pinned_to = open.ask().expect("first request");
+    let removed: SocketAddr = pinned_to.parse().unwrap();
+    let kept = if removed.ip().to_string() == BLUE[0] { BLUE[1] } else { BLUE[0] };
+
+    lab.write_config(&service("web", WEB, "tcp", "0", &[kept], &GREEN, TCP_PORT));
+    lab.cli_ok(&["reload"]);
+    for i in 0..20 {
+        assert_eq!(
+            open.ask().unwrap_or_else(|e| panic!(
+                "request {i} on the connection pinned to the removed backend: {e}\nresets: {}",
+                lab.explain_resets()
+            )),
+            pinned_to,
+            "the connection stays on the removed backend"
+        );
+    }
+    let answers: BTreeSet<String> = lab
+        .requests(WEB, 20)
+        .into_iter()
+        .map(|answer| answer.expect("web request"))
+        .collect();
+    assert_eq!(
+        answers,
+        BTreeSet::from([format!("{kept}:{TCP_PORT}")]),
+        "new flows avoid the removed backend"
+    );
+
+    // The removed backend's reply mapping stays while a pinned flow goes to it, across reloads.
+    let maps_dir = lab.work.bpffs().join("dataplane/maps");
+    let mapped = |backend: SocketAddr| {
+        Maps::from_pins(&maps_dir)
+            .unwrap()
+            .backend_reverse_entries()
+            .unwrap()
+            .iter()
+            .any(|(key, _)| socket_addr(&key.addr, key.port, key.family) == backend)
+    };
+    assert!(mapped(removed), "mapped while the connection is open");
+    lab.cli_ok(&["reload"]);
+    assert!(mapped(removed), "still mapped after another reload");
+    assert_eq!(open.ask().unwrap(), pinned_to);
+
+    // The connection ends; its flow leaves the table (flows leave by LRU eviction, not on FIN:
+    // the test evicts it), and the next reload removes the mapping.
+    drop(open);
+    let mut maps = Maps::from_pins(&maps_dir).unwrap();
+    let to_removed: Vec<FlowKey> = maps
+        .flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, flow)| {
+            socket_addr(&flow.backend_addr, flow.backend_port, key.family) == removed
+        })
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(to_removed.len(), 1, "one pinned flow to the removed backend");
+    lab.cli_ok(&["reload"]);
+    assert!(
+        mapped(removed),
+        "the ended connection's flow is still in the table: the mapping stays"
+    );
+    for key in &to_removed {
+        maps.flows.remove(key).expect("evict the flow");
+    }
+    lab.cli_ok(&["reload"]);
+    assert!(!mapped(removed), "no pinned flow left: the mapping is gone");
+    assert!(mapped(format!("{kept}:{TCP_PORT}").parse().unwrap()));
+    assert_eq!(lab.split(WEB, 10), (10, 0));
 }
