@@ -568,7 +568,14 @@ impl Lab {
     pub fn roles(&self) -> Roles {
         let ip = |a: &str| a.parse().expect("lab address");
         let mut roles = vec![(ip(CLIENT), Role::Client), (ip(CLIENT6), Role::Client)];
-        for router in ["198.18.0.254", "198.18.1.1", "198.18.2.1", "fd00::fe", "fd00:1::1", "fd00:2::1"] {
+        for router in [
+            "198.18.0.254",
+            "198.18.1.1",
+            "198.18.2.1",
+            "fd00::fe",
+            "fd00:1::1",
+            "fd00:2::1",
+        ] {
             roles.push((ip(router), Role::SplitterHost));
         }
         for backend in BLUE.iter().chain(&GREEN).chain(&BLUE6).chain(&GREEN6) {
@@ -579,7 +586,12 @@ impl Lab {
 
     /// Who sent the RSTs recorded so far (see [`crate::resets`]), for a failure message.
     pub fn explain_resets(&self) -> String {
-        self.resets.explain(&self.roles())
+        self.resets.explain(&self.roles(), None)
+    }
+
+    /// Who reset the connection from `client` (see [`crate::resets`]).
+    pub fn explain_reset_of(&self, client: SocketAddr) -> String {
+        self.resets.explain(&self.roles(), Some(client))
     }
 
     /// The daemon's status snapshot (`splitter status --json`).
@@ -664,6 +676,11 @@ impl Conversation {
         Self {
             reader: BufReader::new(stream),
         }
+    }
+
+    /// The client end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local address")
     }
 
     /// Sends a line; the backend's answer.

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use splitter::{control::protocol::RolloutReport, rollout::Phase};
+use splitter::{config::ColorName, control::protocol::RolloutReport, rollout::Phase};
 use splitter_tests::{
     daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, color_of, request, service},
     require_privileges,
@@ -447,5 +447,165 @@ fn measure_rollback_time() {
         "green failing -> weight 0: {:?} (1 s steps); reason: {}",
         failing.elapsed(),
         report.last.unwrap().reason
+    );
+}
+
+/// The service's weight in force, from the daemon's status.
+fn service_weight(lab: &Lab) -> u32 {
+    lab.status()
+        .services
+        .iter()
+        .find(|service| service.name == "web")
+        .expect("web in status")
+        .green_weight
+}
+
+#[test]
+fn pause_resume_promote_and_a_manual_weight_through_the_cli_and_across_a_restart() {
+    if !require_privileges(
+        "pause_resume_promote_and_a_manual_weight_through_the_cli_and_across_a_restart",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("rpr");
+    // No traffic and min_flows out of reach: the rollout only moves when told to.
+    lab.write_config(&web_with_rollout(
+        "steps = [10, 50, 100]\nevery = \"60s\"\nmin_flows = 1000",
+    ));
+    lab.start_daemon();
+    lab.cli_ok(&["rollout", "start", "web"]);
+    let report = status(&lab);
+    assert_eq!(
+        (report.phase, report.step, report.green_weight),
+        (Phase::Running, 1, 100_000)
+    );
+
+    lab.cli_ok(&["rollout", "pause", "web"]);
+    assert_eq!(status(&lab).phase, Phase::Paused);
+    lab.cli_ok(&["rollout", "resume", "web"]);
+    assert_eq!(status(&lab).phase, Phase::Running);
+    lab.cli_ok(&["rollout", "promote", "web"]);
+    let report = status(&lab);
+    assert_eq!(
+        (report.phase, report.step, report.green_weight),
+        (Phase::Running, 2, 500_000)
+    );
+    assert_eq!(
+        service_weight(&lab),
+        500_000,
+        "the promoted weight is in force"
+    );
+
+    // A manual weight: the operator took over, the rollout pauses and keeps its step.
+    lab.cli_ok(&["set-weight", "web", "20"]);
+    let report = status(&lab);
+    assert_eq!(
+        (report.phase, report.step),
+        (Phase::Paused, 2),
+        "{report:#?}"
+    );
+    assert_eq!(actions(&report).last().map(String::as_str), Some("pause"));
+    assert_eq!(service_weight(&lab), 200_000);
+
+    // Paused stays paused across a restart (even SIGKILL), with the manual weight.
+    lab.kill_daemon();
+    lab.start_daemon();
+    let report = status(&lab);
+    assert_eq!(
+        (report.phase, report.step),
+        (Phase::Paused, 2),
+        "{report:#?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&lab).phase, Phase::Paused, "no tick resumed it");
+    assert_eq!(service_weight(&lab), 200_000);
+
+    // Resume hands it back to the rollout (its step's weight); promote --full: the last step.
+    lab.cli_ok(&["rollout", "resume", "web"]);
+    let report = status(&lab);
+    assert_eq!(
+        (report.phase, report.step, report.green_weight),
+        (Phase::Running, 2, 500_000)
+    );
+    assert_eq!(service_weight(&lab), 500_000);
+    lab.cli_ok(&["rollout", "promote", "web", "--full"]);
+    let report = status(&lab);
+    assert_eq!(
+        (report.step, report.green_weight),
+        (3, 1_000_000),
+        "{report:#?}"
+    );
+    assert_eq!(service_weight(&lab), 1_000_000);
+    assert_eq!(lab.split(WEB, 10), (0, 10));
+}
+
+#[test]
+fn abort_keeps_green_connections_and_abort_cut_moves_them_to_blue() {
+    if !require_privileges("abort_keeps_green_connections_and_abort_cut_moves_them_to_blue") {
+        return;
+    }
+    let mut lab = Lab::new("rab");
+    lab.write_config(&web_with_rollout(
+        "steps = [100]\nevery = \"60s\"\nmin_flows = 1000",
+    ));
+    lab.start_daemon();
+    let mut blue = lab.connect(WEB);
+    let blue_backend = blue.ask().expect("blue request");
+    assert_eq!(color_of(&blue_backend), "blue");
+
+    lab.cli_ok(&["rollout", "start", "web"]);
+    let mut kept = lab.connect(WEB);
+    let kept_backend = kept.ask().expect("green request");
+    assert_eq!(color_of(&kept_backend), "green");
+    lab.cli_ok(&["rollout", "abort", "web"]);
+    let report = status(&lab);
+    assert_eq!((report.phase, report.green_weight), (Phase::Aborted, 0));
+    assert_eq!(lab.split(WEB, 10), (10, 0), "new flows go blue");
+    assert_eq!(
+        kept.ask().expect("a green connection after a plain abort"),
+        kept_backend,
+        "a plain abort keeps established green flows"
+    );
+
+    // Again, aborted with --cut: green's established flows are unpinned, their next packet
+    // goes to a blue backend, which has no such connection and resets it.
+    lab.cli_ok(&["rollout", "start", "web"]);
+    let mut cut = lab.connect(WEB);
+    let cut_client = cut.local_addr();
+    assert_eq!(color_of(&cut.ask().expect("green request")), "green");
+    lab.cli_ok(&["rollout", "abort", "web", "--cut"]);
+    assert_eq!(service_weight(&lab), 0);
+    let broken = cut.ask();
+    assert!(broken.is_err(), "a cut green connection breaks: {broken:?}");
+    assert!(kept.ask().is_err(), "every green connection is cut");
+    assert_eq!(
+        blue.ask().expect("blue after the cut"),
+        blue_backend,
+        "blue stays"
+    );
+    // The reset came from a blue backend's listener, which never accepted the cut connection:
+    // the classification a splitter fault would get too.
+    let roles = lab.roles();
+    let blue_listener = lab.resets.resets(&roles).into_iter().any(|reset| {
+        color_of(&reset.sender.to_string()) == "blue"
+            && (reset.state.as_str(), reset.reason.as_str()) == ("TCP_LISTEN", "TCP_FLAGS")
+    });
+    let explained = lab.explain_reset_of(cut_client);
+    assert!(
+        blue_listener && explained.contains("the backend never accepted this connection"),
+        "a blue backend reset the cut connection: {explained}"
+    );
+    let status = lab.status();
+    let green_pinned: u64 = status
+        .services
+        .iter()
+        .flat_map(|service| &service.colors)
+        .filter(|color| color.color == ColorName::Green)
+        .flat_map(|color| &color.backends)
+        .map(|backend| backend.live_flows)
+        .sum();
+    assert_eq!(
+        green_pinned, 0,
+        "no flow pinned to green after --cut: {status:?}"
     );
 }
