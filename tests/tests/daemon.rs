@@ -257,8 +257,9 @@ fn sigkill_is_hitless_and_a_restart_adopts_weights_flows_and_counters() {
     let (ok, failed) = client.join().expect("client thread");
     assert!(
         failed.is_empty(),
-        "{} failed requests: {failed:?}",
-        failed.len()
+        "{} failed requests: {failed:?}\nresets: {}",
+        failed.len(),
+        lab.explain_resets()
     );
     assert!(ok > 100, "only {ok} requests in ~3 s");
 

@@ -19,6 +19,7 @@ use splitter::dataplane::{
 use splitter_common::{Cohort, Color, Family, Reason, WEIGHT_SCALE};
 use splitter_tests::{
     require_privileges,
+    resets::{ResetTrace, Role, Roles, one_cpu_per_flow},
     servers::{Servers, ask, bulk, connect, udp_ask, udp_connect},
     topology::{Layout, Spec, Topology, flow_key, tcp_mib},
 };
@@ -35,6 +36,8 @@ const fn ppm(percent: u32) -> u32 {
 /// then the data plane (detached), then the namespaces.
 struct Bed {
     _servers: Servers,
+    /// Every RST sent while the test runs, to explain a reset a client sees.
+    resets: ResetTrace,
     dataplane: Dataplane,
     topology: Topology,
 }
@@ -53,14 +56,47 @@ impl Bed {
 
     fn with(spec: &Spec) -> Self {
         let topology = Topology::build(spec);
+        for backend in &topology.backends {
+            one_cpu_per_flow(&backend.ns, "eth0");
+        }
         let servers = topology.start_servers();
         let dataplane = Dataplane::load(&LoadOptions::default()).expect("load the eBPF object");
         let dataplane = topology.attach(dataplane);
         Self {
             _servers: servers,
+            resets: ResetTrace::start(spec.tag),
             dataplane,
             topology,
         }
+    }
+
+    /// The addresses of the topology's hosts, for [`ResetTrace::explain`].
+    fn roles(&self) -> Roles {
+        let topology = &self.topology;
+        let mut roles = Roles::new();
+        for family in [Family::Ipv4, Family::Ipv6] {
+            for backend in &topology.backends {
+                roles.push((backend.addr(family), Role::Backend));
+            }
+        }
+        roles.extend(
+            topology
+                .clients_v4
+                .iter()
+                .map(|&a| (a.into(), Role::Client)),
+        );
+        roles.extend(
+            topology
+                .clients_v6
+                .iter()
+                .map(|&a| (a.into(), Role::Client)),
+        );
+        roles
+    }
+
+    /// Who reset the connection from `client`, for a failure message.
+    fn explain_reset_of(&self, client: SocketAddr) -> String {
+        self.resets.explain(&self.roles(), Some(client))
     }
 
     fn install(&mut self, service: &ServiceSpec) {
@@ -110,21 +146,27 @@ impl Bed {
                 let started = Instant::now();
                 let mut answers = Vec::with_capacity(ports.len());
                 for port in ports {
+                    let src = SocketAddr::new(from, port);
                     if started.elapsed() > ROUND_DEADLINE {
-                        return Err(format!(
-                            "deadline passed after {} connections",
-                            answers.len()
+                        return Err((
+                            src,
+                            format!("deadline passed after {} connections", answers.len()),
                         ));
                     }
-                    let src = SocketAddr::new(from, port);
-                    let mut stream =
-                        connect(src, to).map_err(|e| format!("connect {src} -> {to}: {e}"))?;
-                    let name = ask(&mut stream).map_err(|e| format!("ask {src} -> {to}: {e}"))?;
+                    let mut stream = connect(src, to)
+                        .map_err(|e| (src, format!("connect {src} -> {to}: {e}")))?;
+                    let name =
+                        ask(&mut stream).map_err(|e| (src, format!("ask {src} -> {to}: {e}")))?;
                     answers.push((src, name));
                 }
                 Ok(answers)
             })
-            .unwrap_or_else(|e| panic!("TCP round to {to}: {e}"));
+            .unwrap_or_else(|(src, e)| {
+                panic!(
+                    "TCP round to {to}: {e}\nresets: {}",
+                    self.explain_reset_of(src)
+                )
+            });
         for (src, name) in &answers {
             let expected = self.topology.expected_backend(service, *src);
             assert_eq!(
@@ -399,57 +441,35 @@ fn tcp_split_share(tag: &'static str, family: Family) {
 }
 
 #[test]
-fn tcp_split_share_follows_weight_ipv4() {
-    if !require_privileges("tcp_split_share_follows_weight_ipv4") {
+fn tcp_split_share_follows_weight() {
+    if !require_privileges("tcp_split_share_follows_weight") {
         return;
     }
-    tcp_split_share("s4", Family::Ipv4);
-}
-
-#[test]
-fn tcp_split_share_follows_weight_ipv6() {
-    if !require_privileges("tcp_split_share_follows_weight_ipv6") {
-        return;
+    for (tag, family) in [("s4", Family::Ipv4), ("s6", Family::Ipv6)] {
+        tcp_split_share(tag, family);
     }
-    tcp_split_share("s6", Family::Ipv6);
 }
 
 const WEIGHT_WALK: [u32; 9] = [0, 10, 50, 90, 100, 90, 50, 10, 0];
 
 #[test]
-fn long_lived_tcp_connection_stays_on_blue_ipv4() {
-    if !require_privileges("long_lived_tcp_connection_stays_on_blue_ipv4") {
+fn long_lived_tcp_connection_stays_on_blue() {
+    if !require_privileges("long_lived_tcp_connection_stays_on_blue") {
         return;
     }
-    let mut bed = Bed::new("l4", Layout::Routed, 2, 2, 1);
-    let service = bed
-        .topology
-        .service(1, Family::Ipv4, Protocol::Tcp, Cohort::Flow, 0);
-    bed.install(&service);
-    bed.long_lived(&service, &WEIGHT_WALK, 20, 30_000);
-    assert_eq!(
-        bed.verdict(Reason::FlowMiss),
-        0,
-        "no TCP packet missed its flow"
-    );
-}
-
-#[test]
-fn long_lived_tcp_connection_stays_on_blue_ipv6() {
-    if !require_privileges("long_lived_tcp_connection_stays_on_blue_ipv6") {
-        return;
+    for (tag, family) in [("l4", Family::Ipv4), ("l6", Family::Ipv6)] {
+        let mut bed = Bed::new(tag, Layout::Routed, 2, 2, 1);
+        let service = bed
+            .topology
+            .service(1, family, Protocol::Tcp, Cohort::Flow, 0);
+        bed.install(&service);
+        bed.long_lived(&service, &WEIGHT_WALK, 20, 30_000);
+        assert_eq!(
+            bed.verdict(Reason::FlowMiss),
+            0,
+            "{family:?}: no TCP packet missed its flow"
+        );
     }
-    let mut bed = Bed::new("l6", Layout::Routed, 2, 2, 1);
-    let service = bed
-        .topology
-        .service(1, Family::Ipv6, Protocol::Tcp, Cohort::Flow, 0);
-    bed.install(&service);
-    bed.long_lived(&service, &WEIGHT_WALK, 20, 30_000);
-    assert_eq!(
-        bed.verdict(Reason::FlowMiss),
-        0,
-        "no TCP packet missed its flow"
-    );
 }
 
 /// A connection whose pinned flow is lost (LRU eviction, or ECMP moving it to this host) right

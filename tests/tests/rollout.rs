@@ -149,7 +149,8 @@ fn healthy_green_reaches_100_percent_through_every_step() {
     let (blue, green, failed) = load.tally(started);
     assert!(
         failed.is_empty(),
-        "failed requests during a healthy rollout: {failed:?}"
+        "failed requests during a healthy rollout: {failed:?}\nresets: {}",
+        lab.explain_resets()
     );
     assert!(
         blue > 0 && green > 0,
@@ -210,7 +211,8 @@ fn refusing_green_is_rolled_back_within_one_step() {
     let (blue, green, failed) = load.tally(after);
     assert!(
         blue > 10 && green == 0 && failed.is_empty(),
-        "after the rollback: {blue} blue, {green} green, failed {failed:?}"
+        "after the rollback: {blue} blue, {green} green, failed {failed:?}\nresets: {}",
+        lab.explain_resets()
     );
     drop(load);
     assert_eq!(lab.split(WEB, 20), (20, 0));
@@ -362,7 +364,8 @@ fn a_killed_daemon_resumes_its_rollout_at_the_same_step() {
     let (_, _, failed) = load.tally(started);
     assert!(
         failed.is_empty(),
-        "no failed request across the kill and restart: {failed:?}"
+        "no failed request across the kill and restart: {failed:?}\nresets: {}",
+        lab.explain_resets()
     );
 }
 
