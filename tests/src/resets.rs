@@ -319,7 +319,11 @@ pub fn is_reset(error: &str) -> bool {
 /// segment at the same moment (see the module documentation).
 pub fn one_cpu_per_flow(ns: &Netns, dev: &str) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(32));
-    let mask = format!("{:x}", (1u64 << cpus) - 1);
+    rps_cpus(ns, dev, &format!("{:x}", (1u64 << cpus) - 1));
+}
+
+/// Writes the RPS CPU mask (hex) of every receive queue of `dev` in `ns`; `0` turns RPS off.
+pub fn rps_cpus(ns: &Netns, dev: &str, mask: &str) {
     // `ip netns exec` mounts a /sys of the namespace, where its devices are.
     ns.exec(&[
         "sh",

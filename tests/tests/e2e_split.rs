@@ -959,3 +959,79 @@ fn fast_path_refuses_a_bridge() {
     let error = refused.expect_err("a bridge cannot transmit XDP frames");
     assert!(error.contains("is a bridge"), "unexpected error: {error}");
 }
+
+/// Not a test: `cargo test --release -p splitter-tests --test e2e_split -- --ignored
+/// measure_resets --nocapture` opens `SPLITTER_RESET_LOOP` (default 200 000) short connections
+/// (connect, one request, close) from two threads, with RPS on the backends' receive queues
+/// (`SPLITTER_RESET_LOOP_RPS=0`: without), and prints every reset with who sent it. Bounded:
+/// at most 20 minutes.
+#[test]
+#[ignore = "measurement, prints figures"]
+fn measure_resets_over_many_connections() {
+    if !require_privileges("measure_resets_over_many_connections") {
+        return;
+    }
+    const CLIENTS: usize = 4;
+    const PORTS: u16 = 50_000;
+    let total: usize = std::env::var("SPLITTER_RESET_LOOP")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200_000)
+        .min(CLIENTS * PORTS as usize);
+    let rps = std::env::var("SPLITTER_RESET_LOOP_RPS").as_deref() != Ok("0");
+    let mut bed = Bed::new("rl", Layout::Routed, 2, 2, CLIENTS);
+    if !rps {
+        for backend in &bed.topology.backends {
+            splitter_tests::resets::rps_cpus(&backend.ns, "eth0", "0");
+        }
+    }
+    let service = bed
+        .topology
+        .service(1, Family::Ipv4, Protocol::Tcp, Cohort::Flow, 0);
+    bed.install(&service);
+    let service = bed.set_weight(&service, 50);
+    let to = service.address;
+    let deadline = Instant::now() + Duration::from_secs(20 * 60);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..2)
+        .map(|thread| {
+            let sources: Vec<SocketAddr> = (thread * CLIENTS / 2..(thread + 1) * CLIENTS / 2)
+                .flat_map(|client| {
+                    let ip = bed.topology.client_addr(Family::Ipv4, client);
+                    (10_000..10_000 + PORTS).map(move |port| SocketAddr::new(ip, port))
+                })
+                .take(total / 2)
+                .collect();
+            bed.topology.client.spawn(move || {
+                let mut failed = Vec::new();
+                let mut done = 0usize;
+                for src in sources {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let result = connect(src, to).and_then(|mut stream| ask(&mut stream));
+                    if let Err(error) = result {
+                        failed.push((src, error.to_string()));
+                    }
+                    done += 1;
+                }
+                (done, failed)
+            })
+        })
+        .collect();
+    let mut done = 0;
+    let mut failed = Vec::new();
+    for thread in threads {
+        let (n, f) = thread.join().expect("client thread");
+        done += n;
+        failed.extend(f);
+    }
+    println!(
+        "{done} connections in {:?} (RPS on the backends: {rps}), {} failed",
+        started.elapsed(),
+        failed.len()
+    );
+    for (src, error) in &failed {
+        println!("{src}: {error}\n  {}", bed.explain_reset_of(*src));
+    }
+}
