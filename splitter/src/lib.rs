@@ -4,7 +4,7 @@
 //! One module per concern: `config` (the file), `state` (persisted weights), `dataplane`
 //! (loading, pinning, maps), `daemon` (the application and its reconcile), `control` (the Unix
 //! socket API), `metrics` (Prometheus), `rollout` (canary plans and analysis), `cli`
-//! (arguments, exit codes, client commands).
+//! (arguments, exit codes, client commands), `units` (percent and duration conversions).
 
 pub mod cli;
 pub mod config;
@@ -14,3 +14,4 @@ pub mod dataplane;
 pub mod metrics;
 pub mod rollout;
 pub mod state;
+pub mod units;

@@ -21,7 +21,7 @@ use self::{
     sampler::Sampler,
 };
 use crate::{
-    config::{ColorName, Config, ConfigError, Validated, ppm_to_percent},
+    config::{ColorName, Config, ConfigError, Validated},
     control::protocol::{
         BackendStatus, ColorStatus, DaemonStatus, ErrorKind, ReloadReport, ServiceStatus, Signals,
         StatusReport, Traffic, WeightChange,
@@ -30,6 +30,7 @@ use crate::{
         Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::socket_addr,
     },
     state::{ServiceState, State, StateError},
+    units::ppm_to_percent,
 };
 
 /// Why a daemon operation failed; [`AppError::kind`] is what the CLI's exit code is made from.

@@ -18,8 +18,9 @@ use crate::{
     rollout::{
         Action, ColorSignals, Phase, Rollout, Window,
         engine::Checks,
-        plan::{Overrides, ppm_to_percent},
+        plan::Overrides,
     },
+    units::ppm_to_percent,
 };
 
 /// How often running rollouts are judged.

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     analysis::{ColorSignals, Verdict, Window, judge},
-    plan::{Plan, ppm_to_percent},
+    plan::Plan,
 };
+use crate::units::ppm_to_percent;
 
 /// How many decisions a rollout keeps for `rollout status`.
 const HISTORY: usize = 32;
