@@ -370,4 +370,25 @@ fn same_backend_for_tcp_and_udp_services_is_allowed() {
     );
     check(&text).expect("tcp and udp on the same address and backends are distinct");
 }
+
+/// `[service.rollout]` takes the threshold keys (with their defaults) and nothing else.
+#[test]
+fn rollout_section_thresholds_and_unknown_keys() {
+    let config = check(&format!(
+        "{GOOD}\n[service.rollout]\nevery = \"1m30s\"\nmax_failure_ratio = 1\nmin_flows = 7\n"
+    ))
+    .expect("valid");
+    let plan = &config.services[0].rollout;
+    assert_eq!(plan.every, Duration::from_secs(90));
+    assert_eq!(plan.thresholds.max_failure_ratio, 1.0);
+    assert_eq!(plan.thresholds.min_flows, 7);
+    assert_eq!(
+        plan.thresholds.failure_tolerance,
+        crate::rollout::plan::DEFAULT_FAILURE_TOLERANCE
+    );
+    let error = check(&format!("{GOOD}\n[service.rollout]\nmin_flow = 7\n")).unwrap_err();
+    assert!(
+        error.to_string().contains("unknown field `min_flow`"),
+        "{error}"
+    );
 }
