@@ -87,7 +87,7 @@ impl Default for Thresholds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
-    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
+    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090` or `https://prom.example`.
     pub prometheus: String,
     pub query: String,
     pub bound: CheckBound,
@@ -138,7 +138,7 @@ pub enum PlanError {
     BadRatio { value: f64 },
     #[error("min_flows must be at least 1: a step judged on no traffic would pass blindly")]
     NoMinFlows,
-    #[error("check `{query}`: prometheus URL must start with http:// (got `{url}`)")]
+    #[error("check `{query}`: prometheus URL must start with http:// or https:// (got `{url}`)")]
     BadCheckUrl { query: String, url: String },
 }
 
@@ -207,7 +207,7 @@ impl Plan {
             return Err(PlanError::NoMinFlows);
         }
         for check in &checks {
-            if !check.prometheus.starts_with("http://") {
+            if !(check.prometheus.starts_with("http://") || check.prometheus.starts_with("https://")) {
                 return Err(PlanError::BadCheckUrl {
                     query: check.query.clone(),
                     url: check.prometheus.clone(),
