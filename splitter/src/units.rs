@@ -144,7 +144,9 @@ mod tests {
             let exact = if fraction == 0 {
                 whole.to_string()
             } else {
-                format!("{whole}.{fraction:04}").trim_end_matches('0').to_owned()
+                format!("{whole}.{fraction:04}")
+                    .trim_end_matches('0')
+                    .to_owned()
             };
             let printed = ppm_to_percent(ppm).to_string();
             assert_eq!(printed, exact, "{ppm} ppm");

@@ -11,9 +11,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{
-        ColorName, Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET,
-    },
+    config::{ColorName, Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET},
     control::{
         client::{Client, ClientError},
         protocol::{ErrorKind, Reply, Request},

@@ -170,7 +170,11 @@ mod tests {
         // FLOWS is right-aligned: every row's count (3) ends where the header does.
         let end = rows[0].find("FLOWS").unwrap() + "FLOWS".len();
         for row in &rows[1..] {
-            assert_eq!(&row[end - 1..=end], "3 ", "FLOWS column not aligned:\n{text}");
+            assert_eq!(
+                &row[end - 1..=end],
+                "3 ",
+                "FLOWS column not aligned:\n{text}"
+            );
         }
         assert!(
             rows[1].contains("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535 "),

@@ -376,7 +376,6 @@ impl Config {
                 problem: Box::new(problem),
             })
     }
-
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -15,11 +15,7 @@ use super::{App, AppError};
 use crate::{
     config::ColorName,
     control::protocol::RolloutReport,
-    rollout::{
-        Action, ColorSignals, Phase, Rollout, Window,
-        engine::Checks,
-        plan::Overrides,
-    },
+    rollout::{Action, ColorSignals, Phase, Rollout, Window, engine::Checks, plan::Overrides},
     units::ppm_to_percent,
 };
 

@@ -9,12 +9,10 @@ use std::sync::Mutex;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _, NoLabelSet},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        gauge::ConstGauge,
+    encoding::{
+        DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _, NoLabelSet,
     },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 use splitter_common::{WEIGHT_SCALE, signals::HANDSHAKE_BUCKETS_US};
 

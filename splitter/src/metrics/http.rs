@@ -36,7 +36,11 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, std::io::Error> {
 }
 
 /// Serves `/metrics` until the task is dropped.
-pub async fn serve<S: SnapshotSource>(listener: TcpListener, metrics: Arc<Metrics>, source: Arc<S>) {
+pub async fn serve<S: SnapshotSource>(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    source: Arc<S>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -64,7 +68,10 @@ async fn answer<B, S: SnapshotSource>(
     source: &S,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
-        return text(StatusCode::NOT_FOUND, "metrics are at GET /metrics\n".to_owned());
+        return text(
+            StatusCode::NOT_FOUND,
+            "metrics are at GET /metrics\n".to_owned(),
+        );
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned());
@@ -76,10 +83,12 @@ async fn answer<B, S: SnapshotSource>(
     let format = negotiate(request.headers().get(ACCEPT));
     match source.snapshot().await {
         Ok(report) => {
-            let mut response = Response::new(Full::new(Bytes::from(metrics.render_as(report, format))));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            let mut response =
+                Response::new(Full::new(Bytes::from(metrics.render_as(report, format))));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
             response
         }
         Err(error) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
@@ -136,7 +145,10 @@ mod tests {
                 ),
                 Format::OpenMetrics,
             ),
-            (Some("application/openmetrics-text; q=0"), Format::Prometheus),
+            (
+                Some("application/openmetrics-text; q=0"),
+                Format::Prometheus,
+            ),
         ] {
             let header = accept.map(HeaderValue::from_static);
             assert_eq!(negotiate(header.as_ref()), expected, "{accept:?}");

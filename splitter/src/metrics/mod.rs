@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+use self::dataplane::DataplaneCollector;
 pub use self::{
     daemon::DaemonMetrics,
     http::{SnapshotSource, bind, serve},
 };
-use self::dataplane::DataplaneCollector;
 use crate::control::protocol::StatusReport;
 
 /// The two text formats the endpoint speaks.

@@ -125,6 +125,9 @@ fn openmetrics_exposition() {
         "splitter_flow_table_size 1024",
         "# EOF",
     ] {
-        assert!(lines.contains(&expected), "missing line `{expected}` in:\n{text}");
+        assert!(
+            lines.contains(&expected),
+            "missing line `{expected}` in:\n{text}"
+        );
     }
 }

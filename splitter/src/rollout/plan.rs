@@ -207,7 +207,9 @@ impl Plan {
             return Err(PlanError::NoMinFlows);
         }
         for check in &checks {
-            if !(check.prometheus.starts_with("http://") || check.prometheus.starts_with("https://")) {
+            if !(check.prometheus.starts_with("http://")
+                || check.prometheus.starts_with("https://"))
+            {
                 return Err(PlanError::BadCheckUrl {
                     query: check.query.clone(),
                     url: check.prometheus.clone(),

@@ -131,7 +131,8 @@ mod tests {
                     break;
                 }
             }
-            let body = r#"{"status":"success","data":{"resultType":"scalar","result":[1.0,"0.5"]}}"#;
+            let body =
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1.0,"0.5"]}}"#;
             let (first, rest) = body.split_at(20);
             let mut stream = stream;
             write!(
@@ -152,7 +153,8 @@ mod tests {
         assert_eq!(query_blocking(&check), Ok(0.5));
         let request_line = server.join().unwrap();
         assert!(
-            request_line.starts_with("GET /api/v1/query?query=sum(rate(x%5B1m%5D))%20%2F%202 HTTP/1.1"),
+            request_line
+                .starts_with("GET /api/v1/query?query=sum(rate(x%5B1m%5D))%20%2F%202 HTTP/1.1"),
             "{request_line}"
         );
     }
