@@ -198,6 +198,7 @@ fn request(socket: &Path, request: &Request) -> Result<Reply, CliError> {
     Ok(Client::connect(socket)?.request(request)?)
 }
 
+#[expect(clippy::too_many_lines, reason = "one arm per command")]
 fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {

@@ -83,6 +83,7 @@ pub enum RolloutCliError {
     Aborted { service: String, reason: String },
 }
 
+#[expect(clippy::too_many_lines, reason = "one arm per command")]
 pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliError> {
     let mut out = std::io::stdout().lock();
     let ask = |request: &Request| -> Result<RolloutReport, RolloutCliError> {
@@ -105,7 +106,7 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             let every_ms = every
                 .map(|text| {
                     parse_duration(&text)
-                        .map(|d| d.as_millis() as u64)
+                        .map(crate::units::millis)
                         .ok_or(RolloutCliError::Every(text))
                 })
                 .transpose()?;

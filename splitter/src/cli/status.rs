@@ -118,7 +118,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{CohortSetting, ColorName},
-        control::protocol::{BackendStatus, ColorStatus, ServiceStatus},
+        control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
         dataplane::services::Protocol,
     };
 
@@ -129,9 +129,9 @@ mod tests {
             live_flows: 3,
             new_flows: 4,
             new_flows_per_second: Some(1.5),
-            to_backend: Default::default(),
-            to_client: Default::default(),
-            signals: Default::default(),
+            to_backend: Traffic::default(),
+            to_client: Traffic::default(),
+            signals: Signals::default(),
         }
     }
 

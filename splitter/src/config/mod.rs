@@ -91,7 +91,7 @@ pub struct DataplaneSection {
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: String,
     /// Backend-facing interfaces the XDP fast path may redirect rewritten packets to (FIB
-    /// lookup + XDP_REDIRECT); empty: rewritten packets take the kernel's routing.
+    /// lookup + `XDP_REDIRECT`); empty: rewritten packets take the kernel's routing.
     #[serde(default)]
     pub redirect_interfaces: Vec<String>,
 }

@@ -78,6 +78,7 @@ fn weights_in_percent_become_parts_per_million() {
 
 /// Every bad file, with the exact one-line message the operator sees.
 #[test]
+#[expect(clippy::too_many_lines, reason = "a table of cases")]
 fn bad_files_are_refused_with_a_message_naming_the_field() {
     let cases: Vec<(&str, String, &str)> = vec![
         (
@@ -373,6 +374,7 @@ fn same_backend_for_tcp_and_udp_services_is_allowed() {
 
 /// `[service.rollout]` takes the threshold keys (with their defaults) and nothing else.
 #[test]
+#[expect(clippy::float_cmp, reason = "values read from the file, not computed")]
 fn rollout_section_thresholds_and_unknown_keys() {
     let config = check(&format!(
         "{GOOD}\n[service.rollout]\nevery = \"1m30s\"\nmax_failure_ratio = 1\nmin_flows = 7\n"

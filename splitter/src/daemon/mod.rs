@@ -70,12 +70,10 @@ impl From<rollouts::RolloutError> for AppError {
 impl AppError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AppError::Config(_) => ErrorKind::InvalidConfig,
+            AppError::Config(_) | AppError::Plan(_) => ErrorKind::InvalidConfig,
             AppError::UnknownService { .. } => ErrorKind::UnknownService,
-            AppError::WeightRange { .. } => ErrorKind::InvalidArgument,
+            AppError::WeightRange { .. } | AppError::Rollout(_) => ErrorKind::InvalidArgument,
             AppError::RestartRequired { .. } => ErrorKind::RestartRequired,
-            AppError::Plan(_) => ErrorKind::InvalidConfig,
-            AppError::Rollout(_) => ErrorKind::InvalidArgument,
             AppError::State(_) | AppError::Dataplane(_) => ErrorKind::Runtime,
         }
     }
@@ -100,7 +98,7 @@ impl App {
         let options = LoadOptions {
             flow_table_size: config.flow_table_size,
             hash_seed: config.hash_seed,
-            handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
+            handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
         };
         let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
         tracing::info!(
@@ -196,7 +194,7 @@ impl App {
                 report.added.push(write.name.clone());
             }
         }
-        report.unchanged = plan.unchanged.clone();
+        report.unchanged.clone_from(&plan.unchanged);
         let names = self.names();
         report.removed = plan
             .removals

@@ -68,7 +68,7 @@ impl Shared {
         // A panic while holding the lock leaves maps consistent (each write is atomic).
         self.app
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn with_app<T>(

@@ -60,7 +60,7 @@ impl App {
                         id: *id,
                         live_flows: live.get(id).copied().unwrap_or(0),
                         new_flows: counters.new_flows,
-                        new_flows_per_second: rate.map(|rate| rate.per_second()),
+                        new_flows_per_second: rate.map(super::sampler::Rate::per_second),
                         to_backend: Traffic {
                             packets: counters.to_backend.packets,
                             bytes: counters.to_backend.bytes,
@@ -148,7 +148,7 @@ pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), Da
         BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
     let mut live = HashMap::new();
     let mut total = 0;
-    for entry in flows.iter() {
+    for entry in &flows {
         // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
         // gauge.
         let Ok((_, flow)) = entry else { break };

@@ -305,13 +305,19 @@ pub struct DataplaneCollector {
 
 impl DataplaneCollector {
     pub fn set(&self, report: StatusReport) {
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = report;
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = report;
     }
 }
 
 impl Collector for DataplaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let report = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let report = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         BackendFamilies::new(&report).encode(&mut encoder)?;
         ServiceFamilies::new(&report).encode(&mut encoder)?;
         ProgramFamilies::new(&report).encode(&mut encoder)

@@ -106,7 +106,7 @@ pub enum CheckBound {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
-    /// Strictly increasing, each in (0, WEIGHT_SCALE], the last one is the end of the rollout.
+    /// Strictly increasing, each in (0, `WEIGHT_SCALE`], the last one is the end of the rollout.
     pub steps: Vec<u32>,
     /// How long each step runs (its analysis window) before it may advance.
     #[serde(with = "duration_ms")]
@@ -273,7 +273,7 @@ mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(crate::units::millis(*d))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
