@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (`splitter-ebpf`) for the bpf target with the nightly toolchain and
-//! bpf-linker (`cargo xtask setup` installs both); the daemon embeds the object from OUT_DIR.
+//! bpf-linker (`cargo xtask setup` installs both); the daemon embeds the object from `OUT_DIR`.
 
 fn main() -> anyhow::Result<()> {
     let package = aya_build::Package {

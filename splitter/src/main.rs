@@ -6,6 +6,8 @@
 //! until SIGTERM/SIGINT (SIGHUP reloads) -> stop. Stopping leaves the data plane attached and
 //! pinned, so traffic keeps flowing with the last weights; only `splitter unload` removes it.
 
+#![deny(unsafe_code)]
+
 use std::{path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -46,7 +48,7 @@ fn daemon(config_path: &Path) -> Exit {
             return Exit::InvalidConfig;
         }
     };
-    match run_daemon(config_path, config) {
+    match run_daemon(config_path, &config) {
         Ok(()) => Exit::Ok,
         Err(error) => {
             eprintln!("splitter: {}", one_line(&error));
@@ -58,7 +60,7 @@ fn daemon(config_path: &Path) -> Exit {
     }
 }
 
-fn run_daemon(config_path: &Path, config: Validated) -> anyhow::Result<()> {
+fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
     // 2. Claim the state directory: one daemon per state and data plane.
     state::create_dir(&config.state_dir)?;
     let _lock = DaemonLock::acquire(&config.state_dir)?;
@@ -166,6 +168,10 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Colors only on a terminal, and not when NO_COLOR is set (https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
+        )
         .init();
 }

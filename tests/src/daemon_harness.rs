@@ -604,7 +604,7 @@ impl Lab {
         self.topology.router.run(|| {
             let mut stream = TcpStream::connect("127.0.0.1:9435").expect("connect metrics");
             stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
                 .unwrap();
             let mut response = String::new();
             stream.read_to_string(&mut response).unwrap();

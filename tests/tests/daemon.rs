@@ -735,7 +735,7 @@ fn cli_errors_have_documented_exit_codes_and_change_nothing() {
         use std::io::{Read as _, Write as _};
         let mut stream = std::net::TcpStream::connect("127.0.0.1:9435").unwrap();
         stream
-            .write_all(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .write_all(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();

@@ -3,21 +3,26 @@
 //! mode), and each connection's peer must have the daemon's uid.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
 use super::protocol::{ErrorKind, ErrorReply, Request, Response};
-use crate::daemon::shared::Shared;
 
-/// Longest request line accepted.
+/// Longest request line accepted; a longer one is answered with an error and the connection
+/// is closed (the codec stops buffering at this length).
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// What answers the requests (the daemon's application). The server knows the protocol and
+/// the socket, nothing of what is behind it.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -34,6 +39,8 @@ pub enum ServerError {
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file's owner: this process's effective uid (it created the file).
+    owner: u32,
 }
 
 impl ControlServer {
@@ -61,9 +68,11 @@ impl ControlServer {
                 let _ = std::fs::remove_file(&temp);
                 io_error(source)
             })?;
+        let owner = std::fs::metadata(path).map_err(io_error)?.uid();
         Ok(Self {
             listener,
             path: path.to_owned(),
+            owner,
         })
     }
 
@@ -72,8 +81,8 @@ impl ControlServer {
     }
 
     /// Serves connections until the task is dropped.
-    pub async fn serve(self, shared: Arc<Shared>) {
-        let uid = unsafe { libc::geteuid() };
+    pub async fn serve<H: Handler>(self, handler: Arc<H>) {
+        let uid = self.owner;
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -96,7 +105,7 @@ impl ControlServer {
                     continue;
                 }
             }
-            tokio::spawn(connection(stream, shared.clone()));
+            tokio::spawn(connection(stream, handler.clone()));
         }
     }
 
@@ -106,33 +115,35 @@ impl ControlServer {
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => return,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = if line.len() > MAX_REQUEST {
-            bad_request(format!("request longer than {MAX_REQUEST} bytes"))
-        } else {
-            match serde_json::from_str::<Request>(&line) {
-                Ok(request) => shared.handle(request).await,
+async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_REQUEST));
+    while let Some(line) = lines.next().await {
+        let response = match line {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => handler.handle(request).await,
                 Err(error) => bad_request(format!(
                     "not a request this daemon knows ({error}); is the CLI newer than the daemon?"
                 )),
+            },
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                let _ = lines
+                    .send(response_line(&bad_request(format!(
+                        "request longer than {MAX_REQUEST} bytes"
+                    ))))
+                    .await;
+                return;
             }
+            Err(LinesCodecError::Io(_)) => return,
         };
-        let mut text = serde_json::to_string(&response).expect("responses serialize");
-        text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() {
+        if lines.send(response_line(&response)).await.is_err() {
             return;
         }
     }
+}
+
+fn response_line(response: &Response) -> String {
+    serde_json::to_string(response).expect("responses serialize")
 }
 
 fn bad_request(message: String) -> Response {

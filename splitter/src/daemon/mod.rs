@@ -1,31 +1,32 @@
 //! The daemon's application state: the validated config, the pinned data plane, the persisted
-//! weights, and the operations the control API exposes. Everything here is synchronous; the
+//! weights, and the operations the control API exposes (the weight commands in `weights.rs`,
+//! the status snapshot in `status.rs`). Everything here is synchronous; the
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
 pub mod reconcile;
 pub mod rollouts;
 pub mod sampler;
 pub mod shared;
+mod status;
+mod weights;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use splitter_common::{BackendCounters, WEIGHT_SCALE};
+use splitter_common::WEIGHT_SCALE;
 
+pub use self::status::count_live_flows;
 use self::{
     reconcile::{Desired, InstalledService, Plan, PlanError, ServiceAddress},
     sampler::Sampler,
 };
 use crate::{
-    config::{ColorName, Config, ConfigError, Validated, ppm_to_percent},
-    control::protocol::{
-        BackendStatus, ColorStatus, DaemonStatus, ErrorKind, ReloadReport, ServiceStatus, Signals,
-        StatusReport, Traffic, WeightChange,
-    },
+    config::{ColorName, Config, ConfigError, Validated},
+    control::protocol::{ErrorKind, ReloadReport},
     dataplane::{
         Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::socket_addr,
     },
@@ -69,12 +70,10 @@ impl From<rollouts::RolloutError> for AppError {
 impl AppError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AppError::Config(_) => ErrorKind::InvalidConfig,
+            AppError::Config(_) | AppError::Plan(_) => ErrorKind::InvalidConfig,
             AppError::UnknownService { .. } => ErrorKind::UnknownService,
-            AppError::WeightRange { .. } => ErrorKind::InvalidArgument,
+            AppError::WeightRange { .. } | AppError::Rollout(_) => ErrorKind::InvalidArgument,
             AppError::RestartRequired { .. } => ErrorKind::RestartRequired,
-            AppError::Plan(_) => ErrorKind::InvalidConfig,
-            AppError::Rollout(_) => ErrorKind::InvalidArgument,
             AppError::State(_) | AppError::Dataplane(_) => ErrorKind::Runtime,
         }
     }
@@ -99,7 +98,7 @@ impl App {
         let options = LoadOptions {
             flow_table_size: config.flow_table_size,
             hash_seed: config.hash_seed,
-            handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
+            handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
         };
         let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
         tracing::info!(
@@ -195,7 +194,7 @@ impl App {
                 report.added.push(write.name.clone());
             }
         }
-        report.unchanged = plan.unchanged.clone();
+        report.unchanged.clone_from(&plan.unchanged);
         let names = self.names();
         report.removed = plan
             .removals
@@ -322,70 +321,6 @@ impl App {
             })
     }
 
-    /// Sets the share of new flows sent to green (the operator's command: a running rollout of
-    /// the service pauses). Persisted before it is applied.
-    pub fn set_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
-        if green_weight > WEIGHT_SCALE {
-            return Err(AppError::WeightRange { ppm: green_weight });
-        }
-        self.service_address(name)?;
-        self.pause_rollout_for_operator(name, green_weight)?;
-        self.write_weight(name, green_weight)
-    }
-
-    /// Writes a service's green weight: persisted first, then one map update.
-    fn write_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
-        if green_weight > WEIGHT_SCALE {
-            return Err(AppError::WeightRange { ppm: green_weight });
-        }
-        let (address, protocol) = self.service_address(name)?;
-        let file_green_weight = self
-            .config
-            .service(name)
-            .map_or(0, |service| service.green_weight);
-        let previous = self
-            .installed
-            .get(&(address, protocol))
-            .map_or(0, |installed| installed.config.green_weight);
-        let mut state = self.state.clone();
-        state.services.insert(
-            name.to_owned(),
-            ServiceState {
-                green_weight,
-                file_green_weight,
-            },
-        );
-        state.save(&self.config.state_dir)?;
-        self.state = state;
-        let config = self
-            .dataplane
-            .maps
-            .set_weight(&address, protocol, green_weight)?;
-        if let Some(installed) = self.installed.get_mut(&(address, protocol)) {
-            installed.config = config;
-        }
-        tracing::info!(
-            service = name,
-            from = %ppm_to_percent(previous),
-            to = %ppm_to_percent(green_weight),
-            "green weight set"
-        );
-        Ok(WeightChange {
-            service: name.to_owned(),
-            previous_green_weight: previous,
-            green_weight,
-        })
-    }
-
-    /// Every new flow to one color; established flows stay where they are.
-    pub fn switch(&mut self, name: &str, color: ColorName) -> Result<WeightChange, AppError> {
-        let weight = match color {
-            ColorName::Blue => 0,
-            ColorName::Green => WEIGHT_SCALE,
-        };
-        self.set_weight(name, weight)
-    }
-
     /// Re-reads the config file and applies the difference. A bad file changes nothing.
     pub fn reload(&mut self) -> Result<ReloadReport, AppError> {
         let config = Config::load(&self.config_path)?;
@@ -458,117 +393,6 @@ impl App {
         Ok(())
     }
 
-    /// One sample of every configured backend's new-flow counter (once a second).
-    pub fn sample(&mut self, now: Instant) {
-        let mut new_flows = BTreeMap::new();
-        for installed in self.installed.values() {
-            for color in ColorName::BOTH {
-                for (id, _) in installed.pool(color) {
-                    if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
-                        new_flows.insert(*id, counters.new_flows);
-                    }
-                }
-            }
-        }
-        self.sampler.record(now, new_flows);
-    }
-
-    /// Everything `status` and the metrics endpoint show. `live` is flows per backend id
-    /// (from a scan of the flow table), `pinned` their total.
-    pub fn status(&self, live: &HashMap<u32, u64>, pinned: u64) -> Result<StatusReport, AppError> {
-        let maps = &self.dataplane.maps;
-        let mut services = Vec::new();
-        for service in &self.config.services {
-            let Some(installed) = self.installed.get(&(service.address, service.protocol)) else {
-                continue;
-            };
-            let mut colors = Vec::new();
-            let mut window = [0u64; 2];
-            let mut window_seconds = 0.0;
-            for color in ColorName::BOTH {
-                let mut backends = Vec::new();
-                for (id, address) in installed.pool(color) {
-                    let counters: BackendCounters = maps.backend_counters(*id)?;
-                    let rate = self.sampler.rate(*id);
-                    if let Some(rate) = rate {
-                        window[color as usize] += rate.increase;
-                        window_seconds = rate.seconds;
-                    }
-                    backends.push(BackendStatus {
-                        address: *address,
-                        id: *id,
-                        live_flows: live.get(id).copied().unwrap_or(0),
-                        new_flows: counters.new_flows,
-                        new_flows_per_second: rate.map(|rate| rate.per_second()),
-                        to_backend: Traffic {
-                            packets: counters.to_backend.packets,
-                            bytes: counters.to_backend.bytes,
-                            tcp_resets: counters.to_backend.tcp_rst,
-                        },
-                        to_client: Traffic {
-                            packets: counters.to_client.packets,
-                            bytes: counters.to_client.bytes,
-                            tcp_resets: counters.to_client.tcp_rst,
-                        },
-                        signals: Signals {
-                            handshakes_completed: counters.signals.handshakes_completed,
-                            handshakes_refused: counters.signals.handshakes_refused,
-                            handshakes_timed_out: counters.signals.handshakes_timed_out,
-                            established_resets: counters.signals.established_resets,
-                            handshake_latency_buckets: counters
-                                .signals
-                                .handshake_latency_buckets
-                                .to_vec(),
-                            handshake_latency_sum_ns: counters.signals.handshake_latency_sum_ns,
-                        },
-                    });
-                }
-                colors.push(ColorStatus { color, backends });
-            }
-            let window_new_flows = window[0] + window[1];
-            services.push(ServiceStatus {
-                name: service.name.clone(),
-                address: service.address,
-                protocol: service.protocol,
-                cohort: service.cohort,
-                green_weight: installed.config.green_weight,
-                measured_green_share: (window_new_flows > 0)
-                    .then(|| window[ColorName::Green as usize] as f64 / window_new_flows as f64),
-                window_seconds,
-                window_new_flows,
-                flow_misses: maps.service_counters(installed.config.id)?.flow_misses,
-                colors,
-            });
-        }
-        let verdicts = maps
-            .verdicts()?
-            .into_iter()
-            .map(|(reason, count)| (reason.label().to_owned(), count))
-            .collect();
-        let forwarding = maps
-            .forwarding()?
-            .into_iter()
-            .map(|(path, count)| (path.label().to_owned(), count))
-            .collect();
-        Ok(StatusReport {
-            daemon: DaemonStatus {
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                config: self.config_path.clone(),
-                uptime_seconds: self.started.elapsed().as_secs(),
-                dataplane: self.dataplane.origin,
-                bpffs: self.config.bpffs.clone(),
-                interfaces: self.dataplane.interfaces().into_iter().collect(),
-                flow_table_size: self.dataplane.loaded_with.flow_table_size,
-                hash_seed: self.dataplane.loaded_with.hash_seed,
-                pinned_flows: pinned,
-            },
-            services,
-            verdicts,
-            forwarding,
-        })
-    }
-
     /// Detaches and removes the whole data plane (pinned flows and counters included). The
     /// persisted weights stay in `state_dir`.
     pub fn unload(self) -> Result<Unloaded, AppError> {
@@ -576,31 +400,4 @@ impl App {
         tracing::info!(?unloaded, "data plane unloaded");
         Ok(unloaded)
     }
-}
-
-/// Counts pinned flows per backend id by scanning the pinned flow table through its own map
-/// handle (so the scan does not hold up the daemon). Returns (per backend id, total).
-pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), DataplaneError> {
-    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use splitter_common::{FlowKey, FlowValue};
-
-    let name = splitter_common::maps::FLOWS;
-    let map = MapData::from_pin(flows_pin)
-        .and_then(Map::from_map_data)
-        .map_err(|source| DataplaneError::OpenPinnedMap {
-            path: flows_pin.to_owned(),
-            source,
-        })?;
-    let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-    let mut live = HashMap::new();
-    let mut total = 0;
-    for entry in flows.iter() {
-        // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
-        // gauge.
-        let Ok((_, flow)) = entry else { break };
-        *live.entry(flow.backend_id).or_insert(0) += 1;
-        total += 1;
-    }
-    Ok((live, total))
 }

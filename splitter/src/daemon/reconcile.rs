@@ -154,7 +154,7 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     let mut allocator = Allocator::new(installed);
     let mut plan = Plan::default();
-    let miss_hold_ns = miss_hold.as_nanos() as u64;
+    let miss_hold_ns = crate::units::nanos(miss_hold);
     for wanted in desired {
         let service = wanted.service;
         let current = installed.get(&(service.address, service.protocol));
@@ -183,13 +183,12 @@ pub fn plan(
                         .find(|(_, installed)| installed == address)
                         .map(|(id, _)| *id)
                 });
-                let id = match kept {
-                    Some(id) => id,
-                    None => {
-                        let id = allocator.backend_id(is_unused_backend_id)?;
-                        fresh_backend_ids.push(id);
-                        id
-                    }
+                let id = if let Some(id) = kept {
+                    id
+                } else {
+                    let id = allocator.backend_id(is_unused_backend_id)?;
+                    fresh_backend_ids.push(id);
+                    id
                 };
                 pool.push(BackendSpec {
                     id,
@@ -200,7 +199,8 @@ pub fn plan(
         let first_slot = match current {
             Some(current) if same_pools(current, service) => current.config.blue.first_slot,
             _ => {
-                let needed = (service.blue.len() + service.green.len()) as u32;
+                let needed = u32::try_from(service.blue.len() + service.green.len())
+                    .expect("validate() bounds a service's pools by POOL_SLOTS");
                 allocator
                     .slots(needed)
                     .ok_or_else(|| PlanError::PoolSlots {
@@ -331,6 +331,10 @@ mod tests {
     }
 
     /// What the kernel would hold after `plan`'s writes (as `installed` reads it back).
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "test pools have a few backends"
+    )]
     fn apply(installed: &mut BTreeMap<ServiceAddress, InstalledService>, plan: &Plan) {
         for write in &plan.writes {
             let spec = &write.spec;
@@ -352,7 +356,7 @@ mod tests {
                             first_slot: spec.first_slot + blue_len,
                             len: spec.green.len() as u32,
                         },
-                        miss_hold_ns: spec.miss_hold.as_nanos() as u64,
+                        miss_hold_ns: crate::units::nanos(spec.miss_hold),
                         ..ServiceConfig::default()
                     },
                     blue: spec.blue.iter().map(|b| (b.id, b.address)).collect(),

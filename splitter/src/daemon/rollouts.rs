@@ -15,11 +15,8 @@ use super::{App, AppError};
 use crate::{
     config::ColorName,
     control::protocol::RolloutReport,
-    rollout::{
-        Action, ColorSignals, Phase, Rollout, Window,
-        engine::Checks,
-        plan::{Overrides, ppm_to_percent},
-    },
+    rollout::{Action, ColorSignals, Phase, Rollout, Window, engine::Checks, plan::Overrides},
+    units::ppm_to_percent,
 };
 
 /// How often running rollouts are judged.
@@ -28,7 +25,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, crate::units::millis)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +87,7 @@ impl App {
     }
 
     /// Applies an engine action and persists the rollout; logs its new decisions.
-    fn commit(&mut self, rollout: Rollout, action: Action, logged: usize) -> Result<(), AppError> {
+    fn commit(&mut self, rollout: &Rollout, action: Action, logged: usize) -> Result<(), AppError> {
         if let Action::SetWeight(weight) = action {
             self.write_weight(&rollout.service, weight)?;
         }
@@ -112,7 +109,7 @@ impl App {
                 "rollout"
             );
         }
-        self.save_rollout(&rollout)
+        self.save_rollout(rollout)
     }
 
     fn rollout(&self, name: &str) -> Result<Rollout, AppError> {
@@ -157,7 +154,7 @@ impl App {
             .map_or(0, |(_, installed)| installed.config.green_weight);
         let counters = self.color_window(name)?;
         let (rollout, action) = Rollout::start(name, plan, current, now_unix_ms(), counters);
-        self.commit(rollout, action, 0)?;
+        self.commit(&rollout, action, 0)?;
         self.rollout_status(name)
     }
 
@@ -180,7 +177,7 @@ impl App {
                 let action =
                     rollout.tick(now_unix_ms(), &counters, checks.get(&name).unwrap_or(&pass));
                 if rollout.history.len() != logged || action != Action::None {
-                    self.commit(rollout, action, logged)?;
+                    self.commit(&rollout, action, logged)?;
                 } else if let Some(stored) = self.state.rollouts.get_mut(&name) {
                     // Only the live window changed: kept in memory for `status`.
                     stored.window = rollout.window;
@@ -207,7 +204,7 @@ impl App {
         let mut rollout = self.rollout(name)?;
         let logged = rollout.history.len();
         let action = rollout.pause(now_unix_ms(), "paused by the operator");
-        self.commit(rollout, action, logged)?;
+        self.commit(&rollout, action, logged)?;
         self.rollout_status(name)
     }
 
@@ -216,7 +213,7 @@ impl App {
         let counters = self.color_window(name)?;
         let logged = rollout.history.len();
         let action = rollout.resume(now_unix_ms(), counters, "resumed by the operator");
-        self.commit(rollout, action, logged)?;
+        self.commit(&rollout, action, logged)?;
         self.rollout_status(name)
     }
 
@@ -225,7 +222,7 @@ impl App {
         let counters = self.color_window(name)?;
         let logged = rollout.history.len();
         let action = rollout.promote(now_unix_ms(), counters, full);
-        self.commit(rollout, action, logged)?;
+        self.commit(&rollout, action, logged)?;
         self.rollout_status(name)
     }
 
@@ -240,7 +237,7 @@ impl App {
             "aborted by the operator"
         };
         let action = rollout.abort(now_unix_ms(), why);
-        self.commit(rollout, action, logged)?;
+        self.commit(&rollout, action, logged)?;
         if cut {
             self.cut_green(name)?;
         }
@@ -288,7 +285,7 @@ impl App {
                 Phase::Running => rollout.time_left_ms(now),
                 _ => 0,
             },
-            every_ms: rollout.plan.every.as_millis() as u64,
+            every_ms: crate::units::millis(rollout.plan.every),
             min_flows: rollout.plan.thresholds.min_flows,
             green: (&rollout.window.green).into(),
             blue: (&rollout.window.blue).into(),
@@ -307,7 +304,7 @@ impl App {
                 let logged = rollout.history.len();
                 let action = rollout.resume_after_restart(now_unix_ms(), counters);
                 if action != Action::None {
-                    self.commit(rollout, action, logged)?;
+                    self.commit(&rollout, action, logged)?;
                 }
                 Ok::<_, AppError>(())
             })();
@@ -337,6 +334,6 @@ impl App {
             ppm_to_percent(weight.min(WEIGHT_SCALE))
         );
         let action = rollout.pause(now_unix_ms(), &why);
-        self.commit(rollout, action, logged)
+        self.commit(&rollout, action, logged)
     }
 }

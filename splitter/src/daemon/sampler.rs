@@ -66,6 +66,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[expect(clippy::float_cmp, reason = "exact quotients of small integers")]
     fn rates_over_the_window() {
         let start = Instant::now();
         let mut sampler = Sampler::default();

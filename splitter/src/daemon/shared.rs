@@ -11,8 +11,11 @@ use tokio::sync::Notify;
 
 use super::{App, AppError, count_live_flows};
 use crate::{
-    control::protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
-    metrics::DaemonMetrics,
+    control::{
+        protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
+        server::Handler,
+    },
+    metrics::{DaemonMetrics, SnapshotSource},
 };
 
 /// A flow-table scan that took at least [`SLOW_SCAN`] (a big table: 200k flows take a few
@@ -65,7 +68,7 @@ impl Shared {
         // A panic while holding the lock leaves maps consistent (each write is atomic).
         self.app
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn with_app<T>(
@@ -197,4 +200,20 @@ impl Shared {
 
 fn rollout_reply(report: crate::control::protocol::RolloutReport) -> Reply {
     Reply::Rollout(Box::new(report))
+}
+
+/// The control server's view of the daemon.
+impl Handler for Shared {
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send {
+        Shared::handle(self, request)
+    }
+}
+
+/// The metrics endpoint's view of the daemon.
+impl SnapshotSource for Shared {
+    type Error = SharedError;
+
+    fn snapshot(&self) -> impl Future<Output = Result<StatusReport, SharedError>> + Send {
+        self.status()
+    }
 }

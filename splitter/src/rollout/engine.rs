@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     analysis::{ColorSignals, Verdict, Window, judge},
-    plan::{Plan, ppm_to_percent},
+    plan::Plan,
 };
+use crate::units::ppm_to_percent;
 
 /// How many decisions a rollout keeps for `rollout status`.
 const HISTORY: usize = 32;
@@ -145,7 +146,7 @@ impl Rollout {
 
     /// Milliseconds left in the current step's window (0 when due or holding).
     pub fn time_left_ms(&self, now_unix_ms: u64) -> u64 {
-        let due = self.step_started_unix_ms + self.plan.every.as_millis() as u64;
+        let due = self.step_started_unix_ms + crate::units::millis(self.plan.every);
         due.saturating_sub(now_unix_ms)
     }
 
@@ -169,8 +170,8 @@ impl Rollout {
         self.history.push(decision);
     }
 
-    fn new_window(&mut self, now_unix_ms: u64, counters: Window) {
-        self.baseline = counters;
+    fn new_window(&mut self, now_unix_ms: u64, counters: &Window) {
+        self.baseline = *counters;
         self.window = Window::default();
         self.step_started_unix_ms = now_unix_ms;
         self.held_until_unix_ms = now_unix_ms;
@@ -204,13 +205,13 @@ impl Rollout {
             self.record(now_unix_ms, "abort", weight, 0, reason);
             return Action::SetWeight(0);
         }
-        let due = self.step_started_unix_ms + self.plan.every.as_millis() as u64;
+        let due = self.step_started_unix_ms + crate::units::millis(self.plan.every);
         if now_unix_ms < due {
             return Action::None;
         }
         match verdict {
             Verdict::Hold { reason } => {
-                if now_unix_ms >= self.held_until_unix_ms + self.plan.every.as_millis() as u64
+                if now_unix_ms >= self.held_until_unix_ms + crate::units::millis(self.plan.every)
                     || self.held_until_unix_ms < due
                 {
                     self.held_until_unix_ms = now_unix_ms;
@@ -222,7 +223,7 @@ impl Rollout {
                 Some(next) => {
                     self.record(now_unix_ms, "advance", weight, next, "window passed".into());
                     self.step += 1;
-                    self.new_window(now_unix_ms, *counters);
+                    self.new_window(now_unix_ms, counters);
                     Action::SetWeight(next)
                 }
                 None => {
@@ -255,7 +256,7 @@ impl Rollout {
             return Action::None;
         }
         self.phase = Phase::Running;
-        self.new_window(now_unix_ms, counters);
+        self.new_window(now_unix_ms, &counters);
         let weight = self.weight();
         self.record(now_unix_ms, "resume", weight, weight, why.to_owned());
         Action::SetWeight(weight)
@@ -279,7 +280,7 @@ impl Rollout {
         } else {
             Phase::Running
         };
-        self.new_window(now_unix_ms, counters);
+        self.new_window(now_unix_ms, &counters);
         self.record(
             now_unix_ms,
             "promote",

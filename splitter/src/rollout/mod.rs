@@ -7,7 +7,6 @@
 //! - [`prometheus`]: optional external checks (a PromQL query with a bound).
 
 pub mod analysis;
-pub mod cli;
 pub mod engine;
 pub mod plan;
 pub mod prometheus;

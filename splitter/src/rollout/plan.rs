@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use splitter_common::WEIGHT_SCALE;
+
+use crate::units::{PercentError, percent_to_ppm, ppm_to_percent};
 
 /// Defaults (documented in the README).
 pub const DEFAULT_STEPS_PERCENT: [f64; 5] = [1.0, 5.0, 25.0, 50.0, 100.0];
@@ -20,23 +21,52 @@ pub const DEFAULT_FAILURE_MARGIN: f64 = 0.01;
 /// scheduling alone).
 pub const DEFAULT_LATENCY_MARGIN_MS: f64 = 2.0;
 
-/// What green is judged by.
+/// What green is judged by: the keys of `[service.rollout]` (flattened into it, and into a
+/// persisted [`Plan`]) with their documented defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     /// Green's failure ratio (failed handshakes + resets per handshake attempt) may not
     /// exceed this, whatever blue does.
+    #[serde(default = "defaults::max_failure_ratio")]
     pub max_failure_ratio: f64,
     /// Green's failure ratio may not exceed blue's × (1 + this) ...
+    #[serde(default = "defaults::failure_tolerance")]
     pub failure_tolerance: f64,
     /// ... unless it is within this of blue's (absolute).
+    #[serde(default = "defaults::failure_margin")]
     pub failure_margin: f64,
     /// Green's handshake p99 may not exceed blue's × (1 + this) ...
+    #[serde(default = "defaults::latency_tolerance")]
     pub latency_tolerance: f64,
     /// ... unless it is within this many milliseconds of blue's.
+    #[serde(default = "defaults::latency_margin_ms")]
     pub latency_margin_ms: f64,
     /// Green handshakes a window needs before it can be judged; fewer means hold, never pass.
+    #[serde(default = "defaults::min_flows")]
     pub min_flows: u64,
+}
+
+/// The serde defaults of [`Thresholds`] (serde wants functions).
+mod defaults {
+    pub const fn max_failure_ratio() -> f64 {
+        super::DEFAULT_MAX_FAILURE_RATIO
+    }
+    pub const fn failure_tolerance() -> f64 {
+        super::DEFAULT_FAILURE_TOLERANCE
+    }
+    pub const fn failure_margin() -> f64 {
+        super::DEFAULT_FAILURE_MARGIN
+    }
+    pub const fn latency_tolerance() -> f64 {
+        super::DEFAULT_LATENCY_TOLERANCE
+    }
+    pub const fn latency_margin_ms() -> f64 {
+        super::DEFAULT_LATENCY_MARGIN_MS
+    }
+    pub const fn min_flows() -> u64 {
+        super::DEFAULT_MIN_FLOWS
+    }
 }
 
 impl Default for Thresholds {
@@ -57,7 +87,7 @@ impl Default for Thresholds {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
-    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090`.
+    /// Base URL of the Prometheus server, e.g. `http://127.0.0.1:9090` or `https://prom.example`.
     pub prometheus: String,
     pub query: String,
     pub bound: CheckBound,
@@ -76,7 +106,7 @@ pub enum CheckBound {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
-    /// Strictly increasing, each in (0, WEIGHT_SCALE], the last one is the end of the rollout.
+    /// Strictly increasing, each in (0, `WEIGHT_SCALE`], the last one is the end of the rollout.
     pub steps: Vec<u32>,
     /// How long each step runs (its analysis window) before it may advance.
     #[serde(with = "duration_ms")]
@@ -108,24 +138,19 @@ pub enum PlanError {
     BadRatio { value: f64 },
     #[error("min_flows must be at least 1: a step judged on no traffic would pass blindly")]
     NoMinFlows,
-    #[error("check `{query}`: prometheus URL must start with http:// (got `{url}`)")]
+    #[error("check `{query}`: prometheus URL must start with http:// or https:// (got `{url}`)")]
     BadCheckUrl { query: String, url: String },
 }
 
-/// Percent (up to four decimals) → parts per million.
-pub fn percent_to_ppm(percent: f64) -> Result<u32, PlanError> {
-    if !percent.is_finite() || percent <= 0.0 || percent > 100.0 {
-        return Err(PlanError::OutOfRange { value: percent });
+/// A rollout step in percent → parts per million: in (0, 100], at most four decimals.
+fn step_to_ppm(percent: f64) -> Result<u32, PlanError> {
+    match percent_to_ppm(percent) {
+        Ok(0) | Err(PercentError::Range | PercentError::NotANumber) => {
+            Err(PlanError::OutOfRange { value: percent })
+        }
+        Err(PercentError::Precision) => Err(PlanError::TooFine { value: percent }),
+        Ok(ppm) => Ok(ppm),
     }
-    let ppm = percent * (WEIGHT_SCALE as f64 / 100.0);
-    if (ppm - ppm.round()).abs() > 1e-6 {
-        return Err(PlanError::TooFine { value: percent });
-    }
-    Ok(ppm.round() as u32)
-}
-
-pub fn ppm_to_percent(ppm: u32) -> f64 {
-    ppm as f64 * 100.0 / WEIGHT_SCALE as f64
 }
 
 impl Plan {
@@ -149,7 +174,7 @@ impl Plan {
         }
         let mut steps = Vec::with_capacity(steps_percent.len());
         for (i, &value) in steps_percent.iter().enumerate() {
-            let ppm = percent_to_ppm(value)?;
+            let ppm = step_to_ppm(value)?;
             if i > 0 && value <= steps_percent[i - 1] {
                 return Err(PlanError::NotIncreasing {
                     previous: steps_percent[i - 1],
@@ -182,7 +207,9 @@ impl Plan {
             return Err(PlanError::NoMinFlows);
         }
         for check in &checks {
-            if !check.prometheus.starts_with("http://") {
+            if !(check.prometheus.starts_with("http://")
+                || check.prometheus.starts_with("https://"))
+            {
                 return Err(PlanError::BadCheckUrl {
                     query: check.query.clone(),
                     url: check.prometheus.clone(),
@@ -246,7 +273,7 @@ mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(crate::units::millis(*d))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -1,13 +1,8 @@
-//! External checks: one PromQL instant query over HTTP (`GET /api/v1/query`), its value
-//! compared with the check's bound. A tiny HTTP/1.1 client: one request per connection,
-//! bounded in time.
+//! External checks: one PromQL instant query over HTTP or HTTPS (`GET /api/v1/query`), its
+//! value compared with the check's bound. The HTTP client is ureq (rustls for https), run on
+//! tokio's blocking pool, bounded in time.
 
 use std::time::Duration;
-
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
 
 use super::{
     engine::Checks,
@@ -15,6 +10,8 @@ use super::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest answer read: an instant query for one sample is a few hundred bytes.
+const MAX_BODY: u64 = 1 << 20;
 
 /// Evaluates every check: the first out-of-bounds value fails, the first unreadable holds.
 pub async fn evaluate(checks: &[Check]) -> Checks {
@@ -40,45 +37,36 @@ pub async fn evaluate(checks: &[Check]) -> Checks {
 
 /// The query's value: a scalar, or a vector with exactly one sample.
 pub async fn query(check: &Check) -> Result<f64, String> {
-    let rest = check
-        .prometheus
-        .strip_prefix("http://")
-        .ok_or("only http:// is supported")?;
-    let (host, base) = rest.split_once('/').unwrap_or((rest, ""));
-    let path = format!(
-        "/{}{}api/v1/query?query={}",
-        base,
-        if base.is_empty() || base.ends_with('/') {
-            ""
-        } else {
-            "/"
-        },
-        encode(&check.query)
-    );
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let body = tokio::time::timeout(TIMEOUT, async {
-        let mut stream = TcpStream::connect(host).await.map_err(|e| e.to_string())?;
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(response)
-    })
-    .await
-    .map_err(|_| format!("no answer from {} within {TIMEOUT:?}", check.prometheus))??;
-    let text = String::from_utf8_lossy(&body);
-    let (head, json) = text
-        .split_once("\r\n\r\n")
-        .ok_or("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!("HTTP {}", head.lines().next().unwrap_or_default()));
-    }
-    value_of(json)
+    let check = check.clone();
+    tokio::task::spawn_blocking(move || query_blocking(&check))
+        .await
+        .map_err(|error| format!("query task failed: {error}"))?
+}
+
+fn query_blocking(check: &Check) -> Result<f64, String> {
+    let url = format!("{}/api/v1/query", check.prometheus.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .build()
+        .into();
+    let mut response = agent
+        .get(&url)
+        .query("query", &check.query)
+        .call()
+        .map_err(|error| match error {
+            ureq::Error::StatusCode(code) => format!("HTTP {code} from {}", check.prometheus),
+            ureq::Error::Timeout(_) => {
+                format!("no answer from {} within {TIMEOUT:?}", check.prometheus)
+            }
+            error => format!("{}: {error}", check.prometheus),
+        })?;
+    let json = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY)
+        .read_to_string()
+        .map_err(|error| format!("reading the answer of {}: {error}", check.prometheus))?;
+    value_of(&json)
 }
 
 /// Extracts the value of an instant-query response.
@@ -110,19 +98,6 @@ pub fn value_of(json: &str) -> Result<f64, String> {
         .map_err(|e| format!("bad value: {e}"))
 }
 
-fn encode(query: &str) -> String {
-    let mut out = String::new();
-    for byte in query.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +110,52 @@ mod tests {
         assert_eq!(value_of(scalar), Ok(3.0));
         let empty = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
         assert!(value_of(empty).is_err());
+    }
+
+    /// A real HTTP exchange on loopback with a chunked answer, as Prometheus sends when it
+    /// streams (the hand-written client this replaced read it as a broken body).
+    #[test]
+    fn chunked_answer_from_a_server() {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let body =
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1.0,"0.5"]}}"#;
+            let (first, rest) = body.split_at(20);
+            let mut stream = stream;
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 {:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+                first.len(),
+                rest.len()
+            )
+            .unwrap();
+            request_line
+        });
+        let check = Check {
+            prometheus: format!("http://{address}/"),
+            query: "sum(rate(x[1m])) / 2".into(),
+            bound: CheckBound::Max(1.0),
+        };
+        assert_eq!(query_blocking(&check), Ok(0.5));
+        let request_line = server.join().unwrap();
+        assert!(
+            request_line
+                .starts_with("GET /api/v1/query?query=sum(rate(x%5B1m%5D))%20%2F%202 HTTP/1.1"),
+            "{request_line}"
+        );
     }
 }

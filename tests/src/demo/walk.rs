@@ -9,9 +9,8 @@ use std::{
 };
 
 use splitter::{
-    config::ColorName,
-    control::protocol::RolloutReport,
-    rollout::{Phase as RolloutPhase, cli::render as render_rollout},
+    cli::rollout::render as render_rollout, config::ColorName, control::protocol::RolloutReport,
+    rollout::Phase as RolloutPhase,
 };
 
 use super::{

@@ -4,16 +4,13 @@ use std::{io::Write as _, path::Path, time::Duration};
 
 use clap::Subcommand;
 
-use super::{
-    Phase,
-    plan::{Overrides, ppm_to_percent},
-};
 use crate::{
-    config::parse_duration,
     control::{
         client::{Client, ClientError},
         protocol::{Reply, Request, RolloutReport},
     },
+    rollout::{Phase, plan::Overrides},
+    units::{parse_duration, ppm_to_percent},
 };
 
 #[derive(Debug, Subcommand)]
@@ -26,7 +23,7 @@ pub enum RolloutCommand {
         /// Green weights in percent, increasing, e.g. `1,5,25,50,100`.
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         steps: Option<Vec<f64>>,
-        /// How long each step runs before it may advance, e.g. `30s`, `500ms`, `5m`.
+        /// How long each step runs before it may advance, e.g. `30s`, `500ms`, `1m30s`.
         #[arg(long)]
         every: Option<String>,
         /// Green's failure ratio may not exceed this (absolute, 0..1).
@@ -86,6 +83,7 @@ pub enum RolloutCliError {
     Aborted { service: String, reason: String },
 }
 
+#[expect(clippy::too_many_lines, reason = "one arm per command")]
 pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliError> {
     let mut out = std::io::stdout().lock();
     let ask = |request: &Request| -> Result<RolloutReport, RolloutCliError> {
@@ -108,7 +106,7 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             let every_ms = every
                 .map(|text| {
                     parse_duration(&text)
-                        .map(|d| d.as_millis() as u64)
+                        .map(crate::units::millis)
                         .ok_or(RolloutCliError::Every(text))
                 })
                 .transpose()?;
@@ -166,12 +164,7 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             } else {
                 render(&report)
             };
-            if watch {
-                write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"))?;
-            } else {
-                write!(out, "{text}")?;
-            }
-            out.flush()?;
+            super::write_frame(&mut out, &text, watch)?;
             if !watch || matches!(report.phase, Phase::Completed | Phase::Aborted) {
                 return Ok(());
             }

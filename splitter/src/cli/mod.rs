@@ -2,7 +2,7 @@
 //! commands, which talk to the daemon over its control socket.
 
 use std::{
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -11,16 +11,20 @@ use std::{
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{
-        ColorName, Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET,
-        PercentError, parse_percent, ppm_to_percent,
-    },
+    config::{ColorName, Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET},
     control::{
         client::{Client, ClientError},
-        protocol::{ErrorKind, Reply, Request, StatusReport},
+        protocol::{ErrorKind, Reply, Request},
     },
     dataplane::{self, Unloaded},
+    units::{PercentError, parse_percent, ppm_to_percent},
 };
+
+pub mod rollout;
+mod status;
+
+use self::rollout::{RolloutCliError, RolloutCommand};
+pub use self::status::render_status;
 
 /// Exit codes (documented in the README and in `--help`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +117,7 @@ pub enum Command {
     /// Canary rollouts: start, status, pause, resume, promote, abort.
     Rollout {
         #[command(subcommand)]
-        command: crate::rollout::cli::RolloutCommand,
+        command: RolloutCommand,
     },
     /// Detach the data plane and remove its pins (flows and counters), stopping the daemon.
     /// Without a running daemon, removes what is pinned under the config's bpffs directory.
@@ -130,7 +134,7 @@ enum CliError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
-    Rollout(crate::rollout::cli::RolloutCliError),
+    Rollout(RolloutCliError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
@@ -153,10 +157,10 @@ impl CliError {
             CliError::Dataplane(_) | CliError::Stdout(_) => Exit::Failure,
             CliError::Config(_) => Exit::InvalidConfig,
             CliError::Rollout(error) => match error {
-                crate::rollout::cli::RolloutCliError::Client(client) => client_exit(client),
-                crate::rollout::cli::RolloutCliError::Every(_) => Exit::Usage,
-                crate::rollout::cli::RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
-                crate::rollout::cli::RolloutCliError::Stdout(_) => Exit::Failure,
+                RolloutCliError::Client(client) => client_exit(client),
+                RolloutCliError::Every(_) => Exit::Usage,
+                RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
+                RolloutCliError::Stdout(_) => Exit::Failure,
             },
             CliError::Percent { .. } | CliError::Interval => Exit::Usage,
         }
@@ -194,6 +198,7 @@ fn request(socket: &Path, request: &Request) -> Result<Reply, CliError> {
     Ok(Client::connect(socket)?.request(request)?)
 }
 
+#[expect(clippy::too_many_lines, reason = "one arm per command")]
 fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {
@@ -216,13 +221,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 } else {
                     render_status(&report)
                 };
-                if watch {
-                    // Home, draw, clear what is left of the previous frame.
-                    write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"))?;
-                } else {
-                    write!(out, "{text}")?;
-                }
-                out.flush()?;
+                write_frame(&mut out, &text, watch)?;
                 if !watch {
                     return Ok(());
                 }
@@ -271,7 +270,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             Ok(())
         }
         Command::Rollout { command } => {
-            crate::rollout::cli::execute(command, socket).map_err(CliError::Rollout)
+            rollout::execute(command, socket).map_err(CliError::Rollout)
         }
         Command::CheckConfig { config } => {
             let valid = Config::load(&config)?;
@@ -312,6 +311,18 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
     }
 }
 
+/// One frame of `--watch`: on a terminal it is drawn over the previous one (cursor home, draw,
+/// clear what is left of the previous frame); into a pipe or a file it is appended as plain
+/// text, without escape codes. Without `--watch`, just the text.
+fn write_frame(out: &mut impl std::io::Write, text: &str, watch: bool) -> std::io::Result<()> {
+    if watch && std::io::stdout().is_terminal() {
+        write!(out, "\x1b[H{}\x1b[J", text.replace('\n', "\x1b[K\n"))?;
+    } else {
+        write!(out, "{text}")?;
+    }
+    out.flush()
+}
+
 fn print_weight(out: &mut impl std::io::Write, reply: Reply) -> Result<(), CliError> {
     let Reply::Weight(change) = reply else {
         unreachable!("weight commands answer a weight change");
@@ -342,91 +353,6 @@ fn print_unloaded(out: &mut impl std::io::Write, unloaded: &Unloaded) -> Result<
         }
     )?;
     Ok(())
-}
-
-/// The human view of a status snapshot.
-pub fn render_status(report: &StatusReport) -> String {
-    use std::fmt::Write as _;
-    let daemon = &report.daemon;
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}  flow table {}/{}",
-        daemon.version,
-        daemon.pid,
-        uptime(daemon.uptime_seconds),
-        daemon.dataplane.name(),
-        daemon.bpffs.display(),
-        daemon.interfaces.join(","),
-        daemon.pinned_flows,
-        daemon.flow_table_size,
-    );
-    for service in &report.services {
-        let measured = match service.measured_green_share {
-            Some(share) => format!(
-                "{:.2}% of {} new flows in the last {:.0}s",
-                share * 100.0,
-                service.window_new_flows,
-                service.window_seconds
-            ),
-            None => "no new flows in the last 10s".to_owned(),
-        };
-        let _ = writeln!(
-            text,
-            "\n{}  {}/{}  cohort {}\n  green weight {}%   measured green share {}   flow misses {}",
-            service.name,
-            service.address,
-            service.protocol.name(),
-            service.cohort.name(),
-            ppm_to_percent(service.green_weight),
-            measured,
-            service.flow_misses,
-        );
-        let _ = writeln!(
-            text,
-            "  {:<5} {:<22} {:>8} {:>8} {:>10} {:>10} {:>12} {:>12} {:>6} {:>6}",
-            "COLOR",
-            "BACKEND",
-            "FLOWS",
-            "NEW/S",
-            "PKTS_IN",
-            "PKTS_OUT",
-            "BYTES_IN",
-            "BYTES_OUT",
-            "RST_IN",
-            "RST_OUT"
-        );
-        for color in &service.colors {
-            for backend in &color.backends {
-                let rate = backend
-                    .new_flows_per_second
-                    .map_or("-".to_owned(), |rate| format!("{rate:.1}"));
-                let _ = writeln!(
-                    text,
-                    "  {:<5} {:<22} {:>8} {:>8} {:>10} {:>10} {:>12} {:>12} {:>6} {:>6}",
-                    color.color.name(),
-                    backend.address.to_string(),
-                    backend.live_flows,
-                    rate,
-                    backend.to_backend.packets,
-                    backend.to_client.packets,
-                    backend.to_backend.bytes,
-                    backend.to_client.bytes,
-                    backend.to_backend.tcp_resets,
-                    backend.to_client.tcp_resets,
-                );
-            }
-        }
-    }
-    text
-}
-
-fn uptime(seconds: u64) -> String {
-    match seconds {
-        0..60 => format!("{seconds}s"),
-        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
-        _ => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,184 @@
+//! `splitter status`: the human view of a status snapshot.
+
+use std::fmt::Write as _;
+
+use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, presets::NOTHING};
+
+use crate::{control::protocol::StatusReport, units::ppm_to_percent};
+
+const HEADER: [&str; 10] = [
+    "COLOR",
+    "BACKEND",
+    "FLOWS",
+    "NEW/S",
+    "PKTS_IN",
+    "PKTS_OUT",
+    "BYTES_IN",
+    "BYTES_OUT",
+    "RST_IN",
+    "RST_OUT",
+];
+/// Narrowest width of each column (the widths of the fixed-width table this replaced), so the
+/// usual view keeps its shape and only longer cells (IPv6 backends) widen their column.
+const MIN_WIDTHS: [u16; 10] = [5, 22, 8, 8, 10, 10, 12, 12, 6, 6];
+
+/// The human view of a status snapshot.
+pub fn render_status(report: &StatusReport) -> String {
+    let daemon = &report.daemon;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}  flow table {}/{}",
+        daemon.version,
+        daemon.pid,
+        uptime(daemon.uptime_seconds),
+        daemon.dataplane.name(),
+        daemon.bpffs.display(),
+        daemon.interfaces.join(","),
+        daemon.pinned_flows,
+        daemon.flow_table_size,
+    );
+    for service in &report.services {
+        let measured = match service.measured_green_share {
+            Some(share) => format!(
+                "{:.2}% of {} new flows in the last {:.0}s",
+                share * 100.0,
+                service.window_new_flows,
+                service.window_seconds
+            ),
+            None => "no new flows in the last 10s".to_owned(),
+        };
+        let _ = writeln!(
+            text,
+            "\n{}  {}/{}  cohort {}\n  green weight {}%   measured green share {}   flow misses {}",
+            service.name,
+            service.address,
+            service.protocol.name(),
+            service.cohort.name(),
+            ppm_to_percent(service.green_weight),
+            measured,
+            service.flow_misses,
+        );
+        let mut table = backend_table();
+        for color in &service.colors {
+            for backend in &color.backends {
+                let rate = backend
+                    .new_flows_per_second
+                    .map_or("-".to_owned(), |rate| format!("{rate:.1}"));
+                table.add_row(vec![
+                    color.color.name().to_owned(),
+                    backend.address.to_string(),
+                    backend.live_flows.to_string(),
+                    rate,
+                    backend.to_backend.packets.to_string(),
+                    backend.to_client.packets.to_string(),
+                    backend.to_backend.bytes.to_string(),
+                    backend.to_client.bytes.to_string(),
+                    backend.to_backend.tcp_resets.to_string(),
+                    backend.to_client.tcp_resets.to_string(),
+                ]);
+            }
+        }
+        for line in table.lines() {
+            let _ = writeln!(text, "  {}", line.trim_end());
+        }
+    }
+    text
+}
+
+/// Borderless, one space between columns, names left-aligned and numbers right-aligned.
+fn backend_table() -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(HEADER);
+    for (index, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, 1));
+        column.set_constraint(ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(
+            MIN_WIDTHS[index],
+        )));
+        if index >= 2 {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{CohortSetting, ColorName},
+        control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
+        dataplane::services::Protocol,
+    };
+
+    fn backend(address: &str) -> BackendStatus {
+        BackendStatus {
+            address: address.parse().unwrap(),
+            id: 0,
+            live_flows: 3,
+            new_flows: 4,
+            new_flows_per_second: Some(1.5),
+            to_backend: Traffic::default(),
+            to_client: Traffic::default(),
+            signals: Signals::default(),
+        }
+    }
+
+    /// Columns stay aligned when one backend is a long IPv6 address.
+    #[test]
+    fn long_ipv6_backends_fit() {
+        let mut report = StatusReport::default();
+        report.services.push(ServiceStatus {
+            name: "web".into(),
+            address: "[fd00::10]:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            cohort: CohortSetting::Flow,
+            green_weight: 125_000,
+            measured_green_share: None,
+            window_seconds: 0.0,
+            window_new_flows: 0,
+            flow_misses: 0,
+            colors: vec![
+                ColorStatus {
+                    color: ColorName::Blue,
+                    backends: vec![backend("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535")],
+                },
+                ColorStatus {
+                    color: ColorName::Green,
+                    backends: vec![backend("[fd00::2]:8080")],
+                },
+            ],
+        });
+        let text = render_status(&report);
+        assert!(text.contains("  green weight 12.5%"), "{text}");
+        let rows: Vec<&str> = text
+            .lines()
+            .skip_while(|line| !line.trim_start().starts_with("COLOR"))
+            .collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        // FLOWS is right-aligned: every row's count (3) ends where the header does.
+        let end = rows[0].find("FLOWS").unwrap() + "FLOWS".len();
+        for row in &rows[1..] {
+            assert_eq!(
+                &row[end - 1..=end],
+                "3 ",
+                "FLOWS column not aligned:\n{text}"
+            );
+        }
+        assert!(
+            rows[1].contains("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535 "),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Why a config file was refused. Each message names the file position or the field.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
+
+use super::{ColorName, FLOW_TABLE_MAX, FLOW_TABLE_MIN, SERVICE_NAME_MAX, SERVICES_MAX};
+use crate::rollout::PlanError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        problem: Box<ConfigError>,
+    },
+    #[error("dataplane.interfaces: at least one interface is needed")]
+    NoInterface,
+    #[error("dataplane.{field}: `{name}` is not a valid interface name")]
+    InterfaceName { field: &'static str, name: String },
+    #[error("dataplane.{field}: `{name}` is listed twice")]
+    DuplicateInterface { field: &'static str, name: String },
+    #[error("dataplane.{field}: no interface `{name}` on this host")]
+    UnknownInterface { field: &'static str, name: String },
+    #[error(
+        "dataplane.flow_table_size: {value} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX} entries"
+    )]
+    FlowTableSize { value: u32 },
+    #[error(
+        "dataplane.miss_hold: `{value}` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)"
+    )]
+    MissHold { value: String },
+    #[error(
+        "dataplane.handshake_timeout: `{value}` is not a duration between 1ms and 60s like \"500ms\""
+    )]
+    HandshakeTimeout { value: String },
+    #[error("control.{field}: `{value}` must be an absolute path")]
+    RelativePath { field: &'static str, value: PathBuf },
+    #[error("control.metrics: `{value}` is not an IP:port address")]
+    MetricsAddress { value: String },
+    #[error(
+        "service[{index}].name: `{name}` must be 1-{SERVICE_NAME_MAX} letters, digits, `-`, `_` or `.`"
+    )]
+    ServiceName { index: usize, name: String },
+    #[error("service[{index}].name: `{name}` is already used by service[{first}]")]
+    DuplicateName {
+        index: usize,
+        first: usize,
+        name: String,
+    },
+    #[error("service `{service}`: {field} `{value}` is not an IP:port address")]
+    Address {
+        service: String,
+        field: String,
+        value: String,
+    },
+    #[error("service `{service}`: {field} `{value}` has port 0")]
+    PortZero {
+        service: String,
+        field: String,
+        value: String,
+    },
+    #[error(
+        "service `{service}`: address {address}/{protocol} is already used by service `{first}`"
+    )]
+    DuplicateAddress {
+        service: String,
+        first: String,
+        address: SocketAddr,
+        protocol: &'static str,
+    },
+    #[error("service `{service}`: green_weight {value} is outside 0..=100 (percent of new flows)")]
+    WeightRange { service: String, value: f64 },
+    #[error("service `{service}`: green_weight {value} is finer than 0.0001 percent")]
+    WeightPrecision { service: String, value: f64 },
+    #[error("service `{service}`: rollout: {source}")]
+    Rollout {
+        service: String,
+        source: Box<PlanError>,
+    },
+    #[error("service `{service}`: {color} has no backend (each color needs at least one)")]
+    EmptyPool { service: String, color: ColorName },
+    #[error("service `{service}`: {field} {backend} is the service address itself")]
+    BackendIsService {
+        service: String,
+        field: String,
+        backend: SocketAddr,
+    },
+    #[error(
+        "service `{service}`: {field} {backend} is not the same IP family as the service address"
+    )]
+    FamilyMismatch {
+        service: String,
+        field: String,
+        backend: SocketAddr,
+    },
+    #[error("service `{service}`: {field} {backend} is listed twice in the service")]
+    DuplicateBackend {
+        service: String,
+        field: String,
+        backend: SocketAddr,
+    },
+    #[error(
+        "service `{service}`: {field} {backend}/{protocol} is also a backend of service `{other}` (replies could not be told apart)"
+    )]
+    SharedBackend {
+        service: String,
+        field: String,
+        other: String,
+        backend: SocketAddr,
+        protocol: &'static str,
+    },
+    #[error("service `{service}`: {field} {backend} is the address of service `{other}`")]
+    BackendIsOtherService {
+        service: String,
+        field: String,
+        other: String,
+        backend: SocketAddr,
+    },
+    #[error("service: {count} services, at most {SERVICES_MAX} are supported")]
+    TooManyServices { count: usize },
+    #[error("service: {count} backends in all, at most {MAX_BACKENDS} are supported")]
+    TooManyBackends { count: usize },
+    #[error("service `{service}`: {count} backends, at most {} fit in one service", POOL_SLOTS / 2)]
+    PoolTooLarge { service: String, count: usize },
+}

@@ -1,0 +1,389 @@
+//! The daemon's configuration file (TOML): plain serde data with `deny_unknown_fields` and
+//! documented defaults, checked by one [`Config::validate`] step that turns it into the typed
+//! [`Validated`] form the daemon works with. Every field is described in the README.
+//!
+//! Nothing here touches the kernel: a file that fails here changes nothing.
+//!
+//! - this file: the file model (sections, defaults) and the validated form;
+//! - [`error`]: why a file was refused;
+//! - [`validate`]: the checks, field by field and across services.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use splitter_common::{
+    Cohort,
+    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_SERVICES},
+};
+
+pub use self::error::ConfigError;
+use crate::{
+    dataplane::{XdpMode, services::Protocol},
+    rollout::{Check, Plan, PlanError, plan::Thresholds},
+    units::parse_duration,
+};
+
+mod error;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+/// Where `splitter daemon` and `check-config` look when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/splitter/splitter.toml";
+/// `[control] socket` default.
+pub const DEFAULT_SOCKET: &str = "/run/splitter/splitter.sock";
+/// `[control] metrics` default.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9435";
+/// `[control] state_dir` default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/splitter";
+/// `[control] bpffs` default.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/splitter";
+/// `[dataplane] miss_hold` default.
+pub const DEFAULT_MISS_HOLD: Duration = Duration::from_secs(60);
+
+/// Smallest and largest `flow_table_size` accepted (entries of `FLOWS`).
+pub const FLOW_TABLE_MIN: u32 = 1024;
+pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+/// Longest `miss_hold` accepted.
+pub const MISS_HOLD_MAX: Duration = Duration::from_secs(24 * 3600);
+/// Each service takes two `SERVICES` entries (its port and the port-0 fragment key).
+pub const SERVICES_MAX: usize = (MAX_SERVICES / 2) as usize;
+/// Longest service name (it is a metric label and a CLI argument).
+pub const SERVICE_NAME_MAX: usize = 64;
+/// Longest Linux interface name (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub control: ControlSection,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSection>,
+}
+
+/// `[dataplane]`: where the programs run and their load-time settings.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneSection {
+    /// Interfaces where client traffic arrives (XDP ingress + TC egress on each).
+    pub interfaces: Vec<String>,
+    #[serde(default = "default_xdp_mode")]
+    pub xdp_mode: XdpMode,
+    /// Capacity of the flow tables (pinned flows). Load time only.
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
+    /// Seed of the split hash; hosts behind the same ECMP group must share it. Load time only.
+    #[serde(default = "default_hash_seed")]
+    pub hash_seed: u32,
+    /// How long after a weight change a TCP packet of an unknown flow is steered by the
+    /// previous weight (it most likely began before the change). `"60s"`, `"500ms"`, `"5m"`.
+    #[serde(default = "default_miss_hold")]
+    pub miss_hold: String,
+    /// A client SYN retransmitted this long after the first one without a SYN-ACK counts as a
+    /// handshake timeout (rollout signals). Load time only.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: String,
+    /// Backend-facing interfaces the XDP fast path may redirect rewritten packets to (FIB
+    /// lookup + `XDP_REDIRECT`); empty: rewritten packets take the kernel's routing.
+    #[serde(default)]
+    pub redirect_interfaces: Vec<String>,
+}
+
+/// `[control]`: how the daemon is reached and where it keeps things.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_metrics")]
+    pub metrics: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_bpffs")]
+    pub bpffs: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+            metrics: default_metrics(),
+            state_dir: default_state_dir(),
+            bpffs: default_bpffs(),
+        }
+    }
+}
+
+/// Which part of a packet decides its color.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CohortSetting {
+    /// Each connection (5-tuple) is split independently.
+    Flow,
+    /// One client address always lands on the same color.
+    Client,
+}
+
+impl CohortSetting {
+    pub const fn cohort(self) -> Cohort {
+        match self {
+            CohortSetting::Flow => Cohort::Flow,
+            CohortSetting::Client => Cohort::Client,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            CohortSetting::Flow => "flow",
+            CohortSetting::Client => "client",
+        }
+    }
+}
+
+/// One `[[service]]`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    /// `"203.0.113.10:80"` or `"[2001:db8::10]:80"`.
+    pub address: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Percent of new flows sent to green, up to four decimals.
+    pub green_weight: f64,
+    #[serde(default = "default_cohort")]
+    pub cohort: CohortSetting,
+    pub blue: Vec<String>,
+    pub green: Vec<String>,
+    /// The service's rollout plan (`splitter rollout start` flags override each field).
+    #[serde(default)]
+    pub rollout: Option<RolloutSection>,
+}
+/// `[service.rollout]`: steps, step duration and the thresholds green is judged by (the
+/// threshold keys and their defaults are [`Thresholds`]'s).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Green weights in percent, strictly increasing, e.g. `[1, 5, 25, 50, 100]`.
+    #[serde(default = "default_rollout_steps")]
+    pub steps: Vec<f64>,
+    /// How long each step runs before it may advance: `"60s"`, `"500ms"`, `"5m"`.
+    #[serde(default = "default_rollout_every")]
+    pub every: String,
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
+    /// External checks: PromQL queries with a bound.
+    #[serde(default)]
+    pub checks: Vec<Check>,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        Self {
+            steps: default_rollout_steps(),
+            every: default_rollout_every(),
+            thresholds: Thresholds::default(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl RolloutSection {
+    /// The validated plan.
+    pub fn plan(&self) -> Result<Plan, PlanError> {
+        let every = parse_duration(&self.every).ok_or(PlanError::BadDuration {
+            value: self.every.clone(),
+        })?;
+        Plan::new(&self.steps, every, self.thresholds, self.checks.clone())
+    }
+}
+
+fn default_rollout_steps() -> Vec<f64> {
+    crate::rollout::plan::DEFAULT_STEPS_PERCENT.to_vec()
+}
+fn default_rollout_every() -> String {
+    format!("{}s", crate::rollout::plan::DEFAULT_EVERY.as_secs())
+}
+fn default_xdp_mode() -> XdpMode {
+    XdpMode::Auto
+}
+fn default_flow_table_size() -> u32 {
+    DEFAULT_FLOW_TABLE_SIZE
+}
+fn default_hash_seed() -> u32 {
+    splitter_common::hash::DEFAULT_HASH_SEED
+}
+fn default_miss_hold() -> String {
+    format!("{}s", DEFAULT_MISS_HOLD.as_secs())
+}
+fn default_handshake_timeout() -> String {
+    format!(
+        "{}ms",
+        splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS / 1_000_000
+    )
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_metrics() -> String {
+    DEFAULT_METRICS.to_owned()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_bpffs() -> PathBuf {
+    PathBuf::from(DEFAULT_BPFFS)
+}
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+fn default_cohort() -> CohortSetting {
+    CohortSetting::Flow
+}
+
+/// The two colors, as config keys and labels.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Deserialize,
+    Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorName {
+    Blue,
+    Green,
+}
+
+impl ColorName {
+    pub const BOTH: [ColorName; 2] = [ColorName::Blue, ColorName::Green];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ColorName::Blue => "blue",
+            ColorName::Green => "green",
+        }
+    }
+
+    pub const fn color(self) -> splitter_common::Color {
+        match self {
+            ColorName::Blue => splitter_common::Color::Blue,
+            ColorName::Green => splitter_common::Color::Green,
+        }
+    }
+}
+
+impl std::fmt::Display for ColorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A config that passed [`Config::validate`]: typed addresses, weights in parts per million.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Validated {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub flow_table_size: u32,
+    pub hash_seed: u32,
+    pub miss_hold: Duration,
+    pub handshake_timeout: Duration,
+    pub redirect_interfaces: Vec<String>,
+    pub socket: PathBuf,
+    pub metrics: SocketAddr,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    /// In file order.
+    pub services: Vec<Service>,
+}
+
+/// One validated service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    /// Share of new flows to green in parts per million (`WEIGHT_SCALE`).
+    pub green_weight: u32,
+    pub cohort: CohortSetting,
+    pub blue: Vec<SocketAddr>,
+    pub green: Vec<SocketAddr>,
+    /// The default rollout plan (`[service.rollout]`, or the documented defaults).
+    pub rollout: Plan,
+}
+
+impl Service {
+    pub fn pool(&self, color: ColorName) -> &[SocketAddr] {
+        match color {
+            ColorName::Blue => &self.blue,
+            ColorName::Green => &self.green,
+        }
+    }
+}
+
+impl Validated {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|service| service.name == name)
+    }
+}
+
+impl Config {
+    /// Reads and parses a file (syntax, types, unknown keys); see [`Config::validate`] for the
+    /// rest.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses TOML text; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| {
+            let (line, column) = error
+                .span()
+                .map_or((0, 0), |span| line_column(text, span.start));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: error.message().trim().replace('\n', " "),
+            }
+        })
+    }
+
+    /// Reads, parses and validates a file against this host's interfaces. Validation errors
+    /// name the file too.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+        Self::read(path)?
+            .validate()
+            .map_err(|problem| ConfigError::Invalid {
+                path: path.to_owned(),
+                problem: Box::new(problem),
+            })
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}

@@ -1,0 +1,159 @@
+//! What `status` and the metrics endpoint show: the snapshot of every service, backend and
+//! counter, the once-a-second rate sample, and the flow-table scan behind the live-flow gauges.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::Instant,
+};
+
+use splitter_common::BackendCounters;
+
+use super::{App, AppError};
+use crate::{
+    config::ColorName,
+    control::protocol::{
+        BackendStatus, ColorStatus, DaemonStatus, ServiceStatus, Signals, StatusReport, Traffic,
+    },
+    dataplane::DataplaneError,
+};
+
+impl App {
+    /// One sample of every configured backend's new-flow counter (once a second).
+    pub fn sample(&mut self, now: Instant) {
+        let mut new_flows = BTreeMap::new();
+        for installed in self.installed.values() {
+            for color in ColorName::BOTH {
+                for (id, _) in installed.pool(color) {
+                    if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
+                        new_flows.insert(*id, counters.new_flows);
+                    }
+                }
+            }
+        }
+        self.sampler.record(now, new_flows);
+    }
+
+    /// Everything `status` and the metrics endpoint show. `live` is flows per backend id
+    /// (from a scan of the flow table), `pinned` their total.
+    pub fn status(&self, live: &HashMap<u32, u64>, pinned: u64) -> Result<StatusReport, AppError> {
+        let maps = &self.dataplane.maps;
+        let mut services = Vec::new();
+        for service in &self.config.services {
+            let Some(installed) = self.installed.get(&(service.address, service.protocol)) else {
+                continue;
+            };
+            let mut colors = Vec::new();
+            let mut window = [0u64; 2];
+            let mut window_seconds = 0.0;
+            for color in ColorName::BOTH {
+                let mut backends = Vec::new();
+                for (id, address) in installed.pool(color) {
+                    let counters: BackendCounters = maps.backend_counters(*id)?;
+                    let rate = self.sampler.rate(*id);
+                    if let Some(rate) = rate {
+                        window[color as usize] += rate.increase;
+                        window_seconds = rate.seconds;
+                    }
+                    backends.push(BackendStatus {
+                        address: *address,
+                        id: *id,
+                        live_flows: live.get(id).copied().unwrap_or(0),
+                        new_flows: counters.new_flows,
+                        new_flows_per_second: rate.map(super::sampler::Rate::per_second),
+                        to_backend: Traffic {
+                            packets: counters.to_backend.packets,
+                            bytes: counters.to_backend.bytes,
+                            tcp_resets: counters.to_backend.tcp_rst,
+                        },
+                        to_client: Traffic {
+                            packets: counters.to_client.packets,
+                            bytes: counters.to_client.bytes,
+                            tcp_resets: counters.to_client.tcp_rst,
+                        },
+                        signals: Signals {
+                            handshakes_completed: counters.signals.handshakes_completed,
+                            handshakes_refused: counters.signals.handshakes_refused,
+                            handshakes_timed_out: counters.signals.handshakes_timed_out,
+                            established_resets: counters.signals.established_resets,
+                            handshake_latency_buckets: counters
+                                .signals
+                                .handshake_latency_buckets
+                                .to_vec(),
+                            handshake_latency_sum_ns: counters.signals.handshake_latency_sum_ns,
+                        },
+                    });
+                }
+                colors.push(ColorStatus { color, backends });
+            }
+            let window_new_flows = window[0] + window[1];
+            services.push(ServiceStatus {
+                name: service.name.clone(),
+                address: service.address,
+                protocol: service.protocol,
+                cohort: service.cohort,
+                green_weight: installed.config.green_weight,
+                measured_green_share: (window_new_flows > 0)
+                    .then(|| window[ColorName::Green as usize] as f64 / window_new_flows as f64),
+                window_seconds,
+                window_new_flows,
+                flow_misses: maps.service_counters(installed.config.id)?.flow_misses,
+                colors,
+            });
+        }
+        let verdicts = maps
+            .verdicts()?
+            .into_iter()
+            .map(|(reason, count)| (reason.label().to_owned(), count))
+            .collect();
+        let forwarding = maps
+            .forwarding()?
+            .into_iter()
+            .map(|(path, count)| (path.label().to_owned(), count))
+            .collect();
+        Ok(StatusReport {
+            daemon: DaemonStatus {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                config: self.config_path.clone(),
+                uptime_seconds: self.started.elapsed().as_secs(),
+                dataplane: self.dataplane.origin,
+                bpffs: self.config.bpffs.clone(),
+                interfaces: self.dataplane.interfaces().into_iter().collect(),
+                flow_table_size: self.dataplane.loaded_with.flow_table_size,
+                hash_seed: self.dataplane.loaded_with.hash_seed,
+                pinned_flows: pinned,
+            },
+            services,
+            verdicts,
+            forwarding,
+        })
+    }
+}
+
+/// Counts pinned flows per backend id by scanning the pinned flow table through its own map
+/// handle (so the scan does not hold up the daemon). Returns (per backend id, total).
+pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), DataplaneError> {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    use splitter_common::{FlowKey, FlowValue};
+
+    let name = splitter_common::maps::FLOWS;
+    let map = MapData::from_pin(flows_pin)
+        .and_then(Map::from_map_data)
+        .map_err(|source| DataplaneError::OpenPinnedMap {
+            path: flows_pin.to_owned(),
+            source,
+        })?;
+    let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
+    let mut live = HashMap::new();
+    let mut total = 0;
+    for entry in &flows {
+        // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
+        // gauge.
+        let Ok((_, flow)) = entry else { break };
+        *live.entry(flow.backend_id).or_insert(0) += 1;
+        total += 1;
+    }
+    Ok((live, total))
+}

@@ -1,0 +1,78 @@
+//! The weight commands: `set-weight`, `switch`, and the one writer rollouts share with them.
+
+use splitter_common::WEIGHT_SCALE;
+
+use super::{App, AppError};
+use crate::{
+    config::ColorName, control::protocol::WeightChange, state::ServiceState, units::ppm_to_percent,
+};
+
+impl App {
+    /// Sets the share of new flows sent to green (the operator's command: a running rollout of
+    /// the service pauses). Persisted before it is applied.
+    pub fn set_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
+        if green_weight > WEIGHT_SCALE {
+            return Err(AppError::WeightRange { ppm: green_weight });
+        }
+        self.service_address(name)?;
+        self.pause_rollout_for_operator(name, green_weight)?;
+        self.write_weight(name, green_weight)
+    }
+
+    /// Writes a service's green weight: persisted first, then one map update.
+    pub(super) fn write_weight(
+        &mut self,
+        name: &str,
+        green_weight: u32,
+    ) -> Result<WeightChange, AppError> {
+        if green_weight > WEIGHT_SCALE {
+            return Err(AppError::WeightRange { ppm: green_weight });
+        }
+        let (address, protocol) = self.service_address(name)?;
+        let file_green_weight = self
+            .config
+            .service(name)
+            .map_or(0, |service| service.green_weight);
+        let previous = self
+            .installed
+            .get(&(address, protocol))
+            .map_or(0, |installed| installed.config.green_weight);
+        let mut state = self.state.clone();
+        state.services.insert(
+            name.to_owned(),
+            ServiceState {
+                green_weight,
+                file_green_weight,
+            },
+        );
+        state.save(&self.config.state_dir)?;
+        self.state = state;
+        let config = self
+            .dataplane
+            .maps
+            .set_weight(&address, protocol, green_weight)?;
+        if let Some(installed) = self.installed.get_mut(&(address, protocol)) {
+            installed.config = config;
+        }
+        tracing::info!(
+            service = name,
+            from = %ppm_to_percent(previous),
+            to = %ppm_to_percent(green_weight),
+            "green weight set"
+        );
+        Ok(WeightChange {
+            service: name.to_owned(),
+            previous_green_weight: previous,
+            green_weight,
+        })
+    }
+
+    /// Every new flow to one color; established flows stay where they are.
+    pub fn switch(&mut self, name: &str, color: ColorName) -> Result<WeightChange, AppError> {
+        let weight = match color {
+            ColorName::Blue => 0,
+            ColorName::Green => WEIGHT_SCALE,
+        };
+        self.set_weight(name, weight)
+    }
+}

@@ -1,0 +1,382 @@
+//! The data plane's metrics, read from the kernel maps at each scrape through the same
+//! snapshot `splitter status` shows: one family set per component (backends, services, the
+//! programs as a whole), each series with a typed label set.
+//!
+//! These are counters the kernel keeps, so they are encoded as constant values of the
+//! snapshot (a `Collector`) rather than kept in `Counter`s the daemon would have to mirror.
+
+use std::sync::Mutex;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric as _, NoLabelSet,
+    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+use splitter_common::{WEIGHT_SCALE, signals::HANDSHAKE_BUCKETS_US};
+
+use crate::control::protocol::{Signals, StatusReport};
+
+/// A family of one series without labels.
+type Unlabelled = [(&'static str, &'static str); 0];
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct BackendLabels {
+    service: String,
+    color: &'static str,
+    backend: String,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct DirectionLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// `to_backend` (client to backend) or `to_client` (replies).
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct HandshakeLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// `completed`, `refused` or `timed_out`.
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct FailureLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// `refused` or `timeout`.
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct VerdictLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct PathLabels {
+    path: String,
+}
+
+/// Per backend: traffic, flows and the L4 signals rollouts are judged by.
+#[derive(Default)]
+struct BackendFamilies {
+    packets: Vec<(DirectionLabels, u64)>,
+    bytes: Vec<(DirectionLabels, u64)>,
+    new_flows: Vec<(BackendLabels, u64)>,
+    tcp_resets: Vec<(DirectionLabels, u64)>,
+    live_flows: Vec<(BackendLabels, i64)>,
+    handshakes: Vec<(HandshakeLabels, u64)>,
+    handshake_failures: Vec<(FailureLabels, u64)>,
+    established_resets: Vec<(BackendLabels, u64)>,
+    handshake_seconds: Vec<(BackendLabels, Signals)>,
+}
+
+impl BackendFamilies {
+    fn new(report: &StatusReport) -> Self {
+        let mut families = Self::default();
+        for service in &report.services {
+            for color in &service.colors {
+                for backend in &color.backends {
+                    let labels = BackendLabels {
+                        service: service.name.clone(),
+                        color: color.color.name(),
+                        backend: backend.address.to_string(),
+                    };
+                    for (direction, traffic) in [
+                        ("to_backend", backend.to_backend),
+                        ("to_client", backend.to_client),
+                    ] {
+                        let labels = DirectionLabels {
+                            backend: labels.clone(),
+                            direction,
+                        };
+                        families.packets.push((labels.clone(), traffic.packets));
+                        families.bytes.push((labels.clone(), traffic.bytes));
+                        families.tcp_resets.push((labels, traffic.tcp_resets));
+                    }
+                    families.new_flows.push((labels.clone(), backend.new_flows));
+                    families.live_flows.push((
+                        labels.clone(),
+                        i64::try_from(backend.live_flows).unwrap_or(i64::MAX),
+                    ));
+                    let signals = &backend.signals;
+                    for (result, count) in [
+                        ("completed", signals.handshakes_completed),
+                        ("refused", signals.handshakes_refused),
+                        ("timed_out", signals.handshakes_timed_out),
+                    ] {
+                        let labels = HandshakeLabels {
+                            backend: labels.clone(),
+                            result,
+                        };
+                        families.handshakes.push((labels, count));
+                    }
+                    for (reason, count) in [
+                        ("refused", signals.handshakes_refused),
+                        ("timeout", signals.handshakes_timed_out),
+                    ] {
+                        let labels = FailureLabels {
+                            backend: labels.clone(),
+                            reason,
+                        };
+                        families.handshake_failures.push((labels, count));
+                    }
+                    families
+                        .established_resets
+                        .push((labels.clone(), signals.established_resets));
+                    families.handshake_seconds.push((labels, signals.clone()));
+                }
+            }
+        }
+        families
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counters(
+            encoder,
+            "splitter_backend_packets",
+            "Packets per backend and direction (to_backend: client to backend, to_client: replies)",
+            &self.packets,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_bytes",
+            "L3 bytes per backend and direction",
+            &self.bytes,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_new_flows",
+            "Flows pinned to the backend (new flows and TCP mid-flow misses)",
+            &self.new_flows,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_tcp_resets",
+            "TCP packets with RST per backend and direction",
+            &self.tcp_resets,
+        )?;
+        gauges(
+            encoder,
+            "splitter_backend_live_flows",
+            "Flows pinned to the backend now (flow table entries)",
+            &self.live_flows,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_handshakes",
+            "TCP handshakes per backend by result (SYN-ACK, RST, SYN retransmitted)",
+            &self.handshakes,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_handshake_failures",
+            "Failed TCP handshakes per backend: refused (RST to the SYN) or timeout (SYN retransmitted without a SYN-ACK)",
+            &self.handshake_failures,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_established_resets",
+            "RSTs from the backend on flows past their handshake",
+            &self.established_resets,
+        )?;
+        handshake_seconds(encoder, &self.handshake_seconds)
+    }
+}
+
+/// Per service: the weight and the flow-table misses.
+struct ServiceFamilies {
+    green_weight_ratio: Vec<(ServiceLabels, f64)>,
+    flow_misses: Vec<(ServiceLabels, u64)>,
+}
+
+impl ServiceFamilies {
+    fn new(report: &StatusReport) -> Self {
+        let labels = |name: &str| ServiceLabels {
+            service: name.to_owned(),
+        };
+        Self {
+            green_weight_ratio: report
+                .services
+                .iter()
+                .map(|service| {
+                    let ratio = f64::from(service.green_weight) / f64::from(WEIGHT_SCALE);
+                    (labels(&service.name), ratio)
+                })
+                .collect(),
+            flow_misses: report
+                .services
+                .iter()
+                .map(|service| (labels(&service.name), service.flow_misses))
+                .collect(),
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauges(
+            encoder,
+            "splitter_service_green_weight_ratio",
+            "Share of new flows sent to green (0..1)",
+            &self.green_weight_ratio,
+        )?;
+        counters(
+            encoder,
+            "splitter_service_flow_misses",
+            "TCP packets without SYN that found no pinned flow",
+            &self.flow_misses,
+        )
+    }
+}
+
+/// The programs as a whole: verdicts, forwarding paths, the flow table.
+struct ProgramFamilies {
+    forwarded: Vec<(PathLabels, u64)>,
+    verdicts: Vec<(VerdictLabels, u64)>,
+    flow_table_entries: i64,
+    flow_table_size: i64,
+}
+
+impl ProgramFamilies {
+    fn new(report: &StatusReport) -> Self {
+        Self {
+            forwarded: report
+                .forwarding
+                .iter()
+                .map(|(path, count)| (PathLabels { path: path.clone() }, *count))
+                .collect(),
+            verdicts: report
+                .verdicts
+                .iter()
+                .map(|(reason, count)| {
+                    let labels = VerdictLabels {
+                        reason: reason.clone(),
+                    };
+                    (labels, *count)
+                })
+                .collect(),
+            flow_table_entries: i64::try_from(report.daemon.pinned_flows).unwrap_or(i64::MAX),
+            flow_table_size: i64::from(report.daemon.flow_table_size),
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counters(
+            encoder,
+            "splitter_forwarded_packets",
+            "Rewritten client packets by forwarding path (xdp_redirect: fast path, kernel: routing)",
+            &self.forwarded,
+        )?;
+        counters(
+            encoder,
+            "splitter_verdicts",
+            "Packets seen by the XDP and TC programs, by what they did and why",
+            &self.verdicts,
+        )?;
+        gauges(
+            encoder,
+            "splitter_flow_table_entries",
+            "Entries in the flow table (all services)",
+            &[(Unlabelled::default(), self.flow_table_entries)],
+        )?;
+        gauges(
+            encoder,
+            "splitter_flow_table_size",
+            "Capacity of the flow table",
+            &[(Unlabelled::default(), self.flow_table_size)],
+        )
+    }
+}
+
+/// The data plane's counters, taken from the latest snapshot at each scrape.
+#[derive(Debug, Default)]
+pub struct DataplaneCollector {
+    snapshot: Mutex<StatusReport>,
+}
+
+impl DataplaneCollector {
+    pub fn set(&self, report: StatusReport) {
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = report;
+    }
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let report = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        BackendFamilies::new(&report).encode(&mut encoder)?;
+        ServiceFamilies::new(&report).encode(&mut encoder)?;
+        ProgramFamilies::new(&report).encode(&mut encoder)
+    }
+}
+
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue + Copy + std::fmt::Debug>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(L, V)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// `splitter_backend_handshake_seconds`: SYN → SYN-ACK time per backend, from the kernel's
+/// buckets (a prometheus-client `Histogram` cannot be set from counts, only observed).
+fn handshake_seconds(
+    encoder: &mut DescriptorEncoder,
+    series: &[(BackendLabels, Signals)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(
+        "splitter_backend_handshake_seconds",
+        "Time from the client's SYN to the backend's SYN-ACK",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (labels, signals) in series {
+        let counts = &signals.handshake_latency_buckets;
+        #[expect(clippy::cast_precision_loss, reason = "bucket bounds are small")]
+        let buckets: Vec<(f64, u64)> = HANDSHAKE_BUCKETS_US
+            .iter()
+            .map(|bound| *bound as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        let count = counts.iter().sum();
+        #[expect(clippy::cast_precision_loss, reason = "a sum of seconds for display")]
+        let sum = signals.handshake_latency_sum_ns as f64 / 1e9;
+        metric
+            .encode_family(labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+use super::*;
+use crate::{
+    config::{CohortSetting, ColorName},
+    control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
+    dataplane::services::Protocol,
+};
+
+fn backend(address: &str, id: u32, n: u64) -> BackendStatus {
+    BackendStatus {
+        address: address.parse().unwrap(),
+        id,
+        live_flows: n,
+        new_flows: 2 * n,
+        new_flows_per_second: None,
+        to_backend: Traffic {
+            packets: 10 * n,
+            bytes: 1000 * n,
+            tcp_resets: n,
+        },
+        to_client: Traffic {
+            packets: 9 * n,
+            bytes: 900 * n,
+            tcp_resets: 0,
+        },
+        signals: Signals {
+            handshakes_completed: 3 * n,
+            handshakes_refused: n,
+            handshake_latency_buckets: {
+                let mut buckets = vec![0; 16];
+                buckets[1] = 2 * n; // <= 100 us
+                buckets[15] = n; // +Inf
+                buckets
+            },
+            handshake_latency_sum_ns: 5_000_000,
+            ..Signals::default()
+        },
+    }
+}
+
+/// The exact lines dashboards rely on.
+#[test]
+fn exposition_lines() {
+    let daemon = DaemonMetrics::default();
+    let metrics = Metrics::new(&daemon);
+    daemon.request("set-weight", true);
+    daemon.reload(false);
+    let mut report = StatusReport::default();
+    report.daemon.pinned_flows = 3;
+    report.daemon.flow_table_size = 1024;
+    report.verdicts.insert("new_flow".into(), 7);
+    report.forwarding.insert("kernel".into(), 11);
+    report.services.push(ServiceStatus {
+        name: "web".into(),
+        address: "198.18.100.10:80".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        cohort: CohortSetting::Flow,
+        green_weight: 125_000,
+        measured_green_share: None,
+        window_seconds: 0.0,
+        window_new_flows: 0,
+        flow_misses: 4,
+        colors: vec![
+            ColorStatus {
+                color: ColorName::Blue,
+                backends: vec![backend("198.18.1.10:8080", 0, 1)],
+            },
+            ColorStatus {
+                color: ColorName::Green,
+                backends: vec![backend("198.18.2.10:8080", 1, 2)],
+            },
+        ],
+    });
+    let text = metrics.render(report);
+    let lines: Vec<&str> = text.lines().collect();
+    for expected in [
+        "# TYPE splitter_backend_packets_total counter",
+        r#"splitter_backend_packets_total{service="web",color="blue",backend="198.18.1.10:8080",direction="to_backend"} 10"#,
+        r#"splitter_backend_packets_total{service="web",color="green",backend="198.18.2.10:8080",direction="to_client"} 18"#,
+        r#"splitter_backend_bytes_total{service="web",color="blue",backend="198.18.1.10:8080",direction="to_backend"} 1000"#,
+        r#"splitter_backend_new_flows_total{service="web",color="green",backend="198.18.2.10:8080"} 4"#,
+        r#"splitter_backend_tcp_resets_total{service="web",color="blue",backend="198.18.1.10:8080",direction="to_backend"} 1"#,
+        r#"splitter_backend_tcp_resets_total{service="web",color="blue",backend="198.18.1.10:8080",direction="to_client"} 0"#,
+        "# TYPE splitter_backend_live_flows gauge",
+        r#"splitter_backend_live_flows{service="web",color="green",backend="198.18.2.10:8080"} 2"#,
+        r#"splitter_service_green_weight_ratio{service="web"} 0.125"#,
+        r#"splitter_service_flow_misses_total{service="web"} 4"#,
+        r#"splitter_verdicts_total{reason="new_flow"} 7"#,
+        "splitter_flow_table_entries 3",
+        "splitter_flow_table_size 1024",
+        r#"splitter_backend_handshakes_total{service="web",color="blue",backend="198.18.1.10:8080",result="completed"} 3"#,
+        r#"splitter_backend_handshakes_total{service="web",color="green",backend="198.18.2.10:8080",result="refused"} 2"#,
+        r#"splitter_backend_handshake_failures_total{service="web",color="green",backend="198.18.2.10:8080",reason="refused"} 2"#,
+        r#"splitter_backend_established_resets_total{service="web",color="blue",backend="198.18.1.10:8080"} 0"#,
+        "# TYPE splitter_backend_handshake_seconds histogram",
+        r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="5e-05"} 0"#,
+        r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="0.0001"} 2"#,
+        r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="2.5"} 2"#,
+        r#"splitter_backend_handshake_seconds_bucket{service="web",color="blue",backend="198.18.1.10:8080",le="+Inf"} 3"#,
+        r#"splitter_backend_handshake_seconds_sum{service="web",color="blue",backend="198.18.1.10:8080"} 0.005"#,
+        r#"splitter_backend_handshake_seconds_count{service="web",color="blue",backend="198.18.1.10:8080"} 3"#,
+        r#"splitter_forwarded_packets_total{path="kernel"} 11"#,
+        r#"splitter_control_requests_total{command="set-weight",result="ok"} 1"#,
+        r#"splitter_config_reloads_total{result="error"} 1"#,
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "missing line `{expected}` in:\n{text}"
+        );
+    }
+}
+
+/// OpenMetrics text, when asked for: same names, `# EOF` at the end.
+#[test]
+fn openmetrics_exposition() {
+    let daemon = DaemonMetrics::default();
+    let metrics = Metrics::new(&daemon);
+    daemon.request("status", true);
+    let mut report = StatusReport::default();
+    report.daemon.flow_table_size = 1024;
+    let text = metrics.render_as(report, Format::OpenMetrics);
+    let lines: Vec<&str> = text.lines().collect();
+    for expected in [
+        "# TYPE splitter_control_requests counter",
+        r#"splitter_control_requests_total{command="status",result="ok"} 1"#,
+        "splitter_flow_table_size 1024",
+        "# EOF",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "missing line `{expected}` in:\n{text}"
+        );
+    }
+}
