@@ -4,7 +4,10 @@
 //! One module per concern: `config` (the file), `state` (persisted weights), `dataplane`
 //! (loading, pinning, maps), `daemon` (the application and its reconcile), `control` (the Unix
 //! socket API), `metrics` (Prometheus), `rollout` (canary plans and analysis), `cli`
-//! (arguments, exit codes, client commands).
+//! (arguments, exit codes, client commands); `sys` holds every raw system call, the crate's only
+//! `unsafe` code.
+
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod config;
@@ -14,3 +17,5 @@ pub mod dataplane;
 pub mod metrics;
 pub mod rollout;
 pub mod state;
+#[allow(unsafe_code)]
+pub mod sys;

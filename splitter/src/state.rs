@@ -12,7 +12,6 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::Write as _,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -166,8 +165,7 @@ impl DaemonLock {
                 path: path.clone(),
                 source,
             })?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !crate::sys::try_lock_exclusive(&file) {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = match holder.trim() {
                 "" => "pid unknown".to_owned(),

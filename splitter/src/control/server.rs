@@ -73,7 +73,7 @@ impl ControlServer {
 
     /// Serves connections until the task is dropped.
     pub async fn serve(self, shared: Arc<Shared>) {
-        let uid = unsafe { libc::geteuid() };
+        let uid = crate::sys::effective_uid();
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,

@@ -27,7 +27,8 @@ use crate::{
         StatusReport, Traffic, WeightChange,
     },
     dataplane::{
-        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::socket_addr,
+        Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded,
+        maps::FlowScan, services::socket_addr,
     },
     state::{ServiceState, State, StateError},
 };
@@ -83,7 +84,7 @@ impl AppError {
 pub struct App {
     config_path: PathBuf,
     config: Validated,
-    dataplane: PinnedDataplane,
+    dataplane: Dataplane,
     state: State,
     /// What the kernel holds, re-read after every change.
     installed: BTreeMap<ServiceAddress, InstalledService>,
@@ -101,7 +102,12 @@ impl App {
             hash_seed: config.hash_seed,
             handshake_timeout_ns: config.handshake_timeout.as_nanos() as u64,
         };
-        let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
+        let dataplane = Dataplane::open(
+            &options,
+            PinPolicy::Pinned {
+                bpffs: &config.bpffs,
+            },
+        )?;
         tracing::info!(
             bpffs = %config.bpffs.display(),
             origin = dataplane.origin.name(),
@@ -130,9 +136,9 @@ impl App {
         &self.config_path
     }
 
-    /// The pinned flow table, for scans that should not hold up the daemon.
-    pub fn flows_pin(&self) -> PathBuf {
-        self.dataplane.layout().map(splitter_common::maps::FLOWS)
+    /// A handle on the flow table, for scans that should not hold up the daemon.
+    pub fn flow_scan(&self) -> FlowScan {
+        self.dataplane.maps.flow_scan()
     }
 
     /// Brings interfaces, services and the state file to `config`. Everything that can fail
@@ -288,7 +294,7 @@ impl App {
         if orphans.is_empty() {
             return Ok(());
         }
-        let (live, _) = count_live_flows(&self.flows_pin())?;
+        let (live, _) = self.flow_scan().count()?;
         for (key, reverse) in orphans {
             if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
                 self.dataplane.maps.remove_backend_reverse(&key)?;
@@ -576,31 +582,4 @@ impl App {
         tracing::info!(?unloaded, "data plane unloaded");
         Ok(unloaded)
     }
-}
-
-/// Counts pinned flows per backend id by scanning the pinned flow table through its own map
-/// handle (so the scan does not hold up the daemon). Returns (per backend id, total).
-pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), DataplaneError> {
-    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use splitter_common::{FlowKey, FlowValue};
-
-    let name = splitter_common::maps::FLOWS;
-    let map = MapData::from_pin(flows_pin)
-        .and_then(Map::from_map_data)
-        .map_err(|source| DataplaneError::OpenPinnedMap {
-            path: flows_pin.to_owned(),
-            source,
-        })?;
-    let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-    let mut live = HashMap::new();
-    let mut total = 0;
-    for entry in flows.iter() {
-        // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
-        // gauge.
-        let Ok((_, flow)) = entry else { break };
-        *live.entry(flow.backend_id).or_insert(0) += 1;
-        total += 1;
-    }
-    Ok((live, total))
 }
