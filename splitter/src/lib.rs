@@ -17,5 +17,5 @@ pub mod dataplane;
 pub mod metrics;
 pub mod rollout;
 pub mod state;
-#[allow(unsafe_code)]
+#[expect(unsafe_code, reason = "the one module of raw system calls")]
 pub mod sys;
