@@ -144,7 +144,11 @@ impl Topology {
         }
         for (ns, addresses, gateways) in [
             (blue, BLUE.iter().chain(&BLUE6), ["198.18.1.1", "fd00:1::1"]),
-            (green, GREEN.iter().chain(&GREEN6), ["198.18.2.1", "fd00:2::1"]),
+            (
+                green,
+                GREEN.iter().chain(&GREEN6),
+                ["198.18.2.1", "fd00:2::1"],
+            ),
         ] {
             for address in addresses {
                 let prefix = if address.contains(':') { 64 } else { 24 };

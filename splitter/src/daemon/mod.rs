@@ -27,8 +27,8 @@ use crate::{
         StatusReport, Traffic, WeightChange,
     },
     dataplane::{
-        Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded,
-        maps::FlowScan, services::socket_addr,
+        Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
+        services::socket_addr,
     },
     state::{ServiceState, State, StateError},
 };

@@ -57,11 +57,12 @@ pub(super) fn xdp(
     }
     .map_err(attach_error(interface))?;
     let link = program.take_link(id).map_err(attach_error(interface))?;
-    FdLink::try_from(link).map_err(|_| DataplaneError::Unpinnable {
-        interface: interface.to_owned(),
-        hook: "XDP",
-        detail: "the kernel refused bpf_link_create; XDP links need Linux 5.9",
-    })
+    fd_link(
+        link,
+        interface,
+        "XDP",
+        "the kernel refused bpf_link_create; XDP links need Linux 5.9",
+    )
 }
 
 /// Attaches the egress program to `interface` as a TCX link (Linux 6.6): unlike a netlink
@@ -75,9 +76,23 @@ pub(super) fn tc(program: &mut SchedClassifier, interface: &str) -> Result<FdLin
         )
         .map_err(attach_error(interface))?;
     let link = program.take_link(id).map_err(attach_error(interface))?;
+    fd_link(link, interface, "TC egress", "tcx links need Linux 6.6")
+}
+
+/// The link as a bpf_link, the kind that can be pinned (and is detached when its last fd or
+/// pin goes).
+fn fd_link<L>(
+    link: L,
+    interface: &str,
+    hook: &'static str,
+    detail: &'static str,
+) -> Result<FdLink, DataplaneError>
+where
+    FdLink: TryFrom<L>,
+{
     FdLink::try_from(link).map_err(|_| DataplaneError::Unpinnable {
         interface: interface.to_owned(),
-        hook: "TC egress",
-        detail: "tcx links need Linux 6.6",
+        hook,
+        detail,
     })
 }

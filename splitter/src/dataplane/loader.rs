@@ -64,22 +64,22 @@ enum Programs {
     /// Loaded by this process without pins: they stay in their object (aya 0.14 cannot take a
     /// program out of an `Ebpf`).
     Object(Ebpf),
-    /// Opened from their pins.
-    Pinned { xdp: Xdp, tc: SchedClassifier },
+    /// Opened from their pins (boxed: an `Xdp` and a `SchedClassifier` are large).
+    Pinned(Box<(Xdp, SchedClassifier)>),
 }
 
 impl Programs {
     fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
         match self {
             Programs::Object(ebpf) => object::xdp(ebpf),
-            Programs::Pinned { xdp, .. } => Ok(xdp),
+            Programs::Pinned(pinned) => Ok(&mut pinned.0),
         }
     }
 
     fn tc(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
         match self {
             Programs::Object(ebpf) => object::tc(ebpf),
-            Programs::Pinned { tc, .. } => Ok(tc),
+            Programs::Pinned(pinned) => Ok(&mut pinned.1),
         }
     }
 }
@@ -165,7 +165,7 @@ impl Dataplane {
         Ok(Self {
             links: BTreeMap::new(),
             maps,
-            programs: Programs::Pinned { xdp, tc },
+            programs: Programs::Pinned(Box::new((xdp, tc))),
             loaded_with: LoadedWith::read(&layout)?,
             pins: Some(layout),
             origin,
@@ -194,7 +194,7 @@ impl Dataplane {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         match &mut self.programs {
             Programs::Object(ebpf) => ebpf,
-            Programs::Pinned { .. } => panic!("a pinned data plane has no loaded object"),
+            Programs::Pinned(_) => panic!("a pinned data plane has no loaded object"),
         }
     }
 

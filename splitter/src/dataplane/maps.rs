@@ -61,18 +61,16 @@ impl Maps {
     pub fn open(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
         let flows = take(names::FLOWS);
         let flows_fd = match &flows {
-            Some(Map::LruHashMap(data) | Map::HashMap(data)) => data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| DataplaneError::MapHandle {
-                    name: names::FLOWS,
-                    source,
-                })?,
+            Some(Map::LruHashMap(data) | Map::HashMap(data)) => {
+                data.fd().as_fd().try_clone_to_owned().map_err(|source| {
+                    DataplaneError::MapHandle {
+                        name: names::FLOWS,
+                        source,
+                    }
+                })?
+            }
             _ => {
-                return Err(DataplaneError::MissingMap {
-                    name: names::FLOWS,
-                });
+                return Err(DataplaneError::MissingMap { name: names::FLOWS });
             }
         };
         Ok(Self {
@@ -256,7 +254,6 @@ impl Maps {
             }),
         }
     }
-
 }
 
 /// Reads of the split configuration (the daemon rebuilds its view of installed services, ids

@@ -107,8 +107,6 @@ pub fn fragment_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
     }
 }
 
-
-
 impl Maps {
     /// Installs (or atomically replaces) a service: backends, then pool slots, then the service
     /// entry in one update. A weight already in the map is kept only by `set_weight` callers;
