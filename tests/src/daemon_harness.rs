@@ -92,7 +92,11 @@ pub fn splitter_binary() -> PathBuf {
         .clone()
 }
 
-/// The four namespaces and their links.
+/// The four namespaces and their links (built from the pieces in `netns.rs`, like the other
+/// topologies). The splitter host is called `router` here: it routes between the client and
+/// the backends' segments. Unlike [`crate::topology::Topology`] (one namespace per backend),
+/// each color is one namespace holding both of its backend addresses, numbered as in the
+/// module's picture.
 pub struct Topology {
     pub client: Netns,
     pub router: Netns,
@@ -115,41 +119,46 @@ impl Topology {
             green,
         } = &topology;
         for ns in [client, router, blue, green] {
-            // No router solicitations or autoconfigured addresses: only our own traffic.
-            ns.sysctl("net.ipv6.conf.default.accept_ra", "0");
-            ns.sysctl("net.ipv6.conf.default.router_solicitations", "0");
-            // Link-local addresses usable at once (a tentative one delays neighbour discovery).
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+            ns.sysctls(&[
+                // No router solicitations or autoconfigured addresses: only our own traffic.
+                ("net.ipv6.conf.default.accept_ra", "0"),
+                ("net.ipv6.conf.default.router_solicitations", "0"),
+                // Link-local addresses usable at once (a tentative one delays neighbour
+                // discovery).
+                ("net.ipv6.conf.default.accept_dad", "0"),
+            ]);
         }
         veth(client, "eth0", router, "eth0");
         veth(blue, "eth0", router, "eth1");
         veth(green, "eth0", router, "eth2");
-        client.ip(&["addr", "add", &format!("{CLIENT}/24"), "dev", "eth0"]);
-        client.ip(&["route", "add", "default", "via", "198.18.0.254"]);
-        router.ip(&["addr", "add", "198.18.0.254/24", "dev", "eth0"]);
-        router.ip(&["addr", "add", "198.18.1.1/24", "dev", "eth1"]);
-        router.ip(&["addr", "add", "198.18.2.1/24", "dev", "eth2"]);
-        router.sysctl("net.ipv4.ip_forward", "1");
-        router.sysctl("net.ipv6.conf.all.forwarding", "1");
-        for (ns, addresses, gateway) in [(blue, BLUE, "198.18.1.1"), (green, GREEN, "198.18.2.1")] {
-            for address in addresses {
-                ns.ip(&["addr", "add", &format!("{address}/24"), "dev", "eth0"]);
-            }
-            ns.ip(&["route", "add", "default", "via", gateway]);
+        router.forwarding(true);
+        client.addr("eth0", &format!("{CLIENT}/24"));
+        client.addr("eth0", &format!("{CLIENT6}/64"));
+        client.route("default", "198.18.0.254");
+        client.route("default", "fd00::fe");
+        for (dev, v4, v6) in [
+            ("eth0", "198.18.0.254/24", "fd00::fe/64"),
+            ("eth1", "198.18.1.1/24", "fd00:1::1/64"),
+            ("eth2", "198.18.2.1/24", "fd00:2::1/64"),
+        ] {
+            router.addr(dev, v4);
+            router.addr(dev, v6);
         }
-        let v6 = |ns: &Netns, address: &str, dev: &str| {
-            ns.ip(&["-6", "addr", "add", address, "dev", dev, "nodad"]);
-        };
-        v6(client, &format!("{CLIENT6}/64"), "eth0");
-        client.ip(&["-6", "route", "add", "default", "via", "fd00::fe"]);
-        v6(router, "fd00::fe/64", "eth0");
-        v6(router, "fd00:1::1/64", "eth1");
-        v6(router, "fd00:2::1/64", "eth2");
-        for (ns, addresses, gateway) in [(blue, BLUE6, "fd00:1::1"), (green, GREEN6, "fd00:2::1")] {
+        for (ns, addresses, gateways) in [
+            (blue, BLUE.iter().chain(&BLUE6), ["198.18.1.1", "fd00:1::1"]),
+            (
+                green,
+                GREEN.iter().chain(&GREEN6),
+                ["198.18.2.1", "fd00:2::1"],
+            ),
+        ] {
             for address in addresses {
-                v6(ns, &format!("{address}/64"), "eth0");
+                let prefix = if address.contains(':') { 64 } else { 24 };
+                ns.addr("eth0", &format!("{address}/{prefix}"));
             }
-            ns.ip(&["-6", "route", "add", "default", "via", gateway]);
+            for gateway in gateways {
+                ns.route("default", gateway);
+            }
         }
         topology
     }

@@ -1,5 +1,7 @@
 //! Network namespaces owned by a test: created with a unique prefix, removed on drop (success
-//! or panic), tolerant of leftovers from a crashed earlier run.
+//! or panic), tolerant of leftovers from a crashed earlier run. Also the pieces every topology
+//! (`topology.rs`, `daemon_harness.rs`, `compare/topology.rs`) is built from: sysctls, veth
+//! pairs, addresses, routes, bridges.
 
 use std::{
     fs::File,
@@ -66,7 +68,68 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+        self.sysctls(&[(key, value)]);
+    }
+
+    /// Writes sysctls (`net.ipv4.ip_forward` style keys) from a thread inside the namespace:
+    /// /proc/sys/net follows the writing thread's network namespace, and no process is started.
+    pub fn sysctls(&self, settings: &[(&str, &str)]) {
+        let settings: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (format!("/proc/sys/{}", k.replace('.', "/")), v.to_string()))
+            .collect();
+        let name = self.name.clone();
+        self.run(move || {
+            for (path, value) in settings {
+                std::fs::write(&path, &value)
+                    .unwrap_or_else(|e| panic!("{name}: writing {value} to {path}: {e}"));
+            }
+        });
+    }
+
+    /// IPv4 and IPv6 forwarding on or off.
+    pub fn forwarding(&self, on: bool) {
+        let on = if on { "1" } else { "0" };
+        self.sysctls(&[
+            ("net.ipv4.ip_forward", on),
+            ("net.ipv6.conf.all.forwarding", on),
+        ]);
+    }
+
+    /// Adds an address (`198.18.0.1/24`, `fd00::1/64`); IPv6 ones skip duplicate address
+    /// detection, so they are usable at once.
+    pub fn addr(&self, ifname: &str, cidr: &str) {
+        if cidr.contains(':') {
+            self.ip(&["addr", "add", cidr, "dev", ifname, "nodad"]);
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", ifname]);
+        }
+    }
+
+    /// Adds a route to `destination` (a prefix or `default`) via `gateway`, IPv4 or IPv6 by the
+    /// gateway's family.
+    pub fn route(&self, destination: &str, gateway: impl std::fmt::Display) {
+        let gateway = gateway.to_string();
+        let family = if gateway.contains(':') { "-6" } else { "-4" };
+        self.ip(&[family, "route", "add", destination, "via", &gateway]);
+    }
+
+    /// A bridge without STP or multicast snooping (NDP multicast is simply flooded), up.
+    pub fn bridge(&self, name: &str) {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ]);
+        self.ip(&["link", "set", name, "up"]);
     }
 
     /// Runs `f` on a thread that entered this namespace (network only; mounts untouched), so

@@ -120,71 +120,39 @@ fn v6(segment: u16, host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 5, segment, 0, 0, 0, 0, host)
 }
 
-/// Writes sysctls (`net.ipv4.ip_forward` style keys) from a thread inside `ns`: /proc/sys/net
-/// follows the writing thread's network namespace, and no process is started.
-pub fn sysctls(ns: &Netns, settings: &[(&str, &str)]) {
-    let settings: Vec<(String, String)> = settings
-        .iter()
-        .map(|(k, v)| (format!("/proc/sys/{}", k.replace('.', "/")), v.to_string()))
-        .collect();
-    let name = ns.name.clone();
-    ns.run(move || {
-        for (path, value) in settings {
-            std::fs::write(&path, &value)
-                .unwrap_or_else(|e| panic!("{name}: writing {value} to {path}: {e}"));
-        }
-    });
-}
-
 /// A namespace whose new interfaces skip IPv6 duplicate address detection (addresses usable at
 /// once) and neither send nor accept redirects (the one-armed host forwards out the interface
 /// it received on; a redirect would teach a backend to bypass it).
 fn namespace(name: &str, forwarding: bool) -> Netns {
     let ns = Netns::new(name);
-    let forwarding = if forwarding { "1" } else { "0" };
-    sysctls(
-        &ns,
-        &[
-            ("net.ipv6.conf.all.accept_dad", "0"),
-            ("net.ipv6.conf.default.accept_dad", "0"),
-            ("net.ipv6.conf.all.accept_redirects", "0"),
-            ("net.ipv6.conf.default.accept_redirects", "0"),
-            ("net.ipv4.conf.all.accept_redirects", "0"),
-            ("net.ipv4.conf.default.accept_redirects", "0"),
-            ("net.ipv4.conf.all.send_redirects", "0"),
-            ("net.ipv4.conf.default.send_redirects", "0"),
-            ("net.ipv4.ip_forward", forwarding),
-            ("net.ipv6.conf.all.forwarding", forwarding),
-        ],
-    );
+    ns.sysctls(&[
+        ("net.ipv6.conf.all.accept_dad", "0"),
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        ("net.ipv6.conf.all.accept_redirects", "0"),
+        ("net.ipv6.conf.default.accept_redirects", "0"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+        ("net.ipv4.conf.default.accept_redirects", "0"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.default.send_redirects", "0"),
+    ]);
+    ns.forwarding(forwarding);
     ns
 }
 
-/// Adds an address; IPv6 ones skip duplicate address detection.
-fn addr(ns: &Netns, ifname: &str, cidr: &str) {
-    if cidr.contains(':') {
-        ns.ip(&["addr", "add", cidr, "dev", ifname, "nodad"]);
-    } else {
-        ns.ip(&["addr", "add", cidr, "dev", ifname]);
-    }
+/// Both addresses (`/24`, `/64`) of a dual-stack host on `ifname`.
+fn addrs(ns: &Netns, ifname: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+    ns.addr(ifname, &format!("{v4}/24"));
+    ns.addr(ifname, &format!("{v6}/64"));
 }
 
-/// A bridge without STP or multicast snooping (NDP multicast is simply flooded).
-fn bridge(ns: &Netns, name: &str) {
-    ns.ip(&[
-        "link",
-        "add",
-        name,
-        "type",
-        "bridge",
-        "stp_state",
-        "0",
-        "forward_delay",
-        "0",
-        "mcast_snooping",
-        "0",
-    ]);
-    ns.ip(&["link", "set", name, "up"]);
+/// Routes to `v4/32` and `v6/128` (or the default routes, with `None`) via the gateways.
+fn routes(ns: &Netns, to: Option<(Ipv4Addr, Ipv6Addr)>, via: (Ipv4Addr, Ipv6Addr)) {
+    let (to_v4, to_v6) = match to {
+        Some((v4, v6)) => (format!("{v4}/32"), format!("{v6}/128")),
+        None => ("default".to_owned(), "default".to_owned()),
+    };
+    ns.route(&to_v4, via.0);
+    ns.route(&to_v6, via.1);
 }
 
 impl Topology {
@@ -207,7 +175,7 @@ impl Topology {
         // Client segment, and the transit segment behind a router.
         match (&switch, &router) {
             (Some(switch), _) => {
-                bridge(switch, "sw");
+                switch.bridge("sw");
                 veth(&client, "eth0", switch, "swc");
                 veth(&host, CLIENT_IF, switch, "swh");
                 for port in ["swc", "swh"] {
@@ -224,74 +192,31 @@ impl Topology {
         let clients_v4: Vec<Ipv4Addr> = (0..spec.clients).map(|i| v4(1, 1 + i as u8)).collect();
         let clients_v6: Vec<Ipv6Addr> = (0..spec.clients).map(|i| v6(1, 1 + i as u16)).collect();
         for (a, b) in clients_v4.iter().zip(&clients_v6) {
-            addr(&client, "eth0", &format!("{a}/24"));
-            addr(&client, "eth0", &format!("{b}/64"));
+            addrs(&client, "eth0", *a, *b);
         }
         // The client's next hop: the splitter host, or the router in front of it.
         let (first_hop, first_hop_if) = match &router {
             Some((router, _)) => (router, "lan"),
             None => (&host, CLIENT_IF),
         };
-        addr(first_hop, first_hop_if, &format!("{}/24", v4(1, 254)));
-        addr(first_hop, first_hop_if, &format!("{}/64", v6(1, 0xfe)));
+        addrs(first_hop, first_hop_if, v4(1, 254), v6(1, 0xfe));
         if let Some((router, _)) = &router {
-            addr(router, "wan", &format!("{}/24", v4(0, 1)));
-            addr(router, "wan", &format!("{}/64", v6(0, 1)));
-            addr(&host, CLIENT_IF, &format!("{}/24", v4(0, 254)));
-            addr(&host, CLIENT_IF, &format!("{}/64", v6(0, 0xfe)));
-            router.ip(&["route", "add", "default", "via", &v4(0, 254).to_string()]);
-            router.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &v6(0, 0xfe).to_string(),
-            ]);
-            host.ip(&[
-                "route",
-                "add",
-                &format!("{}/24", v4(1, 0)),
-                "via",
-                &v4(0, 1).to_string(),
-            ]);
-            host.ip(&[
-                "-6",
-                "route",
-                "add",
-                &format!("{}/64", v6(1, 0)),
-                "via",
-                &v6(0, 1).to_string(),
-            ]);
+            addrs(router, "wan", v4(0, 1), v6(0, 1));
+            addrs(&host, CLIENT_IF, v4(0, 254), v6(0, 0xfe));
+            routes(router, None, (v4(0, 254), v6(0, 0xfe)));
+            host.route(&format!("{}/24", v4(1, 0)), v4(0, 1));
+            host.route(&format!("{}/64", v6(1, 0)), v6(0, 1));
         }
-        client.ip(&[
-            "route",
-            "add",
-            &format!("{VIP_V4}/32"),
-            "via",
-            &v4(1, 254).to_string(),
-        ]);
-        client.ip(&[
-            "-6",
-            "route",
-            "add",
-            &format!("{VIP_V6}/128"),
-            "via",
-            &v6(1, 0xfe).to_string(),
-        ]);
+        routes(&client, Some((VIP_V4, VIP_V6)), (v4(1, 254), v6(1, 0xfe)));
 
         // Backend segment(s) on the splitter host.
         match spec.layout {
             Layout::Routed => {}
             Layout::Bridged => {
-                bridge(&host, "br0");
-                addr(&host, "br0", &format!("{}/24", v4(2, 254)));
-                addr(&host, "br0", &format!("{}/64", v6(2, 0xfe)));
+                host.bridge("br0");
+                addrs(&host, "br0", v4(2, 254), v6(2, 0xfe));
             }
-            Layout::OneArmed => {
-                addr(&host, CLIENT_IF, &format!("{}/24", v4(2, 254)));
-                addr(&host, CLIENT_IF, &format!("{}/64", v6(2, 0xfe)));
-            }
+            Layout::OneArmed => addrs(&host, CLIENT_IF, v4(2, 254), v6(2, 0xfe)),
         }
 
         let colors = std::iter::repeat_n(Color::Blue, spec.blue)
@@ -310,8 +235,7 @@ impl Topology {
                 Layout::Routed => {
                     let segment = 10 + i as u8;
                     veth(&ns, "eth0", &host, &peer);
-                    addr(&host, &peer, &format!("{}/24", v4(segment, 254)));
-                    addr(&host, &peer, &format!("{}/64", v6(segment as u16, 0xfe)));
+                    addrs(&host, &peer, v4(segment, 254), v6(segment as u16, 0xfe));
                     (
                         v4(segment, 1),
                         v6(segment as u16, 1),
@@ -334,17 +258,8 @@ impl Topology {
                     )
                 }
             };
-            addr(&ns, "eth0", &format!("{backend_v4}/24"));
-            addr(&ns, "eth0", &format!("{backend_v6}/64"));
-            ns.ip(&["route", "add", "default", "via", &gateway_v4.to_string()]);
-            ns.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway_v6.to_string(),
-            ]);
+            addrs(&ns, "eth0", backend_v4, backend_v6);
+            routes(&ns, None, (gateway_v4, gateway_v6));
             backends.push(BackendHost {
                 name: format!("{label}-{n}"),
                 color,

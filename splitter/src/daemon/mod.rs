@@ -28,7 +28,8 @@ use crate::{
     config::{ColorName, Config, ConfigError, Validated},
     control::protocol::{ErrorKind, ReloadReport},
     dataplane::{
-        Attachment, DataplaneError, LoadOptions, PinnedDataplane, Unloaded, services::socket_addr,
+        Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
+        services::socket_addr,
     },
     state::{ServiceState, State, StateError},
 };
@@ -82,7 +83,7 @@ impl AppError {
 pub struct App {
     config_path: PathBuf,
     config: Validated,
-    dataplane: PinnedDataplane,
+    dataplane: Dataplane,
     state: State,
     /// What the kernel holds, re-read after every change.
     installed: BTreeMap<ServiceAddress, InstalledService>,
@@ -100,7 +101,12 @@ impl App {
             hash_seed: config.hash_seed,
             handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
         };
-        let dataplane = PinnedDataplane::open(&config.bpffs, &options)?;
+        let dataplane = Dataplane::open(
+            &options,
+            PinPolicy::Pinned {
+                bpffs: &config.bpffs,
+            },
+        )?;
         tracing::info!(
             bpffs = %config.bpffs.display(),
             origin = dataplane.origin.name(),
@@ -129,9 +135,9 @@ impl App {
         &self.config_path
     }
 
-    /// The pinned flow table, for scans that should not hold up the daemon.
-    pub fn flows_pin(&self) -> PathBuf {
-        self.dataplane.layout().map(splitter_common::maps::FLOWS)
+    /// A handle on the flow table, for scans that should not hold up the daemon.
+    pub fn flow_scan(&self) -> FlowScan {
+        self.dataplane.maps.flow_scan()
     }
 
     /// Brings interfaces, services and the state file to `config`. Everything that can fail
@@ -287,7 +293,7 @@ impl App {
         if orphans.is_empty() {
             return Ok(());
         }
-        let (live, _) = count_live_flows(&self.flows_pin())?;
+        let (live, _) = self.flow_scan().count()?;
         for (key, reverse) in orphans {
             if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
                 self.dataplane.maps.remove_backend_reverse(&key)?;

@@ -9,7 +9,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{App, AppError, count_live_flows};
+use super::{App, AppError};
 use crate::{
     control::{
         protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
@@ -187,9 +187,9 @@ impl Shared {
                 return Ok((live.clone(), *total));
             }
         }
-        let path = self.with_app(|app| Ok(app.flows_pin()))?;
+        let scan = self.with_app(|app| Ok(app.flow_scan()))?;
         let started = Instant::now();
-        let (live, total) = tokio::task::spawn_blocking(move || count_live_flows(&path))
+        let (live, total) = tokio::task::spawn_blocking(move || scan.count())
             .await
             .expect("flow scan does not panic")
             .map_err(AppError::from)?;

@@ -29,6 +29,12 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("map `{name}`: duplicating its file descriptor: {source}")]
+    MapHandle {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no service at {address} in the data plane")]
     UnknownService { address: std::net::SocketAddr },
     #[error("cannot enable XDP_REDIRECT to interface index {ifindex}: {source}")]

@@ -1,222 +1,292 @@
-//! Loading the embedded object and attaching it: XDP ingress + TC egress on every
-//! client-facing interface.
+//! The one data-plane type: the embedded programs loaded (or adopted from pins), their maps, and
+//! their attachments to client-facing interfaces. The daemon pins everything under its bpffs
+//! directory ([`PinPolicy::Pinned`]); tests and benchmarks may pin nothing
+//! ([`PinPolicy::None`]). Both attach, check interfaces and count flows the same way.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use aya::{
-    Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, Xdp},
+    Ebpf,
+    programs::{SchedClassifier, Xdp, links::FdLink},
 };
+use aya_obj::programs::XdpAttachType;
 use splitter_common::maps as names;
 
-use super::{DataplaneError, EBPF_OBJECT, maps::Maps};
+use super::{
+    DataplaneError, LoadOptions, XdpMode, attach,
+    maps::Maps,
+    object,
+    pins::{self, Hook, LoadedWith, PinLayout, Unloaded},
+};
 
-/// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// Whether (and where) a data plane is pinned.
+#[derive(Clone, Copy, Debug)]
+pub enum PinPolicy<'a> {
+    /// Nothing pinned: the programs, their attachments and the maps live as long as the
+    /// [`Dataplane`] value (tests, benchmarks).
+    None,
+    /// Maps, programs and links pinned under `bpffs` (see [`super::pins`]): they outlive the
+    /// process, and the next [`Dataplane::open`] adopts them (the daemon).
+    Pinned { bpffs: &'a Path },
+}
+
+/// Whether the data plane was loaded by this process or adopted from the pins of an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode where the driver supports it, generic otherwise.
-    Auto,
-    /// Driver mode only: attaching fails where the driver has no XDP support.
-    Native,
-    /// Generic (skb) mode: works everywhere, slower.
-    Generic,
+pub enum Origin {
+    Loaded,
+    Adopted,
 }
 
-/// Load-time settings that cannot change while the programs run.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    pub flow_table_size: u32,
-    pub hash_seed: u32,
-    /// A client SYN retransmitted this long after the first, without a SYN-ACK in between,
-    /// counts as a handshake timeout (rollout signals).
-    pub handshake_timeout_ns: u64,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            flow_table_size: names::DEFAULT_FLOW_TABLE_SIZE,
-            hash_seed: splitter_common::hash::DEFAULT_HASH_SEED,
-            handshake_timeout_ns: splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS,
+impl Origin {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Origin::Loaded => "loaded",
+            Origin::Adopted => "adopted",
         }
     }
 }
 
-/// A loaded data plane: the programs (verified, not yet attached) and their maps.
+/// What happened to an interface's attachments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Both links were there and live: left untouched.
+    Kept,
+    /// At least one link was created (and, when pinned, pinned).
+    Attached,
+}
+
+/// The two programs.
+enum Programs {
+    /// Loaded by this process without pins: they stay in their object (aya 0.14 cannot take a
+    /// program out of an `Ebpf`).
+    Object(Ebpf),
+    /// Opened from their pins (boxed: an `Xdp` and a `SchedClassifier` are large).
+    Pinned(Box<(Xdp, SchedClassifier)>),
+}
+
+impl Programs {
+    fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        match self {
+            Programs::Object(ebpf) => object::xdp(ebpf),
+            Programs::Pinned(pinned) => Ok(&mut pinned.0),
+        }
+    }
+
+    fn tc(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        match self {
+            Programs::Object(ebpf) => object::tc(ebpf),
+            Programs::Pinned(pinned) => Ok(&mut pinned.1),
+        }
+    }
+}
+
+/// A loaded data plane: programs, maps and attachments, pinned or not.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    /// The links of an unpinned data plane, by interface: dropping them detaches.
+    links: BTreeMap<String, [FdLink; 2]>,
     pub maps: Maps,
-    attached: Vec<String>,
+    programs: Programs,
+    pins: Option<PinLayout>,
+    pub origin: Origin,
+    pub loaded_with: LoadedWith,
 }
 
 impl Dataplane {
-    /// Loads and verifies the embedded programs with fresh maps. Nothing is pinned: the
-    /// programs, their attachments and the maps live as long as this value (tests). The daemon
-    /// uses [`super::PinnedDataplane`] instead.
+    /// Loads and verifies the embedded programs with fresh maps, pinning nothing (see
+    /// [`PinPolicy::None`]).
     pub fn load(options: &LoadOptions) -> Result<Self, DataplaneError> {
-        let mut ebpf = load_object(options)?;
-        let maps = Maps::open(|name| ebpf.take_map(name))?;
+        Self::open(options, PinPolicy::None)
+    }
+
+    /// Loads the data plane by `pins`. Pinned: adopts the data plane pinned under `bpffs`, or
+    /// loads and pins a new one; an adopted data plane must have been loaded with the same
+    /// `options` (they cannot change while it runs).
+    pub fn open(options: &LoadOptions, pins: PinPolicy<'_>) -> Result<Self, DataplaneError> {
+        match pins {
+            PinPolicy::None => {
+                let mut ebpf = object::load_object(options)?;
+                let maps = Maps::open(|name| ebpf.take_map(name))?;
+                Ok(Self {
+                    links: BTreeMap::new(),
+                    maps,
+                    programs: Programs::Object(ebpf),
+                    pins: None,
+                    origin: Origin::Loaded,
+                    loaded_with: LoadedWith::from(options),
+                })
+            }
+            PinPolicy::Pinned { bpffs } => Self::open_pinned(PinLayout::new(bpffs), options),
+        }
+    }
+
+    fn open_pinned(layout: PinLayout, options: &LoadOptions) -> Result<Self, DataplaneError> {
+        layout.prepare()?;
+        let origin = if layout.dataplane().exists() {
+            Origin::Adopted
+        } else {
+            Origin::Loaded
+        };
+        if origin == Origin::Adopted {
+            let missing = layout.missing_pins();
+            if !missing.is_empty() {
+                if !layout.linked_interfaces().is_empty() {
+                    return Err(DataplaneError::IncompletePins {
+                        path: layout.dataplane(),
+                        missing: missing.join(", "),
+                    });
+                }
+                // Nothing attached uses these pins: start over.
+                std::fs::remove_dir_all(layout.dataplane())
+                    .map_err(layout.pin_error(&layout.dataplane()))?;
+                return Self::open_pinned(layout, options);
+            }
+        } else {
+            layout.pin_object(&mut object::load_object(options)?)?;
+        }
+        let this = Self::adopt(layout, origin)?;
+        let layout = this.pins.as_ref().expect("adopted from pins");
+        this.loaded_with.check(options, layout)?;
+        Ok(this)
+    }
+
+    /// Opens the complete pins of `layout`.
+    fn adopt(layout: PinLayout, origin: Origin) -> Result<Self, DataplaneError> {
+        let maps = Maps::from_pins(&layout.maps_dir())?;
+        let path = layout.program(names::INGRESS_PROGRAM);
+        let xdp = Xdp::from_pin(&path, XdpAttachType::Interface)
+            .map_err(|source| DataplaneError::OpenPinnedProgram { path, source })?;
+        let path = layout.program(names::EGRESS_PROGRAM);
+        let tc = SchedClassifier::from_pin(&path)
+            .map_err(|source| DataplaneError::OpenPinnedProgram { path, source })?;
         Ok(Self {
-            ebpf,
+            links: BTreeMap::new(),
             maps,
-            attached: Vec::new(),
+            programs: Programs::Pinned(Box::new((xdp, tc))),
+            loaded_with: LoadedWith::read(&layout)?,
+            pins: Some(layout),
+            origin,
         })
+    }
+
+    /// Where the data plane is pinned (`None` when it is not).
+    pub fn layout(&self) -> Option<&PinLayout> {
+        self.pins.as_ref()
     }
 
     /// The ingress program, e.g. for BPF_PROG_TEST_RUN.
     pub fn ingress_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        xdp(&mut self.ebpf)
+        self.programs.xdp()
     }
 
     /// The egress program, e.g. for BPF_PROG_TEST_RUN.
     pub fn egress_program(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        tc(&mut self.ebpf)
-    }
-
-    /// Attaches ingress (XDP) and egress (TC) to a client-facing interface. The attachment
-    /// lasts as long as this `Dataplane`.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
-        if interface_index(interface).is_none() {
-            return Err(DataplaneError::UnknownInterface {
-                interface: interface.to_owned(),
-            });
-        }
-        let attach_error = |source| DataplaneError::Attach {
-            interface: interface.to_owned(),
-            source,
-        };
-        let program = xdp(&mut self.ebpf)?;
-        match mode {
-            XdpMode::Native => program.attach(interface, aya::programs::XdpMode::Driver),
-            XdpMode::Generic => program.attach(interface, aya::programs::XdpMode::Skb),
-            XdpMode::Auto => program
-                .attach(interface, aya::programs::XdpMode::Driver)
-                .or_else(|_| program.attach(interface, aya::programs::XdpMode::Skb)),
-        }
-        .map_err(attach_error)?;
-        tc(&mut self.ebpf)?
-            .attach(interface, TcAttachType::Egress)
-            .map_err(attach_error)?;
-        self.attached.push(interface.to_owned());
-        Ok(())
-    }
-
-    /// Enables the XDP fast path (FIB lookup + XDP_REDIRECT) toward a backend-facing interface.
-    /// Native XDP transmit must work there: physical NICs do; a veth only when its peer has an
-    /// XDP program or GRO on; a bridge never (refused here). Without it, rewritten packets take
-    /// the kernel's routing.
-    pub fn allow_redirect(&mut self, interface: &str) -> Result<(), DataplaneError> {
-        let ifindex =
-            interface_index(interface).ok_or_else(|| DataplaneError::UnknownInterface {
-                interface: interface.to_owned(),
-            })?;
-        if driver(interface).as_deref() == Some("bridge") {
-            return Err(DataplaneError::RedirectToBridge {
-                interface: interface.to_owned(),
-            });
-        }
-        self.maps.allow_redirect(ifindex)
+        self.programs.tc()
     }
 
     /// The whole loaded object, for harnesses that load extra programs (the benchmark).
+    ///
+    /// # Panics
+    /// On a pinned data plane, whose programs were opened from pins, not from an object.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+        match &mut self.programs {
+            Programs::Object(ebpf) => ebpf,
+            Programs::Pinned(_) => panic!("a pinned data plane has no loaded object"),
+        }
     }
 
-    /// Interfaces this data plane is attached to.
-    pub fn interfaces(&self) -> &[String] {
-        &self.attached
+    /// Makes sure ingress (XDP, `mode`) and egress (TC) are attached to `interface`. Live
+    /// attachments are kept as they are (after a restart nothing changes on the wire); a pinned
+    /// link whose interface is gone (or was re-created) is replaced. Pinned links outlive this
+    /// value; unpinned ones last as long as it.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        let ifindex = attach::existing_interface(interface)?;
+        let Self {
+            links,
+            programs,
+            pins,
+            ..
+        } = self;
+        let mut attach_hook = |hook| match hook {
+            Hook::Xdp => attach::xdp(programs.xdp()?, interface, mode),
+            Hook::Tc => attach::tc(programs.tc()?, interface),
+        };
+        match pins {
+            Some(layout) => pins::pin_links(layout, interface, ifindex, attach_hook),
+            None if links.contains_key(interface) => Ok(Attachment::Kept),
+            None => {
+                let xdp = attach_hook(Hook::Xdp)?;
+                let tc = attach_hook(Hook::Tc)?;
+                links.insert(interface.to_owned(), [xdp, tc]);
+                Ok(Attachment::Attached)
+            }
+        }
     }
-}
 
-/// Loads the embedded object (maps created, globals set) and verifies both programs.
-pub(super) fn load_object(options: &LoadOptions) -> Result<Ebpf, DataplaneError> {
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::HASH_SEED_GLOBAL, &options.hash_seed, true)
-        .override_global(
-            names::HANDSHAKE_TIMEOUT_GLOBAL,
-            &options.handshake_timeout_ns,
-            true,
-        )
-        .map_max_entries(names::FLOWS, options.flow_table_size)
-        .load(EBPF_OBJECT)?;
-    xdp(&mut ebpf)?
-        .load()
-        .map_err(|source| program_error(names::INGRESS_PROGRAM, source))?;
-    tc(&mut ebpf)?
-        .load()
-        .map_err(|source| program_error(names::EGRESS_PROGRAM, source))?;
-    Ok(ebpf)
-}
+    /// Detaches both programs from `interface`. Whether anything was attached.
+    pub fn detach(&mut self, interface: &str) -> Result<bool, DataplaneError> {
+        match &self.pins {
+            Some(layout) => pins::detach(layout, interface),
+            None => Ok(self.links.remove(interface).is_some()),
+        }
+    }
 
-fn program_error(name: &'static str, source: aya::programs::ProgramError) -> DataplaneError {
-    DataplaneError::Program { name, source }
-}
+    /// Interfaces the programs are attached to.
+    pub fn interfaces(&self) -> BTreeSet<String> {
+        match &self.pins {
+            Some(layout) => layout.linked_interfaces(),
+            None => self.links.keys().cloned().collect(),
+        }
+    }
 
-pub(super) fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    let name = names::INGRESS_PROGRAM;
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { name })?
-        .try_into()
-        .map_err(|source| program_error(name, source))
-}
+    /// The interface indexes of `interfaces`, refusing bridges (XDP cannot transmit through
+    /// them). Changes nothing.
+    pub fn check_redirects(&self, interfaces: &[String]) -> Result<BTreeSet<u32>, DataplaneError> {
+        interfaces
+            .iter()
+            .map(|interface| attach::redirect_target(interface))
+            .collect()
+    }
 
-pub(super) fn tc(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DataplaneError> {
-    let name = names::EGRESS_PROGRAM;
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::MissingProgram { name })?
-        .try_into()
-        .map_err(|source| program_error(name, source))
-}
+    /// Makes the fast path (FIB lookup + XDP_REDIRECT) redirect to exactly these interfaces
+    /// (off when there are none). Without it, rewritten packets take the kernel's routing.
+    pub fn set_redirects(&mut self, interfaces: &[String]) -> Result<(), DataplaneError> {
+        let wanted = self.check_redirects(interfaces)?;
+        let current: BTreeSet<u32> = self.maps.redirect_ifindexes()?.into_iter().collect();
+        if wanted.is_empty() {
+            self.maps.set_fast_path(false)?;
+        }
+        for ifindex in current.difference(&wanted) {
+            self.maps.disallow_redirect(*ifindex)?;
+        }
+        for ifindex in wanted.difference(&current) {
+            self.maps.allow_redirect(*ifindex)?;
+        }
+        Ok(())
+    }
 
-/// The interface's index in the current network namespace.
-pub fn interface_index(interface: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(interface).ok()?;
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        index => Some(index),
+    /// Enables the fast path toward one more backend-facing interface (see
+    /// [`Self::set_redirects`] for the checks).
+    pub fn allow_redirect(&mut self, interface: &str) -> Result<(), DataplaneError> {
+        let ifindex = attach::redirect_target(interface)?;
+        self.maps.allow_redirect(ifindex)
     }
-}
 
-/// The interface's driver name (ETHTOOL_GDRVINFO) in the current network namespace: "veth",
-/// "bridge", "virtio_net", ... (`/sys/class/net` may show another namespace's interfaces).
-pub fn driver(interface: &str) -> Option<String> {
-    #[repr(C)]
-    struct DrvInfo {
-        cmd: u32,
-        driver: [u8; 32],
-        version: [u8; 32],
-        fw_version: [u8; 32],
-        bus_info: [u8; 32],
-        erom_version: [u8; 32],
-        reserved2: [u8; 12],
-        n_priv_flags: u32,
-        n_stats: u32,
-        testinfo_len: u32,
-        eedump_len: u32,
-        regdump_len: u32,
+    /// Detaches every interface and removes every pin: the data plane is gone afterwards
+    /// (pinned flows and counters included). Unpinned: detaches and drops everything.
+    pub fn unload(self) -> Result<Unloaded, DataplaneError> {
+        match self.pins.clone() {
+            Some(layout) => {
+                drop(self);
+                pins::unload(&layout.root)
+            }
+            None => Ok(Unloaded {
+                interfaces: self.interfaces().into_iter().collect(),
+                dataplane: true,
+            }),
+        }
     }
-    const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
-    info.cmd = ETHTOOL_GDRVINFO;
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    let name = interface.as_bytes();
-    if name.len() >= request.ifr_name.len() {
-        return None;
-    }
-    for (dst, src) in request.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
-    }
-    request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if socket < 0 {
-        return None;
-    }
-    let rc = unsafe { libc::ioctl(socket, SIOCETHTOOL, &mut request) };
-    unsafe { libc::close(socket) };
-    if rc != 0 {
-        return None;
-    }
-    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
-    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

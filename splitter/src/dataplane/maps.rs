@@ -1,7 +1,12 @@
 //! Typed handles on every data-plane map, opened from a freshly loaded object or from the pins
 //! of a running data plane (adoption after a daemon restart).
 
-use std::path::Path;
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+    sync::Arc,
+};
 
 use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
 use splitter_common::{
@@ -24,6 +29,8 @@ pub struct Maps {
     pub redirect_ports: DevMapHash<MapData>,
     pub forwarding: PerCpuArray<MapData, u64>,
     pub fast_path: Array<MapData, u32>,
+    /// A second handle on `FLOWS`, for [`FlowScan`]s.
+    flows_fd: Arc<OwnedFd>,
 }
 
 /// The map names, in the order they are pinned and opened.
@@ -52,11 +59,26 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 impl Maps {
     /// Opens the maps through `take(name)` (from an `Ebpf` object or from pins).
     pub fn open(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
+        let flows = take(names::FLOWS);
+        let flows_fd = match &flows {
+            Some(Map::LruHashMap(data) | Map::HashMap(data)) => {
+                data.fd().as_fd().try_clone_to_owned().map_err(|source| {
+                    DataplaneError::MapHandle {
+                        name: names::FLOWS,
+                        source,
+                    }
+                })?
+            }
+            _ => {
+                return Err(DataplaneError::MissingMap { name: names::FLOWS });
+            }
+        };
         Ok(Self {
+            flows_fd: Arc::new(flows_fd),
             services: typed(names::SERVICES, take(names::SERVICES))?,
             backends: typed(names::BACKENDS, take(names::BACKENDS))?,
             pools: typed(names::POOLS, take(names::POOLS))?,
-            flows: typed(names::FLOWS, take(names::FLOWS))?,
+            flows: typed(names::FLOWS, flows)?,
             backend_reverse: typed(names::BACKEND_REVERSE, take(names::BACKEND_REVERSE))?,
             backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
             service_counters: typed(names::SERVICE_COUNTERS, take(names::SERVICE_COUNTERS))?,
@@ -69,11 +91,22 @@ impl Maps {
 
     /// Opens the maps pinned under `dir`.
     pub fn from_pins(dir: &Path) -> Result<Self, DataplaneError> {
-        Self::open(|name| {
-            MapData::from_pin(dir.join(name))
+        let mut opened = BTreeMap::new();
+        for name in ALL {
+            let path = dir.join(name);
+            let map = MapData::from_pin(&path)
                 .and_then(Map::from_map_data)
-                .ok()
-        })
+                .map_err(|source| DataplaneError::OpenPinnedMap { path, source })?;
+            opened.insert(name, map);
+        }
+        Self::open(|name| opened.remove(name))
+    }
+
+    /// A handle that counts the flows of `FLOWS` on any thread.
+    pub fn flow_scan(&self) -> FlowScan {
+        FlowScan {
+            flows_fd: Arc::clone(&self.flows_fd),
+        }
     }
 
     /// Packets seen per verdict reason, summed over CPUs.
@@ -221,16 +254,6 @@ impl Maps {
             }),
         }
     }
-
-    /// Pinned flows per backend id (one pass over `FLOWS`).
-    pub fn live_flows(&self) -> Result<std::collections::HashMap<u32, u64>, DataplaneError> {
-        let mut live = std::collections::HashMap::new();
-        for entry in self.flows.iter() {
-            let (_, flow) = entry.map_err(map_error(names::FLOWS))?;
-            *live.entry(flow.backend_id).or_insert(0) += 1;
-        }
-        Ok(live)
-    }
 }
 
 /// Reads of the split configuration (the daemon rebuilds its view of installed services, ids
@@ -355,5 +378,37 @@ impl Maps {
             }
         }
         Ok(doomed.len())
+    }
+}
+
+/// An independent handle on the flow table: a scan of a large table takes a while, and through
+/// its own handle it does not hold up the owner of [`Maps`] (the daemon runs it on a blocking
+/// thread).
+pub struct FlowScan {
+    flows_fd: Arc<OwnedFd>,
+}
+
+impl FlowScan {
+    /// Pinned flows per backend id, and in all (one pass over `FLOWS`).
+    pub fn count(&self) -> Result<(std::collections::HashMap<u32, u64>, u64), DataplaneError> {
+        let name = names::FLOWS;
+        let fd = self
+            .flows_fd
+            .try_clone()
+            .map_err(|source| DataplaneError::MapHandle { name, source })?;
+        let flows: HashMap<MapData, FlowKey, FlowValue> = MapData::from_fd(fd)
+            .and_then(Map::from_map_data)
+            .and_then(HashMap::try_from)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        let mut live = std::collections::HashMap::new();
+        let mut total = 0;
+        for entry in flows.iter() {
+            // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
+            // gauge.
+            let Ok((_, flow)) = entry else { break };
+            *live.entry(flow.backend_id).or_insert(0) += 1;
+            total += 1;
+        }
+        Ok((live, total))
     }
 }

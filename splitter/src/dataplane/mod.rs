@@ -1,16 +1,25 @@
-//! The data plane as the daemon sees it: the embedded eBPF object, loading it, attaching it to
-//! interfaces, and typed access to its maps.
+//! The data plane as the daemon sees it: the embedded eBPF object, loading it (or adopting its
+//! pins), attaching it to interfaces, and typed access to its maps.
+//!
+//! - `loader.rs`: [`Dataplane`], the one data-plane type, with its [`PinPolicy`];
+//! - `object.rs`: the embedded object, its load-time settings, loading it;
+//! - `attach.rs`: attaching the programs, checking interfaces;
+//! - `pins/`: the pinned layout, link pins, load-time globals of pinned programs;
+//! - `maps.rs`, `services.rs`: typed maps, service writers.
 
+mod attach;
 mod error;
 mod loader;
 pub mod maps;
+mod object;
 pub mod pins;
 pub mod services;
-mod sys;
 
+pub use attach::interface_index;
 pub use error::DataplaneError;
-pub use loader::{Dataplane, LoadOptions, XdpMode, interface_index};
-pub use pins::{Attachment, Origin, PinLayout, PinnedDataplane, Unloaded, unload};
+pub use loader::{Attachment, Dataplane, Origin, PinPolicy};
+pub use object::{LoadOptions, XdpMode};
+pub use pins::{PinLayout, Unloaded, unload};
 
 /// The eBPF object built by `build.rs` from `splitter-ebpf`.
 pub static EBPF_OBJECT: &[u8] =

@@ -9,6 +9,7 @@ use splitter_common::{
 };
 
 use super::{DataplaneError, maps::Maps};
+use crate::sys::monotonic_ns;
 
 /// IP protocol of a service.
 #[derive(
@@ -104,16 +105,6 @@ pub fn fragment_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
         port: 0,
         ..service_key(address, protocol)
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Maps {

@@ -1,5 +1,8 @@
 //! The comparison's one topology: generator/client → splitter host (the router) → blue and green
-//! backends, each in its own network namespace, all numbered from 198.18.0.0/15.
+//! backends, each in its own network namespace, all numbered from 198.18.0.0/15. Built from the
+//! same pieces as the test topologies (`netns.rs`), but its own type: it is IPv4 only with static
+//! neighbours, names its interfaces per process (NAPI threads are named after them), polls in
+//! NAPI threads pinned to CPUs, and counts arrivals with XDP sinks on the backends.
 //!
 //! ```text
 //!  client (c) 198.18.1.1 ── r0 198.18.1.254 [router] r1 198.18.2.1 ── (b) 198.18.2.2 blue
@@ -139,44 +142,29 @@ impl Topology {
         let blue = Netns::new(&format!("splcmp-blue-{pid}"));
         let green = Netns::new(&format!("splcmp-green-{pid}"));
         for ns in [&client, &router, &blue, &green] {
-            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
-            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+            ns.sysctls(&[
+                ("net.ipv6.conf.all.disable_ipv6", "1"),
+                ("net.ipv6.conf.default.disable_ipv6", "1"),
+            ]);
         }
         veth(&client, &ifaces.client, &router, &ifaces.router_client);
         veth(&router, &ifaces.router_blue, &blue, &ifaces.blue);
         veth(&router, &ifaces.router_green, &green, &ifaces.green);
         veth(&client, &ifaces.idle, &client, &format!("{}x", ifaces.idle));
 
-        let addr = |ns: &Netns, a: Ipv4Addr, ifname: &str| {
-            ns.ip(&["addr", "add", &format!("{a}/24"), "dev", ifname]);
-        };
-        addr(&client, CLIENT_ADDR, &ifaces.client);
-        addr(&router, ROUTER_CLIENT_ADDR, &ifaces.router_client);
-        addr(&router, ROUTER_BLUE_ADDR, &ifaces.router_blue);
-        addr(&router, ROUTER_GREEN_ADDR, &ifaces.router_green);
-        addr(&blue, BLUE_ADDR, &ifaces.blue);
-        addr(&green, GREEN_ADDR, &ifaces.green);
-        client.ip(&[
-            "route",
-            "add",
-            "198.18.0.0/15",
-            "via",
-            &ROUTER_CLIENT_ADDR.to_string(),
-        ]);
-        blue.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &ROUTER_BLUE_ADDR.to_string(),
-        ]);
-        green.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &ROUTER_GREEN_ADDR.to_string(),
-        ]);
+        for (ns, address, ifname) in [
+            (&client, CLIENT_ADDR, &ifaces.client),
+            (&router, ROUTER_CLIENT_ADDR, &ifaces.router_client),
+            (&router, ROUTER_BLUE_ADDR, &ifaces.router_blue),
+            (&router, ROUTER_GREEN_ADDR, &ifaces.router_green),
+            (&blue, BLUE_ADDR, &ifaces.blue),
+            (&green, GREEN_ADDR, &ifaces.green),
+        ] {
+            ns.addr(ifname, &format!("{address}/24"));
+        }
+        client.route("198.18.0.0/15", ROUTER_CLIENT_ADDR);
+        blue.route("default", ROUTER_BLUE_ADDR);
+        green.route("default", ROUTER_GREEN_ADDR);
         router.sysctl("net.ipv4.ip_forward", "1");
         // Connection-per-request runs open tens of thousands of connections.
         client.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
