@@ -8,8 +8,6 @@
 
 pub mod addr;
 pub mod backend;
-pub mod bench;
-pub mod compare;
 pub mod counters;
 pub mod flow;
 pub mod hash;
@@ -45,7 +43,4 @@ pod!(
     BackendKey,
     BackendCounters,
     ServiceCounters,
-    bench::BenchPacket,
-    compare::GenPacket,
-    compare::GenState,
 );

@@ -117,11 +117,6 @@ impl Dataplane {
         self.maps.allow_redirect(ifindex)
     }
 
-    /// The whole loaded object, for harnesses that load extra programs (the benchmark).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     /// Interfaces this data plane is attached to.
     pub fn interfaces(&self) -> &[String] {
         &self.attached
