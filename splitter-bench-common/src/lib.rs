@@ -20,6 +20,5 @@ pod!(bench::BenchPacket, compare::GenPacket, compare::GenState);
 
 // The layout the programs and the harness agree on (no implicit padding).
 const _: () = assert!(core::mem::size_of::<bench::BenchPacket>() == 8 + bench::BENCH_PACKET_MAX);
-const _: () =
-    assert!(core::mem::size_of::<compare::GenPacket>() == 32 + compare::GEN_PACKET_MAX);
+const _: () = assert!(core::mem::size_of::<compare::GenPacket>() == 32 + compare::GEN_PACKET_MAX);
 const _: () = assert!(core::mem::size_of::<compare::GenState>() == 16);

@@ -24,8 +24,8 @@ use splitter::dataplane::{
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
 use splitter_bench_common::bench::{
-    BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM,
-    BENCH_RESTORE_PROGRAM, BENCH_SEQ, BENCH_TARGET, BenchPacket,
+    BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM, BENCH_RESTORE_PROGRAM,
+    BENCH_SEQ, BENCH_TARGET, BenchPacket,
 };
 use splitter_common::{
     Addr, Cohort, FlowKey, FlowValue, Reason, WEIGHT_SCALE, maps::DEFAULT_FLOW_TABLE_SIZE,
@@ -473,7 +473,13 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
             flows,
             1,
             Path::Established,
-            measure(&mut dataplane, &mut harness, Path::Established, family, &base)?,
+            measure(
+                &mut dataplane,
+                &mut harness,
+                Path::Established,
+                family,
+                &base,
+            )?,
         );
         if flows > 1 {
             // One pass over the table per round at most: a second would find it warmer.
