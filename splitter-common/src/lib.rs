@@ -8,12 +8,11 @@
 
 pub mod addr;
 pub mod backend;
-pub mod bench;
-pub mod compare;
 pub mod counters;
 pub mod flow;
 pub mod hash;
 pub mod maps;
+pub mod select;
 pub mod service;
 pub mod signals;
 
@@ -23,6 +22,7 @@ pub use counters::{
     BackendCounters, DirectionCounters, Forwarding, Reason, ServiceCounters, Signals,
 };
 pub use flow::{FlowKey, FlowValue, Handshake};
+pub use select::Choice;
 pub use service::{Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE};
 
 /// Implements `aya::Pod` (userspace only) for plain map types.
@@ -45,7 +45,27 @@ pod!(
     BackendKey,
     BackendCounters,
     ServiceCounters,
-    bench::BenchPacket,
-    compare::GenPacket,
-    compare::GenState,
+);
+
+// The layout both sides agree on, checked at compile time: a field added, reordered or resized
+// (implicit padding appearing) breaks the build, not the map.
+macro_rules! size_is {
+    ($($ty:ty => $size:expr),* $(,)?) => {
+        $(const _: () = assert!(core::mem::size_of::<$ty>() == $size);)*
+    };
+}
+size_is!(
+    Addr => 16,
+    ServiceKey => 20,
+    ServiceConfig => 48,
+    Pool => 8,
+    Backend => 24,
+    BackendKey => 20,
+    ReverseValue => 24,
+    FlowKey => 40,
+    FlowValue => 32,
+    DirectionCounters => 40,
+    BackendCounters => 256,
+    ServiceCounters => 8,
+    Signals => 168,
 );

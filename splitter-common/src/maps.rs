@@ -26,6 +26,22 @@ pub const FAST_PATH: &str = "FAST_PATH";
 /// `FORWARDING` (per CPU): [`crate::Forwarding`] → packets.
 pub const FORWARDING: &str = "FORWARDING";
 
+/// Every map of the data plane, in the order they are pinned and opened: the daemon pins
+/// exactly these (and the read-only globals), nothing else of the object.
+pub const ALL: [&str; 11] = [
+    SERVICES,
+    BACKENDS,
+    POOLS,
+    FLOWS,
+    BACKEND_REVERSE,
+    BACKEND_COUNTERS,
+    SERVICE_COUNTERS,
+    VERDICTS,
+    REDIRECT_PORTS,
+    FORWARDING,
+    FAST_PATH,
+];
+
 /// Global set at load time (`EbpfLoader::override_global`): the split hash seed.
 pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
 /// Global set at load time: [`crate::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS`] unless configured.

@@ -7,6 +7,8 @@ pub const HANDSHAKE_BUCKETS_US: [u64; HANDSHAKE_BUCKETS - 1] = [
     1_000_000, 2_500_000,
 ];
 pub const HANDSHAKE_BUCKETS: usize = 16;
+// The data plane masks bucket indexes with `HANDSHAKE_BUCKETS - 1` (verifier bounds).
+const _: () = assert!(HANDSHAKE_BUCKETS.is_power_of_two());
 
 /// A client SYN retransmitted this long after the first one, with no SYN-ACK from the backend
 /// in between, counts as a handshake timeout (Linux retransmits the SYN after 1 s).

@@ -12,7 +12,7 @@ fn fold(mut sum: u64) -> u16 {
 }
 
 /// A running difference "old words out, new words in", applied to any number of checksums.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Delta(u64);
 
 impl Delta {

@@ -1,7 +1,8 @@
 //! The TC egress program's work, on the interfaces where clients are: a backend's reply is
 //! rewritten back to the service address and port the client used (reverse NAT), by the
-//! backend's address alone (stateless: it works for evicted flows and flows of other hosts). Checksums go
-//! through the kernel helpers, which also handle CHECKSUM_PARTIAL (GSO/forwarded) packets.
+//! backend's address alone (stateless: it works for evicted flows and flows of other hosts).
+//! Checksums go through the kernel helpers, which also handle CHECKSUM_PARTIAL (GSO/forwarded)
+//! packets.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -27,8 +28,8 @@ fn frame(ctx: &TcContext) -> Frame {
     }
 }
 
-/// Rewrites a backend's reply if it belongs to a pinned flow. Never drops: on any error the
-/// packet leaves unchanged.
+/// Rewrites a backend's reply back to its service, found by the backend's address alone
+/// (`BACKEND_REVERSE`; no flow lookup). Never drops: on any error the packet leaves unchanged.
 #[inline(always)]
 pub fn handle(ctx: &TcContext) {
     let mut f = frame(ctx);

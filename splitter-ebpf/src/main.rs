@@ -4,15 +4,11 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-mod bench;
-mod checksum;
-mod compare;
 mod counters;
 mod egress;
 mod forward;
 mod ingress;
 mod maps;
-mod parse;
 mod select;
 mod signals;
 
@@ -22,6 +18,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use parse::Frame;
+// Shared with the benchmark harness (`splitter-bench-ebpf`); no maps or programs in there.
+use splitter_ebpf::{checksum, fib, parse};
 
 /// Ingress on client-facing interfaces. Fails open: traffic that is not for a service, or that
 /// cannot be parsed, reaches the kernel untouched (XDP_PASS, counted). Rewritten packets take

@@ -1,11 +1,9 @@
-//! Choosing a backend for a flow that has none: color by hash threshold, backend by the same
-//! hash. The hash and its rules are in `splitter_common::hash`.
+//! Choosing a backend for a flow that has none: the rule (cohort → hash → color → pool index)
+//! is `splitter_common::select::choose`, shared with the tests' predictors; this file adds the
+//! weight generation in force and the map lookups.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use splitter_common::{
-    Backend, Cohort, FlowKey, ServiceConfig,
-    hash::{client_hash, flow_hash, is_green, pool_index},
-};
+use splitter_common::{Backend, Cohort, Color, FlowKey, ServiceConfig, select};
 
 use crate::maps::{BACKENDS, POOLS};
 
@@ -39,20 +37,19 @@ fn weight(config: &ServiceConfig, start: Start) -> u32 {
 #[inline(always)]
 pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<(u32, Backend)> {
     let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
-    let hash = if config.cohort == Cohort::Client as u32 {
-        client_hash(&key.src, key.family, seed)
-    } else {
-        flow_hash(key, seed)
+    let choice = select::choose(
+        Cohort::from_raw(config.cohort),
+        key,
+        seed,
+        weight(config, start),
+        config.blue.len,
+        config.green.len,
+    )?;
+    let pool = match choice.color {
+        Color::Green => config.green,
+        Color::Blue => config.blue,
     };
-    let pool = if is_green(hash, weight(config, start)) {
-        config.green
-    } else {
-        config.blue
-    };
-    if pool.len == 0 {
-        return None;
-    }
-    let slot = pool.first_slot + pool_index(hash, pool.len);
+    let slot = pool.first_slot + choice.index;
     let backend_id = *POOLS.get(slot)?;
     let backend = *BACKENDS.get(backend_id)?;
     Some((backend_id, backend))

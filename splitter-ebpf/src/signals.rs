@@ -7,7 +7,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use splitter_common::{
     FlowKey, Handshake, ReverseValue,
-    signals::{DEFAULT_HANDSHAKE_TIMEOUT_NS, bucket},
+    signals::{DEFAULT_HANDSHAKE_TIMEOUT_NS, HANDSHAKE_BUCKETS, bucket},
 };
 
 use crate::{
@@ -88,8 +88,9 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(flow.created_ns);
         signals.handshakes_completed += 1;
         signals.handshake_latency_sum_ns += latency;
-        // Masked: the verifier wants the index visibly in bounds.
-        signals.handshake_latency_buckets[bucket(latency) & 15] += 1;
+        // Masked: the verifier wants the index visibly in bounds (a power of two, asserted in
+        // splitter_common::signals).
+        signals.handshake_latency_buckets[bucket(latency) & (HANDSHAKE_BUCKETS - 1)] += 1;
     } else if rst && pending {
         flow.handshake = Handshake::Failed as u8;
         signals.handshakes_refused += 1;

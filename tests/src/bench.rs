@@ -4,6 +4,9 @@
 //! the `bench_restore` wrapper (it rewrites the saved packet, then tail-calls the program under
 //! test); the floors (`XDP_PASS`, parse-only) go through the same wrapper, so the ratios
 //! compare like with like. New-flow and miss cases vary the client address every run.
+//! The harness programs come from their own object ([`HARNESS_OBJECT`]); the program under
+//! test is the data plane's real ingress program, loaded from the daemon's object by
+//! [`Dataplane::load`], which the wrapper tail-calls through its program array.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -11,6 +14,7 @@ use std::{
 };
 
 use aya::{
+    Ebpf,
     maps::{Array, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
     util::nr_cpus,
@@ -19,18 +23,41 @@ use splitter::dataplane::{
     Dataplane, LoadOptions,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
+use splitter_bench_common::bench::{
+    BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM, BENCH_RESTORE_PROGRAM,
+    BENCH_SEQ, BENCH_TARGET, BenchPacket,
+};
 use splitter_common::{
-    Addr, Cohort, FlowKey, FlowValue, Reason, WEIGHT_SCALE,
-    bench::{
-        BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM,
-        BENCH_RESTORE_PROGRAM, BENCH_SEQ, BENCH_TARGET, BenchPacket,
-    },
-    maps::{DEFAULT_FLOW_TABLE_SIZE, INGRESS_PROGRAM},
+    Addr, Cohort, FlowKey, FlowValue, Reason, WEIGHT_SCALE, maps::DEFAULT_FLOW_TABLE_SIZE,
 };
 
 use crate::packet::{Ip, Ipv4, Ipv6, Packet, TCP_ACK, TCP_SYN, Tcp};
 
 const XDP_PASS: u32 = 2;
+
+/// The benchmark and comparison harness programs (`splitter-bench-ebpf`, built by
+/// `tests/build.rs`): never part of the daemon's object.
+pub static HARNESS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/splitter-bench-ebpf"));
+
+/// The restoring wrapper and the floors, loaded from [`HARNESS_OBJECT`].
+pub struct Harness {
+    ebpf: Ebpf,
+}
+
+impl Harness {
+    pub fn load() -> anyhow::Result<Self> {
+        let mut ebpf = Ebpf::load(HARNESS_OBJECT)?;
+        for name in [
+            BENCH_RESTORE_PROGRAM,
+            BENCH_PASS_PROGRAM,
+            BENCH_PARSE_PROGRAM,
+        ] {
+            xdp(&mut ebpf, name).load()?;
+        }
+        Ok(Self { ebpf })
+    }
+}
 
 /// One measured path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,10 +235,8 @@ fn spread_base(family: Family) -> IpAddr {
     }
 }
 
-fn xdp<'a>(dataplane: &'a mut Dataplane, name: &str) -> &'a mut Xdp {
-    dataplane
-        .ebpf_mut()
-        .program_mut(name)
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
         .unwrap_or_else(|| panic!("program {name}"))
         .try_into()
         .expect("an XDP program")
@@ -220,6 +245,7 @@ fn xdp<'a>(dataplane: &'a mut Dataplane, name: &str) -> &'a mut Xdp {
 /// Measures one path; checks the verdict and the output bytes of the last run.
 fn measure(
     dataplane: &mut Dataplane,
+    harness: &mut Harness,
     path: Path,
     family: Family,
     options: &Options,
@@ -233,24 +259,14 @@ fn measure(
         data: [0; BENCH_PACKET_MAX],
     };
     saved.data[..input.len()].copy_from_slice(&input);
-    let target = match path {
-        Path::PassFloor => BENCH_PASS_PROGRAM,
-        Path::ParseFloor => BENCH_PARSE_PROGRAM,
-        _ => INGRESS_PROGRAM,
-    };
-    for name in [
-        BENCH_RESTORE_PROGRAM,
-        BENCH_PASS_PROGRAM,
-        BENCH_PARSE_PROGRAM,
-    ] {
-        let program = xdp(dataplane, name);
-        if program.fd().is_err() {
-            program.load()?;
-        }
+    let target_fd = match path {
+        Path::PassFloor => xdp(&mut harness.ebpf, BENCH_PASS_PROGRAM).fd()?,
+        Path::ParseFloor => xdp(&mut harness.ebpf, BENCH_PARSE_PROGRAM).fd()?,
+        _ => dataplane.ingress_program()?.fd()?,
     }
-    let target_fd = xdp(dataplane, target).fd()?.try_clone()?;
+    .try_clone()?;
     {
-        let ebpf = dataplane.ebpf_mut();
+        let ebpf = &mut harness.ebpf;
         let mut packets: Array<_, BenchPacket> =
             Array::try_from(ebpf.map_mut(BENCH_PACKET).expect("BENCH_PACKET"))?;
         packets.set(0, saved, 0)?;
@@ -262,14 +278,14 @@ fn measure(
         // Pin the flow first: its SYN, once, through the real program.
         let (syn, _) = packet(Path::NewFlow, family);
         let mut out = vec![0u8; syn.len()];
-        run(xdp(dataplane, INGRESS_PROGRAM), &syn, &mut out, 1)?;
+        run(dataplane.ingress_program()?, &syn, &mut out, 1)?;
     }
     let mut samples = Vec::new();
     for _ in 0..options.rounds {
         let established = dataplane.maps.verdict(Reason::Established)?;
         if path == Path::Spread {
             // Each round walks the prefilled flows from the first.
-            let ebpf = dataplane.ebpf_mut();
+            let ebpf = &mut harness.ebpf;
             let mut seq: PerCpuArray<_, u32> =
                 PerCpuArray::try_from(ebpf.map_mut(BENCH_SEQ).expect("BENCH_SEQ"))?;
             seq.set(
@@ -280,7 +296,7 @@ fn measure(
         }
         let mut out = vec![0u8; input.len()];
         let (verdict, duration) = run(
-            xdp(dataplane, BENCH_RESTORE_PROGRAM),
+            xdp(&mut harness.ebpf, BENCH_RESTORE_PROGRAM),
             &input,
             &mut out,
             options.repeat,
@@ -347,6 +363,7 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     for &flows in &options.table_sizes {
         for family in [Family::V4, Family::V6] {
             let mut dataplane = Dataplane::load(&LoadOptions::default())?;
+            let mut harness = Harness::load()?;
             install(&mut dataplane, family);
             prefill(&mut dataplane, family, flows.saturating_sub(1));
             for path in [
@@ -357,7 +374,7 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
                 Path::NewFlow,
                 Path::Miss,
             ] {
-                let ns_per_packet = measure(&mut dataplane, path, family, options)?;
+                let ns_per_packet = measure(&mut dataplane, &mut harness, path, family, options)?;
                 results.push(Measurement {
                     path,
                     family,
@@ -443,6 +460,7 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
             flow_table_size: table_size_for(flows),
             ..LoadOptions::default()
         })?;
+        let mut harness = Harness::load()?;
         install(&mut dataplane, family);
         // The measured established flow is the last of `flows`.
         prefill(&mut dataplane, family, flows.saturating_sub(1));
@@ -455,7 +473,13 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
             flows,
             1,
             Path::Established,
-            measure(&mut dataplane, Path::Established, family, &base)?,
+            measure(
+                &mut dataplane,
+                &mut harness,
+                Path::Established,
+                family,
+                &base,
+            )?,
         );
         if flows > 1 {
             // One pass over the table per round at most: a second would find it warmer.
@@ -468,7 +492,7 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
                 flows,
                 1,
                 Path::Spread,
-                measure(&mut dataplane, Path::Spread, family, &spread)?,
+                measure(&mut dataplane, &mut harness, Path::Spread, family, &spread)?,
             );
         }
         // Last: new flows fill the table and evict the prefilled ones.
@@ -476,11 +500,12 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
             flows,
             1,
             Path::NewFlow,
-            measure(&mut dataplane, Path::NewFlow, family, &base)?,
+            measure(&mut dataplane, &mut harness, Path::NewFlow, family, &base)?,
         );
     }
     for &services in &options.service_counts {
         let mut dataplane = Dataplane::load(&LoadOptions::default())?;
+        let mut harness = Harness::load()?;
         install(&mut dataplane, family);
         install_more_services(&mut dataplane, services)?;
         let base = Options {
@@ -493,7 +518,7 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
                 1,
                 services,
                 path,
-                measure(&mut dataplane, path, family, &base)?,
+                measure(&mut dataplane, &mut harness, path, family, &base)?,
             );
         }
     }

@@ -30,10 +30,7 @@ use splitter::dataplane::{
     Dataplane, XdpMode,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
-use splitter_common::{
-    Cohort, Color, Family, FlowKey,
-    hash::{DEFAULT_HASH_SEED, client_hash, flow_hash, is_green, pool_index},
-};
+use splitter_common::{Cohort, Color, Family, FlowKey, hash::DEFAULT_HASH_SEED, select::choose};
 
 use crate::{
     netns::{Netns, unique, veth},
@@ -371,21 +368,26 @@ impl Topology {
             .expect("every backend of a service is in the topology")
     }
 
-    /// The name of the backend a new flow from `client` should land on, by the documented split
-    /// hash (`splitter_common::hash`, default seed) at the service's weight.
+    /// The name of the backend a new flow from `client` should land on, by the contract's
+    /// selection rule (`splitter_common::select::choose`, default seed) at the service's weight.
     pub fn expected_backend(&self, service: &ServiceSpec, client: SocketAddr) -> &str {
         let key = flow_key(service, client);
-        let hash = match service.cohort {
-            Cohort::Flow => flow_hash(&key, DEFAULT_HASH_SEED),
-            Cohort::Client => client_hash(&key.src, key.family, DEFAULT_HASH_SEED),
+        let choice = choose(
+            service.cohort,
+            &key,
+            DEFAULT_HASH_SEED,
+            service.green_weight,
+            service.blue.len() as u32,
+            service.green.len() as u32,
+        )
+        .expect("the chosen pool has backends");
+        let pool = match choice.color {
+            Color::Green => &service.green,
+            Color::Blue => &service.blue,
         };
-        let pool = if is_green(hash, service.green_weight) {
-            &service.green
-        } else {
-            &service.blue
-        };
-        let id = pool[pool_index(hash, pool.len() as u32) as usize].id;
-        &self.backend_of(service, id).name
+        &self
+            .backend_of(service, pool[choice.index as usize].id)
+            .name
     }
 }
 

@@ -20,8 +20,8 @@ use splitter::dataplane::{
 };
 use splitter_common::{
     Addr, BackendCounters, BackendKey, Cohort, Color, DirectionCounters, Family, FlowKey,
-    FlowValue, Handshake, Reason, ReverseValue, Signals, WEIGHT_SCALE,
-    hash::{DEFAULT_HASH_SEED, client_hash, flow_hash, is_green, pool_index},
+    FlowValue, Handshake, Reason, ReverseValue, Signals, WEIGHT_SCALE, hash::DEFAULT_HASH_SEED,
+    select::choose,
 };
 use splitter_tests::{
     packet::{
@@ -221,19 +221,23 @@ fn tcp_flags(packet: &Packet) -> u8 {
     }
 }
 
-/// The backend the kernel must pick for a flow without a pinned one, at `weight`: the same
-/// functions, the same key words, the same seed.
+/// The backend the kernel must pick for a flow without a pinned one, at `weight`: the
+/// contract's selection rule (`splitter_common::select::choose`), the same seed.
 fn predict<'a>(spec: &'a ServiceSpec, key: &FlowKey, weight: u32) -> &'a BackendSpec {
-    let hash = match spec.cohort {
-        Cohort::Flow => flow_hash(key, SEED),
-        Cohort::Client => client_hash(&key.src, key.family, SEED),
+    let choice = choose(
+        spec.cohort,
+        key,
+        SEED,
+        weight,
+        spec.blue.len() as u32,
+        spec.green.len() as u32,
+    )
+    .expect("the chosen pool has backends");
+    let pool = match choice.color {
+        Color::Green => &spec.green,
+        Color::Blue => &spec.blue,
     };
-    let pool = if is_green(hash, weight) {
-        &spec.green
-    } else {
-        &spec.blue
-    };
-    &pool[pool_index(hash, pool.len() as u32) as usize]
+    &pool[choice.index as usize]
 }
 
 fn color_of(spec: &ServiceSpec, backend: &BackendSpec) -> Color {

@@ -33,10 +33,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))?;
-        // The eBPF crate, checked for the target it runs on.
+        // The eBPF crates (data plane and harness), checked for the target they run on.
         run_command(
             cargo()
                 .args(["+nightly", "clippy", "--release", "-p", "splitter-ebpf"])
+                .args(["-p", "splitter-bench-ebpf"])
                 .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
                 .args(["--", "-D", "warnings"]),
         )?;
@@ -48,6 +49,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "--release",
         "-p",
         "splitter-common",
+        "-p",
+        "splitter-bench-common",
         "-p",
         "splitter",
     ]))?;

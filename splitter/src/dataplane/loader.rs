@@ -187,17 +187,6 @@ impl Dataplane {
         self.programs.tc()
     }
 
-    /// The whole loaded object, for harnesses that load extra programs (the benchmark).
-    ///
-    /// # Panics
-    /// On a pinned data plane, whose programs were opened from pins, not from an object.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        match &mut self.programs {
-            Programs::Object(ebpf) => ebpf,
-            Programs::Pinned(_) => panic!("a pinned data plane has no loaded object"),
-        }
-    }
-
     /// Makes sure ingress (XDP, `mode`) and egress (TC) are attached to `interface`. Live
     /// attachments are kept as they are (after a restart nothing changes on the wire); a pinned
     /// link whose interface is gone (or was re-created) is replaced. Pinned links outlive this

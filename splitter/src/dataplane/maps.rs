@@ -33,20 +33,8 @@ pub struct Maps {
     flows_fd: Arc<OwnedFd>,
 }
 
-/// The map names, in the order they are pinned and opened.
-pub const ALL: [&str; 11] = [
-    names::SERVICES,
-    names::BACKENDS,
-    names::POOLS,
-    names::FLOWS,
-    names::BACKEND_REVERSE,
-    names::BACKEND_COUNTERS,
-    names::SERVICE_COUNTERS,
-    names::VERDICTS,
-    names::REDIRECT_PORTS,
-    names::FORWARDING,
-    names::FAST_PATH,
-];
+/// The map names, in the order they are pinned and opened (the contract's list).
+pub use names::ALL;
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     name: &'static str,

@@ -30,7 +30,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
-use splitter_common::compare::{
+use splitter_bench_common::compare::{
     GEN_PACKET, GEN_PACKET_MAX, GEN_STATE, GENERATOR_PROGRAM, GenPacket, GenState, SINK_UDP_PORT,
     SinkCounter,
 };

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use splitter_common::compare::SINK_TCP_PORT;
+use splitter_bench_common::compare::SINK_TCP_PORT;
 
 use super::process::{Process, ScratchDir};
 use crate::netns::Netns;

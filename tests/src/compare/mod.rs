@@ -22,7 +22,7 @@ pub mod topology;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use splitter_common::compare::SinkCounter;
+use splitter_bench_common::compare::SinkCounter;
 
 use self::{
     alternatives::Alternative,

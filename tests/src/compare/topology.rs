@@ -19,17 +19,16 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::PerCpuArray,
     programs::{Xdp, XdpMode},
 };
-use splitter::dataplane::EBPF_OBJECT;
-use splitter_common::{
-    compare::{SINK_COUNTERS, SINK_PROGRAM, SinkCounter},
-    maps::FLOWS,
-};
+use splitter_bench_common::compare::{SINK_COUNTERS, SINK_PROGRAM, SinkCounter};
 
-use crate::netns::{Netns, enter, veth};
+use crate::{
+    bench::HARNESS_OBJECT,
+    netns::{Netns, enter, veth},
+};
 
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const ROUTER_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
@@ -330,12 +329,9 @@ impl Topology {
     }
 }
 
-/// Loads the eBPF object with its flow table shrunk: helper programs never use it.
+/// Loads the harness object (generator, sink, bare forwarder; never the daemon's object).
 pub fn load_helper_object() -> anyhow::Result<Ebpf> {
-    EbpfLoader::new()
-        .map_max_entries(FLOWS, 1024)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object (root with CAP_BPF?)")
+    Ebpf::load(HARNESS_OBJECT).context("loading the harness eBPF object (root with CAP_BPF?)")
 }
 
 /// Loads the named XDP program of `ebpf` and attaches it in native mode to `ifname` inside

@@ -168,14 +168,13 @@ impl PinLayout {
         for dir in [staged.maps_dir(), staged.dataplane().join("programs")] {
             std::fs::create_dir_all(&dir).map_err(self.pin_error(&dir))?;
         }
-        for (name, map) in ebpf.maps() {
+        // Exactly the contract's maps and the load-time globals; nothing else of the object.
+        for name in names::ALL.into_iter().chain([".rodata"]) {
+            let map = ebpf.map(name).ok_or(DataplaneError::MissingMap { name })?;
             let pin = match name {
                 ".rodata" => RODATA_PIN,
                 name => name,
             };
-            if pin.starts_with('.') {
-                continue; // other sections (.bss, .data) are not used by the programs
-            }
             let path = staged.map(pin);
             map.pin(&path)
                 .map_err(|source| DataplaneError::PinObject { path, source })?;
@@ -188,9 +187,6 @@ impl PinLayout {
         object::tc(ebpf)?
             .pin(&path)
             .map_err(|source| DataplaneError::PinObject { path, source })?;
-        if !staged.map(RODATA_PIN).exists() {
-            return Err(DataplaneError::MissingMap { name: ".rodata" });
-        }
         std::fs::rename(staged.dataplane(), self.dataplane())
             .map_err(self.pin_error(&self.dataplane()))?;
         std::fs::remove_dir(&staging).map_err(self.pin_error(&staging))?;

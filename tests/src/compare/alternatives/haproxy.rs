@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use splitter_common::compare::SINK_TCP_PORT;
+use splitter_bench_common::compare::SINK_TCP_PORT;
 
 use crate::compare::{
     alternatives::LocalVip,

@@ -2,7 +2,7 @@
 //! service address is local to the router, as IPVS requires. Kernels built without IPVS (the
 //! development VMs: CONFIG_IP_VS unset) report it as not measurable; nothing is faked.
 
-use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
+use splitter_bench_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
 
 use crate::compare::{
     alternatives::{LocalVip, exec_status},

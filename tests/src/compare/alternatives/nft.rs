@@ -2,7 +2,7 @@
 //! to blue (0-89) or green (90-99), for the UDP and the TCP service. Conntrack keeps each flow
 //! on its first choice and reverses the translation of replies.
 
-use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
+use splitter_bench_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
 
 use crate::compare::{
     alternatives::exec_with_input,

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use splitter::dataplane::{XdpMode, maps::Maps};
-use splitter_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
+use splitter_bench_common::compare::{SINK_TCP_PORT, SINK_UDP_PORT};
 
 use crate::{
     compare::topology::{BLUE_ADDR, GREEN_ADDR, GREEN_PERCENT, Topology, VIP},

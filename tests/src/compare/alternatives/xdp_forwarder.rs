@@ -3,7 +3,7 @@
 //! splitter's XDP fast path can at best approach.
 
 use aya::Ebpf;
-use splitter_common::compare::FORWARDER_PROGRAM;
+use splitter_bench_common::compare::FORWARDER_PROGRAM;
 
 use crate::compare::topology::{Topology, attach_native, load_helper_object};
 

@@ -7,18 +7,20 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect},
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-use splitter_common::{
-    Family,
-    compare::{GEN_PACKET_MAX, GenPacket, GenState, SINK_TCP_PORT, SINK_UDP_PORT, SinkCounter},
+use splitter_bench_common::compare::{
+    GEN_PACKET_MAX, GenPacket, GenState, SINK_TCP_PORT, SINK_UDP_PORT, SinkCounter,
 };
-
-use crate::parse::{self, EthHdr, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_SYN};
+use splitter_common::Family;
+use splitter_ebpf::{
+    fib,
+    parse::{self, EthHdr, Frame, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, TCP_ACK, TCP_SYN},
+};
 
 #[map]
 static GEN_PACKET: Array<GenPacket> = Array::with_max_entries(1, 0);
@@ -28,9 +30,6 @@ static GEN_STATE: PerCpuArray<GenState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SinkCounter::COUNT, 0);
-
-const TCP_ACK: u8 = 0x10;
-const AF_INET: u8 = 2;
 
 #[inline(always)]
 fn frame(ctx: &XdpContext) -> Frame {
@@ -133,8 +132,9 @@ pub fn compare_sink(ctx: XdpContext) -> u32 {
     }
 }
 
-/// IPv4 routing in XDP: FIB lookup, TTL decrement, MAC rewrite, redirect. Anything the FIB
-/// cannot resolve (no neighbour yet, local delivery, TTL expiring) goes to the stack.
+/// IPv4 routing in XDP: FIB lookup, TTL decrement, MAC rewrite, redirect, exactly as the data
+/// plane's fast path forwards (`splitter_ebpf::fib`). Anything the FIB cannot resolve (no
+/// neighbour yet, local delivery, TTL expiring) goes to the stack.
 #[xdp]
 pub fn compare_forwarder(ctx: XdpContext) -> u32 {
     try_forward(&ctx).unwrap_or(xdp_action::XDP_PASS)
@@ -147,40 +147,7 @@ fn try_forward(ctx: &XdpContext) -> Option<u32> {
     if ip.family != Family::Ipv4 {
         return None;
     }
-    let hdr = frame.ptr_at::<Ipv4Hdr>(ip.l3_offset)?;
-    let (ttl, tos, total_len) = unsafe { ((*hdr).ttl, (*hdr).tos, (*hdr).total_len) };
-    if ttl <= 1 {
-        return None;
-    }
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = ip.protocol;
-    params.__bindgen_anon_1.tot_len = u16::from_be(total_len);
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = ip.src.0[0];
-    params.__bindgen_anon_4.ipv4_dst = ip.dst.0[0];
-    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            &mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return None;
-    }
-    unsafe {
-        // RFC 1624 for a TTL decrement: the checksum's high byte goes up by one.
-        let check = u16::from_be((*hdr).check) as u32 + 0x0100;
-        (*hdr).check = ((check + (check >> 16)) as u16).to_be();
-        (*hdr).ttl = ttl - 1;
-    }
-    let eth = frame.ptr_at::<EthHdr>(0)?;
-    unsafe {
-        (*eth).dst = params.dmac;
-        (*eth).src = params.smac;
-    }
-    Some(unsafe { bpf_redirect(params.ifindex, 0) } as u32)
+    let route = fib::lookup(ctx, &frame, &ip)?;
+    fib::rewrite(&frame, &ip, &route)?;
+    Some(unsafe { bpf_redirect(route.ifindex, 0) } as u32)
 }

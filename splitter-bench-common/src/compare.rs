@@ -67,7 +67,7 @@ pub const SINK_UDP_PORT: u16 = 9;
 /// The HTTP tests' service port.
 pub const SINK_TCP_PORT: u16 = 80;
 
-/// Program names (the function names in `splitter-ebpf/src/compare.rs`).
+/// Program names (the function names in `splitter-bench-ebpf/src/compare.rs`).
 pub const GENERATOR_PROGRAM: &str = "compare_generator";
 pub const SINK_PROGRAM: &str = "compare_sink";
 pub const FORWARDER_PROGRAM: &str = "compare_forwarder";

@@ -1,6 +1,8 @@
 //! Benchmark harness programs (`cargo xtask bench`); the daemon never attaches them.
 //! `bench_restore` rewrites the test-run packet from `BENCH_PACKET` and tail-calls the program
 //! in `BENCH_TARGET`: BPF_PROG_TEST_RUN with `repeat` then measures the same input each run.
+//! The target is the data plane's real `splitter_ingress`, loaded from the daemon's own object
+//! (a program array may hold a program of another object of the same type).
 //! `bench_pass` and `bench_parse_only` are the floors, measured through the same wrapper.
 
 use aya_ebpf::{
@@ -9,9 +11,8 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use splitter_common::bench::{BENCH_PACKET_MAX, BenchPacket};
-
-use crate::parse::{self, Frame};
+use splitter_bench_common::bench::{BENCH_PACKET_MAX, BenchPacket};
+use splitter_ebpf::parse::{self, Frame};
 
 #[map]
 static BENCH_PACKET: Array<BenchPacket> = Array::with_max_entries(1, 0);

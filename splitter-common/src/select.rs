@@ -1,0 +1,253 @@
+//! The selection rule, defined once: cohort → hash → color → index in that color's pool. The
+//! data plane (`splitter-ebpf/src/select.rs`) runs it on a flow's first packet; the tests'
+//! predictors run the very same function. The hash and its rules are in [`crate::hash`].
+
+use crate::{
+    Cohort, Color, FlowKey,
+    hash::{client_hash, flow_hash, is_green, pool_index},
+};
+
+/// Where a new flow goes: a color, and the index of its backend in that color's pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub color: Color,
+    pub index: u32,
+}
+
+impl Cohort {
+    /// The cohort stored in `ServiceConfig::cohort`; anything but `Client` is `Flow`.
+    #[inline(always)]
+    pub const fn from_raw(raw: u32) -> Self {
+        if raw == Cohort::Client as u32 {
+            Cohort::Client
+        } else {
+            Cohort::Flow
+        }
+    }
+}
+
+/// The hash of the cohort `key` belongs to.
+#[inline(always)]
+pub fn cohort_hash(cohort: Cohort, key: &FlowKey, seed: u32) -> u32 {
+    match cohort {
+        Cohort::Client => client_hash(&key.src, key.family, seed),
+        Cohort::Flow => flow_hash(key, seed),
+    }
+}
+
+/// Chooses color and backend for a new flow `key` of a service whose pools hold `blue_len` and
+/// `green_len` backends, at `green_weight` (parts per million). `None` when the chosen pool is
+/// empty.
+#[inline(always)]
+pub fn choose(
+    cohort: Cohort,
+    key: &FlowKey,
+    seed: u32,
+    green_weight: u32,
+    blue_len: u32,
+    green_len: u32,
+) -> Option<Choice> {
+    let hash = cohort_hash(cohort, key, seed);
+    let (color, len) = if is_green(hash, green_weight) {
+        (Color::Green, green_len)
+    } else {
+        (Color::Blue, blue_len)
+    };
+    if len == 0 {
+        return None;
+    }
+    Some(Choice {
+        color,
+        index: pool_index(hash, len),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Addr, Family, WEIGHT_SCALE, hash::DEFAULT_HASH_SEED};
+
+    fn addr(ip: core::net::IpAddr) -> (Addr, Family) {
+        match ip {
+            core::net::IpAddr::V4(v4) => (Addr::from_v4(v4.octets()), Family::Ipv4),
+            core::net::IpAddr::V6(v6) => (Addr::from_v6(v6.octets()), Family::Ipv6),
+        }
+    }
+
+    fn flow(client: &str, service: &str, protocol: u8) -> FlowKey {
+        let client: core::net::SocketAddr = client.parse().unwrap();
+        let service: core::net::SocketAddr = service.parse().unwrap();
+        let (src, family) = addr(client.ip());
+        FlowKey {
+            src,
+            dst: addr(service.ip()).0,
+            src_port: client.port().to_be(),
+            dst_port: service.port().to_be(),
+            protocol,
+            family: family as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    fn v4_flow(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16, protocol: u8) -> FlowKey {
+        FlowKey {
+            src: Addr::from_v4(src),
+            dst: Addr::from_v4(dst),
+            src_port: src_port.to_be(),
+            dst_port: dst_port.to_be(),
+            protocol,
+            family: Family::Ipv4 as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Fixed results computed independently of this crate, with Python's `mmh3` over the
+    /// documented key words (see `crate::hash`), e.g. for the first row:
+    ///
+    /// ```text
+    /// import mmh3, struct, ipaddress
+    /// def fmix32(h):
+    ///     h ^= h >> 16; h = h * 0x85ebca6b & 0xffffffff; h ^= h >> 13
+    ///     h = h * 0xc2b2ae35 & 0xffffffff; return h ^ (h >> 16)
+    /// src = ipaddress.ip_address("198.18.1.10").packed + bytes(12)
+    /// dst = ipaddress.ip_address("198.18.100.1").packed + bytes(12)
+    /// ports = struct.pack(">H", 40000) + struct.pack(">H", 80)   # as on the wire
+    /// last = struct.pack("<I", 6 | 4 << 8)                       # protocol | family << 8
+    /// h = mmh3.hash(src + dst + ports + last, 0x53706c74, signed=False)
+    /// green = h * 1_000_000 < weight << 32
+    /// index = fmix32(h ^ 0x9e3779b9) * pool_len >> 32
+    /// ```
+    /// (`client` cohort: `src + struct.pack("<I", family << 8)`.)
+    #[test]
+    fn fixed_keys_choose_the_independently_computed_backend() {
+        use Color::{Blue, Green};
+        // (client, service, protocol, cohort, seed, weight ppm, blue len, green len)
+        //   → (hash, color, index), from the script above.
+        let cases = [
+            (
+                "198.18.1.10:40000",
+                "198.18.100.1:80",
+                6,
+                Cohort::Flow,
+                DEFAULT_HASH_SEED,
+                100_000,
+                3,
+                2,
+                (0xde4b_3ac1, Blue, 2),
+            ),
+            (
+                "198.18.1.11:40001",
+                "198.18.100.1:80",
+                6,
+                Cohort::Flow,
+                DEFAULT_HASH_SEED,
+                500_000,
+                3,
+                2,
+                (0xe6ef_6e09, Blue, 0),
+            ),
+            (
+                "198.18.7.200:51515",
+                "198.18.100.1:53",
+                17,
+                Cohort::Flow,
+                1,
+                900_000,
+                4,
+                3,
+                (0xbea2_3f69, Green, 2),
+            ),
+            (
+                "[fd00:1::10]:40000",
+                "[fd00:100::1]:443",
+                6,
+                Cohort::Flow,
+                DEFAULT_HASH_SEED,
+                250_000,
+                2,
+                5,
+                (0x0354_bfc7, Green, 2),
+            ),
+            (
+                "198.18.1.10:40000",
+                "198.18.100.1:80",
+                6,
+                Cohort::Client,
+                DEFAULT_HASH_SEED,
+                500_000,
+                3,
+                2,
+                (0x7a97_de7b, Green, 0),
+            ),
+            (
+                "[fd00:1::10]:40000",
+                "[fd00:100::1]:443",
+                6,
+                Cohort::Client,
+                0xdead_beef,
+                750_000,
+                2,
+                5,
+                (0x0258_6c3c, Green, 2),
+            ),
+        ];
+        for (client, service, protocol, cohort, seed, weight, blue, green, (hash, color, index)) in
+            cases
+        {
+            let key = flow(client, service, protocol);
+            assert_eq!(
+                cohort_hash(cohort, &key, seed),
+                hash,
+                "{client} → {service} {cohort:?}"
+            );
+            assert_eq!(
+                choose(cohort, &key, seed, weight, blue, green),
+                Some(Choice { color, index }),
+                "{client} → {service} {cohort:?} seed {seed:#x} weight {weight}"
+            );
+        }
+    }
+
+    /// Raising the weight only moves cohorts from blue to green: a cohort green at `w` is green
+    /// at every higher weight (and blue at `w` stays blue at every lower one).
+    #[test]
+    fn green_at_a_weight_stays_green_at_every_higher_weight() {
+        let weights: [u32; 12] = [
+            0,
+            1,
+            100,
+            9_999,
+            10_000,
+            100_000,
+            333_333,
+            500_000,
+            500_001,
+            900_000,
+            999_999,
+            WEIGHT_SCALE,
+        ];
+        let mut key = v4_flow([198, 18, 0, 0], 1024, [198, 18, 100, 1], 80, 6);
+        for i in 0..20_000u32 {
+            key.src = Addr::from_v4([198, 18, (i >> 8) as u8, i as u8]);
+            key.src_port = (1024 + (i % 50_000) as u16).to_be();
+            let mut was_green = false;
+            for &weight in &weights {
+                let choice = choose(Cohort::Flow, &key, DEFAULT_HASH_SEED, weight, 3, 2).unwrap();
+                let green = choice.color == Color::Green;
+                assert!(
+                    green || !was_green,
+                    "flow {i} green at a lower weight, blue at {weight}"
+                );
+                was_green = green;
+            }
+            assert!(was_green, "every cohort is green at 100 %");
+        }
+    }
+
+    #[test]
+    fn an_empty_pool_chooses_nothing() {
+        let key = flow("198.18.1.10:40000", "198.18.100.1:80", 6);
+        assert_eq!(choose(Cohort::Flow, &key, 0, 0, 0, 3), None);
+        assert_eq!(choose(Cohort::Flow, &key, 0, WEIGHT_SCALE, 3, 0), None);
+    }
+}
