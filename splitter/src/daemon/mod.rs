@@ -19,7 +19,6 @@ use std::{
 
 use splitter_common::WEIGHT_SCALE;
 
-pub use self::status::count_live_flows;
 use self::{
     reconcile::{Desired, InstalledService, Plan, PlanError, ServiceAddress},
     sampler::Sampler,

@@ -1,9 +1,8 @@
 //! What `status` and the metrics endpoint show: the snapshot of every service, backend and
-//! counter, the once-a-second rate sample, and the flow-table scan behind the live-flow gauges.
+//! counter, the once-a-second rate sample.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::Path,
     time::Instant,
 };
 
@@ -15,7 +14,6 @@ use crate::{
     control::protocol::{
         BackendStatus, ColorStatus, DaemonStatus, ServiceStatus, Signals, StatusReport, Traffic,
     },
-    dataplane::DataplaneError,
 };
 
 impl App {
@@ -129,31 +127,4 @@ impl App {
             forwarding,
         })
     }
-}
-
-/// Counts pinned flows per backend id by scanning the pinned flow table through its own map
-/// handle (so the scan does not hold up the daemon). Returns (per backend id, total).
-pub fn count_live_flows(flows_pin: &Path) -> Result<(HashMap<u32, u64>, u64), DataplaneError> {
-    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-    use splitter_common::{FlowKey, FlowValue};
-
-    let name = splitter_common::maps::FLOWS;
-    let map = MapData::from_pin(flows_pin)
-        .and_then(Map::from_map_data)
-        .map_err(|source| DataplaneError::OpenPinnedMap {
-            path: flows_pin.to_owned(),
-            source,
-        })?;
-    let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(map).map_err(|source| DataplaneError::Map { name, source })?;
-    let mut live = HashMap::new();
-    let mut total = 0;
-    for entry in &flows {
-        // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
-        // gauge.
-        let Ok((_, flow)) = entry else { break };
-        *live.entry(flow.backend_id).or_insert(0) += 1;
-        total += 1;
-    }
-    Ok((live, total))
 }
