@@ -3,6 +3,7 @@
 //! the status snapshot in `status.rs`). Everything here is synchronous; the
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
+mod persist;
 pub mod reconcile;
 pub mod rollouts;
 pub mod sampler;
@@ -88,6 +89,10 @@ pub struct App {
     installed: BTreeMap<ServiceAddress, InstalledService>,
     sampler: Sampler,
     started: Instant,
+    /// Whether the state file is behind (`persist.rs`).
+    persist: persist::Persistence,
+    /// Rollout tick errors are logged at most once per 10 s.
+    tick_errors: crate::control::limits::RateLimit,
 }
 
 impl App {
@@ -119,6 +124,8 @@ impl App {
             state,
             sampler: Sampler::default(),
             started: Instant::now(),
+            persist: persist::Persistence::default(),
+            tick_errors: crate::control::limits::RateLimit::default(),
         };
         let report = app.apply(config)?;
         tracing::info!(?report, "configuration applied");
@@ -167,7 +174,16 @@ impl App {
         self.dataplane.set_redirects(&config.redirect_interfaces)?;
         report.attached = attached;
         report.detached = detached;
-        // Weights first: if the daemon dies after this, the restart applies them.
+        // A raise of any weight (a new service, an edited file) is saved before the maps are
+        // written, so a restart applies it; anything else is written first and saved after
+        // (`persist.rs`): a restart keeps the lower kernel weight.
+        let raises = desired.iter().any(|wanted| {
+            self.installed
+                .get(&(wanted.service.address, wanted.service.protocol))
+                .map_or(wanted.green_weight > 0, |installed| {
+                    wanted.green_weight > installed.config.green_weight
+                })
+        });
         let mut state = State {
             version: self.state.version.max(1),
             services: BTreeMap::new(),
@@ -189,9 +205,16 @@ impl App {
                 },
             );
         }
-        state.save(&config.state_dir)?;
-        self.state = state;
+        let state = if raises {
+            self.save_before(state)?;
+            None
+        } else {
+            Some(state)
+        };
         self.write(&plan)?;
+        if let Some(state) = state {
+            self.save_after(state);
+        }
         for write in &plan.writes {
             if write.replaces {
                 report.changed.push(write.name.clone());
