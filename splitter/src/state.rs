@@ -334,10 +334,58 @@ mod tests {
                 file_green_weight: 100_000,
             },
         );
-        assert_eq!(state.initial_weight("web", 100_000, Some(7)), 500_000);
+        assert_eq!(state.initial_weight("web", 100_000, None), 500_000);
         assert_eq!(state.initial_weight("web", 200_000, Some(7)), 200_000);
         assert_eq!(state.initial_weight("api", 200_000, Some(7)), 7);
         assert_eq!(state.initial_weight("api", 200_000, None), 200_000);
+    }
+
+    /// The kernel and the file disagree after a restart: the lower (safer) weight wins, so an
+    /// emergency that reached the kernel but not the disk is never undone.
+    #[test]
+    fn a_lower_kernel_weight_wins_over_the_saved_one() {
+        let mut state = State::default();
+        state.services.insert(
+            "web".into(),
+            ServiceState {
+                green_weight: 500_000,
+                file_green_weight: 100_000,
+            },
+        );
+        // switch blue reached the kernel, the save did not: blue stays.
+        assert_eq!(state.initial_weight("web", 100_000, Some(0)), 0);
+        // A higher kernel weight never wins (raises are saved first).
+        assert_eq!(state.initial_weight("web", 100_000, Some(900_000)), 500_000);
+    }
+
+    #[test]
+    fn symlinks_in_the_state_dir_are_not_followed() {
+        let dir = temp_dir("symlink");
+        let target = dir.join("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(LOCK_FILE)).unwrap();
+        let error = DaemonLock::acquire(&dir).err().expect("symlinked lock refused");
+        assert!(error.to_string().contains("daemon.lock"), "{error}");
+        std::os::unix::fs::symlink(&target, dir.join(".state.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&target, State::path(&dir)).unwrap();
+        assert!(State::load(&dir).is_err(), "a symlinked state file is not read");
+        State::default().save(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(!State::path(&dir).is_symlink(), "the symlink was replaced, not followed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn directories_others_can_write_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp_dir("mode");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = check_private_dir("state_dir", &dir).unwrap_err().to_string();
+        assert!(error.contains("writable by group and others"), "{error}");
+        assert!(error.contains(&format!("chmod go-w {}", dir.display())), "{error}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_private_dir("state_dir", &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub struct Plan {
 
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("`{value}` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")")]
+    #[error("every: `{value}` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")")]
     BadDuration { value: String },
     #[error("rollout steps are empty: give at least one weight, e.g. --steps 1,5,25,50,100")]
     NoSteps,
