@@ -285,12 +285,10 @@ impl DaemonLock {
             };
             return Err(StateError::Locked { path, holder });
         }
-        file.set_len(0)
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .map_err(|source| StateError::Write {
-                path: path.clone(),
-                source,
-            })?;
+        // The pid is only for the next daemon's message: a full disk must not stop a start.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(Self { _file: file })
     }
 }

@@ -136,11 +136,31 @@ impl Shared {
         }
     }
 
-    /// `reload` and SIGHUP.
+    /// `reload` and SIGHUP. The flow-table scan that decides which removed backends' reply
+    /// mappings can go runs outside the application lock.
     pub fn reload(&self) -> Result<crate::control::protocol::ReloadReport, SharedError> {
         let result = self.with_app(App::reload);
         self.metrics.reload(result.is_ok());
-        result
+        let report = result?;
+        let orphans = self.with_app(|app| Ok((app.orphan_backends()?, app.flow_scan())));
+        match orphans {
+            Ok((orphans, _)) if orphans.is_empty() => {}
+            Ok((orphans, scan)) => {
+                let forgotten = blocking(|| scan.count())
+                    .map_err(AppError::from)
+                    .map_err(SharedError::from)
+                    .and_then(|(live, _)| {
+                        self.with_app(|app| app.forget_backends(&orphans, &live))
+                    });
+                if let Err(error) = forgotten {
+                    tracing::warn!(%error, "removed backends' reply mappings kept until the next reload");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "removed backends' reply mappings kept until the next reload");
+            }
+        }
+        Ok(report)
     }
 
     fn unload(&self) -> Result<crate::dataplane::Unloaded, SharedError> {
