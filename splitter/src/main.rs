@@ -61,14 +61,28 @@ fn daemon(config_path: &Path) -> Exit {
 }
 
 fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
-    // 2. Claim the state directory: one daemon per state and data plane.
+    // 2. The host: descriptors for every connection the caps allow, a bpffs that is one,
+    //    directories nobody else controls; then claim the state directory (one daemon per
+    //    state and data plane).
+    match splitter::sys::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "open-files limit raised to the hard limit");
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not raise the open-files limit"),
+    }
+    splitter::config::host::bpffs(&config.bpffs)?;
+    splitter::config::host::private_dir("bpffs", &config.bpffs)?;
     state::create_dir(&config.state_dir)?;
     let _lock = DaemonLock::acquire(&config.state_dir)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two workers: blocking work (fsync, map writes, flow scans) runs in `block_in_place` or
+    // `spawn_blocking`, so control, metrics and rollout ticks keep being served meanwhile.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         // 3. Bind the metrics endpoint and the control socket before touching the kernel.
         let metrics_listener = metrics::bind(config.metrics)
             .await
@@ -96,8 +110,22 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         );
         // 5. Serve until told to stop; SIGHUP reloads.
         let socket_path = control.path().to_owned();
-        let control_task = tokio::spawn(control.serve(shared.clone()));
-        let metrics_task = tokio::spawn(metrics::serve(metrics_listener, metrics, shared.clone()));
+        let control_task = tokio::spawn(control.serve(
+            shared.clone(),
+            splitter::control::server::Limits {
+                max_connections: config.max_connections,
+                timeout: config.client_timeout,
+            },
+        ));
+        let metrics_task = tokio::spawn(metrics::serve(
+            metrics_listener,
+            metrics,
+            shared.clone(),
+            metrics::HttpLimits {
+                max_connections: config.metrics_max_connections,
+                timeout: config.client_timeout,
+            },
+        ));
         let sampler_task = tokio::spawn(sample(shared.clone()));
         let rollout_task = tokio::spawn(judge_rollouts(shared.clone()));
         let unloaded = loop {
@@ -105,10 +133,14 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
                 _ = terminate.recv() => break false,
                 _ = interrupt.recv() => break false,
                 () = shared.stop.notified() => break true,
-                _ = hangup.recv() => match shared.reload() {
-                    Ok(report) => tracing::info!(?report, "SIGHUP: reloaded"),
-                    Err(error) => tracing::error!(%error, "SIGHUP: reload refused, nothing changed"),
-                },
+                _ = hangup.recv() => {
+                    let shared = shared.clone();
+                    match tokio::task::spawn_blocking(move || shared.reload()).await {
+                        Ok(Ok(report)) => tracing::info!(?report, "SIGHUP: reloaded"),
+                        Ok(Err(error)) => tracing::error!(%error, "SIGHUP: reload refused, nothing changed"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: reload failed"),
+                    }
+                }
             }
         };
         // 6. Stop: the data plane stays attached and pinned unless it was unloaded.
@@ -125,8 +157,15 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
                 "daemon stopped; the data plane stays attached and pinned (`splitter unload` removes it)"
             );
         }
+        // A last save of the state if it is behind (disk back since the last retry).
+        let shared_for_flush = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared_for_flush.sample()).await;
         Ok(())
-    })
+    });
+    // Tasks still blocked (a client that never reads, a check waiting on its timeout) must
+    // not hold up the exit: the data plane is pinned, nothing else needs a clean stop.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 /// Samples the counters once a second (rates and measured shares for `status`).

@@ -11,7 +11,8 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::Write as _,
+    io::{Read as _, Write as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -74,6 +75,26 @@ pub enum StateError {
     },
     #[error("another splitter daemon ({holder}) holds {path}")]
     Locked { path: PathBuf, holder: String },
+    #[error(
+        "{role} {path} is owned by uid {owner}, not by this daemon's user (uid {uid}) or root: another user could replace its files; fix: `chown {uid} {path}` (or choose a directory of your own)"
+    )]
+    NotOwned {
+        role: &'static str,
+        path: PathBuf,
+        owner: u32,
+        uid: u32,
+    },
+    #[error(
+        "{role} {path} is writable by {who} (mode {mode:04o}): another user could replace its files; fix: `chmod go-w {path}` (e.g. `chmod 0700 {path}`)"
+    )]
+    Writable {
+        role: &'static str,
+        path: PathBuf,
+        who: &'static str,
+        mode: u32,
+    },
+    #[error("{role} {path} is not a directory")]
+    NotDir { role: &'static str, path: PathBuf },
 }
 
 impl State {
@@ -84,7 +105,7 @@ impl State {
     /// Reads the state of `dir`; no file yet is an empty state.
     pub fn load(dir: &Path) -> Result<Self, StateError> {
         let path = Self::path(dir);
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_nofollow(&path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Self {
@@ -101,21 +122,45 @@ impl State {
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = Self::path(dir);
         let temp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let write_error = |path: &Path| {
+        let write_error = |path: &Path| -> Box<dyn Fn(std::io::Error) -> StateError> {
             let path = path.to_owned();
-            move |source| StateError::Write {
+            Box::new(move |source| StateError::Write {
                 path: path.clone(),
                 source,
-            }
+            })
         };
         let mut text = serde_json::to_string_pretty(self).expect("state serializes");
         text.push('\n');
-        let mut file = File::create(&temp).map_err(write_error(&temp))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
+        // A leftover temp file (a crash between write and rename) is removed, never followed:
+        // `remove_file` unlinks a symlink itself, and the new file must not exist (O_EXCL)
+        // nor be a symlink (O_NOFOLLOW).
+        match std::fs::remove_file(&temp) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(write_error(&temp)(error));
+            }
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temp)
             .map_err(write_error(&temp))?;
+        if let Err(error) = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_all())
+        {
+            drop(file);
+            // A full disk must not leave a half-written temp file taking space.
+            let _ = std::fs::remove_file(&temp);
+            return Err(write_error(&temp)(error));
+        }
         drop(file);
-        std::fs::rename(&temp, &path).map_err(write_error(&path))?;
+        if let Err(error) = std::fs::rename(&temp, &path) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(write_error(&path)(error));
+        }
         File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(write_error(dir))
@@ -124,16 +169,36 @@ impl State {
     /// The weight a service starts with: the runtime weight, unless the file's `green_weight`
     /// changed since it was set (or there is none; then `installed`, the weight in the
     /// kernel, if any, else the file's).
+    ///
+    /// When the kernel (`installed`, the pinned data plane) holds a **lower** weight than the
+    /// saved runtime weight, the kernel wins: moves toward blue reach the kernel before the
+    /// disk, so a lower kernel weight is an emergency (abort, switch to blue) whose save had
+    /// not succeeded yet; restoring the file's weight would silently undo it. A higher kernel
+    /// weight never wins: moves toward green are saved first, so the file is the safe side.
     pub fn initial_weight(&self, name: &str, file_weight: u32, installed: Option<u32>) -> u32 {
         match self.services.get(name) {
-            Some(state) if state.file_green_weight == file_weight => state.green_weight,
+            Some(state) if state.file_green_weight == file_weight => {
+                installed.map_or(state.green_weight, |kernel| kernel.min(state.green_weight))
+            }
             Some(_) => file_weight,
             None => installed.unwrap_or(file_weight),
         }
     }
 }
 
-/// Creates the state directory (mode 0700 when new).
+/// Reads a file that must not be a symlink (`O_NOFOLLOW`): a symlink planted in the state
+/// directory is an error (`ELOOP`), never followed.
+fn read_nofollow(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Creates the state directory (mode 0700 when new), then checks nobody else controls it.
 pub fn create_dir(dir: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
@@ -143,7 +208,47 @@ pub fn create_dir(dir: &Path) -> Result<(), StateError> {
         .map_err(|source| StateError::Dir {
             path: dir.to_owned(),
             source,
-        })
+        })?;
+    check_private_dir("state_dir", dir)
+}
+
+/// A directory whose files the daemon trusts (`state_dir`, the control socket's directory,
+/// the bpffs pin directory) must be owned by the daemon's user (or root) and not writable by
+/// group or others: otherwise another user could plant a symlink or swap a file in it. The
+/// path's own directory is checked (symlinks to it are followed), not its ancestors.
+pub fn check_private_dir(role: &'static str, dir: &Path) -> Result<(), StateError> {
+    let metadata = std::fs::metadata(dir).map_err(|source| StateError::Dir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !metadata.is_dir() {
+        return Err(StateError::NotDir {
+            role,
+            path: dir.to_owned(),
+        });
+    }
+    let uid = crate::sys::effective_uid();
+    if metadata.uid() != uid && metadata.uid() != 0 {
+        return Err(StateError::NotOwned {
+            role,
+            path: dir.to_owned(),
+            owner: metadata.uid(),
+            uid,
+        });
+    }
+    let mode = metadata.mode() & 0o7777;
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (false, false) => return Ok(()),
+        (true, false) => "its group",
+        (false, true) => "others",
+        (true, true) => "group and others",
+    };
+    Err(StateError::Writable {
+        role,
+        path: dir.to_owned(),
+        who,
+        mode,
+    })
 }
 
 /// An exclusive `flock` on `state_dir/daemon.lock`, released when the process exits (even
@@ -160,6 +265,9 @@ impl DaemonLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            // A symlinked lock file is refused (ELOOP), never followed to its target.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|source| StateError::Dir {
                 path: path.clone(),
@@ -170,19 +278,17 @@ impl DaemonLock {
             if let std::fs::TryLockError::Error(source) = error {
                 return Err(StateError::Dir { path, source });
             }
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = read_nofollow(&path).unwrap_or_default();
             let holder = match holder.trim() {
                 "" => "pid unknown".to_owned(),
                 pid => format!("pid {pid}"),
             };
             return Err(StateError::Locked { path, holder });
         }
-        file.set_len(0)
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
-            .map_err(|source| StateError::Write {
-                path: path.clone(),
-                source,
-            })?;
+        // The pid is only for the next daemon's message: a full disk must not stop a start.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(Self { _file: file })
     }
 }
@@ -226,10 +332,58 @@ mod tests {
                 file_green_weight: 100_000,
             },
         );
-        assert_eq!(state.initial_weight("web", 100_000, Some(7)), 500_000);
+        assert_eq!(state.initial_weight("web", 100_000, None), 500_000);
         assert_eq!(state.initial_weight("web", 200_000, Some(7)), 200_000);
         assert_eq!(state.initial_weight("api", 200_000, Some(7)), 7);
         assert_eq!(state.initial_weight("api", 200_000, None), 200_000);
+    }
+
+    /// The kernel and the file disagree after a restart: the lower (safer) weight wins, so an
+    /// emergency that reached the kernel but not the disk is never undone.
+    #[test]
+    fn a_lower_kernel_weight_wins_over_the_saved_one() {
+        let mut state = State::default();
+        state.services.insert(
+            "web".into(),
+            ServiceState {
+                green_weight: 500_000,
+                file_green_weight: 100_000,
+            },
+        );
+        // switch blue reached the kernel, the save did not: blue stays.
+        assert_eq!(state.initial_weight("web", 100_000, Some(0)), 0);
+        // A higher kernel weight never wins (raises are saved first).
+        assert_eq!(state.initial_weight("web", 100_000, Some(900_000)), 500_000);
+    }
+
+    #[test]
+    fn symlinks_in_the_state_dir_are_not_followed() {
+        let dir = temp_dir("symlink");
+        let target = dir.join("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(LOCK_FILE)).unwrap();
+        let error = DaemonLock::acquire(&dir).err().expect("symlinked lock refused");
+        assert!(error.to_string().contains("daemon.lock"), "{error}");
+        std::os::unix::fs::symlink(&target, dir.join(".state.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&target, State::path(&dir)).unwrap();
+        assert!(State::load(&dir).is_err(), "a symlinked state file is not read");
+        State::default().save(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        assert!(!State::path(&dir).is_symlink(), "the symlink was replaced, not followed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn directories_others_can_write_are_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = temp_dir("mode");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = check_private_dir("state_dir", &dir).unwrap_err().to_string();
+        assert!(error.contains("writable by group and others"), "{error}");
+        assert!(error.contains(&format!("chmod go-w {}", dir.display())), "{error}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        check_private_dir("state_dir", &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   read-only `.rodata` map);
 //! - statfs(2): whether a path is on a bpffs;
 //! - interfaces: `if_nametoindex`, the driver name (ethtool ioctl);
-//! - `clock_gettime(CLOCK_MONOTONIC)`.
+//! - `clock_gettime(CLOCK_MONOTONIC)`;
+//! - the process: its effective uid, its open-files limit, its umask; a Unix socket's peer
+//!   uid (`SO_PEERCRED`, which std does not expose on stable).
 
 use std::{
     ffi::CString,
@@ -177,4 +179,65 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid out-parameter; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid of the process at the other end of a connected Unix socket (`SO_PEERCRED`: the
+/// credentials it had when it called `connect` or `listen`).
+pub fn peer_uid(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid out-parameters of the size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+/// Raises the soft open-files limit (`RLIMIT_NOFILE`) to the hard limit; returns (before,
+/// after).
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one needs
+        // no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+/// Sets the process's umask, returning the previous one (the control socket is bound under
+/// 0o177 so it is never reachable with a wider mode, with no chmod after bind).
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
 }

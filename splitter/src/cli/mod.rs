@@ -109,10 +109,16 @@ pub enum Command {
     Switch { service: String, color: ColorName },
     /// Re-read the config file and apply the difference (same as SIGHUP).
     Reload,
-    /// Validate a config file (syntax, values, interfaces on this host) without a daemon.
+    /// Validate a config file without a daemon: syntax, values (every problem, not just the
+    /// first), and what the daemon checks on this host at start (interfaces, bpffs,
+    /// directories).
     CheckConfig {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Skip the checks of this host (interfaces, bpffs, directories): for a file meant
+        /// for another host.
+        #[arg(long)]
+        no_host_checks: bool,
     },
     /// Canary rollouts: start, status, pause, resume, promote, abort.
     Rollout {
@@ -211,9 +217,10 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             if !(0.1..=3600.0).contains(&interval) {
                 return Err(CliError::Interval);
             }
-            let mut client = Client::connect(socket)?;
             loop {
-                let Reply::Status(report) = client.request(&Request::Status)? else {
+                // A connection per frame: the daemon closes idle connections.
+                let Reply::Status(report) = Client::connect(socket)?.request(&Request::Status)?
+                else {
                     unreachable!("status answers a status");
                 };
                 let text = if json {
@@ -272,8 +279,11 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
         Command::Rollout { command } => {
             rollout::execute(command, socket).map_err(CliError::Rollout)
         }
-        Command::CheckConfig { config } => {
-            let valid = Config::load(&config)?;
+        Command::CheckConfig {
+            config,
+            no_host_checks,
+        } => {
+            let valid = Config::check(&config, !no_host_checks)?;
             writeln!(
                 out,
                 "{}: ok ({} service{}, interfaces {})",

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
 
-use super::{ColorName, FLOW_TABLE_MAX, FLOW_TABLE_MIN, SERVICE_NAME_MAX, SERVICES_MAX};
+use super::{
+    CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, FLOW_TABLE_MAX, FLOW_TABLE_MIN, SERVICE_NAME_MAX,
+    SERVICES_MAX,
+};
 use crate::rollout::PlanError;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,13 +18,36 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: line {line}, column {column}: {message}")]
+    #[error("{path}: line {line}, column {column}: {}{message}", key_prefix(key))]
     Syntax {
         path: PathBuf,
         line: usize,
         column: usize,
+        /// The key the problem is at (`service[0].green_weight`), when serde knows it.
+        key: String,
         message: String,
     },
+    #[error("{path}: {count} problems:\n{}", list(problems))]
+    Many {
+        path: PathBuf,
+        count: usize,
+        problems: Vec<ConfigError>,
+    },
+    #[error("control.{field}: {value} is outside {CONNECTIONS_MIN}..={CONNECTIONS_MAX}")]
+    Connections { field: &'static str, value: usize },
+    #[error(
+        "control.client_timeout: `{value}` is not a duration between 1s and 1h like \"60s\""
+    )]
+    ClientTimeout { value: String },
+    #[error("service `{service}`: {field} `{value}` is {kind}: only a specified unicast address can be a service address or backend")]
+    NotUnicast {
+        service: String,
+        field: String,
+        value: String,
+        kind: &'static str,
+    },
+    #[error("{0}")]
+    Host(String),
     #[error("{path}: {problem}")]
     Invalid {
         path: PathBuf,
@@ -137,4 +163,20 @@ pub enum ConfigError {
     TooManyBackends { count: usize },
     #[error("service `{service}`: {count} backends, at most {} fit in one service", POOL_SLOTS / 2)]
     PoolTooLarge { service: String, count: usize },
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+fn list(problems: &[ConfigError]) -> String {
+    problems
+        .iter()
+        .map(|problem| format!("  - {problem}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -28,6 +28,7 @@ use crate::{
 };
 
 mod error;
+pub mod host;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -54,6 +55,17 @@ pub const MISS_HOLD_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const SERVICES_MAX: usize = (MAX_SERVICES / 2) as usize;
 /// Longest service name (it is a metric label and a CLI argument).
 pub const SERVICE_NAME_MAX: usize = 64;
+/// Bounds of `max_connections` and `metrics_max_connections`.
+pub const CONNECTIONS_MIN: usize = 1;
+pub const CONNECTIONS_MAX: usize = 65_536;
+/// `[control] max_connections` default (control socket).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// `[control] metrics_max_connections` default.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 256;
+/// `[control] client_timeout` default and bounds.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CLIENT_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+pub const CLIENT_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 /// Longest Linux interface name (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
@@ -108,6 +120,16 @@ pub struct ControlSection {
     pub state_dir: PathBuf,
     #[serde(default = "default_bpffs")]
     pub bpffs: PathBuf,
+    /// Concurrent control connections; at the cap the oldest is closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent metrics connections; at the cap the oldest is closed.
+    #[serde(default = "default_metrics_max_connections")]
+    pub metrics_max_connections: usize,
+    /// A control client idle (or slow to send a line or read an answer) this long is
+    /// disconnected; a metrics connection lives at most ten times this.
+    #[serde(default = "default_client_timeout")]
+    pub client_timeout: String,
 }
 
 impl Default for ControlSection {
@@ -117,8 +139,21 @@ impl Default for ControlSection {
             metrics: default_metrics(),
             state_dir: default_state_dir(),
             bpffs: default_bpffs(),
+            max_connections: default_max_connections(),
+            metrics_max_connections: default_metrics_max_connections(),
+            client_timeout: default_client_timeout(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_metrics_max_connections() -> usize {
+    DEFAULT_METRICS_MAX_CONNECTIONS
+}
+fn default_client_timeout() -> String {
+    format!("{}s", DEFAULT_CLIENT_TIMEOUT.as_secs())
 }
 
 /// Which part of a packet decides its color.
@@ -306,6 +341,9 @@ pub struct Validated {
     pub metrics: SocketAddr,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+    pub max_connections: usize,
+    pub metrics_max_connections: usize,
+    pub client_timeout: Duration,
     /// In file order.
     pub services: Vec<Service>,
 }
@@ -351,9 +389,10 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses TOML text; `path` only names the file in errors.
+    /// Parses TOML text; `path` only names the file in errors, which name the key too
+    /// (`service[0].green_weight: invalid type: string "ten", expected f64`).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|error| {
+        let syntax = |error: toml::de::Error, key: String| {
             let (line, column) = error
                 .span()
                 .map_or((0, 0), |span| line_column(text, span.start));
@@ -361,8 +400,15 @@ impl Config {
                 path: path.to_owned(),
                 line,
                 column,
+                key,
                 message: error.message().trim().replace('\n', " "),
             }
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|error| syntax(error, String::new()))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            syntax(error.into_inner(), key)
         })
     }
 
@@ -375,6 +421,41 @@ impl Config {
                 path: path.to_owned(),
                 problem: Box::new(problem),
             })
+    }
+
+    /// `check-config`: every problem of the file (not just the first), and with
+    /// `host_checks` what the daemon checks on this host at start (interfaces exist, the
+    /// bpffs path is on a bpf filesystem, directories are the daemon's own).
+    pub fn check(path: &Path, host_checks: bool) -> Result<Validated, ConfigError> {
+        let config = Self::read(path)?;
+        let result = if host_checks {
+            config
+                .validate_all(&|name| crate::dataplane::interface_index(name).is_some())
+                .and_then(|validated| {
+                    let problems = host::problems(&validated);
+                    if problems.is_empty() {
+                        Ok(validated)
+                    } else {
+                        Err(problems)
+                    }
+                })
+        } else {
+            config.validate_all(&|_| true)
+        };
+        result.map_err(|mut problems| {
+            if problems.len() == 1 {
+                ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problem: Box::new(problems.remove(0)),
+                }
+            } else {
+                ConfigError::Many {
+                    path: path.to_owned(),
+                    count: problems.len(),
+                    problems,
+                }
+            }
+        })
     }
 }
 

@@ -89,7 +89,7 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
         (
             "unknown top-level key",
             format!("extra = 1\n{GOOD}"),
-            "test.toml: line 1, column 1: unknown field `extra`, expected one of `dataplane`, `control`, `service`",
+            "test.toml: line 1, column 1: extra: unknown field `extra`, expected one of `dataplane`, `control`, `service`",
         ),
         (
             "unknown key in [dataplane]",
@@ -97,12 +97,12 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
                 "interfaces = [\"eth0\"]",
                 "interfaces = [\"eth0\"]\nxdp = \"native\"",
             ),
-            "test.toml: line 4, column 1: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `flow_table_size`, `hash_seed`, `miss_hold`, `handshake_timeout`, `redirect_interfaces`",
+            "test.toml: line 4, column 1: dataplane.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `flow_table_size`, `hash_seed`, `miss_hold`, `handshake_timeout`, `redirect_interfaces`",
         ),
         (
             "unknown key in a service (typo)",
             edit("green_weight = 10", "green_weight = 10\ngreen_wieght = 20"),
-            "test.toml: line 9, column 1: unknown field `green_wieght`, expected one of `name`, `address`, `protocol`, `green_weight`, `cohort`, `blue`, `green`, `rollout`",
+            "test.toml: line 9, column 1: service[0].green_wieght: unknown field `green_wieght`, expected one of `name`, `address`, `protocol`, `green_weight`, `cohort`, `blue`, `green`, `rollout`",
         ),
         (
             "rollout steps not increasing",
@@ -117,12 +117,12 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
         (
             "rollout step duration zero",
             format!("{GOOD}\n[service.rollout]\nevery = \"0s\"\n"),
-            "service `web`: rollout: rollout step duration must be at least 100ms (got 0ms)",
+            "service `web`: rollout: every: rollout step duration must be at least 100ms (got 0ms)",
         ),
         (
             "rollout duration not a duration",
             format!("{GOOD}\n[service.rollout]\nevery = \"soon\"\n"),
-            "service `web`: rollout: `soon` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")",
+            "service `web`: rollout: every: `soon` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")",
         ),
         (
             "rollout min_flows zero",
@@ -137,12 +137,12 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
         (
             "missing service address",
             edit("address = \"203.0.113.10:80\"\n", ""),
-            "test.toml: line 5, column 1: missing field `address`",
+            "test.toml: line 5, column 1: service[0]: missing field `address`",
         ),
         (
             "weight as a string",
             edit("green_weight = 10", "green_weight = \"10%\""),
-            "test.toml: line 8, column 16: invalid type: string \"10%\", expected f64",
+            "test.toml: line 8, column 16: service[0].green_weight: invalid type: string \"10%\", expected f64",
         ),
         (
             "bad xdp_mode",
@@ -150,7 +150,7 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
                 "interfaces = [\"eth0\"]",
                 "interfaces = [\"eth0\"]\nxdp_mode = \"turbo\"",
             ),
-            "test.toml: line 4, column 12: unknown variant `turbo`, expected one of `auto`, `native`, `generic`",
+            "test.toml: line 4, column 12: dataplane.xdp_mode: unknown variant `turbo`, expected one of `auto`, `native`, `generic`",
         ),
         (
             "bad protocol",
@@ -158,12 +158,12 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
                 "green_weight = 10",
                 "green_weight = 10\nprotocol = \"sctp\"",
             ),
-            "test.toml: line 9, column 12: unknown variant `sctp`, expected `tcp` or `udp`",
+            "test.toml: line 9, column 12: service[0].protocol: unknown variant `sctp`, expected `tcp` or `udp`",
         ),
         (
             "bad cohort",
             edit("green_weight = 10", "green_weight = 10\ncohort = \"user\""),
-            "test.toml: line 9, column 10: unknown variant `user`, expected `flow` or `client`",
+            "test.toml: line 9, column 10: service[0].cohort: unknown variant `user`, expected `flow` or `client`",
         ),
         (
             "hash_seed out of range",
@@ -171,7 +171,7 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
                 "interfaces = [\"eth0\"]",
                 "interfaces = [\"eth0\"]\nhash_seed = -1",
             ),
-            "test.toml: line 4, column 13: invalid value: integer `-1`, expected u32",
+            "test.toml: line 4, column 13: dataplane.hash_seed: invalid value: integer `-1`, expected u32",
         ),
         (
             "no interface",
@@ -393,4 +393,166 @@ fn rollout_section_thresholds_and_unknown_keys() {
         error.to_string().contains("unknown field `min_flow`"),
         "{error}"
     );
+}
+
+/// Inputs that used to pass validation and break later (issue 12): each is refused, and the
+/// message names the key (the full messages are checked where they are ours).
+#[test]
+fn bad_day_configs_are_refused_naming_the_key() {
+    let rollout = |body: &str| format!("{GOOD}\n[service.rollout]\n{body}\n");
+    let check_with_bound = |bound: &str| {
+        rollout(&format!(
+            "[[service.rollout.checks]]\nprometheus = \"http://127.0.0.1:9090\"\nquery = \"up\"\nbound = {{ max = {bound} }}"
+        ))
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unspecified IPv4 VIP",
+            edit("203.0.113.10:80", "0.0.0.0:80"),
+            "service `web`: address `0.0.0.0:80` is the unspecified address",
+        ),
+        (
+            "unspecified IPv6 VIP",
+            edit(
+                "address = \"203.0.113.10:80\"\ngreen_weight = 10\nblue = [\"10.1.0.10:8080\", \"10.1.0.11:8080\"]\ngreen = [\"10.2.0.10:8080\"]",
+                "address = \"[::]:80\"\ngreen_weight = 10\nblue = [\"[fd00::10]:8080\"]\ngreen = [\"[fd00::20]:8080\"]",
+            ),
+            "service `web`: address `[::]:80` is the unspecified address",
+        ),
+        (
+            "multicast VIP",
+            edit("203.0.113.10:80", "224.0.0.1:80"),
+            "service `web`: address `224.0.0.1:80` is a multicast address",
+        ),
+        (
+            "broadcast VIP",
+            edit("203.0.113.10:80", "255.255.255.255:80"),
+            "service `web`: address `255.255.255.255:80` is the broadcast address",
+        ),
+        (
+            "multicast backend",
+            edit("10.1.0.10:8080", "239.1.2.3:8080"),
+            "service `web`: blue[0] `239.1.2.3:8080` is a multicast address",
+        ),
+        (
+            "unspecified backend",
+            edit("10.2.0.10:8080", "0.0.0.0:8080"),
+            "service `web`: green[0] `0.0.0.0:8080` is the unspecified address",
+        ),
+        (
+            "broadcast backend",
+            edit("10.1.0.11:8080", "255.255.255.255:8080"),
+            "service `web`: blue[1] `255.255.255.255:8080` is the broadcast address",
+        ),
+        (
+            "infinite check bound",
+            check_with_bound("inf"),
+            "service `web`: rollout: checks[0].bound: inf is not a finite number (check `up`)",
+        ),
+        (
+            "NaN check bound",
+            check_with_bound("nan"),
+            "service `web`: rollout: checks[0].bound: NaN is not a finite number (check `up`)",
+        ),
+        (
+            "huge step duration",
+            rollout("every = \"100000h\""),
+            "service `web`: rollout: every: rollout step duration must be at most 7 days (got 360000000000ms)",
+        ),
+        (
+            "step duration beyond any clock",
+            rollout("every = \"99999999999999999999s\""),
+            "service `web`: rollout: every: `99999999999999999999s` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")",
+        ),
+        (
+            "infinite tolerance",
+            rollout("failure_tolerance = inf"),
+            "service `web`: rollout: failure_tolerance must be a finite number ≥ 0 (got inf)",
+        ),
+        (
+            "NaN failure ratio",
+            rollout("max_failure_ratio = nan"),
+            "service `web`: rollout: max_failure_ratio must be in [0, 1] (got NaN)",
+        ),
+        (
+            "NaN weight",
+            edit("green_weight = 10", "green_weight = nan"),
+            "service `web`: green_weight NaN is outside 0..=100 (percent of new flows)",
+        ),
+        (
+            "huge miss_hold",
+            edit("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\nmiss_hold = \"100000000000h\""),
+            "dataplane.miss_hold: `100000000000h` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)",
+        ),
+        (
+            "weight as a word",
+            edit("green_weight = 10", "green_weight = \"ten\""),
+            "service[0].green_weight: invalid type: string \"ten\", expected f64",
+        ),
+        (
+            "flow table size as a string",
+            edit("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\nflow_table_size = \"big\""),
+            "dataplane.flow_table_size: invalid type: string \"big\"",
+        ),
+        (
+            "interfaces as a string",
+            edit("interfaces = [\"eth0\"]", "interfaces = \"eth0\""),
+            "dataplane.interfaces: invalid type: string \"eth0\", expected a sequence",
+        ),
+        (
+            "zero control connections",
+            format!("{GOOD}\n[control]\nmax_connections = 0\n"),
+            "control.max_connections: 0 is outside 1..=65536",
+        ),
+        (
+            "client timeout of zero",
+            format!("{GOOD}\n[control]\nclient_timeout = \"0s\"\n"),
+            "control.client_timeout: `0s` is not a duration between 1s and 1h like \"60s\"",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    let mut wrong = Vec::new();
+    for (what, text, expected) in cases {
+        match check(&text) {
+            Ok(_) => wrong.push(format!("{what}: accepted, expected `{expected}`")),
+            Err(error) => {
+                let message = error.to_string();
+                if !message.contains(expected) {
+                    wrong.push(format!(
+                        "{what}:\n  got      {message}\n  expected {expected}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// `check-config` lists every problem of the file, not just the first.
+#[test]
+fn every_problem_is_reported() {
+    let text = edit("203.0.113.10:80", "0.0.0.0:80")
+        .replace("green_weight = 10", "green_weight = 150")
+        .replace("10.2.0.10:8080", "224.1.1.1:8080")
+        .replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\nmiss_hold = \"forever\"");
+    let problems = Config::parse(Path::new("test.toml"), &text)
+        .unwrap()
+        .validate_all(&|name| name == "eth0")
+        .unwrap_err();
+    let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        messages,
+        [
+            "dataplane.miss_hold: `forever` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)",
+            "service `web`: address `0.0.0.0:80` is the unspecified address: only a specified unicast address can be a service address or backend",
+        ],
+        "the service address stops that service's checks; the rest are independent"
+    );
+    // Without the bad address, its weight and backend problems are all listed.
+    let text = text.replace("0.0.0.0:80", "203.0.113.10:80");
+    let problems = Config::parse(Path::new("test.toml"), &text)
+        .unwrap()
+        .validate_all(&|name| name == "eth0")
+        .unwrap_err();
+    assert_eq!(problems.len(), 3, "{problems:?}");
 }

@@ -3,15 +3,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
 
 use super::{
-    ColorName, Config, ConfigError, FLOW_TABLE_MAX, FLOW_TABLE_MIN, IFNAME_MAX, MISS_HOLD_MAX,
-    SERVICE_NAME_MAX, SERVICES_MAX, Service, ServiceSection, Validated,
+    CLIENT_TIMEOUT_MAX, CLIENT_TIMEOUT_MIN, CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, Config,
+    ConfigError, FLOW_TABLE_MAX, FLOW_TABLE_MIN, IFNAME_MAX, MISS_HOLD_MAX, SERVICE_NAME_MAX,
+    SERVICES_MAX, Service, ServiceSection, Validated,
 };
 use crate::{
     dataplane::services::Protocol,
@@ -24,38 +25,57 @@ impl Config {
         self.validate_with(&|name| crate::dataplane::interface_index(name).is_some())
     }
 
-    /// [`Config::validate`] with the interface lookup supplied (tests).
+    /// [`Config::validate`] with the interface lookup supplied (tests): the first problem.
     pub fn validate_with(
         &self,
         interface_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Validated, ConfigError> {
+        self.validate_all(interface_exists)
+            .map_err(|mut problems| problems.swap_remove(0))
+    }
+
+    /// Every problem of the file, in file order as far as possible (`check-config` lists
+    /// them all); checks across services run on the services that passed on their own.
+    pub fn validate_all(
+        &self,
+        interface_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Validated, Vec<ConfigError>> {
+        let mut problems = Vec::new();
         let dataplane = &self.dataplane;
         if dataplane.interfaces.is_empty() {
-            return Err(ConfigError::NoInterface);
+            problems.push(ConfigError::NoInterface);
         }
-        validate_interfaces("interfaces", &dataplane.interfaces, interface_exists)?;
+        validate_interfaces(
+            "interfaces",
+            &dataplane.interfaces,
+            interface_exists,
+            &mut problems,
+        );
         validate_interfaces(
             "redirect_interfaces",
             &dataplane.redirect_interfaces,
             interface_exists,
-        )?;
+            &mut problems,
+        );
         if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&dataplane.flow_table_size) {
-            return Err(ConfigError::FlowTableSize {
+            problems.push(ConfigError::FlowTableSize {
                 value: dataplane.flow_table_size,
             });
         }
-        let miss_hold = parse_duration(&dataplane.miss_hold)
-            .filter(|hold| *hold <= MISS_HOLD_MAX)
-            .ok_or_else(|| ConfigError::MissHold {
+        let miss_hold = parse_duration(&dataplane.miss_hold).filter(|hold| *hold <= MISS_HOLD_MAX);
+        if miss_hold.is_none() {
+            problems.push(ConfigError::MissHold {
                 value: dataplane.miss_hold.clone(),
-            })?;
-        let handshake_timeout = parse_duration(&dataplane.handshake_timeout)
-            .filter(|timeout| {
-                (Duration::from_millis(1)..=Duration::from_secs(60)).contains(timeout)
-            })
-            .ok_or_else(|| ConfigError::HandshakeTimeout {
+            });
+        }
+        let handshake_timeout = parse_duration(&dataplane.handshake_timeout).filter(|timeout| {
+            (Duration::from_millis(1)..=Duration::from_secs(60)).contains(timeout)
+        });
+        if handshake_timeout.is_none() {
+            problems.push(ConfigError::HandshakeTimeout {
                 value: dataplane.handshake_timeout.clone(),
-            })?;
+            });
+        }
         let control = &self.control;
         for (field, path) in [
             ("socket", &control.socket),
@@ -63,33 +83,66 @@ impl Config {
             ("bpffs", &control.bpffs),
         ] {
             if !path.is_absolute() {
-                return Err(ConfigError::RelativePath {
+                problems.push(ConfigError::RelativePath {
                     field,
                     value: path.clone(),
                 });
             }
         }
-        let metrics = control
-            .metrics
-            .parse()
-            .map_err(|_| ConfigError::MetricsAddress {
+        let metrics = control.metrics.parse::<SocketAddr>().ok();
+        if metrics.is_none() {
+            problems.push(ConfigError::MetricsAddress {
                 value: control.metrics.clone(),
-            })?;
-        let services = validate_services(&self.services)?;
-        Ok(Validated {
-            interfaces: dataplane.interfaces.clone(),
-            xdp_mode: dataplane.xdp_mode,
-            flow_table_size: dataplane.flow_table_size,
-            hash_seed: dataplane.hash_seed,
-            miss_hold,
-            handshake_timeout,
-            redirect_interfaces: dataplane.redirect_interfaces.clone(),
-            socket: control.socket.clone(),
-            metrics,
-            state_dir: control.state_dir.clone(),
-            bpffs: control.bpffs.clone(),
-            services,
-        })
+            });
+        }
+        for (field, value, range) in [
+            (
+                "max_connections",
+                control.max_connections,
+                CONNECTIONS_MIN..=CONNECTIONS_MAX,
+            ),
+            (
+                "metrics_max_connections",
+                control.metrics_max_connections,
+                CONNECTIONS_MIN..=CONNECTIONS_MAX,
+            ),
+        ] {
+            if !range.contains(&value) {
+                problems.push(ConfigError::Connections { field, value });
+            }
+        }
+        let client_timeout = parse_duration(&control.client_timeout)
+            .filter(|timeout| (CLIENT_TIMEOUT_MIN..=CLIENT_TIMEOUT_MAX).contains(timeout));
+        if client_timeout.is_none() {
+            problems.push(ConfigError::ClientTimeout {
+                value: control.client_timeout.clone(),
+            });
+        }
+        let services = validate_services(&self.services, &mut problems);
+        match (miss_hold, handshake_timeout, metrics, client_timeout) {
+            (Some(miss_hold), Some(handshake_timeout), Some(metrics), Some(client_timeout))
+                if problems.is_empty() =>
+            {
+                Ok(Validated {
+                    interfaces: dataplane.interfaces.clone(),
+                    xdp_mode: dataplane.xdp_mode,
+                    flow_table_size: dataplane.flow_table_size,
+                    hash_seed: dataplane.hash_seed,
+                    miss_hold,
+                    handshake_timeout,
+                    redirect_interfaces: dataplane.redirect_interfaces.clone(),
+                    socket: control.socket.clone(),
+                    metrics,
+                    state_dir: control.state_dir.clone(),
+                    bpffs: control.bpffs.clone(),
+                    max_connections: control.max_connections,
+                    metrics_max_connections: control.metrics_max_connections,
+                    client_timeout,
+                    services,
+                })
+            }
+            _ => Err(problems),
+        }
     }
 }
 
@@ -97,7 +150,8 @@ fn validate_interfaces(
     field: &'static str,
     interfaces: &[String],
     interface_exists: &dyn Fn(&str) -> bool,
-) -> Result<(), ConfigError> {
+    problems: &mut Vec<ConfigError>,
+) {
     let mut seen = BTreeSet::new();
     for name in interfaces {
         let valid = !name.is_empty()
@@ -107,25 +161,22 @@ fn validate_interfaces(
             && !name.contains(['/', ':']) // ':' would be read as an alias
             && !name.chars().any(char::is_whitespace);
         if !valid {
-            return Err(ConfigError::InterfaceName {
+            problems.push(ConfigError::InterfaceName {
                 field,
                 name: name.clone(),
             });
-        }
-        if !seen.insert(name) {
-            return Err(ConfigError::DuplicateInterface {
+        } else if !seen.insert(name) {
+            problems.push(ConfigError::DuplicateInterface {
                 field,
                 name: name.clone(),
             });
-        }
-        if !interface_exists(name) {
-            return Err(ConfigError::UnknownInterface {
+        } else if !interface_exists(name) {
+            problems.push(ConfigError::UnknownInterface {
                 field,
                 name: name.clone(),
             });
         }
     }
-    Ok(())
 }
 
 fn is_valid_service_name(name: &str) -> bool {
@@ -136,38 +187,43 @@ fn is_valid_service_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn validate_services(sections: &[ServiceSection]) -> Result<Vec<Service>, ConfigError> {
+fn validate_services(
+    sections: &[ServiceSection],
+    problems: &mut Vec<ConfigError>,
+) -> Vec<Service> {
     if sections.len() > SERVICES_MAX {
-        return Err(ConfigError::TooManyServices {
+        problems.push(ConfigError::TooManyServices {
             count: sections.len(),
         });
     }
     let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut services = Vec::new();
     for (index, section) in sections.iter().enumerate() {
         if !is_valid_service_name(&section.name) {
-            return Err(ConfigError::ServiceName {
+            problems.push(ConfigError::ServiceName {
                 index,
                 name: section.name.clone(),
             });
+            continue;
         }
         if let Some(&first) = names.get(section.name.as_str()) {
-            return Err(ConfigError::DuplicateName {
+            problems.push(ConfigError::DuplicateName {
                 index,
                 first,
                 name: section.name.clone(),
             });
+            continue;
         }
         names.insert(&section.name, index);
+        if let Some(service) = validate_service(section, problems) {
+            services.push(service);
+        }
     }
-    let services = sections
-        .iter()
-        .map(validate_service)
-        .collect::<Result<Vec<_>, _>>()?;
     // Across services: addresses unique, backends not shared, no backend is another VIP.
     let mut addresses: BTreeMap<(SocketAddr, Protocol), &str> = BTreeMap::new();
     for service in &services {
         if let Some(first) = addresses.insert((service.address, service.protocol), &service.name) {
-            return Err(ConfigError::DuplicateAddress {
+            problems.push(ConfigError::DuplicateAddress {
                 service: service.name.clone(),
                 first: first.to_owned(),
                 address: service.address,
@@ -183,15 +239,14 @@ fn validate_services(sections: &[ServiceSection]) -> Result<Vec<Service>, Config
                 let field = format!("{color}[{index}]");
                 total += 1;
                 if let Some(other) = addresses.get(&(*backend, service.protocol)) {
-                    return Err(ConfigError::BackendIsOtherService {
+                    problems.push(ConfigError::BackendIsOtherService {
                         service: service.name.clone(),
                         field,
                         other: (*other).to_owned(),
                         backend: *backend,
                     });
-                }
-                if let Some(other) = backends.insert((*backend, service.protocol), &service.name) {
-                    return Err(ConfigError::SharedBackend {
+                } else if let Some(other) = backends.insert((*backend, service.protocol), &service.name) {
+                    problems.push(ConfigError::SharedBackend {
                         service: service.name.clone(),
                         field,
                         other: other.to_owned(),
@@ -203,9 +258,9 @@ fn validate_services(sections: &[ServiceSection]) -> Result<Vec<Service>, Config
         }
     }
     if total > MAX_BACKENDS as usize {
-        return Err(ConfigError::TooManyBackends { count: total });
+        problems.push(ConfigError::TooManyBackends { count: total });
     }
-    Ok(services)
+    services
 }
 
 fn parse_address(service: &str, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -221,22 +276,70 @@ fn parse_address(service: &str, field: &str, value: &str) -> Result<SocketAddr, 
             value: value.to_owned(),
         });
     }
+    if let Some(kind) = not_unicast(address.ip()) {
+        return Err(ConfigError::NotUnicast {
+            service: service.to_owned(),
+            field: field.to_owned(),
+            value: value.to_owned(),
+            kind,
+        });
+    }
     Ok(address)
 }
 
-fn validate_service(section: &ServiceSection) -> Result<Service, ConfigError> {
+/// Why an address cannot be a service address or a backend: packets to it are not for one
+/// host (`None`: a specified unicast address).
+fn not_unicast(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.octets()[0] >= 240 => Some("a reserved (class E) address"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address (write the IPv4 address)")
+        }
+        _ => None,
+    }
+}
+
+fn validate_service(section: &ServiceSection, problems: &mut Vec<ConfigError>) -> Option<Service> {
+    let before = problems.len();
+    let service = validate_service_fields(section, problems);
+    match service {
+        Ok(service) if problems.len() == before => Some(service),
+        Ok(_) => None,
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    }
+}
+
+/// One service's fields; a problem that leaves nothing to check further is returned, the
+/// others are collected.
+fn validate_service_fields(
+    section: &ServiceSection,
+    problems: &mut Vec<ConfigError>,
+) -> Result<Service, ConfigError> {
     let name = &section.name;
     let address = parse_address(name, "address", &section.address)?;
-    let green_weight = percent_to_ppm(section.green_weight).map_err(|error| match error {
-        PercentError::Precision => ConfigError::WeightPrecision {
-            service: name.clone(),
-            value: section.green_weight,
-        },
-        PercentError::Range | PercentError::NotANumber => ConfigError::WeightRange {
-            service: name.clone(),
-            value: section.green_weight,
-        },
-    })?;
+    let green_weight = match percent_to_ppm(section.green_weight) {
+        Ok(ppm) => ppm,
+        Err(PercentError::Precision) => {
+            problems.push(ConfigError::WeightPrecision {
+                service: name.clone(),
+                value: section.green_weight,
+            });
+            0
+        }
+        Err(PercentError::Range | PercentError::NotANumber) => {
+            problems.push(ConfigError::WeightRange {
+                service: name.clone(),
+                value: section.green_weight,
+            });
+            0
+        }
+    };
     let mut pools = [Vec::new(), Vec::new()];
     let mut seen = BTreeSet::new();
     for (slot, color) in ColorName::BOTH.into_iter().enumerate() {
@@ -245,41 +348,46 @@ fn validate_service(section: &ServiceSection) -> Result<Service, ConfigError> {
             ColorName::Green => &section.green,
         };
         if entries.is_empty() {
-            return Err(ConfigError::EmptyPool {
+            problems.push(ConfigError::EmptyPool {
                 service: name.clone(),
                 color,
             });
         }
         for (index, entry) in entries.iter().enumerate() {
             let field = format!("{color}[{index}]");
-            let backend = parse_address(name, &field, entry)?;
+            let backend = match parse_address(name, &field, entry) {
+                Ok(backend) => backend,
+                Err(problem) => {
+                    problems.push(problem);
+                    continue;
+                }
+            };
             if backend == address {
-                return Err(ConfigError::BackendIsService {
+                problems.push(ConfigError::BackendIsService {
                     service: name.clone(),
                     field,
                     backend,
                 });
-            }
-            if backend.is_ipv4() != address.is_ipv4() {
-                return Err(ConfigError::FamilyMismatch {
+            } else if backend.is_ipv4() != address.is_ipv4() {
+                problems.push(ConfigError::FamilyMismatch {
                     service: name.clone(),
                     field,
                     backend,
                 });
-            }
-            if !seen.insert(backend) {
-                return Err(ConfigError::DuplicateBackend {
+            } else if !seen.insert(backend) {
+                problems.push(ConfigError::DuplicateBackend {
                     service: name.clone(),
                     field,
                     backend,
                 });
+            } else {
+                pools[slot].push(backend);
             }
-            pools[slot].push(backend);
         }
     }
     let count = pools[0].len() + pools[1].len();
     if count > (POOL_SLOTS / 2) as usize {
-        return Err(ConfigError::PoolTooLarge {
+        problems.push(ConfigError::PoolTooLarge {
             service: name.clone(),
             count,
         });

@@ -1,8 +1,11 @@
-//! The CLI side of the control socket: blocking, one request at a time.
+//! The CLI side of the control socket: blocking, one request at a time. Before it sends
+//! anything it checks who answers: the process at the other end (`SO_PEERCRED`) must be root
+//! or the CLI's own user, so a socket swapped in by another user gets nothing, not even the
+//! request, and its answer is never printed.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::net::UnixStream,
+    os::{fd::AsFd as _, unix::net::UnixStream},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,6 +45,15 @@ pub enum ClientError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "the process answering on {path} runs as uid {uid}, not root or this user (uid {me}): not the splitter daemon; nothing was sent (check who can write to {dir})"
+    )]
+    UntrustedPeer {
+        path: PathBuf,
+        uid: u32,
+        me: u32,
+        dir: String,
+    },
     #[error("{0}")]
     Daemon(ErrorReply),
 }
@@ -72,6 +84,18 @@ impl Client {
             path: path.to_owned(),
             source,
         };
+        let uid = crate::sys::peer_uid(stream.as_fd()).map_err(io_error)?;
+        let me = crate::sys::effective_uid();
+        if uid != 0 && uid != me {
+            return Err(ClientError::UntrustedPeer {
+                path: path.to_owned(),
+                uid,
+                me,
+                dir: path
+                    .parent()
+                    .map_or_else(|| "/".to_owned(), |dir| dir.display().to_string()),
+            });
+        }
         stream.set_read_timeout(Some(TIMEOUT)).map_err(io_error)?;
         stream.set_write_timeout(Some(TIMEOUT)).map_err(io_error)?;
         Ok(Self {

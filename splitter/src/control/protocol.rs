@@ -197,6 +197,20 @@ pub struct DaemonStatus {
     pub hash_seed: u32,
     /// Entries in the flow table (all services, including flows of removed backends).
     pub pinned_flows: u64,
+    /// Whether `state_dir/state.json` holds what is in force (absent from older daemons).
+    #[serde(default)]
+    pub state_file: PersistStatus,
+}
+
+/// The state file: behind (a save failed; the daemon retries every second), failed saves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistStatus {
+    /// The file is older than the weights in force (they are in the kernel).
+    pub behind: bool,
+    /// Failed saves since the daemon started.
+    pub errors_total: u64,
+    /// The last failure of the current episode.
+    pub last_error: Option<String>,
 }
 
 impl Default for DaemonStatus {
@@ -212,6 +226,7 @@ impl Default for DaemonStatus {
             flow_table_size: 0,
             hash_seed: 0,
             pinned_flows: 0,
+            state_file: PersistStatus::default(),
         }
     }
 }

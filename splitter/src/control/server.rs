@@ -1,22 +1,36 @@
-//! The daemon side of the control socket. The socket is created with mode 0600 (bound under a
-//! temporary name, chmod'ed, then renamed into place, so it is never reachable with a wider
-//! mode), and each connection's peer must have the daemon's uid.
+//! The daemon side of the control socket. The socket's directory must be the daemon's own
+//! (owned by its user or root, not writable by group or others); the socket is bound under a
+//! temporary name with umask 0177 (so it is created mode 0600, never reachable with a wider
+//! mode), then renamed into place; each connection's peer must have the daemon's uid or be
+//! root. Connections are capped (the oldest is closed at the cap), every read and write has a
+//! timeout, and a request line longer than [`MAX_REQUEST`] closes the connection.
 
 use std::{
-    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
-use super::protocol::{ErrorKind, ErrorReply, Request, Response};
+use super::{
+    limits::{AcceptBackoff, ConnectionSlots, RateLimit},
+    protocol::{ErrorKind, ErrorReply, Request, Response},
+};
 
 /// Longest request line accepted; a longer one is answered with an error and the connection
 /// is closed (the codec stops buffering at this length).
-const MAX_REQUEST: usize = 64 * 1024;
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// How many connections and how long each may sit idle (or take to read or write a line).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub timeout: Duration,
+}
 
 /// What answers the requests (the daemon's application). The server knows the protocol and
 /// the socket, nothing of what is behind it.
@@ -34,6 +48,8 @@ pub enum ServerError {
     },
     #[error("control socket {path}: another daemon is answering on it")]
     InUse { path: PathBuf },
+    #[error("control socket directory: {0}")]
+    Directory(#[from] crate::state::StateError),
 }
 
 pub struct ControlServer {
@@ -52,7 +68,13 @@ impl ControlServer {
             source,
         };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(io_error)?;
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(io_error)?;
+            crate::state::check_private_dir("the control socket's directory", parent)?;
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ServerError::InUse {
@@ -61,14 +83,16 @@ impl ControlServer {
         }
         let temp = path.with_extension(format!("{}.tmp", std::process::id()));
         let _ = std::fs::remove_file(&temp);
-        let listener = UnixListener::bind(&temp).map_err(io_error)?;
-        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
-            .and_then(|()| std::fs::rename(&temp, path))
-            .map_err(|source| {
-                let _ = std::fs::remove_file(&temp);
-                io_error(source)
-            })?;
-        let owner = std::fs::metadata(path).map_err(io_error)?.uid();
+        // Created mode 0600 by the kernel itself: no window with a wider mode, no chmod.
+        let previous = crate::sys::set_umask(0o177);
+        let bound = UnixListener::bind(&temp);
+        crate::sys::set_umask(previous);
+        let listener = bound.map_err(io_error)?;
+        std::fs::rename(&temp, path).map_err(|source| {
+            let _ = std::fs::remove_file(&temp);
+            io_error(source)
+        })?;
+        let owner = std::fs::symlink_metadata(path).map_err(io_error)?.uid();
         Ok(Self {
             listener,
             path: path.to_owned(),
@@ -81,31 +105,35 @@ impl ControlServer {
     }
 
     /// Serves connections until the task is dropped.
-    pub async fn serve<H: Handler>(self, handler: Arc<H>) {
+    pub async fn serve<H: Handler>(self, handler: Arc<H>, limits: Limits) {
+        const WHAT: &str = "control";
         let uid = self.owner;
+        let slots = ConnectionSlots::new(WHAT, limits.max_connections);
+        let mut backoff = AcceptBackoff::default();
+        let mut refused_log = RateLimit::default();
         loop {
             let stream = match self.listener.accept().await {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    backoff.success(WHAT);
+                    stream
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "accepting a control connection");
+                    backoff.failure(WHAT, &error).await;
                     continue;
                 }
             };
-            match stream.peer_cred() {
-                Ok(peer) if peer.uid() == uid || peer.uid() == 0 => {}
-                Ok(peer) => {
-                    tracing::warn!(
-                        uid = peer.uid(),
-                        "control connection from another user refused"
-                    );
-                    continue;
+            let refused = match crate::sys::peer_uid(stream.as_fd()) {
+                Ok(peer) if peer == uid || peer == 0 => None,
+                Ok(peer) => Some(format!("uid {peer}")),
+                Err(error) => Some(format!("no credentials: {error}")),
+            };
+            if let Some(peer) = refused {
+                if let Some(suppressed) = refused_log.allow() {
+                    tracing::warn!(%peer, suppressed, "control connection from another user refused");
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "control connection without credentials refused");
-                    continue;
-                }
+                continue;
             }
-            tokio::spawn(connection(stream, handler.clone()));
+            slots.spawn(connection(stream, handler.clone(), limits.timeout));
         }
     }
 
@@ -115,9 +143,10 @@ impl ControlServer {
     }
 }
 
-async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
+async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>, timeout: Duration) {
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_REQUEST));
-    while let Some(line) = lines.next().await {
+    // Idle (or a line trickling in) longer than `timeout`: closed.
+    while let Ok(Some(line)) = tokio::time::timeout(timeout, lines.next()).await {
         let response = match line {
             Ok(line) if line.trim().is_empty() => continue,
             Ok(line) => match serde_json::from_str::<Request>(&line) {
@@ -127,16 +156,22 @@ async fn connection<H: Handler>(stream: UnixStream, handler: Arc<H>) {
                 )),
             },
             Err(LinesCodecError::MaxLineLengthExceeded) => {
-                let _ = lines
-                    .send(response_line(&bad_request(format!(
-                        "request longer than {MAX_REQUEST} bytes"
-                    ))))
-                    .await;
+                let _ = tokio::time::timeout(
+                    timeout,
+                    lines.send(response_line(&bad_request(format!(
+                        "request longer than {MAX_REQUEST} bytes; connection closed"
+                    )))),
+                )
+                .await;
                 return;
             }
             Err(LinesCodecError::Io(_)) => return,
         };
-        if lines.send(response_line(&response)).await.is_err() {
+        // A client that does not read its answers is dropped after `timeout`.
+        if !matches!(
+            tokio::time::timeout(timeout, lines.send(response_line(&response))).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
     }

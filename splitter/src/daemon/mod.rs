@@ -3,6 +3,7 @@
 //! the status snapshot in `status.rs`). Everything here is synchronous; the
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
+mod persist;
 pub mod reconcile;
 pub mod rollouts;
 pub mod sampler;
@@ -17,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use splitter_common::WEIGHT_SCALE;
+use splitter_common::{BackendKey, WEIGHT_SCALE};
 
 use self::{
     reconcile::{Desired, InstalledService, Plan, PlanError, ServiceAddress},
@@ -88,6 +89,10 @@ pub struct App {
     installed: BTreeMap<ServiceAddress, InstalledService>,
     sampler: Sampler,
     started: Instant,
+    /// Whether the state file is behind (`persist.rs`).
+    persist: persist::Persistence,
+    /// Rollout tick errors are logged at most once per 10 s.
+    tick_errors: crate::control::limits::RateLimit,
 }
 
 impl App {
@@ -119,8 +124,11 @@ impl App {
             state,
             sampler: Sampler::default(),
             started: Instant::now(),
+            persist: persist::Persistence::default(),
+            tick_errors: crate::control::limits::RateLimit::default(),
         };
         let report = app.apply(config)?;
+        app.forget_removed_backends()?;
         tracing::info!(?report, "configuration applied");
         app.resume_rollouts_after_restart();
         Ok(app)
@@ -156,6 +164,24 @@ impl App {
                 ),
             })
             .collect();
+        for wanted in &desired {
+            let kernel = self
+                .installed
+                .get(&(wanted.service.address, wanted.service.protocol))
+                .map(|installed| installed.config.green_weight);
+            if let (Some(saved), Some(kernel)) =
+                (self.state.services.get(&wanted.service.name), kernel)
+                && saved.file_green_weight == wanted.service.green_weight
+                && kernel < saved.green_weight
+            {
+                tracing::warn!(
+                    service = %wanted.service.name,
+                    kernel = %crate::units::ppm_to_percent(kernel),
+                    saved = %crate::units::ppm_to_percent(saved.green_weight),
+                    "the data plane holds a lower green weight than the state file (a rollback that was not saved before the daemon stopped): the lower one stays"
+                );
+            }
+        }
         let maps = &self.dataplane.maps;
         let plan = reconcile::plan(&desired, config.miss_hold, &self.installed, &mut |id| {
             maps.backend(id).is_ok_and(|backend| backend.family == 0)
@@ -167,7 +193,16 @@ impl App {
         self.dataplane.set_redirects(&config.redirect_interfaces)?;
         report.attached = attached;
         report.detached = detached;
-        // Weights first: if the daemon dies after this, the restart applies them.
+        // A raise of any weight (a new service, an edited file) is saved before the maps are
+        // written, so a restart applies it; anything else is written first and saved after
+        // (`persist.rs`): a restart keeps the lower kernel weight.
+        let raises = desired.iter().any(|wanted| {
+            self.installed
+                .get(&(wanted.service.address, wanted.service.protocol))
+                .map_or(wanted.green_weight > 0, |installed| {
+                    wanted.green_weight > installed.config.green_weight
+                })
+        });
         let mut state = State {
             version: self.state.version.max(1),
             services: BTreeMap::new(),
@@ -189,9 +224,16 @@ impl App {
                 },
             );
         }
-        state.save(&config.state_dir)?;
-        self.state = state;
+        let state = if raises {
+            self.save_before(state)?;
+            None
+        } else {
+            Some(state)
+        };
         self.write(&plan)?;
+        if let Some(state) = state {
+            self.save_after(state);
+        }
         for write in &plan.writes {
             if write.replaces {
                 report.changed.push(write.name.clone());
@@ -213,7 +255,6 @@ impl App {
             .collect();
         self.config = config;
         self.installed = reconcile::installed(&self.dataplane.maps)?;
-        self.forget_removed_backends()?;
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
             self.sampler.clear();
         }
@@ -268,8 +309,53 @@ impl App {
     /// Removes the reply-path entries of backends no service uses any more, once no pinned
     /// flow goes to them (until then their replies must still be rewritten).
     fn forget_removed_backends(&mut self) -> Result<(), AppError> {
-        let in_use: std::collections::BTreeSet<(SocketAddr, u8)> = self
-            .installed
+        let orphans = self.orphan_backends()?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let (live, _) = self.flow_scan().count()?;
+        self.forget_backends(&orphans, &live)
+    }
+
+    /// Reply-path entries of backends no service uses. The daemon scans the flow table for
+    /// them *without* the application lock (a reload of a big table must not stall control,
+    /// metrics and rollouts), then calls [`App::forget_backends`].
+    pub fn orphan_backends(&self) -> Result<Vec<(BackendKey, u32)>, AppError> {
+        let in_use = self.backends_in_use();
+        Ok(self
+            .dataplane
+            .maps
+            .backend_reverse_entries()?
+            .into_iter()
+            .filter(|(key, _)| {
+                let address = socket_addr(&key.addr, key.port, key.family);
+                !in_use.contains(&(address, key.protocol))
+            })
+            .map(|(key, reverse)| (key, reverse.backend_id))
+            .collect())
+    }
+
+    /// Removes the orphans no pinned flow uses (`live`: flows per backend id, from a scan
+    /// made after [`App::orphan_backends`]); a backend a service took back since is kept.
+    pub fn forget_backends(
+        &mut self,
+        orphans: &[(BackendKey, u32)],
+        live: &std::collections::HashMap<u32, u64>,
+    ) -> Result<(), AppError> {
+        let in_use = self.backends_in_use();
+        for (key, backend_id) in orphans {
+            let address = socket_addr(&key.addr, key.port, key.family);
+            if !in_use.contains(&(address, key.protocol))
+                && live.get(backend_id).copied().unwrap_or(0) == 0
+            {
+                self.dataplane.maps.remove_backend_reverse(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn backends_in_use(&self) -> std::collections::BTreeSet<(SocketAddr, u8)> {
+        self.installed
             .values()
             .flat_map(|service| {
                 ColorName::BOTH.into_iter().flat_map(move |color| {
@@ -279,26 +365,7 @@ impl App {
                         .map(move |(_, address)| (*address, service.protocol.number()))
                 })
             })
-            .collect();
-        let maps = &self.dataplane.maps;
-        let orphans: Vec<_> = maps
-            .backend_reverse_entries()?
-            .into_iter()
-            .filter(|(key, _)| {
-                let address = socket_addr(&key.addr, key.port, key.family);
-                !in_use.contains(&(address, key.protocol))
-            })
-            .collect();
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let (live, _) = self.flow_scan().count()?;
-        for (key, reverse) in orphans {
-            if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
-                self.dataplane.maps.remove_backend_reverse(&key)?;
-            }
-        }
-        Ok(())
+            .collect()
     }
 
     /// Service names by address, from the config.

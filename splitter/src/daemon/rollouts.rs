@@ -76,20 +76,18 @@ impl App {
         Ok(window)
     }
 
-    fn save_rollout(&mut self, rollout: &Rollout) -> Result<(), AppError> {
+    /// Applies an engine action and persists the rollout with it (a raise of the weight is
+    /// saved first and refused if it cannot be; anything else is saved after, see
+    /// `persist.rs`); logs its new decisions.
+    fn commit(&mut self, rollout: &Rollout, action: Action, logged: usize) -> Result<(), AppError> {
         let mut state = self.state.clone();
         state
             .rollouts
             .insert(rollout.service.clone(), rollout.clone());
-        state.save(&self.config.state_dir)?;
-        self.state = state;
-        Ok(())
-    }
-
-    /// Applies an engine action and persists the rollout; logs its new decisions.
-    fn commit(&mut self, rollout: &Rollout, action: Action, logged: usize) -> Result<(), AppError> {
         if let Action::SetWeight(weight) = action {
-            self.write_weight(&rollout.service, weight)?;
+            self.write_weight_with(&rollout.service, weight, state)?;
+        } else {
+            self.save_after(state);
         }
         for decision in rollout.history.iter().skip(logged) {
             tracing::info!(
@@ -109,7 +107,7 @@ impl App {
                 "rollout"
             );
         }
-        self.save_rollout(rollout)
+        Ok(())
     }
 
     fn rollout(&self, name: &str) -> Result<Rollout, AppError> {
@@ -184,8 +182,11 @@ impl App {
                 }
                 Ok::<_, AppError>(())
             })();
-            if let Err(error) = result {
-                tracing::error!(service = %name, %error, "rollout tick failed");
+            if let Err(error) = result
+                && let Some(suppressed) = self.tick_errors.allow()
+            {
+                // At most one line per 10 s: a tick that cannot save runs 10 times a second.
+                tracing::error!(service = %name, %error, suppressed, "rollout tick failed");
             }
         }
     }
@@ -294,12 +295,34 @@ impl App {
         })
     }
 
-    /// After a restart: running rollouts go on at their step with a fresh window.
+    /// After a restart: running rollouts go on at their step with a fresh window — unless
+    /// the kernel holds a lower weight than the rollout's step: a rollback (abort, switch to
+    /// blue, lower weight) reached the kernel but not the disk before the daemon stopped. The
+    /// rollout is then paused at the kernel's weight, never resumed above it.
     pub fn resume_rollouts_after_restart(&mut self) {
         let names: Vec<String> = self.state.rollouts.keys().cloned().collect();
         for name in names {
             let result = (|| {
                 let mut rollout = self.rollout(&name)?;
+                let address = self.service_address(&name)?;
+                let kernel = self
+                    .installed
+                    .get(&address)
+                    .map(|installed| installed.config.green_weight);
+                if rollout.phase == Phase::Running
+                    && let Some(kernel) = kernel
+                    && kernel < rollout.weight()
+                {
+                    let logged = rollout.history.len();
+                    let why = format!(
+                        "the data plane holds {}%, below the saved step {}% (a rollback that was not saved before the restart): paused, not resumed",
+                        ppm_to_percent(kernel),
+                        ppm_to_percent(rollout.weight())
+                    );
+                    tracing::warn!(service = %name, %why, "rollout not resumed");
+                    let action = rollout.pause(now_unix_ms(), &why);
+                    return self.commit(&rollout, action, logged);
+                }
                 let counters = self.color_window(&name)?;
                 let logged = rollout.history.len();
                 let action = rollout.resume_after_restart(now_unix_ms(), counters);

@@ -64,6 +64,9 @@ impl Shared {
         }
     }
 
+    /// The lock and the work under it (map writes, fsync of the state file, flow scans of a
+    /// reload) run with `block_in_place`: the runtime moves its other tasks (metrics, control,
+    /// ticks) to another worker meanwhile. Every caller of this is inside `blocking`.
     fn app(&self) -> MutexGuard<'_, Option<App>> {
         // A panic while holding the lock leaves maps consistent (each write is atomic).
         self.app
@@ -75,9 +78,11 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut App) -> Result<T, AppError>,
     ) -> Result<T, SharedError> {
-        let mut guard = self.app();
-        let app = guard.as_mut().ok_or(SharedError::Unloaded)?;
-        Ok(f(app)?)
+        blocking(|| {
+            let mut guard = self.app();
+            let app = guard.as_mut().ok_or(SharedError::Unloaded)?;
+            Ok(f(app)?)
+        })
     }
 
     /// Answers one control request.
@@ -131,40 +136,65 @@ impl Shared {
         }
     }
 
-    /// `reload` and SIGHUP.
+    /// `reload` and SIGHUP. The flow-table scan that decides which removed backends' reply
+    /// mappings can go runs outside the application lock.
     pub fn reload(&self) -> Result<crate::control::protocol::ReloadReport, SharedError> {
         let result = self.with_app(App::reload);
         self.metrics.reload(result.is_ok());
-        result
+        let report = result?;
+        let orphans = self.with_app(|app| Ok((app.orphan_backends()?, app.flow_scan())));
+        match orphans {
+            Ok((orphans, _)) if orphans.is_empty() => {}
+            Ok((orphans, scan)) => {
+                let forgotten = blocking(|| scan.count())
+                    .map_err(AppError::from)
+                    .map_err(SharedError::from)
+                    .and_then(|(live, _)| {
+                        self.with_app(|app| app.forget_backends(&orphans, &live))
+                    });
+                if let Err(error) = forgotten {
+                    tracing::warn!(%error, "removed backends' reply mappings kept until the next reload");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "removed backends' reply mappings kept until the next reload");
+            }
+        }
+        Ok(report)
     }
 
     fn unload(&self) -> Result<crate::dataplane::Unloaded, SharedError> {
-        let app = self.app().take().ok_or(SharedError::Unloaded)?;
-        let result = app.unload();
+        let app = blocking(|| self.app().take()).ok_or(SharedError::Unloaded)?;
+        let result = blocking(|| app.unload());
         self.stop.notify_one();
         Ok(result?)
     }
 
     /// One rollout tick: external checks first (outside the lock), then the analysis.
     pub async fn rollout_tick(&self) {
-        let wanted = match self.app().as_ref() {
-            Some(app) => app.rollout_checks(),
+        let wanted = match blocking(|| self.app().as_ref().map(App::rollout_checks)) {
+            Some(wanted) => wanted,
             None => return,
         };
         let mut checks = std::collections::BTreeMap::new();
         for (service, list) in wanted {
             checks.insert(service, crate::rollout::prometheus::evaluate(&list).await);
         }
-        if let Some(app) = self.app().as_mut() {
-            app.rollout_tick(&checks);
-        }
+        blocking(|| {
+            if let Some(app) = self.app().as_mut() {
+                app.rollout_tick(&checks);
+            }
+        });
     }
 
-    /// One sampling tick.
+    /// One sampling tick; also retries saving the state file when it is behind.
     pub fn sample(&self) {
-        if let Some(app) = self.app().as_mut() {
-            app.sample(Instant::now());
-        }
+        blocking(|| {
+            if let Some(app) = self.app().as_mut() {
+                app.sample(Instant::now());
+                app.flush_state();
+            }
+        });
     }
 
     /// A snapshot for `status` and the metrics endpoint.
@@ -216,4 +246,10 @@ impl SnapshotSource for Shared {
     fn snapshot(&self) -> impl Future<Output = Result<StatusReport, SharedError>> + Send {
         self.status()
     }
+}
+
+/// Runs blocking work (the application lock, map writes, fsync) without stalling the runtime:
+/// its worker hands its other tasks to another thread meanwhile (multi-threaded runtime).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }

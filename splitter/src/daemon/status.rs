@@ -121,6 +121,7 @@ impl App {
                 flow_table_size: self.dataplane.loaded_with.flow_table_size,
                 hash_seed: self.dataplane.loaded_with.hash_seed,
                 pinned_flows: pinned,
+                state_file: self.persist_status(),
             },
             services,
             verdicts,

@@ -9,7 +9,8 @@ use crate::{
 
 impl App {
     /// Sets the share of new flows sent to green (the operator's command: a running rollout of
-    /// the service pauses). Persisted before it is applied.
+    /// the service pauses). A raise is saved before it is applied (and refused if it cannot
+    /// be); anything else is applied first and saved after (`persist.rs`).
     pub fn set_weight(&mut self, name: &str, green_weight: u32) -> Result<WeightChange, AppError> {
         if green_weight > WEIGHT_SCALE {
             return Err(AppError::WeightRange { ppm: green_weight });
@@ -19,11 +20,24 @@ impl App {
         self.write_weight(name, green_weight)
     }
 
-    /// Writes a service's green weight: persisted first, then one map update.
+    /// Writes a service's green weight (one map update) and saves it (see `persist.rs` for
+    /// which comes first).
     pub(super) fn write_weight(
         &mut self,
         name: &str,
         green_weight: u32,
+    ) -> Result<WeightChange, AppError> {
+        let state = self.state.clone();
+        self.write_weight_with(name, green_weight, state)
+    }
+
+    /// [`App::write_weight`] saving `state` (with the weight added) rather than the current
+    /// state: a rollout saves its new phase with the weight, in one file write.
+    pub(super) fn write_weight_with(
+        &mut self,
+        name: &str,
+        green_weight: u32,
+        mut state: crate::state::State,
     ) -> Result<WeightChange, AppError> {
         if green_weight > WEIGHT_SCALE {
             return Err(AppError::WeightRange { ppm: green_weight });
@@ -37,7 +51,6 @@ impl App {
             .installed
             .get(&(address, protocol))
             .map_or(0, |installed| installed.config.green_weight);
-        let mut state = self.state.clone();
         state.services.insert(
             name.to_owned(),
             ServiceState {
@@ -45,14 +58,22 @@ impl App {
                 file_green_weight,
             },
         );
-        state.save(&self.config.state_dir)?;
-        self.state = state;
+        let raise = green_weight > previous;
+        let mut after = Some(state);
+        if raise && let Some(state) = after.take() {
+            // Toward the canary: saved first, refused when it cannot be saved.
+            self.save_before(state)?;
+        }
         let config = self
             .dataplane
             .maps
             .set_weight(&address, protocol, green_weight)?;
         if let Some(installed) = self.installed.get_mut(&(address, protocol)) {
             installed.config = config;
+        }
+        if let Some(state) = after {
+            // Toward blue: in force already; the disk follows when it can.
+            self.save_after(state);
         }
         tracing::info!(
             service = name,

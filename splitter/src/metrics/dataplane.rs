@@ -244,6 +244,8 @@ struct ProgramFamilies {
     verdicts: Vec<(VerdictLabels, u64)>,
     flow_table_entries: i64,
     flow_table_size: i64,
+    state_persist_errors: u64,
+    state_behind: i64,
 }
 
 impl ProgramFamilies {
@@ -266,6 +268,8 @@ impl ProgramFamilies {
                 .collect(),
             flow_table_entries: i64::try_from(report.daemon.pinned_flows).unwrap_or(i64::MAX),
             flow_table_size: i64::from(report.daemon.flow_table_size),
+            state_persist_errors: report.daemon.state_file.errors_total,
+            state_behind: i64::from(report.daemon.state_file.behind),
         }
     }
 
@@ -293,6 +297,18 @@ impl ProgramFamilies {
             "splitter_flow_table_size",
             "Capacity of the flow table",
             &[(Unlabelled::default(), self.flow_table_size)],
+        )?;
+        counters(
+            encoder,
+            "splitter_state_persist_errors",
+            "Failed saves of the state file (state_dir/state.json) since the daemon started",
+            &[(Unlabelled::default(), self.state_persist_errors)],
+        )?;
+        gauges(
+            encoder,
+            "splitter_state_persist_behind",
+            "1 while the state file is older than the weights in force (a save failed; retried every second)",
+            &[(Unlabelled::default(), self.state_behind)],
         )
     }
 }

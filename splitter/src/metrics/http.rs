@@ -1,6 +1,11 @@
 //! The metrics endpoint: `GET /metrics` (and `HEAD`) over HTTP/1.1 with keep-alive, served by
 //! hyper. `Accept: application/openmetrics-text` gets OpenMetrics text, anything else the
 //! Prometheus text format 0.0.4.
+//!
+//! Bounded: at most `max_connections` at once (at the cap the oldest is closed), a request
+//! head must arrive within [`HEADER_TIMEOUT`], a connection lives at most `timeout` × 10
+//! (a client that stops reading its answer cannot hold a task forever), accept errors back
+//! off, and the log lines about all this are rate-limited.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -16,7 +21,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::{Format, Metrics};
-use crate::control::protocol::StatusReport;
+use crate::control::{
+    limits::{AcceptBackoff, ConnectionSlots},
+    protocol::StatusReport,
+};
 
 /// A client that has not sent a whole request head within this is disconnected (idle
 /// keep-alive connections included).
@@ -35,29 +43,48 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, std::io::Error> {
     TcpListener::bind(address).await
 }
 
+/// How many connections and how long a request may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub timeout: Duration,
+}
+
 /// Serves `/metrics` until the task is dropped.
 pub async fn serve<S: SnapshotSource>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     source: Arc<S>,
+    limits: Limits,
 ) {
+    const WHAT: &str = "metrics";
+    let slots = ConnectionSlots::new(WHAT, limits.max_connections);
+    let mut backoff = AcceptBackoff::default();
+    let lifetime = limits.timeout * 10;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff.success(WHAT);
+                stream
+            }
+            Err(error) => {
+                backoff.failure(WHAT, &error).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         let source = source.clone();
-        tokio::spawn(async move {
+        slots.spawn(async move {
             let service = service_fn(move |request| {
                 let metrics = metrics.clone();
                 let source = source.clone();
                 async move { Ok::<_, Infallible>(answer(&request, &metrics, &*source).await) }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .header_read_timeout(HEADER_TIMEOUT.min(lifetime))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(lifetime, connection).await;
         });
     }
 }

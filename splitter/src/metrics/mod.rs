@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use self::dataplane::DataplaneCollector;
 pub use self::{
     daemon::DaemonMetrics,
-    http::{SnapshotSource, bind, serve},
+    http::{Limits as HttpLimits, SnapshotSource, bind, serve},
 };
 use crate::control::protocol::StatusReport;
 

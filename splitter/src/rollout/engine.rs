@@ -146,7 +146,9 @@ impl Rollout {
 
     /// Milliseconds left in the current step's window (0 when due or holding).
     pub fn time_left_ms(&self, now_unix_ms: u64) -> u64 {
-        let due = self.step_started_unix_ms + crate::units::millis(self.plan.every);
+        let due = self
+            .step_started_unix_ms
+            .saturating_add(crate::units::millis(self.plan.every));
         due.saturating_sub(now_unix_ms)
     }
 
@@ -205,13 +207,17 @@ impl Rollout {
             self.record(now_unix_ms, "abort", weight, 0, reason);
             return Action::SetWeight(0);
         }
-        let due = self.step_started_unix_ms + crate::units::millis(self.plan.every);
+        let due = self
+            .step_started_unix_ms
+            .saturating_add(crate::units::millis(self.plan.every));
         if now_unix_ms < due {
             return Action::None;
         }
         match verdict {
             Verdict::Hold { reason } => {
-                if now_unix_ms >= self.held_until_unix_ms + crate::units::millis(self.plan.every)
+                if now_unix_ms >= self
+                    .held_until_unix_ms
+                    .saturating_add(crate::units::millis(self.plan.every))
                     || self.held_until_unix_ms < due
                 {
                     self.held_until_unix_ms = now_unix_ms;

@@ -120,7 +120,7 @@ pub struct Plan {
 
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum PlanError {
-    #[error("`{value}` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")")]
+    #[error("every: `{value}` is not a duration (e.g. \"60s\", \"500ms\", \"5m\")")]
     BadDuration { value: String },
     #[error("rollout steps are empty: give at least one weight, e.g. --steps 1,5,25,50,100")]
     NoSteps,
@@ -130,8 +130,16 @@ pub enum PlanError {
     TooFine { value: f64 },
     #[error("rollout steps must increase: {previous}% then {value}%")]
     NotIncreasing { previous: f64, value: f64 },
-    #[error("rollout step duration must be at least 100ms (got {millis}ms)")]
+    #[error("every: rollout step duration must be at least 100ms (got {millis}ms)")]
     TooShort { millis: u128 },
+    #[error("every: rollout step duration must be at most 7 days (got {millis}ms)")]
+    TooLong { millis: u128 },
+    #[error("checks[{index}].bound: {value} is not a finite number (check `{query}`)")]
+    BadBound {
+        index: usize,
+        query: String,
+        value: f64,
+    },
     #[error("{field} must be a finite number ≥ 0 (got {value})")]
     BadNumber { field: &'static str, value: f64 },
     #[error("max_failure_ratio must be in [0, 1] (got {value})")]
@@ -188,6 +196,11 @@ impl Plan {
                 millis: every.as_millis(),
             });
         }
+        if every > MAX_EVERY {
+            return Err(PlanError::TooLong {
+                millis: every.as_millis(),
+            });
+        }
         if !(0.0..=1.0).contains(&max_failure_ratio) {
             return Err(PlanError::BadRatio {
                 value: max_failure_ratio,
@@ -206,7 +219,16 @@ impl Plan {
         if min_flows == 0 {
             return Err(PlanError::NoMinFlows);
         }
-        for check in &checks {
+        for (index, check) in checks.iter().enumerate() {
+            let (CheckBound::Max(value) | CheckBound::Min(value)) = check.bound;
+            if !value.is_finite() {
+                // TOML has `inf` and `nan`; neither can be judged (nor saved as JSON).
+                return Err(PlanError::BadBound {
+                    index,
+                    query: check.query.clone(),
+                    value,
+                });
+            }
             if !(check.prometheus.starts_with("http://")
                 || check.prometheus.starts_with("https://"))
             {
@@ -224,6 +246,10 @@ impl Plan {
         })
     }
 }
+
+/// Longest step duration (`every`): a week; longer is surely a typo (and a huge value would
+/// overflow the step's deadline).
+pub const MAX_EVERY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Plan fields given on the command line (`splitter rollout start --steps ...`); the rest come
 /// from the service's `[service.rollout]` (or the defaults).
