@@ -32,6 +32,10 @@ pub struct State {
     /// Rollouts by service name: running, paused, and the last finished one of each service.
     #[serde(default)]
     pub rollouts: BTreeMap<String, crate::rollout::Rollout>,
+    /// The stable color by service name (the one a rollout moves traffic away from); absent
+    /// (also from older state files): blue. A completed rollout makes its canary stable.
+    #[serde(default)]
+    pub stable: BTreeMap<String, crate::config::ColorName>,
 }
 
 /// One service's runtime weight.
@@ -186,6 +190,16 @@ impl State {
     }
 }
 
+impl State {
+    /// The service's stable color: blue until a rollout completes toward green.
+    pub fn stable_color(&self, name: &str) -> crate::config::ColorName {
+        self.stable
+            .get(name)
+            .copied()
+            .unwrap_or(crate::config::ColorName::Blue)
+    }
+}
+
 /// Reads a file that must not be a symlink (`O_NOFOLLOW`): a symlink planted in the state
 /// directory is an error (`ELOOP`), never followed.
 fn read_nofollow(path: &Path) -> std::io::Result<String> {
@@ -320,6 +334,20 @@ mod tests {
         assert_eq!(State::load(&dir).unwrap(), state);
         assert!(!dir.join(".state.json.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn old_state_files_load_with_blue_stable() {
+        let old = r#"{"version":1,"services":{"web":{"green_weight":0,"file_green_weight":0}}}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        assert_eq!(state.stable_color("web"), crate::config::ColorName::Blue);
+        let mut state = state;
+        state
+            .stable
+            .insert("web".into(), crate::config::ColorName::Green);
+        let text = serde_json::to_string(&state).unwrap();
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.stable_color("web"), crate::config::ColorName::Green);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum Exit {
     /// `rollout start --wait`: the rollout was rolled back (green did worse than blue, or an
     /// operator aborted it).
     RolloutAborted = 6,
+    /// `rollout wait` / `rollout start --wait --timeout`: still running when the timeout ran
+    /// out (the rollout goes on).
+    Timeout = 7,
 }
 
 impl From<Exit> for ExitCode {
@@ -62,7 +65,8 @@ Exit codes:
   3  daemon not running / not reachable on the socket
   4  permission denied on the control socket (root only)
   5  invalid configuration, or a reload that needs a restart (nothing changed)
-  6  rollout start --wait: the rollout was rolled back";
+  6  rollout start --wait / rollout wait: the rollout was rolled back
+  7  rollout start --wait --timeout / rollout wait --timeout: not finished in time (it goes on)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,8 +90,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Weights, measured green share and per-backend traffic of every service.
+    /// Weights, stable color and releases, measured green share and per-backend traffic and
+    /// rates of every service (or of SERVICE).
     Status {
+        service: Option<String>,
         /// Print the daemon's JSON snapshot.
         #[arg(long)]
         json: bool,
@@ -154,6 +160,8 @@ enum CliError {
     Dataplane(#[from] dataplane::DataplaneError),
     #[error("writing to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    #[error("no service `{name}` (configured: {known})")]
+    UnknownService { name: String, known: String },
 }
 
 impl CliError {
@@ -164,11 +172,14 @@ impl CliError {
             CliError::Config(_) => Exit::InvalidConfig,
             CliError::Rollout(error) => match error {
                 RolloutCliError::Client(client) => client_exit(client),
-                RolloutCliError::Every(_) => Exit::Usage,
+                RolloutCliError::Every(_) | RolloutCliError::Timeout(_) => Exit::Usage,
+                RolloutCliError::TimedOut { .. } => Exit::Timeout,
                 RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
                 RolloutCliError::Stdout(_) => Exit::Failure,
             },
-            CliError::Percent { .. } | CliError::Interval => Exit::Usage,
+            CliError::Percent { .. } | CliError::Interval | CliError::UnknownService { .. } => {
+                Exit::Usage
+            }
         }
     }
 }
@@ -210,6 +221,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
     match command {
         Command::Daemon { .. } => unreachable!("main runs the daemon"),
         Command::Status {
+            service,
             json,
             watch,
             interval,
@@ -219,10 +231,21 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             }
             loop {
                 // A connection per frame: the daemon closes idle connections.
-                let Reply::Status(report) = Client::connect(socket)?.request(&Request::Status)?
+                let Reply::Status(mut report) = Client::connect(socket)?.request(&Request::Status)?
                 else {
                     unreachable!("status answers a status");
                 };
+                if let Some(name) = &service {
+                    let known: Vec<String> =
+                        report.services.iter().map(|s| s.name.clone()).collect();
+                    report.services.retain(|s| &s.name == name);
+                    if report.services.is_empty() {
+                        return Err(CliError::UnknownService {
+                            name: name.clone(),
+                            known: known.join(", "),
+                        });
+                    }
+                }
                 let text = if json {
                     serde_json::to_string_pretty(&report).expect("reports serialize") + "\n"
                 } else {

@@ -15,12 +15,13 @@ use crate::{
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Start a canary rollout: green walks through the steps while the analysis passes, and
-    /// goes back to 0 on its own when green does worse than blue. Flags override the
+    /// Start a canary rollout from the stable color to the other one (the canary): the canary
+    /// walks through the steps while the analysis passes, and traffic goes back to where it
+    /// was on its own when the canary does worse than the stable color. Flags override the
     /// service's `[service.rollout]` plan.
     Start {
         service: String,
-        /// Green weights in percent, increasing, e.g. `1,5,25,50,100`.
+        /// The canary's share of new flows in percent, increasing, e.g. `1,5,25,50,100`.
         #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
         steps: Option<Vec<f64>>,
         /// How long each step runs before it may advance, e.g. `30s`, `500ms`, `1m30s`.
@@ -38,9 +39,38 @@ pub enum RolloutCommand {
         /// Green handshakes needed before a step is judged (fewer: hold).
         #[arg(long)]
         min_flows: Option<u64>,
-        /// Wait for the end: exit 0 when green reaches the last step, 6 when it was rolled back.
+        /// When the canary color already carries traffic: continue with the steps above its
+        /// share (without it, such a start is refused).
+        #[arg(long)]
+        from_current: bool,
+        /// Wait for the end: exit 0 when the canary reaches the last step, 6 when it was
+        /// rolled back.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long (exit 7; the rollout goes on).
+        #[arg(long, requires = "wait")]
+        timeout: Option<String>,
+    },
+    /// Start again with the plan of the service's last aborted rollout.
+    Retry {
+        service: String,
+        /// Wait for the end (exit codes as `start --wait`).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, requires = "wait")]
+        timeout: Option<String>,
+    },
+    /// Every service's rollout: phase, step, canary color, started, last decision.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a running rollout to end: exit 0 completed, 6 rolled back, 7 timed out.
+    Wait {
+        service: String,
+        /// Give up waiting after this long, e.g. `5m` (the rollout goes on).
+        #[arg(long)]
+        timeout: Option<String>,
     },
     /// Step n of m, current and next weight, time left, signals per color, last verdict.
     Status {
@@ -81,6 +111,17 @@ pub enum RolloutCliError {
     Stdout(#[from] std::io::Error),
     #[error("the rollout of `{service}` was rolled back: {reason}")]
     Aborted { service: String, reason: String },
+    #[error("--timeout `{0}` is not a duration (e.g. 30s, 5m)")]
+    Timeout(String),
+    #[error(
+        "the rollout of `{service}` is still {phase} at {weight}% green after {waited:.1}s (it goes on; `splitter rollout wait {service}` waits again)"
+    )]
+    TimedOut {
+        service: String,
+        phase: &'static str,
+        weight: String,
+        waited: f64,
+    },
 }
 
 #[expect(clippy::too_many_lines, reason = "one arm per command")]
@@ -101,7 +142,9 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             failure_tolerance,
             latency_tolerance,
             min_flows,
+            from_current,
             wait,
+            timeout,
         } => {
             let every_ms = every
                 .map(|text| {
@@ -110,6 +153,7 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
                         .ok_or(RolloutCliError::Every(text))
                 })
                 .transpose()?;
+            let timeout = parse_timeout(timeout)?;
             let overrides = Overrides {
                 steps_percent: steps,
                 every_ms,
@@ -121,35 +165,50 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             let report = ask(&Request::RolloutStart {
                 service: service.clone(),
                 overrides,
+                from_current,
             })?;
             write!(out, "{}", render(&report))?;
             out.flush()?;
-            if !wait {
-                return Ok(());
+            if wait {
+                wait_for(&ask, &mut out, &service, timeout)?;
             }
-            loop {
-                std::thread::sleep(Duration::from_millis(200));
-                let report = ask(&Request::RolloutStatus {
-                    service: service.clone(),
-                })?;
-                match report.phase {
-                    Phase::Completed => {
-                        writeln!(
-                            out,
-                            "{service}: rollout completed at {}% green",
-                            pct(report.green_weight)
-                        )?;
-                        return Ok(());
-                    }
-                    Phase::Aborted => {
-                        return Err(RolloutCliError::Aborted {
-                            service,
-                            reason: report.last.map(|d| d.reason).unwrap_or_default(),
-                        });
-                    }
-                    Phase::Running | Phase::Paused => {}
-                }
+            Ok(())
+        }
+        RolloutCommand::Retry {
+            service,
+            wait,
+            timeout,
+        } => {
+            let timeout = parse_timeout(timeout)?;
+            let report = ask(&Request::RolloutRetry {
+                service: service.clone(),
+            })?;
+            write!(out, "{}", render(&report))?;
+            out.flush()?;
+            if wait {
+                wait_for(&ask, &mut out, &service, timeout)?;
             }
+            Ok(())
+        }
+        RolloutCommand::Wait { service, timeout } => {
+            let timeout = parse_timeout(timeout)?;
+            wait_for(&ask, &mut out, &service, timeout)
+        }
+        RolloutCommand::List { json } => {
+            let reports = match Client::connect(socket)?.request(&Request::RolloutList)? {
+                Reply::Rollouts(reports) => reports,
+                _ => unreachable!("rollout list answers rollouts"),
+            };
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&reports).expect("reports serialize")
+                )?;
+            } else {
+                write!(out, "{}", render_list(&reports))?;
+            }
+            Ok(())
         }
         RolloutCommand::Status {
             service,
@@ -193,6 +252,105 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
     }
 }
 
+fn parse_timeout(timeout: Option<String>) -> Result<Option<Duration>, RolloutCliError> {
+    timeout
+        .map(|text| parse_duration(&text).ok_or(RolloutCliError::Timeout(text)))
+        .transpose()
+}
+
+/// Polls the rollout until it ends: Ok when completed, `Aborted` when rolled back,
+/// `TimedOut` when `timeout` ran out first.
+fn wait_for(
+    ask: &dyn Fn(&Request) -> Result<RolloutReport, RolloutCliError>,
+    out: &mut impl std::io::Write,
+    service: &str,
+    timeout: Option<Duration>,
+) -> Result<(), RolloutCliError> {
+    let began = std::time::Instant::now();
+    loop {
+        let report = ask(&Request::RolloutStatus {
+            service: service.to_owned(),
+        })?;
+        match report.phase {
+            Phase::Completed => {
+                writeln!(
+                    out,
+                    "{service}: rollout completed at {}% green ({} is stable)",
+                    pct(report.green_weight),
+                    report.stable
+                )?;
+                return Ok(());
+            }
+            Phase::Aborted => {
+                return Err(RolloutCliError::Aborted {
+                    service: service.to_owned(),
+                    reason: report.last.map(|d| d.reason).unwrap_or_default(),
+                });
+            }
+            Phase::Running | Phase::Paused => {}
+        }
+        if let Some(timeout) = timeout
+            && began.elapsed() >= timeout
+        {
+            return Err(RolloutCliError::TimedOut {
+                service: service.to_owned(),
+                phase: phase_word(report.phase),
+                weight: pct(report.green_weight),
+                waited: began.elapsed().as_secs_f64(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const fn phase_word(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Running => "running",
+        Phase::Paused => "paused",
+        Phase::Completed => "completed",
+        Phase::Aborted => "aborted (rolled back)",
+    }
+}
+
+/// `rollout list`: one line per service.
+pub fn render_list(reports: &[RolloutReport]) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!(
+        "{:<16} {:<22} {:>7} {:<13} {:>7} {:<20} {}\n",
+        "SERVICE", "PHASE", "STEP", "CANARY", "GREEN", "STARTED", "LAST DECISION"
+    );
+    for report in reports {
+        let started = age(report.started_unix_ms);
+        let last = report.last.as_ref().map_or_else(String::new, |d| {
+            format!("{} {}% -> {}%: {}", d.action, pct(d.from_weight), pct(d.to_weight), d.reason)
+        });
+        let _ = writeln!(
+            text,
+            "{:<16} {:<22} {:>7} {:<13} {:>6}% {:<20} {last}",
+            report.service,
+            phase_word(report.phase),
+            format!("{}/{}", report.step, report.steps.len()),
+            format!("{} -> {}", report.canary.other(), report.canary),
+            pct(report.green_weight),
+            started,
+        );
+    }
+    text
+}
+
+/// How long ago a unix-ms instant was, e.g. `42s ago`, `3m12s ago`, `2h05m ago`.
+fn age(unix_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, crate::units::millis);
+    let seconds = now.saturating_sub(unix_ms) / 1000;
+    match seconds {
+        0..60 => format!("{seconds}s ago"),
+        60..3600 => format!("{}m{:02}s ago", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m ago", seconds / 3600, seconds / 60 % 60),
+    }
+}
+
 fn pct(ppm: u32) -> String {
     format!("{}", ppm_to_percent(ppm))
 }
@@ -206,17 +364,14 @@ fn bar(step: usize, steps: usize, width: usize) -> String {
 pub fn render(report: &RolloutReport) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
-    let phase = match report.phase {
-        Phase::Running => "running",
-        Phase::Paused => "paused",
-        Phase::Completed => "completed",
-        Phase::Aborted => "aborted (rolled back)",
-    };
+    let phase = phase_word(report.phase);
     let steps: Vec<String> = report.steps.iter().map(|&w| pct(w)).collect();
     let _ = writeln!(
         text,
-        "rollout {}: {phase}  step {} of {} {}  green {}%{}{}",
+        "rollout {}: {phase} {} -> {}  step {} of {} {}  green {}%{}{}",
         report.service,
+        report.canary.other(),
+        report.canary,
         report.step,
         report.steps.len(),
         bar(report.step, report.steps.len(), 20),
@@ -233,10 +388,13 @@ pub fn render(report: &RolloutReport) -> String {
     );
     let _ = writeln!(
         text,
-        "  plan: steps {}%  every {:.1}s  min flows {}",
+        "  plan: {} steps {}%  every {:.1}s  min flows {}  (abort returns to {}% green; stable: {})",
+        report.canary,
         steps.join(","),
         report.every_ms as f64 / 1e3,
-        report.min_flows
+        report.min_flows,
+        pct(report.start_weight),
+        report.stable
     );
     let _ = writeln!(
         text,

@@ -6,11 +6,15 @@ use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, pr
 
 use crate::{control::protocol::StatusReport, units::ppm_to_percent};
 
-const HEADER: [&str; 10] = [
+const HEADER: [&str; 14] = [
     "COLOR",
     "BACKEND",
     "FLOWS",
     "NEW/S",
+    "PPS_IN",
+    "PPS_OUT",
+    "BPS_IN",
+    "BPS_OUT",
     "PKTS_IN",
     "PKTS_OUT",
     "BYTES_IN",
@@ -20,7 +24,7 @@ const HEADER: [&str; 10] = [
 ];
 /// Narrowest width of each column (the widths of the fixed-width table this replaced), so the
 /// usual view keeps its shape and only longer cells (IPv6 backends) widen their column.
-const MIN_WIDTHS: [u16; 10] = [5, 22, 8, 8, 10, 10, 12, 12, 6, 6];
+const MIN_WIDTHS: [u16; 14] = [5, 22, 8, 8, 8, 8, 10, 10, 10, 10, 12, 12, 6, 6];
 
 /// The human view of a status snapshot.
 pub fn render_status(report: &StatusReport) -> String {
@@ -46,15 +50,29 @@ pub fn render_status(report: &StatusReport) -> String {
                 service.window_new_flows,
                 service.window_seconds
             ),
+            None if service.settling => "settling (the weight just changed)".to_owned(),
             None => "no new flows in the last 10s".to_owned(),
         };
+        let releases: Vec<String> = service
+            .colors
+            .iter()
+            .map(|color| {
+                format!(
+                    "{} {}{}",
+                    color.color.name(),
+                    color.release.as_deref().unwrap_or("-"),
+                    if color.stable { " (stable)" } else { "" }
+                )
+            })
+            .collect();
         let _ = writeln!(
             text,
-            "\n{}  {}/{}  cohort {}\n  green weight {}%   measured green share {}   flow misses {}",
+            "\n{}  {}/{}  cohort {}  {}\n  green weight {}%   measured green share {}   flow misses {}",
             service.name,
             service.address,
             service.protocol.name(),
             service.cohort.name(),
+            releases.join(", "),
             ppm_to_percent(service.green_weight),
             measured,
             service.flow_misses,
@@ -65,11 +83,26 @@ pub fn render_status(report: &StatusReport) -> String {
                 let rate = backend
                     .new_flows_per_second
                     .map_or("-".to_owned(), |rate| format!("{rate:.1}"));
+                let per_second = |rate: Option<crate::control::protocol::TrafficRate>,
+                                  bytes: bool| {
+                    rate.map_or("-".to_owned(), |rate| {
+                        let value = if bytes {
+                            rate.bytes_per_second
+                        } else {
+                            rate.packets_per_second
+                        };
+                        format!("{value:.0}")
+                    })
+                };
                 table.add_row(vec![
                     color.color.name().to_owned(),
                     backend.address.to_string(),
                     backend.live_flows.to_string(),
                     rate,
+                    per_second(backend.to_backend_rate, false),
+                    per_second(backend.to_client_rate, false),
+                    per_second(backend.to_backend_rate, true),
+                    per_second(backend.to_client_rate, true),
                     backend.to_backend.packets.to_string(),
                     backend.to_client.packets.to_string(),
                     backend.to_backend.bytes.to_string(),
@@ -129,6 +162,8 @@ mod tests {
             live_flows: 3,
             new_flows: 4,
             new_flows_per_second: Some(1.5),
+            to_backend_rate: None,
+            to_client_rate: None,
             to_backend: Traffic::default(),
             to_client: Traffic::default(),
             signals: Signals::default(),
@@ -145,23 +180,34 @@ mod tests {
             protocol: Protocol::Tcp,
             cohort: CohortSetting::Flow,
             green_weight: 125_000,
+            green_weight_percent: 12.5,
+            stable: ColorName::Blue,
             measured_green_share: None,
+            settling: true,
             window_seconds: 0.0,
             window_new_flows: 0,
             flow_misses: 0,
             colors: vec![
                 ColorStatus {
                     color: ColorName::Blue,
+                    release: Some("v41".into()),
+                    stable: true,
+                    weight_percent: 87.5,
                     backends: vec![backend("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535")],
                 },
                 ColorStatus {
                     color: ColorName::Green,
+                    release: None,
+                    stable: false,
+                    weight_percent: 12.5,
                     backends: vec![backend("[fd00::2]:8080")],
                 },
             ],
         });
         let text = render_status(&report);
         assert!(text.contains("  green weight 12.5%"), "{text}");
+        assert!(text.contains("blue v41 (stable), green -"), "{text}");
+        assert!(text.contains("measured green share settling"), "{text}");
         let rows: Vec<&str> = text
             .lines()
             .skip_while(|line| !line.trim_start().starts_with("COLOR"))

@@ -197,6 +197,12 @@ pub struct ServiceSection {
     pub cohort: CohortSetting,
     pub blue: Vec<String>,
     pub green: Vec<String>,
+    /// What each color runs, e.g. `"v41"`: a label shown by `status` and on the metrics
+    /// (`splitter_service_stable{release=...}`); nothing else depends on it.
+    #[serde(default)]
+    pub blue_release: Option<String>,
+    #[serde(default)]
+    pub green_release: Option<String>,
     /// The service's rollout plan (`splitter rollout start` flags override each field).
     #[serde(default)]
     pub rollout: Option<RolloutSection>,
@@ -313,6 +319,14 @@ impl ColorName {
         }
     }
 
+    /// The other color (the canary of a stable color, and back).
+    pub const fn other(self) -> ColorName {
+        match self {
+            ColorName::Blue => ColorName::Green,
+            ColorName::Green => ColorName::Blue,
+        }
+    }
+
     pub const fn color(self) -> splitter_common::Color {
         match self {
             ColorName::Blue => splitter_common::Color::Blue,
@@ -359,11 +373,22 @@ pub struct Service {
     pub cohort: CohortSetting,
     pub blue: Vec<SocketAddr>,
     pub green: Vec<SocketAddr>,
+    /// The release label of each color (`blue_release`, `green_release`), if given.
+    pub blue_release: Option<String>,
+    pub green_release: Option<String>,
     /// The default rollout plan (`[service.rollout]`, or the documented defaults).
     pub rollout: Plan,
 }
 
 impl Service {
+    /// The release label of a color, if the config gives one.
+    pub fn release(&self, color: ColorName) -> Option<&str> {
+        match color {
+            ColorName::Blue => self.blue_release.as_deref(),
+            ColorName::Green => self.green_release.as_deref(),
+        }
+    }
+
     pub fn pool(&self, color: ColorName) -> &[SocketAddr] {
         match color {
             ColorName::Blue => &self.blue,

@@ -410,6 +410,8 @@ fn validate_service_fields(
         cohort: section.cohort,
         blue,
         green,
+        blue_release: section.blue_release.clone(),
+        green_release: section.green_release.clone(),
         rollout,
     })
 }

@@ -45,7 +45,17 @@ pub enum Request {
         service: String,
         #[serde(default)]
         overrides: crate::rollout::plan::Overrides,
+        /// When the canary color already carries traffic: continue the steps above its share
+        /// (without: refused).
+        #[serde(default)]
+        from_current: bool,
     },
+    /// Start again with the plan of the service's last aborted rollout.
+    RolloutRetry {
+        service: String,
+    },
+    /// Every service's rollout (running, paused, or the last finished one).
+    RolloutList,
     RolloutStatus {
         service: String,
     },
@@ -60,7 +70,8 @@ pub enum Request {
         service: String,
         full: bool,
     },
-    /// Back to weight 0; `cut` also unpins green's established flows.
+    /// Back to the weight in force when the rollout started; `cut` also unpins the canary's
+    /// established flows.
     RolloutAbort {
         service: String,
         cut: bool,
@@ -77,6 +88,8 @@ impl Request {
             Request::Reload => "reload",
             Request::Unload => "unload",
             Request::RolloutStart { .. } => "rollout-start",
+            Request::RolloutRetry { .. } => "rollout-retry",
+            Request::RolloutList => "rollout-list",
             Request::RolloutStatus { .. } => "rollout-status",
             Request::RolloutPause { .. } => "rollout-pause",
             Request::RolloutResume { .. } => "rollout-resume",
@@ -102,6 +115,7 @@ pub enum Reply {
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
+    Rollouts(Vec<RolloutReport>),
 }
 
 /// Where a rollout stands: `rollout status` and every `rollout` command's answer.
@@ -109,9 +123,20 @@ pub enum Reply {
 pub struct RolloutReport {
     pub service: String,
     pub phase: crate::rollout::Phase,
+    /// The color traffic moves to.
+    #[serde(default = "green")]
+    pub canary: ColorName,
+    /// The service's stable color now (the canary once the rollout completed).
+    #[serde(default = "blue")]
+    pub stable: ColorName,
+    /// Green's weight when the rollout started (where an abort returns).
+    #[serde(default)]
+    pub start_weight: u32,
+    #[serde(default)]
+    pub started_unix_ms: u64,
     /// 1-based step number, of `steps.len()`.
     pub step: usize,
-    /// The plan's weights (parts per million).
+    /// The plan's steps: the canary's share (parts per million).
     pub steps: Vec<u32>,
     /// The green weight in force.
     pub green_weight: u32,
@@ -125,6 +150,14 @@ pub struct RolloutReport {
     pub blue: crate::rollout::engine::Summary,
     pub last: Option<crate::rollout::engine::Decision>,
     pub history: Vec<crate::rollout::engine::Decision>,
+}
+
+const fn green() -> ColorName {
+    ColorName::Green
+}
+
+const fn blue() -> ColorName {
+    ColorName::Blue
 }
 
 /// A refused or failed request. `kind` decides the CLI's exit code; `message` is for people.
@@ -237,10 +270,20 @@ pub struct ServiceStatus {
     pub address: SocketAddr,
     pub protocol: Protocol,
     pub cohort: CohortSetting,
-    /// The weight in force (parts per million).
+    /// The weight in force (parts per million), and the same in percent.
     pub green_weight: u32,
-    /// Green share of the new flows of the last `window_seconds` (None: no new flow).
+    #[serde(default)]
+    pub green_weight_percent: f64,
+    /// The color a rollout moves traffic away from (the other one is the next canary).
+    #[serde(default = "blue")]
+    pub stable: ColorName,
+    /// Green share of the new flows of the last `window_seconds`, counting only flows since
+    /// the last weight change (None: no new flow in that window).
     pub measured_green_share: Option<f64>,
+    /// The weight changed less than a sample ago or no new flow came since: the measured
+    /// share is not known yet.
+    #[serde(default)]
+    pub settling: bool,
     pub window_seconds: f64,
     /// New flows in that window.
     pub window_new_flows: u64,
@@ -252,6 +295,15 @@ pub struct ServiceStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColorStatus {
     pub color: ColorName,
+    /// The config's release label (`blue_release`, `green_release`).
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Whether this is the service's stable color.
+    #[serde(default)]
+    pub stable: bool,
+    /// This color's share of new flows by weight, in percent.
+    #[serde(default)]
+    pub weight_percent: f64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -266,6 +318,11 @@ pub struct BackendStatus {
     pub new_flows: u64,
     /// New flows per second over the window (None until two samples exist).
     pub new_flows_per_second: Option<f64>,
+    /// Packets and bytes per second each way over the window (None until two samples exist).
+    #[serde(default)]
+    pub to_backend_rate: Option<TrafficRate>,
+    #[serde(default)]
+    pub to_client_rate: Option<TrafficRate>,
     pub to_backend: Traffic,
     pub to_client: Traffic,
     /// TCP handshakes and resets measured in the kernel (rollout signals).
@@ -286,6 +343,13 @@ pub struct Signals {
     /// (the last one is +Inf), not cumulative.
     pub handshake_latency_buckets: Vec<u64>,
     pub handshake_latency_sum_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficRate {
+    pub packets_per_second: f64,
+    /// L3 bytes per second.
+    pub bytes_per_second: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

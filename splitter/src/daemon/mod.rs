@@ -214,6 +214,14 @@ impl App {
                 .filter(|(name, _)| desired.iter().any(|d| &d.service.name == *name))
                 .map(|(name, rollout)| (name.clone(), rollout.clone()))
                 .collect(),
+            // So do their stable colors.
+            stable: self
+                .state
+                .stable
+                .iter()
+                .filter(|(name, _)| desired.iter().any(|d| &d.service.name == *name))
+                .map(|(name, color)| (name.clone(), *color))
+                .collect(),
         };
         for wanted in &desired {
             state.services.insert(

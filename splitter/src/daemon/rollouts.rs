@@ -15,7 +15,7 @@ use super::{App, AppError};
 use crate::{
     config::ColorName,
     control::protocol::RolloutReport,
-    rollout::{Action, ColorSignals, Phase, Rollout, Window, engine::Checks, plan::Overrides},
+    rollout::{Action, ColorSignals, Phase, Rollout, Start, Window, engine::Checks, plan::Overrides},
     units::ppm_to_percent,
 };
 
@@ -40,6 +40,19 @@ pub enum RolloutError {
     },
     #[error(transparent)]
     Plan(#[from] crate::rollout::PlanError),
+    #[error("service `{service}`: {source}")]
+    Start {
+        service: String,
+        #[source]
+        source: crate::rollout::StartError,
+    },
+    #[error(
+        "service `{service}` has no aborted rollout to retry (its last one is {phase}); start one with `splitter rollout start {service}`"
+    )]
+    NothingToRetry {
+        service: String,
+        phase: &'static str,
+    },
     #[error(
         "service `{service}` has no rollout (start one with `splitter rollout start {service}`)"
     )]
@@ -84,6 +97,13 @@ impl App {
         state
             .rollouts
             .insert(rollout.service.clone(), rollout.clone());
+        if rollout.phase == Phase::Completed && state.stable_color(&rollout.service) != rollout.canary
+        {
+            // The canary carries everything the plan asked for: it is the stable color now, and
+            // the next rollout canaries the other (now idle) one.
+            state.stable.insert(rollout.service.clone(), rollout.canary);
+            tracing::info!(service = %rollout.service, stable = %rollout.canary, "stable color changed");
+        }
         if let Action::SetWeight(weight) = action {
             self.write_weight_with(&rollout.service, weight, state)?;
         } else {
@@ -127,6 +147,48 @@ impl App {
         &mut self,
         name: &str,
         overrides: &Overrides,
+        from_current: bool,
+    ) -> Result<RolloutReport, AppError> {
+        let configured = self
+            .config
+            .service(name)
+            .map(|service| service.rollout.clone());
+        let Some(configured) = configured else {
+            self.service_address(name)?;
+            unreachable!("service_address refuses unknown services");
+        };
+        let plan = overrides.apply(&configured).map_err(RolloutError::Plan)?;
+        self.start_plan(name, plan, from_current)
+    }
+
+    /// Starts the plan of the service's last aborted rollout again, from the stable color.
+    pub fn rollout_retry(&mut self, name: &str) -> Result<RolloutReport, AppError> {
+        let last = self.rollout(name)?;
+        if last.phase != Phase::Aborted {
+            return Err(RolloutError::NothingToRetry {
+                service: name.to_owned(),
+                phase: phase_name(last.phase),
+            }
+            .into());
+        }
+        self.start_plan(name, last.plan, last.from_current)
+    }
+
+    /// Every service's rollout, by service name.
+    pub fn rollout_list(&self) -> Result<Vec<RolloutReport>, AppError> {
+        let names: Vec<String> = self.state.rollouts.keys().cloned().collect();
+        names
+            .iter()
+            .filter(|name| self.config.service(name).is_some())
+            .map(|name| self.rollout_status(name))
+            .collect()
+    }
+
+    fn start_plan(
+        &mut self,
+        name: &str,
+        plan: crate::rollout::Plan,
+        from_current: bool,
     ) -> Result<RolloutReport, AppError> {
         let (address, _) = self.service_address(name)?;
         if let Some(existing) = self.state.rollouts.get(name)
@@ -139,19 +201,22 @@ impl App {
             }
             .into());
         }
-        let configured = self
-            .config
-            .service(name)
-            .map(|service| service.rollout.clone())
-            .expect("service_address found it");
-        let plan = overrides.apply(&configured).map_err(RolloutError::Plan)?;
         let current = self
             .installed
             .iter()
             .find(|((a, _), _)| *a == address)
             .map_or(0, |(_, installed)| installed.config.green_weight);
         let counters = self.color_window(name)?;
-        let (rollout, action) = Rollout::start(name, plan, current, now_unix_ms(), counters);
+        let start = Start {
+            canary: self.state.stable_color(name).other(),
+            current_weight: current,
+            from_current,
+        };
+        let (rollout, action) = Rollout::start(name, plan, start, now_unix_ms(), counters)
+            .map_err(|source| RolloutError::Start {
+                service: name.to_owned(),
+                source,
+            })?;
         self.commit(&rollout, action, 0)?;
         self.rollout_status(name)
     }
@@ -227,33 +292,34 @@ impl App {
         self.rollout_status(name)
     }
 
-    /// Rolls back: green's weight to 0 in one map write. With `cut`, green's established
-    /// flows are unpinned too and their next packets go blue (their connections break).
+    /// Rolls back to the weight in force when the rollout started, in one map write. With
+    /// `cut`, the canary's established flows are unpinned too and their next packets go to the
+    /// stable color (their connections break).
     pub fn rollout_abort(&mut self, name: &str, cut: bool) -> Result<RolloutReport, AppError> {
         let mut rollout = self.rollout(name)?;
         let logged = rollout.history.len();
         let why = if cut {
-            "aborted by the operator (--cut: green flows unpinned)"
+            "aborted by the operator (--cut: canary flows unpinned)"
         } else {
             "aborted by the operator"
         };
         let action = rollout.abort(now_unix_ms(), why);
         self.commit(&rollout, action, logged)?;
         if cut {
-            self.cut_green(name)?;
+            self.cut_canary(name, rollout.canary)?;
         }
         self.rollout_status(name)
     }
 
-    /// Unpins every flow of the service's green backends, and makes mid-flow misses follow
-    /// weight 0 (the previous generation) so they land on blue.
-    fn cut_green(&mut self, name: &str) -> Result<(), AppError> {
+    /// Unpins every flow of the service's canary backends, and makes mid-flow misses follow
+    /// the restored weight (not the previous generation) so they land on the stable color.
+    fn cut_canary(&mut self, name: &str, canary: ColorName) -> Result<(), AppError> {
         let address = self.service_address(name)?;
         let Some(installed) = self.installed.get(&address) else {
             return Ok(());
         };
         let green: Vec<u32> = installed
-            .pool(ColorName::Green)
+            .pool(canary)
             .iter()
             .map(|(id, _)| *id)
             .collect();
@@ -264,7 +330,8 @@ impl App {
         tracing::info!(
             service = name,
             unpinned = removed,
-            "rollout abort --cut: green flows unpinned"
+            %canary,
+            "rollout abort --cut: canary flows unpinned"
         );
         Ok(())
     }
@@ -275,6 +342,10 @@ impl App {
         Ok(RolloutReport {
             service: name.to_owned(),
             phase: rollout.phase,
+            canary: rollout.canary,
+            stable: self.state.stable_color(name),
+            start_weight: rollout.start_weight,
+            started_unix_ms: rollout.started_unix_ms,
             step: rollout.step + 1,
             steps: rollout.plan.steps.clone(),
             green_weight: rollout.weight(),

@@ -104,9 +104,19 @@ impl Shared {
                 .map(Reply::Weight),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
-            Request::RolloutStart { service, overrides } => self
-                .with_app(|app| app.rollout_start(&service, &overrides))
+            Request::RolloutStart {
+                service,
+                overrides,
+                from_current,
+            } => self
+                .with_app(|app| app.rollout_start(&service, &overrides, from_current))
                 .map(rollout_reply),
+            Request::RolloutRetry { service } => self
+                .with_app(|app| app.rollout_retry(&service))
+                .map(rollout_reply),
+            Request::RolloutList => self
+                .with_app(|app| app.rollout_list())
+                .map(Reply::Rollouts),
             Request::RolloutStatus { service } => self
                 .with_app(|app| app.rollout_status(&service))
                 .map(rollout_reply),

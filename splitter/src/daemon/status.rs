@@ -6,15 +6,19 @@ use std::{
     time::Instant,
 };
 
-use splitter_common::BackendCounters;
+use splitter_common::{BackendCounters, WEIGHT_SCALE};
 
 use super::{App, AppError};
 use crate::{
     config::ColorName,
     control::protocol::{
         BackendStatus, ColorStatus, DaemonStatus, ServiceStatus, Signals, StatusReport, Traffic,
+        TrafficRate,
     },
+    units::ppm_to_percent,
 };
+
+use super::sampler::Sample;
 
 impl App {
     /// One sample of every configured backend's new-flow counter (once a second).
@@ -24,7 +28,16 @@ impl App {
             for color in ColorName::BOTH {
                 for (id, _) in installed.pool(color) {
                     if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
-                        new_flows.insert(*id, counters.new_flows);
+                        new_flows.insert(
+                            *id,
+                            Sample {
+                                new_flows: counters.new_flows,
+                                to_backend_packets: counters.to_backend.packets,
+                                to_backend_bytes: counters.to_backend.bytes,
+                                to_client_packets: counters.to_client.packets,
+                                to_client_bytes: counters.to_client.bytes,
+                            },
+                        );
                     }
                 }
             }
@@ -44,21 +57,37 @@ impl App {
             let mut colors = Vec::new();
             let mut window = [0u64; 2];
             let mut window_seconds = 0.0;
+            let since = self.sampler.changed_at(&service.name);
+            let stable = self.state.stable_color(&service.name);
+            let green_weight = installed.config.green_weight;
             for color in ColorName::BOTH {
                 let mut backends = Vec::new();
                 for (id, address) in installed.pool(color) {
                     let counters: BackendCounters = maps.backend_counters(*id)?;
                     let rate = self.sampler.rate(*id);
-                    if let Some(rate) = rate {
-                        window[color as usize] += rate.increase;
-                        window_seconds = rate.seconds;
+                    if let Some(share) = self.sampler.rate_since(*id, since) {
+                        window[color as usize] += share.increase.new_flows;
+                        window_seconds = share.seconds;
                     }
+                    let traffic_rate = |packets: fn(&Sample) -> (u64, u64)| {
+                        rate.map(|rate| {
+                            let (p, b) = packets(&rate.increase);
+                            TrafficRate {
+                                packets_per_second: rate.of(p),
+                                bytes_per_second: rate.of(b),
+                            }
+                        })
+                    };
                     backends.push(BackendStatus {
                         address: *address,
                         id: *id,
                         live_flows: live.get(id).copied().unwrap_or(0),
                         new_flows: counters.new_flows,
                         new_flows_per_second: rate.map(super::sampler::Rate::per_second),
+                        to_backend_rate: traffic_rate(|s| {
+                            (s.to_backend_packets, s.to_backend_bytes)
+                        }),
+                        to_client_rate: traffic_rate(|s| (s.to_client_packets, s.to_client_bytes)),
                         to_backend: Traffic {
                             packets: counters.to_backend.packets,
                             bytes: counters.to_backend.bytes,
@@ -82,7 +111,17 @@ impl App {
                         },
                     });
                 }
-                colors.push(ColorStatus { color, backends });
+                let green_percent = ppm_to_percent(green_weight);
+                colors.push(ColorStatus {
+                    color,
+                    release: service.release(color).map(str::to_owned),
+                    stable: color == stable,
+                    weight_percent: match color {
+                        ColorName::Green => green_percent,
+                        ColorName::Blue => ppm_to_percent(WEIGHT_SCALE - green_weight),
+                    },
+                    backends,
+                });
             }
             let window_new_flows = window[0] + window[1];
             services.push(ServiceStatus {
@@ -90,9 +129,13 @@ impl App {
                 address: service.address,
                 protocol: service.protocol,
                 cohort: service.cohort,
-                green_weight: installed.config.green_weight,
+                green_weight,
+                green_weight_percent: ppm_to_percent(green_weight),
+                stable,
                 measured_green_share: (window_new_flows > 0)
                     .then(|| window[ColorName::Green as usize] as f64 / window_new_flows as f64),
+                settling: window_new_flows == 0
+                    && since.is_some_and(|at| at.elapsed() < super::sampler::WINDOW),
                 window_seconds,
                 window_new_flows,
                 flow_misses: maps.service_counters(installed.config.id)?.flow_misses,

@@ -71,6 +71,12 @@ impl App {
         if let Some(installed) = self.installed.get_mut(&(address, protocol)) {
             installed.config = config;
         }
+        if green_weight != previous {
+            // `status` measures the share from here on (a window straddling the change
+            // would mix two splits).
+            self.sampler
+                .weight_changed(name, std::time::Instant::now());
+        }
         if let Some(state) = after {
             // Toward blue: in force already; the disk follows when it can.
             self.save_after(state);

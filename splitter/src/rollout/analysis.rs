@@ -9,6 +9,7 @@ use splitter_common::{
 };
 
 use super::plan::Plan;
+use crate::config::ColorName;
 
 /// One color's counters (summed over its backends) at an instant, or their change over a
 /// window.
@@ -118,59 +119,67 @@ pub enum Verdict {
     Fail { reason: String },
 }
 
-/// Judges a window against the plan's L4 thresholds (external checks are judged separately).
+/// Judges a window against the plan's L4 thresholds (external checks are judged separately),
+/// with green as the canary.
 pub fn judge(plan: &Plan, window: &Window) -> Verdict {
-    let green = &window.green;
-    let blue = &window.blue;
-    let green_ratio = green.failure_ratio();
-    let blue_ratio = blue.failure_ratio();
-    // Failures are judged as soon as they are significant, even before min_flows: a green that
-    // refuses everything must not wait for a full window.
-    let green_failures = green.handshakes_failed + green.established_resets;
-    if green.attempts() >= plan.thresholds.min_flows || green_failures >= plan.thresholds.min_flows
-    {
-        if green_ratio > plan.thresholds.max_failure_ratio {
+    judge_canary(plan, window, ColorName::Green)
+}
+
+/// Judges `canary`'s signals against the other color's (the stable one) in the same window.
+pub fn judge_canary(plan: &Plan, window: &Window, canary_color: ColorName) -> Verdict {
+    let (canary, stable) = match canary_color {
+        ColorName::Green => (&window.green, &window.blue),
+        ColorName::Blue => (&window.blue, &window.green),
+    };
+    let (c, s) = (canary_color.name(), canary_color.other().name());
+    let canary_ratio = canary.failure_ratio();
+    let stable_ratio = stable.failure_ratio();
+    // Failures are judged as soon as they are significant, even before min_flows: a canary
+    // that refuses everything must not wait for a full window.
+    let canary_failures = canary.handshakes_failed + canary.established_resets;
+    let min_flows = plan.thresholds.min_flows;
+    if canary.attempts() >= min_flows || canary_failures >= min_flows {
+        if canary_ratio > plan.thresholds.max_failure_ratio {
             return Verdict::Fail {
                 reason: format!(
-                    "green failure ratio {green_ratio:.3} > max {:.3} ({green_failures} failed of \
+                    "{c} failure ratio {canary_ratio:.3} > max {:.3} ({canary_failures} failed of \
                      {} attempts)",
                     plan.thresholds.max_failure_ratio,
-                    green.attempts()
+                    canary.attempts()
                 ),
             };
         }
-        if blue.attempts() >= plan.thresholds.min_flows
-            && green_ratio - blue_ratio > plan.thresholds.failure_margin
-            && green_ratio > blue_ratio * (1.0 + plan.thresholds.failure_tolerance)
+        if stable.attempts() >= min_flows
+            && canary_ratio - stable_ratio > plan.thresholds.failure_margin
+            && canary_ratio > stable_ratio * (1.0 + plan.thresholds.failure_tolerance)
         {
             return Verdict::Fail {
                 reason: format!(
-                    "green failure ratio {green_ratio:.3} > blue {blue_ratio:.3} × {:.2}",
+                    "{c} failure ratio {canary_ratio:.3} > {s} {stable_ratio:.3} × {:.2}",
                     1.0 + plan.thresholds.failure_tolerance
                 ),
             };
         }
     }
-    if green.attempts() < plan.thresholds.min_flows {
+    if canary.attempts() < min_flows {
         return Verdict::Hold {
             reason: format!(
-                "too few green handshakes to judge: {} < min_flows {}",
-                green.attempts(),
-                plan.thresholds.min_flows
+                "too few {c} handshakes to judge: {} < min_flows {min_flows}",
+                canary.attempts(),
             ),
         };
     }
-    if blue.handshakes_completed >= plan.thresholds.min_flows
-        && let (Some(green_p99), Some(blue_p99)) =
-            (green.latency_quantile(0.99), blue.latency_quantile(0.99))
-        && green_p99 > blue_p99 * (1.0 + plan.thresholds.latency_tolerance)
-        && (green_p99 - blue_p99) * 1e3 > plan.thresholds.latency_margin_ms
+    if stable.handshakes_completed >= min_flows
+        && let (Some(canary_p99), Some(stable_p99)) =
+            (canary.latency_quantile(0.99), stable.latency_quantile(0.99))
+        && canary_p99 > stable_p99 * (1.0 + plan.thresholds.latency_tolerance)
+        && (canary_p99 - stable_p99) * 1e3 > plan.thresholds.latency_margin_ms
     {
         return Verdict::Fail {
             reason: format!(
-                "green handshake p99 {:.1}ms > blue {:.1}ms × {:.2}",
-                green_p99 * 1e3,
-                blue_p99 * 1e3,
+                "{c} handshake p99 {:.1}ms > {s} {:.1}ms × {:.2}",
+                canary_p99 * 1e3,
+                stable_p99 * 1e3,
                 1.0 + plan.thresholds.latency_tolerance
             ),
         };

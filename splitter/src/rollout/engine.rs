@@ -3,14 +3,22 @@
 //! something (or holds at the end of a window) is a [`Decision`] the daemon logs as one line.
 //! Plain data: the daemon persists it after each change, and a restarted daemon resumes a
 //! running rollout from its step with a fresh analysis window (`resume_after_restart`).
+//!
+//! A rollout moves traffic from the service's stable color to the other one, the canary: the
+//! plan's steps are the **canary's** share, and the weight written to the kernel stays green's
+//! share (`green_weight`): a green canary raises it step by step, a blue canary lowers it. In
+//! both directions each step only moves hash space from the stable color to the canary, so the
+//! split stays monotone: a flow that went to the canary at one step goes to it at every later
+//! step. An abort returns to the weight in force when the rollout started.
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    analysis::{ColorSignals, Verdict, Window, judge},
+    analysis::{ColorSignals, Verdict, Window, judge_canary},
     plan::Plan,
 };
-use crate::units::ppm_to_percent;
+use crate::{config::ColorName, units::ppm_to_percent};
+use splitter_common::WEIGHT_SCALE;
 
 /// How many decisions a rollout keeps for `rollout status`.
 const HISTORY: usize = 32;
@@ -20,9 +28,9 @@ const HISTORY: usize = 32;
 pub enum Phase {
     Running,
     Paused,
-    /// Green reached the last step.
+    /// The canary reached the last step (and became the stable color).
     Completed,
-    /// Rolled back: green's weight is 0.
+    /// Rolled back to the weight in force when the rollout started.
     Aborted,
 }
 
@@ -88,6 +96,16 @@ pub struct Rollout {
     pub plan: Plan,
     /// Index in `plan.steps` of the weight in force.
     pub step: usize,
+    /// The color traffic moves to (the one that was not stable when it started); absent from
+    /// state files older than stable colors: green.
+    #[serde(default = "green")]
+    pub canary: ColorName,
+    /// Green's weight when the rollout started: where an abort returns.
+    #[serde(default)]
+    pub start_weight: u32,
+    /// Started with `--from-current` (kept so `rollout retry` does the same).
+    #[serde(default)]
+    pub from_current: bool,
     pub phase: Phase,
     pub started_unix_ms: u64,
     pub step_started_unix_ms: u64,
@@ -100,20 +118,97 @@ pub struct Rollout {
     pub history: Vec<Decision>,
 }
 
+const fn green() -> ColorName {
+    ColorName::Green
+}
+
+/// Green's weight (the kernel's) for a canary share.
+pub const fn green_weight_for(canary: ColorName, share: u32) -> u32 {
+    match canary {
+        ColorName::Green => share,
+        ColorName::Blue => WEIGHT_SCALE - share,
+    }
+}
+
+/// The canary's share of a green weight.
+pub const fn canary_share(canary: ColorName, green_weight: u32) -> u32 {
+    match canary {
+        ColorName::Green => green_weight,
+        ColorName::Blue => WEIGHT_SCALE.saturating_sub(green_weight),
+    }
+}
+
+/// What to start a rollout with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    pub canary: ColorName,
+    /// Green's weight in force now.
+    pub current_weight: u32,
+    /// Continue from the canary's current share (the plan's steps at or below it are skipped)
+    /// rather than refuse when the canary already carries traffic.
+    pub from_current: bool,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the canary color {canary} already carries {share}% of new flows (green weight {green}%): \
+         a rollout from {stable} to {canary} would start by moving traffic back to {stable}; pass \
+         --from-current to continue the steps above {share}%, or `splitter switch SERVICE {stable}` first"
+    )]
+    CanaryCarriesTraffic {
+        canary: ColorName,
+        stable: ColorName,
+        share: f64,
+        green: f64,
+    },
+    #[error(
+        "the canary color {canary} already carries {share}% of new flows, at or above the plan's \
+         last step: nothing to roll out"
+    )]
+    NothingLeft { canary: ColorName, share: f64 },
+}
+
 impl Rollout {
-    /// Starts at the first step.
+    /// Starts at the first step (with `from_current`, the first step above the canary's share).
     pub fn start(
         service: &str,
-        plan: Plan,
-        current_weight: u32,
+        mut plan: Plan,
+        start: Start,
         now_unix_ms: u64,
         counters: Window,
-    ) -> (Self, Action) {
-        let first = plan.steps[0];
+    ) -> Result<(Self, Action), StartError> {
+        let Start {
+            canary,
+            current_weight,
+            from_current,
+        } = start;
+        let share = canary_share(canary, current_weight);
+        if share > 0 {
+            if !from_current {
+                return Err(StartError::CanaryCarriesTraffic {
+                    canary,
+                    stable: canary.other(),
+                    share: ppm_to_percent(share),
+                    green: ppm_to_percent(current_weight),
+                });
+            }
+            plan.steps.retain(|&step| step > share);
+            if plan.steps.is_empty() {
+                return Err(StartError::NothingLeft {
+                    canary,
+                    share: ppm_to_percent(share),
+                });
+            }
+        }
+        let first = green_weight_for(canary, plan.steps[0]);
         let mut rollout = Self {
             service: service.to_owned(),
             plan,
             step: 0,
+            canary,
+            start_weight: current_weight,
+            from_current,
             phase: Phase::Running,
             started_unix_ms: now_unix_ms,
             step_started_unix_ms: now_unix_ms,
@@ -127,21 +222,30 @@ impl Rollout {
             "start",
             current_weight,
             first,
-            "rollout started".into(),
+            format!("rollout started: {} to {canary}", canary.other()),
         );
-        (rollout, Action::SetWeight(first))
+        Ok((rollout, Action::SetWeight(first)))
     }
 
+    /// Green's weight in force (the kernel's).
     pub fn weight(&self) -> u32 {
         match self.phase {
-            Phase::Aborted => 0,
-            _ => self.plan.steps[self.step],
+            Phase::Aborted => self.start_weight,
+            _ => green_weight_for(self.canary, self.plan.steps[self.step]),
         }
     }
 
-    /// The weight after this step, if any.
+    /// Green's weight after this step, if any.
     pub fn next_weight(&self) -> Option<u32> {
-        self.plan.steps.get(self.step + 1).copied()
+        self.plan
+            .steps
+            .get(self.step + 1)
+            .map(|&share| green_weight_for(self.canary, share))
+    }
+
+    /// The color traffic moves away from.
+    pub const fn stable(&self) -> ColorName {
+        self.canary.other()
     }
 
     /// Milliseconds left in the current step's window (0 when due or holding).
@@ -191,7 +295,7 @@ impl Rollout {
             green: counters.green.since(&self.baseline.green),
         };
         let weight = self.weight();
-        let verdict = match (judge(&self.plan, &self.window), checks) {
+        let verdict = match (judge_canary(&self.plan, &self.window, self.canary), checks) {
             (fail @ Verdict::Fail { .. }, _) => fail,
             (_, Checks::Fail(reason)) => Verdict::Fail {
                 reason: reason.clone(),
@@ -204,8 +308,8 @@ impl Rollout {
         };
         if let Verdict::Fail { reason } = verdict {
             self.phase = Phase::Aborted;
-            self.record(now_unix_ms, "abort", weight, 0, reason);
-            return Action::SetWeight(0);
+            self.record(now_unix_ms, "abort", weight, self.start_weight, reason);
+            return Action::SetWeight(self.start_weight);
         }
         let due = self
             .step_started_unix_ms
@@ -303,8 +407,8 @@ impl Rollout {
         }
         let from = self.weight();
         self.phase = Phase::Aborted;
-        self.record(now_unix_ms, "abort", from, 0, why.to_owned());
-        Action::SetWeight(0)
+        self.record(now_unix_ms, "abort", from, self.start_weight, why.to_owned());
+        Action::SetWeight(self.start_weight)
     }
 
     /// After a daemon restart: a running rollout goes on from its step with a fresh window
@@ -365,9 +469,116 @@ mod tests {
         }
     }
 
+    /// A green canary from 0 % (the stable color blue).
+    fn start(plan: Plan) -> (Rollout, Action) {
+        Rollout::start(
+            "web",
+            plan,
+            Start {
+                canary: ColorName::Green,
+                current_weight: 0,
+                from_current: false,
+            },
+            0,
+            Window::default(),
+        )
+        .unwrap()
+    }
+
+    /// `counters` with the colors swapped: the canary's numbers on blue.
+    fn blue_canary_counters(canary_ok: u64, canary_failed: u64) -> Window {
+        let w = counters(canary_ok, canary_failed);
+        Window {
+            blue: w.green,
+            green: w.blue,
+        }
+    }
+
+    #[test]
+    fn a_blue_canary_lowers_greens_weight_step_by_step_and_aborts_to_where_it_started() {
+        let begin = Start {
+            canary: ColorName::Blue,
+            current_weight: WEIGHT_SCALE,
+            from_current: false,
+        };
+        let (mut r, action) =
+            Rollout::start("web", plan(), begin, 0, Window::default()).unwrap();
+        assert_eq!(action, Action::SetWeight(900_000), "10% to blue");
+        assert_eq!(r.stable(), ColorName::Green);
+        assert_eq!(r.next_weight(), Some(500_000));
+        assert_eq!(
+            r.tick(1000, &blue_canary_counters(50, 0), &Checks::Pass),
+            Action::SetWeight(500_000)
+        );
+        // Blue refuses: judged as the canary (green's numbers are healthy), back to 100 % green.
+        assert_eq!(
+            r.tick(1100, &blue_canary_counters(55, 30), &Checks::Pass),
+            Action::SetWeight(WEIGHT_SCALE)
+        );
+        assert_eq!(r.phase, Phase::Aborted);
+        assert_eq!(r.weight(), WEIGHT_SCALE);
+        let last = r.last_decision().unwrap();
+        assert!(last.reason.starts_with("blue failure ratio"), "{}", last.reason);
+        assert_eq!((last.from_weight, last.to_weight), (500_000, WEIGHT_SCALE));
+        // A healthy blue canary walks to 0 % green.
+        let (mut r, _) = Rollout::start("web", plan(), begin, 0, Window::default()).unwrap();
+        r.tick(1000, &blue_canary_counters(50, 0), &Checks::Pass);
+        assert_eq!(
+            r.tick(2000, &blue_canary_counters(100, 0), &Checks::Pass),
+            Action::SetWeight(0)
+        );
+        r.tick(3000, &blue_canary_counters(150, 0), &Checks::Pass);
+        assert_eq!(r.phase, Phase::Completed);
+    }
+
+    #[test]
+    fn a_canary_that_already_carries_traffic_needs_from_current() {
+        let begin = Start {
+            canary: ColorName::Green,
+            current_weight: 300_000,
+            from_current: false,
+        };
+        let error = Rollout::start("web", plan(), begin, 0, Window::default()).unwrap_err();
+        assert!(error.to_string().contains("--from-current"), "{error}");
+        assert!(error.to_string().contains("30%"), "{error}");
+        let (mut r, action) = Rollout::start(
+            "web",
+            plan(),
+            Start {
+                from_current: true,
+                ..begin
+            },
+            0,
+            Window::default(),
+        )
+        .unwrap();
+        assert_eq!(action, Action::SetWeight(500_000), "10% skipped: below 30%");
+        assert_eq!(r.plan.steps, [500_000, 1_000_000]);
+        assert_eq!(r.abort(10, "operator"), Action::SetWeight(300_000));
+        let full = Start {
+            current_weight: WEIGHT_SCALE,
+            from_current: true,
+            ..begin
+        };
+        assert!(matches!(
+            Rollout::start("web", plan(), full, 0, Window::default()),
+            Err(StartError::NothingLeft { .. })
+        ));
+        // A blue canary while blue has everything: refused without the flag too.
+        let all_blue = Start {
+            canary: ColorName::Blue,
+            current_weight: 0,
+            from_current: false,
+        };
+        assert!(matches!(
+            Rollout::start("web", plan(), all_blue, 0, Window::default()),
+            Err(StartError::CanaryCarriesTraffic { .. })
+        ));
+    }
+
     #[test]
     fn healthy_rollout_walks_every_step_to_completion() {
-        let (mut r, action) = Rollout::start("web", plan(), 0, 0, Window::default());
+        let (mut r, action) = start(plan());
         assert_eq!(action, Action::SetWeight(100_000));
         assert_eq!(
             r.tick(500, &counters(50, 0), &Checks::Pass),
@@ -390,7 +601,7 @@ mod tests {
 
     #[test]
     fn failing_green_aborts_on_the_next_tick() {
-        let (mut r, _) = Rollout::start("web", plan(), 0, 0, Window::default());
+        let (mut r, _) = start(plan());
         assert_eq!(
             r.tick(300, &counters(5, 20), &Checks::Pass),
             Action::SetWeight(0)
@@ -402,7 +613,7 @@ mod tests {
 
     #[test]
     fn low_traffic_holds_and_never_advances() {
-        let (mut r, _) = Rollout::start("web", plan(), 0, 0, Window::default());
+        let (mut r, _) = start(plan());
         for t in 1..10 {
             assert_eq!(
                 r.tick(t * 1000, &counters(3, 0), &Checks::Pass),
@@ -421,7 +632,7 @@ mod tests {
 
     #[test]
     fn external_check_failure_aborts_and_unknown_holds() {
-        let (mut r, _) = Rollout::start("web", plan(), 0, 0, Window::default());
+        let (mut r, _) = start(plan());
         let unknown = Checks::Unknown("prometheus unreachable".into());
         assert_eq!(r.tick(1000, &counters(50, 0), &unknown), Action::None);
         let failed = Checks::Fail("5xx ratio 0.2 > 0.01".into());
@@ -433,7 +644,7 @@ mod tests {
 
     #[test]
     fn operator_controls() {
-        let (mut r, _) = Rollout::start("web", plan(), 0, 0, Window::default());
+        let (mut r, _) = start(plan());
         r.pause(100, "operator");
         assert_eq!(r.tick(5000, &counters(50, 0), &Checks::Pass), Action::None);
         assert_eq!(
@@ -449,7 +660,7 @@ mod tests {
             Action::SetWeight(1_000_000)
         );
         assert_eq!(r.phase, Phase::Completed);
-        let (mut r, _) = Rollout::start("web", plan(), 0, 0, Window::default());
+        let (mut r, _) = start(plan());
         assert_eq!(r.abort(10, "operator"), Action::SetWeight(0));
     }
 }

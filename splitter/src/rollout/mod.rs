@@ -12,5 +12,5 @@ pub mod plan;
 pub mod prometheus;
 
 pub use analysis::{ColorSignals, Verdict, Window};
-pub use engine::{Action, Decision, Phase, Rollout};
+pub use engine::{Action, Decision, Phase, Rollout, Start, StartError};
 pub use plan::{Check, CheckBound, Plan, PlanError};
