@@ -231,7 +231,8 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             }
             loop {
                 // A connection per frame: the daemon closes idle connections.
-                let Reply::Status(mut report) = Client::connect(socket)?.request(&Request::Status)?
+                let Reply::Status(mut report) =
+                    Client::connect(socket)?.request(&Request::Status)?
                 else {
                     unreachable!("status answers a status");
                 };

@@ -322,7 +322,13 @@ pub fn render_list(reports: &[RolloutReport]) -> String {
     for report in reports {
         let started = age(report.started_unix_ms);
         let last = report.last.as_ref().map_or_else(String::new, |d| {
-            format!("{} {}% -> {}%: {}", d.action, pct(d.from_weight), pct(d.to_weight), d.reason)
+            format!(
+                "{} {}% -> {}%: {}",
+                d.action,
+                pct(d.from_weight),
+                pct(d.to_weight),
+                d.reason
+            )
         });
         let _ = writeln!(
             text,

@@ -326,6 +326,8 @@ mod tests {
             cohort: CohortSetting::Flow,
             blue: blue.iter().map(|a| a.parse().unwrap()).collect(),
             green: green.iter().map(|a| a.parse().unwrap()).collect(),
+            blue_release: None,
+            green_release: None,
             rollout: crate::config::RolloutSection::default().plan().unwrap(),
         }
     }

@@ -15,7 +15,9 @@ use super::{App, AppError};
 use crate::{
     config::ColorName,
     control::protocol::RolloutReport,
-    rollout::{Action, ColorSignals, Phase, Rollout, Start, Window, engine::Checks, plan::Overrides},
+    rollout::{
+        Action, ColorSignals, Phase, Rollout, Start, Window, engine::Checks, plan::Overrides,
+    },
     units::ppm_to_percent,
 };
 
@@ -97,7 +99,8 @@ impl App {
         state
             .rollouts
             .insert(rollout.service.clone(), rollout.clone());
-        if rollout.phase == Phase::Completed && state.stable_color(&rollout.service) != rollout.canary
+        if rollout.phase == Phase::Completed
+            && state.stable_color(&rollout.service) != rollout.canary
         {
             // The canary carries everything the plan asked for: it is the stable color now, and
             // the next rollout canaries the other (now idle) one.
@@ -318,11 +321,7 @@ impl App {
         let Some(installed) = self.installed.get(&address) else {
             return Ok(());
         };
-        let green: Vec<u32> = installed
-            .pool(canary)
-            .iter()
-            .map(|(id, _)| *id)
-            .collect();
+        let green: Vec<u32> = installed.pool(canary).iter().map(|(id, _)| *id).collect();
         let removed = self.dataplane.maps.unpin_backends(&green)?;
         self.dataplane
             .maps

@@ -93,7 +93,9 @@ impl Sampler {
         let (old, new) = (oldest.get(&backend_id)?, newest.get(&backend_id)?);
         let increase = Sample {
             new_flows: new.new_flows.saturating_sub(old.new_flows),
-            to_backend_packets: new.to_backend_packets.saturating_sub(old.to_backend_packets),
+            to_backend_packets: new
+                .to_backend_packets
+                .saturating_sub(old.to_backend_packets),
             to_backend_bytes: new.to_backend_bytes.saturating_sub(old.to_backend_bytes),
             to_client_packets: new.to_client_packets.saturating_sub(old.to_client_packets),
             to_client_bytes: new.to_client_bytes.saturating_sub(old.to_client_bytes),
@@ -152,13 +154,19 @@ mod tests {
         let change = start + Duration::from_millis(10_500);
         sampler.weight_changed("web", change);
         assert_eq!(sampler.rate_since(1, sampler.changed_at("web")), None);
-        sampler.record(start + Duration::from_secs(11), BTreeMap::from([(1, sample(100))]));
+        sampler.record(
+            start + Duration::from_secs(11),
+            BTreeMap::from([(1, sample(100))]),
+        );
         assert_eq!(
             sampler.rate_since(1, sampler.changed_at("web")),
             None,
             "one sample since the change is no window"
         );
-        sampler.record(start + Duration::from_secs(12), BTreeMap::from([(1, sample(103))]));
+        sampler.record(
+            start + Duration::from_secs(12),
+            BTreeMap::from([(1, sample(103))]),
+        );
         let rate = sampler.rate_since(1, sampler.changed_at("web")).unwrap();
         assert_eq!(rate.increase.new_flows, 3);
         assert!(sampler.rate(1).unwrap().increase.new_flows > 3);

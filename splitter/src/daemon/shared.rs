@@ -114,9 +114,7 @@ impl Shared {
             Request::RolloutRetry { service } => self
                 .with_app(|app| app.rollout_retry(&service))
                 .map(rollout_reply),
-            Request::RolloutList => self
-                .with_app(|app| app.rollout_list())
-                .map(Reply::Rollouts),
+            Request::RolloutList => self.with_app(|app| app.rollout_list()).map(Reply::Rollouts),
             Request::RolloutStatus { service } => self
                 .with_app(|app| app.rollout_status(&service))
                 .map(rollout_reply),

@@ -8,7 +8,7 @@ use std::{
 
 use splitter_common::{BackendCounters, WEIGHT_SCALE};
 
-use super::{App, AppError};
+use super::{App, AppError, sampler::Sample};
 use crate::{
     config::ColorName,
     control::protocol::{
@@ -17,8 +17,6 @@ use crate::{
     },
     units::ppm_to_percent,
 };
-
-use super::sampler::Sample;
 
 impl App {
     /// One sample of every configured backend's new-flow counter (once a second).

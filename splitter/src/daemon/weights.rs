@@ -74,8 +74,7 @@ impl App {
         if green_weight != previous {
             // `status` measures the share from here on (a window straddling the change
             // would mix two splits).
-            self.sampler
-                .weight_changed(name, std::time::Instant::now());
+            self.sampler.weight_changed(name, std::time::Instant::now());
         }
         if let Some(state) = after {
             // Toward blue: in force already; the disk follows when it can.

@@ -26,6 +26,14 @@ struct ServiceLabels {
     service: String,
 }
 
+/// A service's color and the release it runs (`""` when the config names none).
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct ReleaseLabels {
+    service: String,
+    color: &'static str,
+    release: String,
+}
+
 #[derive(Clone, Debug, EncodeLabelSet)]
 struct BackendLabels {
     service: String,
@@ -198,6 +206,7 @@ impl BackendFamilies {
 struct ServiceFamilies {
     green_weight_ratio: Vec<(ServiceLabels, f64)>,
     flow_misses: Vec<(ServiceLabels, u64)>,
+    stable: Vec<(ReleaseLabels, i64)>,
 }
 
 impl ServiceFamilies {
@@ -219,6 +228,20 @@ impl ServiceFamilies {
                 .iter()
                 .map(|service| (labels(&service.name), service.flow_misses))
                 .collect(),
+            stable: report
+                .services
+                .iter()
+                .flat_map(|service| {
+                    service.colors.iter().map(|color| {
+                        let labels = ReleaseLabels {
+                            service: service.name.clone(),
+                            color: color.color.name(),
+                            release: color.release.clone().unwrap_or_default(),
+                        };
+                        (labels, i64::from(color.color == service.stable))
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -228,6 +251,12 @@ impl ServiceFamilies {
             "splitter_service_green_weight_ratio",
             "Share of new flows sent to green (0..1)",
             &self.green_weight_ratio,
+        )?;
+        gauges(
+            encoder,
+            "splitter_service_stable",
+            "1 for the service's stable color (a rollout moves traffic away from it), 0 for the other; release: the config's label",
+            &self.stable,
         )?;
         counters(
             encoder,

@@ -12,13 +12,13 @@
 //! step. An abort returns to the weight in force when the rollout started.
 
 use serde::{Deserialize, Serialize};
+use splitter_common::WEIGHT_SCALE;
 
 use super::{
     analysis::{ColorSignals, Verdict, Window, judge_canary},
     plan::Plan,
 };
 use crate::{config::ColorName, units::ppm_to_percent};
-use splitter_common::WEIGHT_SCALE;
 
 /// How many decisions a rollout keeps for `rollout status`.
 const HISTORY: usize = 32;
@@ -319,9 +319,10 @@ impl Rollout {
         }
         match verdict {
             Verdict::Hold { reason } => {
-                if now_unix_ms >= self
-                    .held_until_unix_ms
-                    .saturating_add(crate::units::millis(self.plan.every))
+                if now_unix_ms
+                    >= self
+                        .held_until_unix_ms
+                        .saturating_add(crate::units::millis(self.plan.every))
                     || self.held_until_unix_ms < due
                 {
                     self.held_until_unix_ms = now_unix_ms;
@@ -407,7 +408,13 @@ impl Rollout {
         }
         let from = self.weight();
         self.phase = Phase::Aborted;
-        self.record(now_unix_ms, "abort", from, self.start_weight, why.to_owned());
+        self.record(
+            now_unix_ms,
+            "abort",
+            from,
+            self.start_weight,
+            why.to_owned(),
+        );
         Action::SetWeight(self.start_weight)
     }
 
@@ -501,8 +508,7 @@ mod tests {
             current_weight: WEIGHT_SCALE,
             from_current: false,
         };
-        let (mut r, action) =
-            Rollout::start("web", plan(), begin, 0, Window::default()).unwrap();
+        let (mut r, action) = Rollout::start("web", plan(), begin, 0, Window::default()).unwrap();
         assert_eq!(action, Action::SetWeight(900_000), "10% to blue");
         assert_eq!(r.stable(), ColorName::Green);
         assert_eq!(r.next_weight(), Some(500_000));
@@ -518,7 +524,11 @@ mod tests {
         assert_eq!(r.phase, Phase::Aborted);
         assert_eq!(r.weight(), WEIGHT_SCALE);
         let last = r.last_decision().unwrap();
-        assert!(last.reason.starts_with("blue failure ratio"), "{}", last.reason);
+        assert!(
+            last.reason.starts_with("blue failure ratio"),
+            "{}",
+            last.reason
+        );
         assert_eq!((last.from_weight, last.to_weight), (500_000, WEIGHT_SCALE));
         // A healthy blue canary walks to 0 % green.
         let (mut r, _) = Rollout::start("web", plan(), begin, 0, Window::default()).unwrap();
