@@ -362,14 +362,22 @@ mod tests {
         let target = dir.join("target");
         std::fs::write(&target, "precious\n").unwrap();
         std::os::unix::fs::symlink(&target, dir.join(LOCK_FILE)).unwrap();
-        let error = DaemonLock::acquire(&dir).err().expect("symlinked lock refused");
+        let error = DaemonLock::acquire(&dir)
+            .err()
+            .expect("symlinked lock refused");
         assert!(error.to_string().contains("daemon.lock"), "{error}");
         std::os::unix::fs::symlink(&target, dir.join(".state.json.tmp")).unwrap();
         std::os::unix::fs::symlink(&target, State::path(&dir)).unwrap();
-        assert!(State::load(&dir).is_err(), "a symlinked state file is not read");
+        assert!(
+            State::load(&dir).is_err(),
+            "a symlinked state file is not read"
+        );
         State::default().save(&dir).unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
-        assert!(!State::path(&dir).is_symlink(), "the symlink was replaced, not followed");
+        assert!(
+            !State::path(&dir).is_symlink(),
+            "the symlink was replaced, not followed"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -378,9 +386,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = temp_dir("mode");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let error = check_private_dir("state_dir", &dir).unwrap_err().to_string();
+        let error = check_private_dir("state_dir", &dir)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("writable by group and others"), "{error}");
-        assert!(error.contains(&format!("chmod go-w {}", dir.display())), "{error}");
+        assert!(
+            error.contains(&format!("chmod go-w {}", dir.display())),
+            "{error}"
+        );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         check_private_dir("state_dir", &dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();

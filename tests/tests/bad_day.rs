@@ -109,7 +109,10 @@ fn rollback_without_a_disk() {
 
     // A move toward green cannot be persisted: refused, nothing changes.
     let raised = lab.cli(&["set-weight", "web", "30"]);
-    assert_eq!(raised.code, 1, "a raise with a full disk is refused: {raised:?}");
+    assert_eq!(
+        raised.code, 1,
+        "a raise with a full disk is refused: {raised:?}"
+    );
     assert!(raised.stderr.contains("No space left"), "{}", raised.stderr);
     assert_eq!(weight_of(&lab), 0);
 
@@ -136,7 +139,10 @@ fn rollback_without_a_disk() {
     std::fs::remove_file(&filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while lab.status().daemon.state_file.behind {
-        assert!(Instant::now() < deadline, "not saved 5 s after space came back");
+        assert!(
+            Instant::now() < deadline,
+            "not saved 5 s after space came back"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let saved = std::fs::read_to_string(lab.work.state_dir().join("state.json")).unwrap();
@@ -267,7 +273,10 @@ fn hostile_directories_are_refused_with_the_fix() {
             .arg(lab.work.config())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // 1. state_dir writable by others.
     std::fs::create_dir_all(&state).unwrap();
@@ -283,7 +292,10 @@ fn hostile_directories_are_refused_with_the_fix() {
     );
     let (code, stderr) = run_check();
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("state_dir") && stderr.contains("chmod go-w"), "{stderr}");
+    assert!(
+        stderr.contains("state_dir") && stderr.contains("chmod go-w"),
+        "{stderr}"
+    );
     // 2. state_dir owned by another user.
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(&state, Some(NOBODY), None).unwrap();
@@ -315,7 +327,10 @@ fn hostile_directories_are_refused_with_the_fix() {
         refused.stderr
     );
     let (_, stderr) = run_check();
-    assert!(stderr.contains("the control socket's directory"), "{stderr}");
+    assert!(
+        stderr.contains("the control socket's directory"),
+        "{stderr}"
+    );
     std::fs::set_permissions(&lab.work.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     // 5. bpffs not a bpf filesystem.
     let not_bpf = lab.work.dir.join("not-bpf");
@@ -395,7 +410,10 @@ print("received", len(got), flush=True)
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let _ = impostor.wait();
-    assert!(rest.contains("received 0"), "the impostor got the request: {rest}");
+    assert!(
+        rest.contains("received 0"),
+        "the impostor got the request: {rest}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -412,7 +430,10 @@ fn bad_configs_leave_the_running_daemon_unchanged() {
     let good = std::fs::read_to_string(lab.work.config()).unwrap();
     let rollout = |body: &str| format!("{good}\n[service.rollout]\n{body}\n");
     let cases: Vec<(String, &str)> = vec![
-        (good.replace(WEB, "0.0.0.0:80"), "is the unspecified address"),
+        (
+            good.replace(WEB, "0.0.0.0:80"),
+            "is the unspecified address",
+        ),
         (good.replace(WEB, "224.0.0.5:80"), "is a multicast address"),
         (
             good.replace(WEB, "255.255.255.255:80"),
@@ -428,8 +449,14 @@ fn bad_configs_leave_the_running_daemon_unchanged() {
             ),
             "checks[0].bound: inf is not a finite number",
         ),
-        (rollout("every = \"100000h\""), "every: rollout step duration must be at most 7 days"),
-        (rollout("failure_tolerance = nan"), "failure_tolerance must be a finite number"),
+        (
+            rollout("every = \"100000h\""),
+            "every: rollout step duration must be at most 7 days",
+        ),
+        (
+            rollout("failure_tolerance = nan"),
+            "failure_tolerance must be a finite number",
+        ),
         (
             good.replace("green_weight = 10", "green_weight = \"ten\""),
             "service[0].green_weight: invalid type: string \"ten\"",
@@ -447,7 +474,11 @@ fn bad_configs_leave_the_running_daemon_unchanged() {
         std::fs::write(lab.work.config(), text).unwrap();
         let refused = lab.cli(&["reload"]);
         assert_eq!(refused.code, 5, "{expected}: {refused:?}");
-        assert!(refused.stderr.contains(expected), "{expected}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains(expected),
+            "{expected}: {}",
+            refused.stderr
+        );
         assert_eq!(weight_of(&lab), 200_000, "{expected}: weight changed");
     }
     std::fs::write(lab.work.config(), &good).unwrap();
@@ -606,7 +637,11 @@ fn measure_control_during_a_reload_scan() {
         "reload with {filled} pinned flows took {:.0} ms; `splitter set-weight` during it: {} round trips, median {:.1} ms, max {:.1} ms; idle: median {:.1} ms",
         reload_time.as_secs_f64() * 1e3,
         round_trips.len(),
-        if round_trips.is_empty() { 0.0 } else { median(round_trips.clone()).as_secs_f64() * 1e3 },
+        if round_trips.is_empty() {
+            0.0
+        } else {
+            median(round_trips.clone()).as_secs_f64() * 1e3
+        },
         max.as_secs_f64() * 1e3,
         median(idle).as_secs_f64() * 1e3,
     );

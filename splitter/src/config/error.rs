@@ -35,11 +35,11 @@ pub enum ConfigError {
     },
     #[error("control.{field}: {value} is outside {CONNECTIONS_MIN}..={CONNECTIONS_MAX}")]
     Connections { field: &'static str, value: usize },
-    #[error(
-        "control.client_timeout: `{value}` is not a duration between 1s and 1h like \"60s\""
-    )]
+    #[error("control.client_timeout: `{value}` is not a duration between 1s and 1h like \"60s\"")]
     ClientTimeout { value: String },
-    #[error("service `{service}`: {field} `{value}` is {kind}: only a specified unicast address can be a service address or backend")]
+    #[error(
+        "service `{service}`: {field} `{value}` is {kind}: only a specified unicast address can be a service address or backend"
+    )]
     NotUnicast {
         service: String,
         field: String,

@@ -481,7 +481,10 @@ fn bad_day_configs_are_refused_naming_the_key() {
         ),
         (
             "huge miss_hold",
-            edit("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\nmiss_hold = \"100000000000h\""),
+            edit(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\nmiss_hold = \"100000000000h\"",
+            ),
             "dataplane.miss_hold: `100000000000h` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)",
         ),
         (
@@ -491,7 +494,10 @@ fn bad_day_configs_are_refused_naming_the_key() {
         ),
         (
             "flow table size as a string",
-            edit("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\nflow_table_size = \"big\""),
+            edit(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\nflow_table_size = \"big\"",
+            ),
             "dataplane.flow_table_size: invalid type: string \"big\"",
         ),
         (
@@ -534,7 +540,10 @@ fn every_problem_is_reported() {
     let text = edit("203.0.113.10:80", "0.0.0.0:80")
         .replace("green_weight = 10", "green_weight = 150")
         .replace("10.2.0.10:8080", "224.1.1.1:8080")
-        .replace("interfaces = [\"eth0\"]", "interfaces = [\"eth0\"]\nmiss_hold = \"forever\"");
+        .replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\nmiss_hold = \"forever\"",
+        );
     let problems = Config::parse(Path::new("test.toml"), &text)
         .unwrap()
         .validate_all(&|name| name == "eth0")

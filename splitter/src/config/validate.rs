@@ -187,10 +187,7 @@ fn is_valid_service_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn validate_services(
-    sections: &[ServiceSection],
-    problems: &mut Vec<ConfigError>,
-) -> Vec<Service> {
+fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError>) -> Vec<Service> {
     if sections.len() > SERVICES_MAX {
         problems.push(ConfigError::TooManyServices {
             count: sections.len(),
@@ -245,7 +242,9 @@ fn validate_services(
                         other: (*other).to_owned(),
                         backend: *backend,
                     });
-                } else if let Some(other) = backends.insert((*backend, service.protocol), &service.name) {
+                } else if let Some(other) =
+                    backends.insert((*backend, service.protocol), &service.name)
+                {
                     problems.push(ConfigError::SharedBackend {
                         service: service.name.clone(),
                         field,

@@ -215,9 +215,10 @@ impl Rollout {
         }
         match verdict {
             Verdict::Hold { reason } => {
-                if now_unix_ms >= self
-                    .held_until_unix_ms
-                    .saturating_add(crate::units::millis(self.plan.every))
+                if now_unix_ms
+                    >= self
+                        .held_until_unix_ms
+                        .saturating_add(crate::units::millis(self.plan.every))
                     || self.held_until_unix_ms < due
                 {
                     self.held_until_unix_ms = now_unix_ms;
