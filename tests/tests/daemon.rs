@@ -127,10 +127,23 @@ fn set_weight_and_switch_change_the_split_of_new_connections() {
     let distinct: BTreeSet<_> = answers.iter().map(|a| a.clone().unwrap()).collect();
     assert_eq!(distinct.len(), 2, "both blue backends serve: {distinct:?}");
 
-    // The measured share covers the last 10 s of new flows and is reported per service.
-    let status = lab.status();
-    let web = find(&status, "web");
-    assert!(web.window_new_flows > 0 && web.measured_green_share.is_some());
+    // The measured share covers the last 10 s of new flows and is reported per service. It
+    // needs two once-a-second samples around the flows: a fast run may ask before the second.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let web = loop {
+        let status = lab.status();
+        let web = find(&status, "web").clone();
+        if (web.window_new_flows > 0 && web.measured_green_share.is_some())
+            || Instant::now() > deadline
+        {
+            break web;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        web.window_new_flows > 0 && web.measured_green_share.is_some(),
+        "{web:?}"
+    );
     let text = lab.cli_ok(&["status"]);
     assert!(text.contains("green weight 0%"), "{text}");
 }

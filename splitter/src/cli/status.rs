@@ -42,6 +42,17 @@ pub fn render_status(report: &StatusReport) -> String {
         daemon.pinned_flows,
         daemon.flow_table_size,
     );
+    if daemon.state_file.behind {
+        let _ = writeln!(
+            text,
+            "WARNING: the state file is behind the weights in force (they are in the kernel; retried every second): {}",
+            daemon
+                .state_file
+                .last_error
+                .as_deref()
+                .unwrap_or("not saved yet")
+        );
+    }
     for service in &report.services {
         let measured = match service.measured_green_share {
             Some(share) => format!(

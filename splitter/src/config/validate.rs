@@ -95,29 +95,7 @@ impl Config {
                 value: control.metrics.clone(),
             });
         }
-        for (field, value, range) in [
-            (
-                "max_connections",
-                control.max_connections,
-                CONNECTIONS_MIN..=CONNECTIONS_MAX,
-            ),
-            (
-                "metrics_max_connections",
-                control.metrics_max_connections,
-                CONNECTIONS_MIN..=CONNECTIONS_MAX,
-            ),
-        ] {
-            if !range.contains(&value) {
-                problems.push(ConfigError::Connections { field, value });
-            }
-        }
-        let client_timeout = parse_duration(&control.client_timeout)
-            .filter(|timeout| (CLIENT_TIMEOUT_MIN..=CLIENT_TIMEOUT_MAX).contains(timeout));
-        if client_timeout.is_none() {
-            problems.push(ConfigError::ClientTimeout {
-                value: control.client_timeout.clone(),
-            });
-        }
+        let client_timeout = validate_limits(control, &mut problems);
         let services = validate_services(&self.services, &mut problems);
         match (miss_hold, handshake_timeout, metrics, client_timeout) {
             (Some(miss_hold), Some(handshake_timeout), Some(metrics), Some(client_timeout))
@@ -144,6 +122,29 @@ impl Config {
             _ => Err(problems),
         }
     }
+}
+
+/// The connection caps and the client timeout.
+fn validate_limits(
+    control: &super::ControlSection,
+    problems: &mut Vec<ConfigError>,
+) -> Option<Duration> {
+    for (field, value) in [
+        ("max_connections", control.max_connections),
+        ("metrics_max_connections", control.metrics_max_connections),
+    ] {
+        if !(CONNECTIONS_MIN..=CONNECTIONS_MAX).contains(&value) {
+            problems.push(ConfigError::Connections { field, value });
+        }
+    }
+    let client_timeout = parse_duration(&control.client_timeout)
+        .filter(|timeout| (CLIENT_TIMEOUT_MIN..=CLIENT_TIMEOUT_MAX).contains(timeout));
+    if client_timeout.is_none() {
+        problems.push(ConfigError::ClientTimeout {
+            value: control.client_timeout.clone(),
+        });
+    }
+    client_timeout
 }
 
 fn validate_interfaces(

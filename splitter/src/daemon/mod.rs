@@ -164,24 +164,7 @@ impl App {
                 ),
             })
             .collect();
-        for wanted in &desired {
-            let kernel = self
-                .installed
-                .get(&(wanted.service.address, wanted.service.protocol))
-                .map(|installed| installed.config.green_weight);
-            if let (Some(saved), Some(kernel)) =
-                (self.state.services.get(&wanted.service.name), kernel)
-                && saved.file_green_weight == wanted.service.green_weight
-                && kernel < saved.green_weight
-            {
-                tracing::warn!(
-                    service = %wanted.service.name,
-                    kernel = %crate::units::ppm_to_percent(kernel),
-                    saved = %crate::units::ppm_to_percent(saved.green_weight),
-                    "the data plane holds a lower green weight than the state file (a rollback that was not saved before the daemon stopped): the lower one stays"
-                );
-            }
-        }
+        self.warn_lower_kernel_weights(&desired);
         let maps = &self.dataplane.maps;
         let plan = reconcile::plan(&desired, config.miss_hold, &self.installed, &mut |id| {
             maps.backend(id).is_ok_and(|backend| backend.family == 0)
@@ -267,6 +250,29 @@ impl App {
             self.sampler.clear();
         }
         Ok(report)
+    }
+
+    /// Logs each service whose kernel weight is below the saved one (the lower one stays; see
+    /// `State::initial_weight`).
+    fn warn_lower_kernel_weights(&self, desired: &[Desired<'_>]) {
+        for wanted in desired {
+            let kernel = self
+                .installed
+                .get(&(wanted.service.address, wanted.service.protocol))
+                .map(|installed| installed.config.green_weight);
+            if let (Some(saved), Some(kernel)) =
+                (self.state.services.get(&wanted.service.name), kernel)
+                && saved.file_green_weight == wanted.service.green_weight
+                && kernel < saved.green_weight
+            {
+                tracing::warn!(
+                    service = %wanted.service.name,
+                    kernel = %crate::units::ppm_to_percent(kernel),
+                    saved = %crate::units::ppm_to_percent(saved.green_weight),
+                    "the data plane holds a lower green weight than the state file (a rollback that was not saved before the daemon stopped): the lower one stays"
+                );
+            }
+        }
     }
 
     /// Attaches new interfaces, then detaches the ones no longer configured. On failure the

@@ -180,9 +180,8 @@ impl Shared {
 
     /// One rollout tick: external checks first (outside the lock), then the analysis.
     pub async fn rollout_tick(&self) {
-        let wanted = match blocking(|| self.app().as_ref().map(App::rollout_checks)) {
-            Some(wanted) => wanted,
-            None => return,
+        let Some(wanted) = blocking(|| self.app().as_ref().map(App::rollout_checks)) else {
+            return;
         };
         let mut checks = std::collections::BTreeMap::new();
         for (service, list) in wanted {
