@@ -110,11 +110,14 @@ impl Drop for Load {
     }
 }
 
+/// What one keep-alive connection saw: every distinct answer, or how it broke.
+type Seen = Result<Vec<String>, String>;
+
 /// `count` keep-alive connections, each asked every 100 ms until stopped: per connection,
 /// every distinct answer, or the first failure.
 struct KeepAlive {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Result<Vec<String>, String>>>>,
+    thread: Option<JoinHandle<Vec<Seen>>>,
 }
 
 impl KeepAlive {
@@ -124,8 +127,7 @@ impl KeepAlive {
         let vip: SocketAddr = WEB.parse().unwrap();
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let thread = lab.topology.client.spawn(move || {
-            let mut connections: Vec<(Option<Connection>, Result<Vec<String>, String>)> = (0
-                ..count)
+            let mut connections: Vec<(Option<Connection>, Seen)> = (0..count)
                 .map(|_| match Connection::open(vip) {
                     Ok(connection) => (Some(connection), Ok(Vec::new())),
                     Err(error) => (None, Err(format!("connect: {error}"))),

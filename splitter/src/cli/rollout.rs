@@ -195,9 +195,10 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             wait_for(&ask, &mut out, &service, timeout)
         }
         RolloutCommand::List { json } => {
-            let reports = match Client::connect(socket)?.request(&Request::RolloutList)? {
-                Reply::Rollouts(reports) => reports,
-                _ => unreachable!("rollout list answers rollouts"),
+            let Reply::Rollouts(reports) =
+                Client::connect(socket)?.request(&Request::RolloutList)?
+            else {
+                unreachable!("rollout list answers rollouts")
             };
             if json {
                 writeln!(

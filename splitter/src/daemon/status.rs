@@ -45,6 +45,7 @@ impl App {
 
     /// Everything `status` and the metrics endpoint show. `live` is flows per backend id
     /// (from a scan of the flow table), `pinned` their total.
+    #[expect(clippy::too_many_lines, reason = "one snapshot, built field by field")]
     pub fn status(&self, live: &HashMap<u32, u64>, pinned: u64) -> Result<StatusReport, AppError> {
         let maps = &self.dataplane.maps;
         let mut services = Vec::new();
