@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod color;
 pub mod config;
 pub mod control;
 pub mod daemon;

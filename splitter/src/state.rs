@@ -35,7 +35,7 @@ pub struct State {
     /// The stable color by service name (the one a rollout moves traffic away from); absent
     /// (also from older state files): blue. A completed rollout makes its canary stable.
     #[serde(default)]
-    pub stable: BTreeMap<String, crate::config::ColorName>,
+    pub stable: BTreeMap<String, crate::color::ColorName>,
 }
 
 /// One service's runtime weight.
@@ -192,11 +192,11 @@ impl State {
 
 impl State {
     /// The service's stable color: blue until a rollout completes toward green.
-    pub fn stable_color(&self, name: &str) -> crate::config::ColorName {
+    pub fn stable_color(&self, name: &str) -> crate::color::ColorName {
         self.stable
             .get(name)
             .copied()
-            .unwrap_or(crate::config::ColorName::Blue)
+            .unwrap_or(crate::color::ColorName::Blue)
     }
 }
 
@@ -340,14 +340,14 @@ mod tests {
     fn old_state_files_load_with_blue_stable() {
         let old = r#"{"version":1,"services":{"web":{"green_weight":0,"file_green_weight":0}}}"#;
         let state: State = serde_json::from_str(old).unwrap();
-        assert_eq!(state.stable_color("web"), crate::config::ColorName::Blue);
+        assert_eq!(state.stable_color("web"), crate::color::ColorName::Blue);
         let mut state = state;
         state
             .stable
-            .insert("web".into(), crate::config::ColorName::Green);
+            .insert("web".into(), crate::color::ColorName::Green);
         let text = serde_json::to_string(&state).unwrap();
         let back: State = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.stable_color("web"), crate::config::ColorName::Green);
+        assert_eq!(back.stable_color("web"), crate::color::ColorName::Green);
     }
 
     #[test]

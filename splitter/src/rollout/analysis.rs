@@ -9,7 +9,7 @@ use splitter_common::{
 };
 
 use super::plan::Plan;
-use crate::config::ColorName;
+use crate::color::ColorName;
 
 /// One color's counters (summed over its backends) at an instant, or their change over a
 /// window.
