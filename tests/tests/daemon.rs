@@ -631,7 +631,10 @@ fn bad_config_is_refused_before_anything_is_touched() {
     assert_eq!(check.status.code(), Some(0), "{check:?}");
     assert_eq!(
         String::from_utf8_lossy(&check.stdout),
-        format!("{config}: ok (1 service, interfaces eth0)\n")
+        format!(
+            "{config}: ok (1 service, interfaces eth0)\nhash seed: random, drawn at the first start and kept in {}\n",
+            lab.work.state_dir().join("hash_seed").display()
+        )
     );
 
     // One daemon per state directory.

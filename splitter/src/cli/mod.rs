@@ -20,10 +20,14 @@ use crate::{
     units::{PercentError, parse_percent, ppm_to_percent},
 };
 
+mod drain;
 pub mod rollout;
 mod status;
 
-use self::rollout::{RolloutCliError, RolloutCommand};
+use self::{
+    drain::{DrainArgs, DrainCliError},
+    rollout::{RolloutCliError, RolloutCommand},
+};
 pub use self::status::render_status;
 
 /// Exit codes (documented in the README and in `--help`).
@@ -46,6 +50,8 @@ pub enum Exit {
     /// `rollout start --wait`: the rollout was rolled back (green did worse than blue, or an
     /// operator aborted it).
     RolloutAborted = 6,
+    /// `drain --wait --timeout`: the color still had live connections at the timeout.
+    NotDrained = 7,
 }
 
 impl From<Exit> for ExitCode {
@@ -62,7 +68,8 @@ Exit codes:
   3  daemon not running / not reachable on the socket
   4  permission denied on the control socket (root only)
   5  invalid configuration, or a reload that needs a restart (nothing changed)
-  6  rollout start --wait: the rollout was rolled back";
+  6  rollout start --wait: the rollout was rolled back
+  7  drain --wait/--timeout: the color still had live connections at the timeout";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,6 +114,9 @@ pub enum Command {
     /// Send every new flow of SERVICE to one color (cutover or instant rollback).
     /// Established flows stay where they are.
     Switch { service: String, color: ColorName },
+    /// Drain COLOR of SERVICE: every new flow to the other color at once (one map write, as
+    /// `switch`), then its live connections per backend; `--wait` until there are none.
+    Drain(DrainArgs),
     /// Re-read the config file and apply the difference (same as SIGHUP).
     Reload,
     /// Validate a config file (syntax, values, interfaces on this host) without a daemon.
@@ -136,6 +146,8 @@ enum CliError {
     #[error(transparent)]
     Rollout(RolloutCliError),
     #[error(transparent)]
+    Drain(DrainCliError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
     Percent {
@@ -146,6 +158,8 @@ enum CliError {
     Interval,
     #[error(transparent)]
     Dataplane(#[from] dataplane::DataplaneError),
+    #[error(transparent)]
+    State(crate::state::StateError),
     #[error("writing to stdout: {0}")]
     Stdout(#[from] std::io::Error),
 }
@@ -154,13 +168,19 @@ impl CliError {
     fn exit(&self) -> Exit {
         match self {
             CliError::Client(client) => client_exit(client),
-            CliError::Dataplane(_) | CliError::Stdout(_) => Exit::Failure,
+            CliError::Dataplane(_) | CliError::State(_) | CliError::Stdout(_) => Exit::Failure,
             CliError::Config(_) => Exit::InvalidConfig,
             CliError::Rollout(error) => match error {
                 RolloutCliError::Client(client) => client_exit(client),
                 RolloutCliError::Every(_) => Exit::Usage,
                 RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
                 RolloutCliError::Stdout(_) => Exit::Failure,
+            },
+            CliError::Drain(error) => match error {
+                DrainCliError::Client(client) => client_exit(client),
+                DrainCliError::Timeout(_) => Exit::Usage,
+                DrainCliError::NotDrained { .. } => Exit::NotDrained,
+                DrainCliError::Stdout(_) => Exit::Failure,
             },
             CliError::Percent { .. } | CliError::Interval => Exit::Usage,
         }
@@ -246,6 +266,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             let reply = request(socket, &Request::Switch { service, color })?;
             print_weight(&mut out, reply)
         }
+        Command::Drain(args) => drain::execute(args, socket).map_err(CliError::Drain),
         Command::Reload => {
             let Reply::Reloaded(report) = request(socket, &Request::Reload)? else {
                 unreachable!("reload answers a reload report");
@@ -282,6 +303,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 if valid.services.len() == 1 { "" } else { "s" },
                 valid.interfaces.join(", ")
             )?;
+            writeln!(out, "hash seed: {}", seed_in_force(&valid)?)?;
             Ok(())
         }
         Command::Unload { config } => {
@@ -309,6 +331,23 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             print_unloaded(&mut out, &unloaded)
         }
     }
+}
+
+/// Which hash seed a daemon started with `config` uses (never its value: see
+/// `HashSeedSource`).
+fn seed_in_force(config: &crate::config::Validated) -> Result<String, CliError> {
+    if config.hash_seed.is_some() {
+        return Ok("configured (dataplane.hash_seed)".to_owned());
+    }
+    let path = crate::state::RandomSeed::path(&config.state_dir);
+    Ok(match crate::state::RandomSeed::read(&config.state_dir) {
+        Ok(Some(_)) => format!("random, kept in {}", path.display()),
+        Ok(None) => format!(
+            "random, drawn at the first start and kept in {}",
+            path.display()
+        ),
+        Err(error) => return Err(CliError::State(error)),
+    })
 }
 
 /// One frame of `--watch`: on a terminal it is drawn over the previous one (cursor home, draw,

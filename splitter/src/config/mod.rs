@@ -80,8 +80,9 @@ pub struct DataplaneSection {
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
     /// Seed of the split hash; hosts behind the same ECMP group must share it. Load time only.
-    #[serde(default = "default_hash_seed")]
-    pub hash_seed: u32,
+    /// Absent: a random seed drawn at the first start and kept in `state_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_seed: Option<u32>,
     /// How long after a weight change a TCP packet of an unknown flow is steered by the
     /// previous weight (it most likely began before the change). `"60s"`, `"500ms"`, `"5m"`.
     #[serde(default = "default_miss_hold")]
@@ -217,9 +218,6 @@ fn default_xdp_mode() -> XdpMode {
 fn default_flow_table_size() -> u32 {
     DEFAULT_FLOW_TABLE_SIZE
 }
-fn default_hash_seed() -> u32 {
-    splitter_common::hash::DEFAULT_HASH_SEED
-}
 fn default_miss_hold() -> String {
     format!("{}s", DEFAULT_MISS_HOLD.as_secs())
 }
@@ -284,6 +282,13 @@ impl ColorName {
             ColorName::Green => splitter_common::Color::Green,
         }
     }
+
+    pub const fn other(self) -> ColorName {
+        match self {
+            ColorName::Blue => ColorName::Green,
+            ColorName::Green => ColorName::Blue,
+        }
+    }
 }
 
 impl std::fmt::Display for ColorName {
@@ -298,7 +303,8 @@ pub struct Validated {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub flow_table_size: u32,
-    pub hash_seed: u32,
+    /// `None`: the random seed persisted in `state_dir` (see `state::RandomSeed`).
+    pub hash_seed: Option<u32>,
     pub miss_hold: Duration,
     pub handshake_timeout: Duration,
     pub redirect_interfaces: Vec<String>,

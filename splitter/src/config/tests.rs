@@ -33,7 +33,7 @@ fn good_config_and_defaults() {
     assert_eq!(config.interfaces, ["eth0"]);
     assert_eq!(config.xdp_mode, XdpMode::Auto);
     assert_eq!(config.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
-    assert_eq!(config.hash_seed, splitter_common::hash::DEFAULT_HASH_SEED);
+    assert_eq!(config.hash_seed, None, "no hash_seed: a random one at the first start");
     assert_eq!(config.miss_hold, DEFAULT_MISS_HOLD);
     assert_eq!(config.handshake_timeout, Duration::from_millis(500));
     assert!(config.redirect_interfaces.is_empty());

@@ -36,6 +36,14 @@ pub enum Request {
         service: String,
         color: ColorName,
     },
+    /// Every new flow to the other color (one map write, as `switch`); `cut` also unpins the
+    /// flows still pinned to `color`.
+    Drain {
+        service: String,
+        color: ColorName,
+        #[serde(default)]
+        cut: bool,
+    },
     /// Re-read the config file and apply the difference.
     Reload,
     /// Detach and remove the data plane, then stop the daemon.
@@ -74,6 +82,7 @@ impl Request {
             Request::Status => "status",
             Request::SetWeight { .. } => "set-weight",
             Request::Switch { .. } => "switch",
+            Request::Drain { .. } => "drain",
             Request::Reload => "reload",
             Request::Unload => "unload",
             Request::RolloutStart { .. } => "rollout-start",
@@ -99,6 +108,7 @@ pub enum Response {
 pub enum Reply {
     Status(Box<StatusReport>),
     Weight(WeightChange),
+    Drained(DrainReport),
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
@@ -160,6 +170,18 @@ pub struct WeightChange {
     pub green_weight: u32,
 }
 
+/// The result of `drain`: the weight change (none when already in force) and, with `cut`, how
+/// many flows were unpinned. Live connections are in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub service: String,
+    /// The color drained.
+    pub color: ColorName,
+    pub previous_green_weight: u32,
+    pub green_weight: u32,
+    pub unpinned: u64,
+}
+
 /// The result of `reload`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReport {
@@ -194,7 +216,10 @@ pub struct DaemonStatus {
     pub bpffs: PathBuf,
     pub interfaces: Vec<String>,
     pub flow_table_size: u32,
+    /// The split hash's seed in force (only here: never logged, not in the human view).
     pub hash_seed: u32,
+    #[serde(default)]
+    pub hash_seed_source: HashSeedSource,
     /// Entries in the flow table (all services, including flows of removed backends).
     pub pinned_flows: u64,
 }
@@ -211,7 +236,30 @@ impl Default for DaemonStatus {
             interfaces: Vec::new(),
             flow_table_size: 0,
             hash_seed: 0,
+            hash_seed_source: HashSeedSource::default(),
             pinned_flows: 0,
+        }
+    }
+}
+
+/// Where the hash seed in force came from. Its value is a secret of sorts: whoever knows it can
+/// pick client tuples that land on green, so it is not logged nor shown by `status` (only in
+/// its JSON, on the root-only socket, for copying into the configs of an ECMP group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashSeedSource {
+    /// `dataplane.hash_seed` in the config.
+    Configured,
+    /// Drawn at random at the first start and kept in `state_dir/hash_seed`.
+    #[default]
+    Random,
+}
+
+impl HashSeedSource {
+    pub const fn name(self) -> &'static str {
+        match self {
+            HashSeedSource::Configured => "configured",
+            HashSeedSource::Random => "random",
         }
     }
 }

@@ -25,12 +25,12 @@ use self::{
 };
 use crate::{
     config::{ColorName, Config, ConfigError, Validated},
-    control::protocol::{ErrorKind, ReloadReport},
+    control::protocol::{ErrorKind, HashSeedSource, ReloadReport},
     dataplane::{
         Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
         services::socket_addr,
     },
-    state::{ServiceState, State, StateError},
+    state::{RandomSeed, ServiceState, State, StateError},
 };
 
 /// Why a daemon operation failed; [`AppError::kind`] is what the CLI's exit code is made from.
@@ -88,6 +88,44 @@ pub struct App {
     installed: BTreeMap<ServiceAddress, InstalledService>,
     sampler: Sampler,
     started: Instant,
+    /// Where the seed in force came from (its value: `dataplane.loaded_with`).
+    hash_seed_source: HashSeedSource,
+}
+
+/// Opens the data plane with the configured hash seed, or else the random one of `state_dir`
+/// (drawn at the first start). Without a configured seed, a pinned data plane's seed is the
+/// one in force (it cannot change while the programs run) and is persisted as the random seed
+/// (the file was lost, or `hash_seed` was removed from the config).
+fn open_dataplane(config: &Validated) -> Result<(Dataplane, HashSeedSource), AppError> {
+    let (hash_seed, source) = match config.hash_seed {
+        Some(seed) => (seed, HashSeedSource::Configured),
+        None => (
+            RandomSeed::load_or_create(&config.state_dir)?,
+            HashSeedSource::Random,
+        ),
+    };
+    let mut options = LoadOptions {
+        flow_table_size: config.flow_table_size,
+        hash_seed,
+        handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
+    };
+    let policy = PinPolicy::Pinned {
+        bpffs: &config.bpffs,
+    };
+    match Dataplane::open(&options, policy) {
+        Err(DataplaneError::PinnedSettingDiffers {
+            setting: "hash_seed",
+            pinned,
+            ..
+        }) if source == HashSeedSource::Random => {
+            let pinned = u32::try_from(pinned).expect("the pinned seed is a u32");
+            RandomSeed::store(&config.state_dir, pinned)?;
+            tracing::info!("no hash_seed configured: the pinned data plane's seed stays in force");
+            options.hash_seed = pinned;
+            Ok((Dataplane::open(&options, policy)?, source))
+        }
+        result => Ok((result?, source)),
+    }
 }
 
 impl App {
@@ -95,20 +133,11 @@ impl App {
     /// interfaces, and installs the configured services with their persisted weights.
     pub fn start(config_path: &Path, config: Validated) -> Result<Self, AppError> {
         let state = State::load(&config.state_dir)?;
-        let options = LoadOptions {
-            flow_table_size: config.flow_table_size,
-            hash_seed: config.hash_seed,
-            handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
-        };
-        let dataplane = Dataplane::open(
-            &options,
-            PinPolicy::Pinned {
-                bpffs: &config.bpffs,
-            },
-        )?;
+        let (dataplane, hash_seed_source) = open_dataplane(&config)?;
         tracing::info!(
             bpffs = %config.bpffs.display(),
             origin = dataplane.origin.name(),
+            hash_seed = hash_seed_source.name(),
             "data plane ready"
         );
         let mut app = Self {
@@ -119,6 +148,7 @@ impl App {
             state,
             sampler: Sampler::default(),
             started: Instant::now(),
+            hash_seed_source,
         };
         let report = app.apply(config)?;
         tracing::info!(?report, "configuration applied");
@@ -355,8 +385,19 @@ impl App {
             ),
             (
                 "dataplane.hash_seed",
-                old.hash_seed.to_string(),
-                new.hash_seed.to_string(),
+                // A random seed is not printed (see `HashSeedSource`); a file without
+                // `hash_seed` keeps the seed in force.
+                match old.hash_seed {
+                    Some(seed) => seed.to_string(),
+                    None => "the random seed".to_owned(),
+                },
+                match new.hash_seed {
+                    Some(seed) if Some(seed) != old.hash_seed => seed.to_string(),
+                    Some(_) | None => match old.hash_seed {
+                        Some(seed) => seed.to_string(),
+                        None => "the random seed".to_owned(),
+                    },
+                },
                 UNLOAD,
             ),
             (

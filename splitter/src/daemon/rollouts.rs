@@ -239,33 +239,26 @@ impl App {
         let action = rollout.abort(now_unix_ms(), why);
         self.commit(&rollout, action, logged)?;
         if cut {
-            self.cut_green(name)?;
+            self.cut(name, ColorName::Green)?;
         }
         self.rollout_status(name)
     }
 
-    /// Unpins every flow of the service's green backends, and makes mid-flow misses follow
-    /// weight 0 (the previous generation) so they land on blue.
-    fn cut_green(&mut self, name: &str) -> Result<(), AppError> {
+    /// Unpins every flow of the service's `color` backends, and makes mid-flow misses follow
+    /// the weight in force (no earlier weight) so they land on the other color: `rollout abort
+    /// --cut` (green) and `drain --cut`. Returns how many flows were unpinned.
+    pub(super) fn cut(&mut self, name: &str, color: ColorName) -> Result<usize, AppError> {
         let address = self.service_address(name)?;
         let Some(installed) = self.installed.get(&address) else {
-            return Ok(());
+            return Ok(0);
         };
-        let green: Vec<u32> = installed
-            .pool(ColorName::Green)
-            .iter()
-            .map(|(id, _)| *id)
-            .collect();
-        let removed = self.dataplane.maps.unpin_backends(&green)?;
+        let ids: Vec<u32> = installed.pool(color).iter().map(|(id, _)| *id).collect();
+        let removed = self.dataplane.maps.unpin_backends(&ids)?;
         self.dataplane
             .maps
             .forget_previous_weight(&address.0, address.1)?;
-        tracing::info!(
-            service = name,
-            unpinned = removed,
-            "rollout abort --cut: green flows unpinned"
-        );
-        Ok(())
+        tracing::info!(service = name, %color, unpinned = removed, "flows unpinned (--cut)");
+        Ok(removed)
     }
 
     pub fn rollout_status(&self, name: &str) -> Result<RolloutReport, AppError> {

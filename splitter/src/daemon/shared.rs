@@ -97,6 +97,13 @@ impl Shared {
             Request::Switch { service, color } => self
                 .with_app(|app| app.switch(&service, color))
                 .map(Reply::Weight),
+            Request::Drain {
+                service,
+                color,
+                cut,
+            } => self
+                .with_app(|app| app.drain(&service, color, cut))
+                .map(Reply::Drained),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
             Request::RolloutStart { service, overrides } => self

@@ -120,6 +120,7 @@ impl App {
                 interfaces: self.dataplane.interfaces().into_iter().collect(),
                 flow_table_size: self.dataplane.loaded_with.flow_table_size,
                 hash_seed: self.dataplane.loaded_with.hash_seed,
+                hash_seed_source: self.hash_seed_source,
                 pinned_flows: pinned,
             },
             services,
