@@ -965,7 +965,7 @@ fn measure_daemon_figures() {
     let text = lab.metrics();
     let scrape_time = scrape.elapsed();
     assert_eq!(
-        metric(&text, "splitter_flow_table_entries"),
+        metric(&text, r#"splitter_flow_table_entries{table="flows"}"#),
         Some(pinned as f64)
     );
     let (rss_after, hwm) = memory_kib(pid);

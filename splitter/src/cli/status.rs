@@ -9,7 +9,7 @@ use crate::{control::protocol::StatusReport, units::ppm_to_percent};
 const HEADER: [&str; 10] = [
     "COLOR",
     "BACKEND",
-    "FLOWS",
+    "LIVE",
     "NEW/S",
     "PKTS_IN",
     "PKTS_OUT",
@@ -28,15 +28,18 @@ pub fn render_status(report: &StatusReport) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}  flow table {}/{}",
+        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}\n  flow tables: verified {}/{}, pending {}/{}  hash seed {}",
         daemon.version,
         daemon.pid,
         uptime(daemon.uptime_seconds),
         daemon.dataplane.name(),
         daemon.bpffs.display(),
         daemon.interfaces.join(","),
-        daemon.pinned_flows,
-        daemon.flow_table_size,
+        daemon.flow_tables.flows.entries,
+        daemon.flow_tables.flows.capacity,
+        daemon.flow_tables.pending.entries,
+        daemon.flow_tables.pending.capacity,
+        daemon.hash_seed_source.name(),
     );
     for service in &report.services {
         let measured = match service.measured_green_share {
@@ -48,16 +51,24 @@ pub fn render_status(report: &StatusReport) -> String {
             ),
             None => "no new flows in the last 10s".to_owned(),
         };
+        let live = service
+            .colors
+            .iter()
+            .map(|color| format!("{} {}", color.color, color.live_flows))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             text,
-            "\n{}  {}/{}  cohort {}\n  green weight {}%   measured green share {}   flow misses {}",
+            "\n{}  {}/{}  cohort {}\n  green weight {}%   measured green share {}\n  live connections: {}   flow misses {} (ambiguous {})",
             service.name,
             service.address,
             service.protocol.name(),
             service.cohort.name(),
             ppm_to_percent(service.green_weight),
             measured,
+            live,
             service.flow_misses,
+            service.ambiguous_misses,
         );
         let mut table = backend_table();
         for color in &service.colors {
@@ -118,7 +129,9 @@ mod tests {
     use super::*;
     use crate::{
         config::{CohortSetting, ColorName},
-        control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
+        control::protocol::{
+            BackendStatus, ColorStatus, FlowStates, ServiceStatus, Signals, Traffic,
+        },
         dataplane::services::Protocol,
     };
 
@@ -127,6 +140,11 @@ mod tests {
             address: address.parse().unwrap(),
             id: 0,
             live_flows: 3,
+            flows: FlowStates {
+                pending: 1,
+                established: 2,
+                closing: 1,
+            },
             new_flows: 4,
             new_flows_per_second: Some(1.5),
             to_backend: Traffic::default(),
@@ -149,31 +167,38 @@ mod tests {
             window_seconds: 0.0,
             window_new_flows: 0,
             flow_misses: 0,
+            ambiguous_misses: 0,
             colors: vec![
                 ColorStatus {
                     color: ColorName::Blue,
+                    live_flows: 3,
                     backends: vec![backend("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535")],
                 },
                 ColorStatus {
                     color: ColorName::Green,
+                    live_flows: 3,
                     backends: vec![backend("[fd00::2]:8080")],
                 },
             ],
         });
         let text = render_status(&report);
         assert!(text.contains("  green weight 12.5%"), "{text}");
+        assert!(
+            text.contains("  live connections: blue 3, green 3 "),
+            "{text}"
+        );
         let rows: Vec<&str> = text
             .lines()
             .skip_while(|line| !line.trim_start().starts_with("COLOR"))
             .collect();
         assert_eq!(rows.len(), 3, "{text}");
-        // FLOWS is right-aligned: every row's count (3) ends where the header does.
-        let end = rows[0].find("FLOWS").unwrap() + "FLOWS".len();
+        // LIVE is right-aligned: every row's count (3) ends where the header does.
+        let end = rows[0].find("LIVE").unwrap() + "LIVE".len();
         for row in &rows[1..] {
             assert_eq!(
                 &row[end - 1..=end],
                 "3 ",
-                "FLOWS column not aligned:\n{text}"
+                "LIVE column not aligned:\n{text}"
             );
         }
         assert!(

@@ -220,8 +220,43 @@ pub struct DaemonStatus {
     pub hash_seed: u32,
     #[serde(default)]
     pub hash_seed_source: HashSeedSource,
-    /// Entries in the flow table (all services, including flows of removed backends).
+    /// Entries in the flow table of verified flows (all services, including flows of removed
+    /// backends).
     pub pinned_flows: u64,
+    /// Fill of each flow table.
+    #[serde(default)]
+    pub flow_tables: FlowTables,
+}
+
+/// The two flow tables: `flows` (verified flows: handshake seen, or answered by the backend)
+/// and `pending` (handshakes in progress, unverified mid-flow misses, UDP flows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTables {
+    pub flows: TableFill,
+    pub pending: TableFill,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFill {
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// A backend's flows by state (one scan of both tables).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStates {
+    /// Handshakes in progress (not yet connections).
+    pub pending: u64,
+    pub established: u64,
+    /// FIN seen in one direction: still open.
+    pub closing: u64,
+}
+
+impl FlowStates {
+    /// Open connections: established or still closing.
+    pub const fn live(&self) -> u64 {
+        self.established + self.closing
+    }
 }
 
 impl Default for DaemonStatus {
@@ -238,6 +273,7 @@ impl Default for DaemonStatus {
             hash_seed: 0,
             hash_seed_source: HashSeedSource::default(),
             pinned_flows: 0,
+            flow_tables: FlowTables::default(),
         }
     }
 }
@@ -279,12 +315,18 @@ pub struct ServiceStatus {
     pub window_new_flows: u64,
     /// TCP non-SYN packets that found no pinned flow.
     pub flow_misses: u64,
+    /// Mid-flow misses in the band of hashes the weights of the `miss_hold` window disagree on.
+    #[serde(default)]
+    pub ambiguous_misses: u64,
     pub colors: Vec<ColorStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColorStatus {
     pub color: ColorName,
+    /// Open connections to the color (its backends' `live_flows`).
+    #[serde(default)]
+    pub live_flows: u64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -293,8 +335,11 @@ pub struct BackendStatus {
     pub address: SocketAddr,
     /// Index of its counters in the data plane.
     pub id: u32,
-    /// Flows pinned to it now.
+    /// Open connections to it now: established or closing flows (`flows.live()`).
     pub live_flows: u64,
+    /// Its flows by state.
+    #[serde(default)]
+    pub flows: FlowStates,
     /// Flows pinned to it since its id was assigned.
     pub new_flows: u64,
     /// New flows per second over the window (None until two samples exist).

@@ -2,14 +2,13 @@
 //! the daemon's own metrics, and the "stop now" signal `unload` raises.
 
 use std::{
-    collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
 
-use super::{App, AppError};
+use super::{App, AppError, status::Census};
 use crate::{
     control::{
         protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
@@ -25,8 +24,8 @@ use crate::{
 const SLOW_SCAN: Duration = Duration::from_millis(100);
 const LIVE_FLOWS_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// When a scan started, when it finished, flows per backend id, total.
-type LiveFlows = (Instant, Instant, HashMap<u32, u64>, u64);
+/// When a scan started, when it finished, what it found.
+type LiveFlows = (Instant, Instant, Arc<Census>);
 
 pub struct Shared {
     /// `None` once the data plane has been unloaded (the daemon is stopping).
@@ -176,33 +175,59 @@ impl Shared {
 
     /// A snapshot for `status` and the metrics endpoint.
     pub async fn status(&self) -> Result<StatusReport, SharedError> {
-        let (live, pinned) = self.live_flows().await?;
-        self.with_app(|app| app.status(&live, pinned))
+        let census = self.census().await?;
+        self.with_app(|app| app.status(&census))
     }
 
-    /// Flows per backend id (see [`SLOW_SCAN`]). The scan runs on a blocking thread with its
-    /// own map handle, without the application lock; concurrent requests wait for one scan.
-    async fn live_flows(&self) -> Result<(HashMap<u32, u64>, u64), SharedError> {
+    /// Flows per backend id and state, table fill (see [`SLOW_SCAN`]). The scan runs on a
+    /// blocking thread with its own map handles, without the application lock; concurrent
+    /// requests wait for one scan.
+    async fn census(&self) -> Result<Arc<Census>, SharedError> {
         let arrived = Instant::now();
         let mut cache = self.live.lock().await;
-        if let Some((started, finished, live, total)) = cache.as_ref() {
+        if let Some((started, finished, census)) = cache.as_ref() {
             let took = finished.duration_since(*started);
             let fresh = *started >= arrived;
             let big_and_recent =
                 took >= SLOW_SCAN && finished.elapsed() < (took * 2).min(LIVE_FLOWS_MAX_AGE);
             if fresh || big_and_recent {
-                return Ok((live.clone(), *total));
+                return Ok(census.clone());
             }
         }
         let scan = self.with_app(|app| Ok(app.flow_scan()))?;
         let started = Instant::now();
-        let (live, total) = tokio::task::spawn_blocking(move || scan.count())
+        let census = tokio::task::spawn_blocking(move || scan_census(&scan))
             .await
             .expect("flow scan does not panic")
             .map_err(AppError::from)?;
-        *cache = Some((started, Instant::now(), live.clone(), total));
-        Ok((live, total))
+        let census = Arc::new(census);
+        *cache = Some((started, Instant::now(), census.clone()));
+        Ok(census)
     }
+}
+
+/// One scan of the flow tables, in the status report's terms.
+fn scan_census(scan: &crate::dataplane::maps::FlowScan) -> Result<Census, crate::dataplane::DataplaneError> {
+    let (live, total) = scan.count()?;
+    Ok(Census {
+        backends: live
+            .into_iter()
+            .map(|(id, n)| {
+                let states = crate::control::protocol::FlowStates {
+                    established: n,
+                    ..Default::default()
+                };
+                (id, states)
+            })
+            .collect(),
+        tables: crate::control::protocol::FlowTables {
+            flows: crate::control::protocol::TableFill {
+                entries: total,
+                capacity: 0,
+            },
+            pending: crate::control::protocol::TableFill::default(),
+        },
+    })
 }
 
 fn rollout_reply(report: crate::control::protocol::RolloutReport) -> Reply {

@@ -12,9 +12,17 @@ use super::{App, AppError};
 use crate::{
     config::ColorName,
     control::protocol::{
-        BackendStatus, ColorStatus, DaemonStatus, ServiceStatus, Signals, StatusReport, Traffic,
+        BackendStatus, ColorStatus, DaemonStatus, FlowStates, FlowTables, ServiceStatus, Signals,
+        StatusReport, Traffic,
     },
 };
+
+/// One scan of the flow tables: flows per backend id by state, and each table's fill.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    pub backends: HashMap<u32, FlowStates>,
+    pub tables: FlowTables,
+}
 
 impl App {
     /// One sample of every configured backend's new-flow counter (once a second).
@@ -32,9 +40,9 @@ impl App {
         self.sampler.record(now, new_flows);
     }
 
-    /// Everything `status` and the metrics endpoint show. `live` is flows per backend id
-    /// (from a scan of the flow table), `pinned` their total.
-    pub fn status(&self, live: &HashMap<u32, u64>, pinned: u64) -> Result<StatusReport, AppError> {
+    /// Everything `status` and the metrics endpoint show, with the flows of `census` (a scan
+    /// of the flow tables).
+    pub fn status(&self, census: &Census) -> Result<StatusReport, AppError> {
         let maps = &self.dataplane.maps;
         let mut services = Vec::new();
         for service in &self.config.services {
@@ -46,6 +54,7 @@ impl App {
             let mut window_seconds = 0.0;
             for color in ColorName::BOTH {
                 let mut backends = Vec::new();
+                let mut color_live = 0;
                 for (id, address) in installed.pool(color) {
                     let counters: BackendCounters = maps.backend_counters(*id)?;
                     let rate = self.sampler.rate(*id);
@@ -53,10 +62,13 @@ impl App {
                         window[color as usize] += rate.increase;
                         window_seconds = rate.seconds;
                     }
+                    let flows = census.backends.get(id).copied().unwrap_or_default();
+                    color_live += flows.live();
                     backends.push(BackendStatus {
                         address: *address,
                         id: *id,
-                        live_flows: live.get(id).copied().unwrap_or(0),
+                        live_flows: flows.live(),
+                        flows,
                         new_flows: counters.new_flows,
                         new_flows_per_second: rate.map(super::sampler::Rate::per_second),
                         to_backend: Traffic {
@@ -82,9 +94,14 @@ impl App {
                         },
                     });
                 }
-                colors.push(ColorStatus { color, backends });
+                colors.push(ColorStatus {
+                    color,
+                    live_flows: color_live,
+                    backends,
+                });
             }
             let window_new_flows = window[0] + window[1];
+            let service_counters = maps.service_counters(installed.config.id)?;
             services.push(ServiceStatus {
                 name: service.name.clone(),
                 address: service.address,
@@ -95,7 +112,8 @@ impl App {
                     .then(|| window[ColorName::Green as usize] as f64 / window_new_flows as f64),
                 window_seconds,
                 window_new_flows,
-                flow_misses: maps.service_counters(installed.config.id)?.flow_misses,
+                flow_misses: service_counters.flow_misses,
+                ambiguous_misses: 0,
                 colors,
             });
         }
@@ -121,7 +139,8 @@ impl App {
                 flow_table_size: self.dataplane.loaded_with.flow_table_size,
                 hash_seed: self.dataplane.loaded_with.hash_seed,
                 hash_seed_source: self.hash_seed_source,
-                pinned_flows: pinned,
+                pinned_flows: census.tables.flows.entries,
+                flow_tables: census.tables,
             },
             services,
             verdicts,
