@@ -2,7 +2,7 @@
 //! ICMP errors about a service flow are forwarded to that flow's backend.
 
 use splitter_common::{
-    Addr, Cohort, Family, FlowKey, FlowValue, Handshake, Reason, ServiceConfig, ServiceKey,
+    Addr, Cohort, Family, FlowKey, FlowState, FlowValue, Reason, ServiceConfig, ServiceKey,
 };
 
 use crate::{
@@ -76,8 +76,8 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         Some(flow) => {
             let syn =
                 ip.protocol == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let handshake_over = flow.handshake == Handshake::Completed as u8
-                || flow.handshake == Handshake::None as u8;
+            let handshake_over =
+                flow.state == FlowState::Established as u8 || flow.state == FlowState::Udp as u8;
             if syn && handshake_over {
                 // A new connection on a reused 5-tuple (the client reused its source port once
                 // the earlier connection was established): it follows the split in force now,
@@ -136,9 +136,12 @@ fn new_flow(
         backend_addr: backend.addr,
         backend_port: backend.port,
         color: backend.color,
-        handshake: signals::opening(tcp, packet.tcp_flags) as u8,
+        state: signals::opening(tcp, packet.tcp_flags) as u8,
         backend_id,
-        created_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        synack_seq: 0,
+        flags: 0,
+        _pad: [0; 3],
+        stamp_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
     };
     // A stray RST closes whatever it belongs to: forward it, but do not pin a flow for it.
     // Insert failures (only under memory pressure) leave the flow unpinned: the next packet

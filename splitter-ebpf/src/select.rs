@@ -25,10 +25,16 @@ pub enum Start {
 /// The weight that applies to a flow starting at `start`.
 #[inline(always)]
 fn weight(config: &ServiceConfig, start: Start) -> u32 {
-    if start == Start::Earlier
-        && unsafe { bpf_ktime_get_ns() } < config.weight_changed_ns + config.miss_hold_ns
-    {
-        return config.previous_green_weight;
+    if start == Start::Earlier {
+        let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
+        let hash = select::cohort_hash(Cohort::from_raw(config.cohort), &FlowKey::default(), seed);
+        return splitter_common::history::miss_weight(
+            &config.history,
+            config.miss_hold_ns,
+            unsafe { bpf_ktime_get_ns() },
+            hash,
+        )
+        .weight;
     }
     config.green_weight
 }

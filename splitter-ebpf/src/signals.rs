@@ -6,7 +6,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use splitter_common::{
-    FlowKey, Handshake, ReverseValue,
+    FlowKey, FlowState, ReverseValue,
     signals::{DEFAULT_HANDSHAKE_TIMEOUT_NS, HANDSHAKE_BUCKETS, bucket},
 };
 
@@ -19,13 +19,17 @@ use crate::{
 #[unsafe(no_mangle)]
 static HANDSHAKE_TIMEOUT_NS: u64 = DEFAULT_HANDSHAKE_TIMEOUT_NS;
 
+/// Set by the daemon at load time (`UDP_IDLE_TIMEOUT_GLOBAL`).
+#[unsafe(no_mangle)]
+static UDP_IDLE_TIMEOUT_NS: u64 = splitter_common::maps::DEFAULT_UDP_IDLE_TIMEOUT_NS;
+
 /// The handshake state a new flow starts in.
 #[inline(always)]
-pub fn opening(tcp: bool, tcp_flags: u8) -> Handshake {
+pub fn opening(tcp: bool, tcp_flags: u8) -> FlowState {
     if tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        Handshake::Pending
+        FlowState::Pending
     } else {
-        Handshake::None
+        FlowState::Udp
     }
 }
 
@@ -37,14 +41,14 @@ pub fn syn_retransmitted(key: &FlowKey) {
         return;
     };
     let flow = unsafe { &mut *flow };
-    if flow.handshake != Handshake::Pending as u8 {
+    if flow.state != FlowState::Pending as u8 {
         return;
     }
     let timeout = unsafe { core::ptr::read_volatile(&HANDSHAKE_TIMEOUT_NS) };
-    if unsafe { bpf_ktime_get_ns() } < flow.created_ns + timeout {
+    if unsafe { bpf_ktime_get_ns() } < flow.stamp_ns + timeout {
         return;
     }
-    flow.handshake = Handshake::Failed as u8;
+    flow.state = FlowState::Closed as u8;
     if let Some(counters) = BACKEND_COUNTERS.get_ptr_mut(flow.backend_id) {
         unsafe { (*counters).signals.handshakes_timed_out += 1 };
     }
@@ -82,19 +86,19 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         return;
     };
     let flow = unsafe { &mut *flow };
-    let pending = flow.handshake == Handshake::Pending as u8;
+    let pending = flow.state == FlowState::Pending as u8;
     if synack && pending {
-        flow.handshake = Handshake::Completed as u8;
-        let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(flow.created_ns);
+        flow.state = FlowState::Established as u8;
+        let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(flow.stamp_ns);
         signals.handshakes_completed += 1;
         signals.handshake_latency_sum_ns += latency;
         // Masked: the verifier wants the index visibly in bounds (a power of two, asserted in
         // splitter_common::signals).
         signals.handshake_latency_buckets[bucket(latency) & (HANDSHAKE_BUCKETS - 1)] += 1;
     } else if rst && pending {
-        flow.handshake = Handshake::Failed as u8;
+        flow.state = FlowState::Closed as u8;
         signals.handshakes_refused += 1;
-    } else if rst && flow.handshake != Handshake::Failed as u8 {
+    } else if rst && flow.state != FlowState::Closed as u8 {
         signals.established_resets += 1;
     }
 }
