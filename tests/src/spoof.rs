@@ -89,7 +89,11 @@ pub fn send_in(ns: &str, dev: &str, frames: Vec<Vec<u8>>) -> usize {
         unsafe {
             // Protocol 0: the socket sends only and receives nothing.
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let ifindex = libc::if_nametoindex(dev.as_ptr());
             assert!(ifindex > 0, "no interface {dev:?} in the namespace");
             let mut address: libc::sockaddr_ll = std::mem::zeroed();
@@ -148,9 +152,7 @@ pub fn green_ports(
     count: usize,
 ) -> Vec<u16> {
     let ports: Vec<u16> = (1024..=u16::MAX)
-        .filter(|port| {
-            hashes_green(SocketAddr::new(from.into(), *port), vip, seed, weight_ppm)
-        })
+        .filter(|port| hashes_green(SocketAddr::new(from.into(), *port), vip, seed, weight_ppm))
         .take(count)
         .collect();
     assert_eq!(ports.len(), count, "not enough green ports from {from}");

@@ -24,8 +24,7 @@ use splitter::{
 };
 use splitter_tests::{
     daemon_harness::{
-        BLUE, Conversation, GREEN, Lab, TCP_PORT, base_config, color_of, metric, request,
-        service,
+        BLUE, Conversation, GREEN, Lab, TCP_PORT, base_config, color_of, metric, request, service,
     },
     packet::{TCP_ACK, TCP_SYN},
     require_privileges,
@@ -223,7 +222,11 @@ fn a_flood_of_forged_handshakes_moves_no_established_connection() {
     let status = lab.status();
     all_answer_from(&lab, &mut conversations, "blue", "the flood");
     let (blue, green) = splitter_tests::daemon_harness::colors(&lab.requests(WEB, 20));
-    assert_eq!((blue, green), (0, 20), "new connections work and follow weight 100");
+    assert_eq!(
+        (blue, green),
+        (0, 20),
+        "new connections work and follow weight 100"
+    );
     let tables = status.daemon.flow_tables;
     println!(
         "FLOOD: {packets} forged packets ({tuples} SYN+ACK pairs, {:.1}× the flow table) in \
@@ -415,7 +418,12 @@ fn drain_waits_for_the_last_connection_and_cut_ends_the_rest() {
     let returned = closed.elapsed();
     let output = drain.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("web: blue drained in"), "{stdout}");
     assert!(
         returned < Duration::from_secs(3),
@@ -429,7 +437,11 @@ fn drain_waits_for_the_last_connection_and_cut_ends_the_rest() {
         out.stderr.contains("green still has 2 live connections"),
         "{out:?}"
     );
-    assert_eq!(web(&lab.status()).green_weight, 0, "the drain's write stays");
+    assert_eq!(
+        web(&lab.status()).green_weight,
+        0,
+        "the drain's write stays"
+    );
     all_answer_from(&lab, &mut green_conversations, "green", "drain --timeout");
 
     // `--cut`: at the deadline the rest is unpinned; their next packets go blue and break.

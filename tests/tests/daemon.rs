@@ -948,9 +948,9 @@ fn measure_daemon_figures() {
             backend_addr: splitter_common::Addr::from_v4(backend.ip().octets()),
             backend_port: backend.port().to_be(),
             color,
-            handshake: 0,
+            state: splitter_common::FlowState::Established as u8,
             backend_id: id,
-            created_ns: 0,
+            ..FlowValue::default()
         };
         maps.flows.insert(key, value, 0).unwrap();
     }

@@ -24,11 +24,11 @@ mod drain;
 pub mod rollout;
 mod status;
 
+pub use self::status::render_status;
 use self::{
     drain::{DrainArgs, DrainCliError},
     rollout::{RolloutCliError, RolloutCommand},
 };
-pub use self::status::render_status;
 
 /// Exit codes (documented in the README and in `--help`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

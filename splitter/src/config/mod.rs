@@ -48,6 +48,11 @@ pub const DEFAULT_MISS_HOLD: Duration = Duration::from_secs(60);
 /// Smallest and largest `flow_table_size` accepted (entries of `FLOWS`).
 pub const FLOW_TABLE_MIN: u32 = 1024;
 pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+/// Smallest `pending_table_size` accepted (entries of `PENDING`).
+pub const PENDING_TABLE_MIN: u32 = 256;
+/// Shortest and longest `udp_idle_timeout` accepted.
+pub const UDP_IDLE_MIN: Duration = Duration::from_millis(100);
+pub const UDP_IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Longest `miss_hold` accepted.
 pub const MISS_HOLD_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Each service takes two `SERVICES` entries (its port and the port-0 fragment key).
@@ -76,9 +81,17 @@ pub struct DataplaneSection {
     pub interfaces: Vec<String>,
     #[serde(default = "default_xdp_mode")]
     pub xdp_mode: XdpMode,
-    /// Capacity of the flow tables (pinned flows). Load time only.
+    /// Capacity of `FLOWS`, the table of verified flows (completed handshakes). Load time only.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// Capacity of `PENDING`, the table of unverified flows (handshakes in progress, mid-flow
+    /// misses, UDP flows); default `flow_table_size / 4`. Load time only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_table_size: Option<u32>,
+    /// A UDP flow idle this long is gone: its next packet follows the split in force then.
+    /// Load time only.
+    #[serde(default = "default_udp_idle_timeout")]
+    pub udp_idle_timeout: String,
     /// Seed of the split hash; hosts behind the same ECMP group must share it. Load time only.
     /// Absent: a random seed drawn at the first start and kept in `state_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +234,12 @@ fn default_flow_table_size() -> u32 {
 fn default_miss_hold() -> String {
     format!("{}s", DEFAULT_MISS_HOLD.as_secs())
 }
+fn default_udp_idle_timeout() -> String {
+    format!(
+        "{}s",
+        splitter_common::maps::DEFAULT_UDP_IDLE_TIMEOUT_NS / 1_000_000_000
+    )
+}
 fn default_handshake_timeout() -> String {
     format!(
         "{}ms",
@@ -303,6 +322,8 @@ pub struct Validated {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub flow_table_size: u32,
+    pub pending_table_size: u32,
+    pub udp_idle_timeout: Duration,
     /// `None`: the random seed persisted in `state_dir` (see `state::RandomSeed`).
     pub hash_seed: Option<u32>,
     pub miss_hold: Duration,

@@ -11,7 +11,8 @@ use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
 
 use super::{
     ColorName, Config, ConfigError, FLOW_TABLE_MAX, FLOW_TABLE_MIN, IFNAME_MAX, MISS_HOLD_MAX,
-    SERVICE_NAME_MAX, SERVICES_MAX, Service, ServiceSection, Validated,
+    PENDING_TABLE_MIN, SERVICE_NAME_MAX, SERVICES_MAX, Service, ServiceSection, UDP_IDLE_MAX,
+    UDP_IDLE_MIN, Validated,
 };
 use crate::{
     dataplane::services::Protocol,
@@ -44,6 +45,19 @@ impl Config {
                 value: dataplane.flow_table_size,
             });
         }
+        let pending_table_size = dataplane
+            .pending_table_size
+            .unwrap_or((dataplane.flow_table_size / 4).max(PENDING_TABLE_MIN));
+        if !(PENDING_TABLE_MIN..=FLOW_TABLE_MAX).contains(&pending_table_size) {
+            return Err(ConfigError::PendingTableSize {
+                value: pending_table_size,
+            });
+        }
+        let udp_idle_timeout = parse_duration(&dataplane.udp_idle_timeout)
+            .filter(|timeout| (UDP_IDLE_MIN..=UDP_IDLE_MAX).contains(timeout))
+            .ok_or_else(|| ConfigError::UdpIdleTimeout {
+                value: dataplane.udp_idle_timeout.clone(),
+            })?;
         let miss_hold = parse_duration(&dataplane.miss_hold)
             .filter(|hold| *hold <= MISS_HOLD_MAX)
             .ok_or_else(|| ConfigError::MissHold {
@@ -80,6 +94,8 @@ impl Config {
             interfaces: dataplane.interfaces.clone(),
             xdp_mode: dataplane.xdp_mode,
             flow_table_size: dataplane.flow_table_size,
+            pending_table_size,
+            udp_idle_timeout,
             hash_seed: dataplane.hash_seed,
             miss_hold,
             handshake_timeout,

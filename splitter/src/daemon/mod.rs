@@ -106,6 +106,8 @@ fn open_dataplane(config: &Validated) -> Result<(Dataplane, HashSeedSource), App
     };
     let mut options = LoadOptions {
         flow_table_size: config.flow_table_size,
+        pending_table_size: config.pending_table_size,
+        udp_idle_timeout_ns: crate::units::nanos(config.udp_idle_timeout),
         hash_seed,
         handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
     };
@@ -370,7 +372,7 @@ impl App {
         const RESTART: &str = "restart the daemon to apply it (the data plane keeps running)";
         let old = &self.config;
         let show = |path: &Path| path.display().to_string();
-        let checks: [(&'static str, String, String, &'static str); 8] = [
+        let checks: [(&'static str, String, String, &'static str); 10] = [
             (
                 "dataplane.handshake_timeout",
                 format!("{:?}", old.handshake_timeout),
@@ -381,6 +383,18 @@ impl App {
                 "dataplane.flow_table_size",
                 old.flow_table_size.to_string(),
                 new.flow_table_size.to_string(),
+                UNLOAD,
+            ),
+            (
+                "dataplane.pending_table_size",
+                old.pending_table_size.to_string(),
+                new.pending_table_size.to_string(),
+                UNLOAD,
+            ),
+            (
+                "dataplane.udp_idle_timeout",
+                format!("{:?}", old.udp_idle_timeout),
+                format!("{:?}", new.udp_idle_timeout),
                 UNLOAD,
             ),
             (

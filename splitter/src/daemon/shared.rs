@@ -11,9 +11,13 @@ use tokio::sync::Notify;
 use super::{App, AppError, status::Census};
 use crate::{
     control::{
-        protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
+        protocol::{
+            ErrorKind, ErrorReply, FlowStates, FlowTables, Reply, Request, Response, StatusReport,
+            TableFill,
+        },
         server::Handler,
     },
+    dataplane::{DataplaneError, maps::FlowScan},
     metrics::{DaemonMetrics, SnapshotSource},
 };
 
@@ -207,25 +211,30 @@ impl Shared {
 }
 
 /// One scan of the flow tables, in the status report's terms.
-fn scan_census(scan: &crate::dataplane::maps::FlowScan) -> Result<Census, crate::dataplane::DataplaneError> {
-    let (live, total) = scan.count()?;
+fn scan_census(scan: &FlowScan) -> Result<Census, DataplaneError> {
+    let census = scan.census()?;
     Ok(Census {
-        backends: live
+        backends: census
+            .backends
             .into_iter()
-            .map(|(id, n)| {
-                let states = crate::control::protocol::FlowStates {
-                    established: n,
-                    ..Default::default()
+            .map(|(id, counts)| {
+                let states = FlowStates {
+                    pending: counts.pending,
+                    established: counts.established,
+                    closing: counts.closing,
                 };
                 (id, states)
             })
             .collect(),
-        tables: crate::control::protocol::FlowTables {
-            flows: crate::control::protocol::TableFill {
-                entries: total,
-                capacity: 0,
+        tables: FlowTables {
+            flows: TableFill {
+                entries: census.flows_entries,
+                capacity: census.flows_capacity,
             },
-            pending: crate::control::protocol::TableFill::default(),
+            pending: TableFill {
+                entries: census.pending_entries,
+                capacity: census.pending_capacity,
+            },
         },
     })
 }

@@ -113,7 +113,7 @@ impl App {
                 window_seconds,
                 window_new_flows,
                 flow_misses: service_counters.flow_misses,
-                ambiguous_misses: 0,
+                ambiguous_misses: service_counters.ambiguous_misses,
                 colors,
             });
         }
