@@ -42,6 +42,7 @@ impl App {
 
     /// Everything `status` and the metrics endpoint show, with the flows of `census` (a scan
     /// of the flow tables).
+    #[expect(clippy::too_many_lines, reason = "one field of the report per line")]
     pub fn status(&self, census: &Census) -> Result<StatusReport, AppError> {
         let maps = &self.dataplane.maps;
         let mut services = Vec::new();

@@ -372,7 +372,7 @@ impl Collector for DataplaneCollector {
     }
 }
 
-/// A count as a gauge value (saturating: counts never reach i64::MAX).
+/// A count as a gauge value (saturating: counts never reach `i64::MAX`).
 fn gauge(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
