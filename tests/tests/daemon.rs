@@ -296,10 +296,19 @@ fn sigkill_is_hitless_and_a_restart_adopts_weights_flows_and_counters() {
         "counting went on while the daemon was dead"
     );
     let flows_after = pinned_flows(&lab);
+    // The backend a flow is pinned to stays; its state may move on (a connection closing).
+    let pin = |flow: &FlowValue| {
+        (
+            flow.backend_id,
+            flow.backend_addr,
+            flow.backend_port,
+            flow.color,
+        )
+    };
     for (key, flow) in flows_before.iter().chain(&flows_while_dead) {
         assert_eq!(
-            flows_after.get(key),
-            Some(flow),
+            flows_after.get(key).map(pin),
+            Some(pin(flow)),
             "pinned flow {key} kept with its backend"
         );
     }
@@ -468,6 +477,9 @@ fn metrics_counters_equal_what_was_sent() {
     // TCP: 30 connections.
     let tcp_answers = lab.requests(WEB, 30);
     colors(&tcp_answers);
+    // The last connection's FINs cross the splitter within a millisecond or so of its close
+    // (measured in attacks.rs: live is 0 within 10 ms); then no TCP connection is live.
+    std::thread::sleep(Duration::from_millis(200));
 
     let text = lab.metrics();
     let mut expected: BTreeMap<String, f64> = BTreeMap::new();
@@ -513,10 +525,8 @@ fn metrics_counters_equal_what_was_sent() {
                 format!("splitter_backend_new_flows_total{{{labels}}}"),
                 connections,
             );
-            set(
-                format!("splitter_backend_live_flows{{{labels}}}"),
-                connections,
-            );
+            // Each connection was closed after its request: none is live.
+            set(format!("splitter_backend_live_flows{{{labels}}}"), 0);
             for direction in ["to_backend", "to_client"] {
                 set(
                     format!(

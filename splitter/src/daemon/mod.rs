@@ -324,9 +324,17 @@ impl App {
         if orphans.is_empty() {
             return Ok(());
         }
-        let (live, _) = self.flow_scan().count()?;
+        // Any entry counts, closed ones too: a flow closed by a RST keeps its pin (a forged
+        // RST must not re-route it), so its replies may still come.
+        let maps = &self.dataplane.maps;
+        let mut pinned = std::collections::BTreeSet::new();
+        for entry in maps.flows.iter().chain(maps.pending.iter()) {
+            // An entry evicted during the walk ends it early: keep every mapping then.
+            let Ok((_, flow)) = entry else { return Ok(()) };
+            pinned.insert(flow.backend_id);
+        }
         for (key, reverse) in orphans {
-            if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
+            if !pinned.contains(&reverse.backend_id) {
                 self.dataplane.maps.remove_backend_reverse(&key)?;
             }
         }
