@@ -111,7 +111,7 @@ fn unverified(
     if syn && let Ok((_, flow)) = new_flow(config, key, Start::Now, FlowState::Pending) {
         // The common SYN opens a handshake: one insert that fails if the tuple is held already
         // (a retransmission), instead of a lookup before every insert.
-        if PENDING.insert(key, &flow, BPF_NOEXIST as u64).is_ok() {
+        if PENDING.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
             return Ok((Reason::NewFlow, flow));
         }
     }
@@ -130,13 +130,13 @@ fn unverified(
         // empty): the flow goes unheld; its next packet takes the same choice again while the
         // weight is unchanged.
         let flow = new_flow(config, key, Start::Now, FlowState::Pending)?.1;
-        let _ = PENDING.insert(key, &flow, 0);
+        let _ = PENDING.insert(key, flow, 0);
         return Ok((Reason::NewFlow, flow));
     }
     let (ambiguous, flow) = new_flow(config, key, Start::Earlier, FlowState::Unverified)?;
     // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
     if flags & TCP_RST == 0 {
-        let _ = PENDING.insert(key, &flow, 0);
+        let _ = PENDING.insert(key, flow, 0);
         unverified_inserted();
     }
     counters::flow_miss(config.id, ambiguous);
@@ -195,7 +195,7 @@ fn complete_entry(key: &FlowKey, entry: &FlowValue, packet: &Packet) -> Option<F
         ..*entry
     };
     client_closes(&mut flow, packet.tcp_flags);
-    FLOWS.insert(key, &flow, 0).ok()?;
+    FLOWS.insert(key, flow, 0).ok()?;
     let _ = PENDING.remove(key);
     signals::handshake_completed(flow.backend_id, latency);
     Some(flow)
@@ -231,7 +231,7 @@ pub fn udp(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, FlowValue),
         stamp_ns: now,
         ..new_flow(config, key, Start::Now, FlowState::Udp)?.1
     };
-    let _ = PENDING.insert(key, &flow, 0);
+    let _ = PENDING.insert(key, flow, 0);
     Ok((Reason::NewFlow, flow))
 }
 
@@ -315,7 +315,7 @@ fn verified_by_backend(key: &FlowKey, tcp_flags: u8) {
         flow.flags = BACKEND_FIN;
         flow.state = FlowState::Closing as u8;
     }
-    if FLOWS.insert(key, &flow, 0).is_ok() {
+    if FLOWS.insert(key, flow, 0).is_ok() {
         let _ = PENDING.remove(key);
     }
 }
