@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod layout;
 mod run;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Command {
     Test(test::Options),
     /// Setup, build, then run `splitter ARGS` (e.g. `-- daemon --config FILE`).
     Run(run::Options),
+    /// House rules checked: no module cycle in `splitter/src`, no oversized product file.
+    Layout(layout::Options),
     /// Per-packet cost of every data-plane path (BPF_PROG_TEST_RUN), as a Markdown table;
     /// `--compare`: against nftables, IPVS, HAProxy, routing and an XDP forwarder.
     Bench(bench::Options),
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(options) => setup::run(&options),
         Command::Test(options) => test::run(&options),
         Command::Bench(options) => bench::run(&options),
+        Command::Layout(options) => layout::run(&options),
         Command::Run(options) => run::run(&options),
     }
 }

@@ -23,6 +23,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     setup::run(&setup::Options { test_deps: true })?;
     run_command(cargo().args(["build", "--release", "--workspace", "--all-targets"]))?;
     if !options.no_lint {
+        eprintln!("+ cargo xtask layout");
+        crate::layout::run(&crate::layout::Options {})?;
         run_command(cargo().args(["+nightly", "fmt", "--all", "--", "--check"]))?;
         run_command(cargo().args([
             "clippy",
@@ -53,6 +55,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         "splitter-bench-common",
         "-p",
         "splitter",
+        "-p",
+        "xtask",
     ]))?;
     let mut integration = cargo();
     integration.args([
