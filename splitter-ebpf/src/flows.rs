@@ -269,7 +269,7 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         }
     } else {
         if flags & TCP_FIN != 0
-            && let Some(pinned) = FLOWS.get_ptr_mut(&key)
+            && let Some(pinned) = FLOWS.get_ptr_mut(key)
         {
             let pinned = unsafe { &mut *pinned };
             if pinned.state == FlowState::Established as u8
