@@ -751,11 +751,11 @@ fn the_census_counts_flows_by_state() {
         .collect();
     let backend = |n: usize| predict(&spec, &flows[n].key(), 0);
     let mut cases = Vec::new();
-    for n in 0..4 {
+    for (n, flow) in flows.iter().enumerate().take(4) {
         cases.extend(handshake(
             &format!("census flow {n}"),
             &spec,
-            &flows[n],
+            flow,
             backend(n),
         ));
     }
