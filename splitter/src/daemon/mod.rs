@@ -294,9 +294,10 @@ impl App {
         if orphans.is_empty() {
             return Ok(());
         }
-        let (live, _) = self.flow_scan().count()?;
+        // Any entry in either table keeps the mapping, closed ones too (their last segments).
+        let held = self.flow_scan().census()?.backends;
         for (key, reverse) in orphans {
-            if live.get(&reverse.backend_id).copied().unwrap_or(0) == 0 {
+            if !held.contains_key(&reverse.backend_id) {
                 self.dataplane.maps.remove_backend_reverse(&key)?;
             }
         }
