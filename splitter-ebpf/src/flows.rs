@@ -9,7 +9,10 @@
 //! Data packets of established TCP flows do one `FLOWS` lookup and nothing else; data replies
 //! do no table work unless an unverified flow was inserted in the last [`UNVERIFIED_GATE_NS`].
 
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use splitter_common::{
     FlowKey, FlowState, FlowValue, Reason, ReverseValue, ServiceConfig,
     flow_flags::{BACKEND_FIN, CLIENT_FIN, RESET},
@@ -105,6 +108,13 @@ fn unverified(
 ) -> Result<(Reason, FlowValue), Reason> {
     let flags = packet.tcp_flags;
     let syn = is_syn(flags);
+    if syn && let Ok((_, flow)) = new_flow(config, key, Start::Now, FlowState::Pending) {
+        // The common SYN opens a handshake: one insert that fails if the tuple is held already
+        // (a retransmission), instead of a lookup before every insert.
+        if PENDING.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
+            return Ok((Reason::NewFlow, flow));
+        }
+    }
     if let Some(entry) = PENDING.get_ptr_mut(key) {
         let entry = unsafe { &mut *entry };
         if let Some(flow) = complete_entry(key, entry, packet) {
@@ -115,35 +125,45 @@ fn unverified(
         }
         return Ok((Reason::Established, *entry));
     }
-    let start = if syn { Start::Now } else { Start::Earlier };
-    let chosen = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
-    let flow = FlowValue {
-        backend_addr: chosen.backend.addr,
-        backend_port: chosen.backend.port,
-        color: chosen.backend.color,
-        state: if syn {
-            FlowState::Pending as u8
-        } else {
-            FlowState::Unverified as u8
-        },
-        backend_id: chosen.backend_id,
-        stamp_ns: unsafe { bpf_ktime_get_ns() },
-        ..FlowValue::default()
-    };
-    // A stray RST closes whatever it belongs to: forward it, but hold no flow for it. Insert
-    // failures (only under memory pressure) leave the flow unheld: its next packet takes the
-    // same choice again while the weights are unchanged.
-    if flags & TCP_RST == 0 {
-        let _ = PENDING.insert(key, &flow, 0);
-        if !syn {
-            unverified_inserted();
-        }
-    }
     if syn {
+        // Not held after all (the insert above failed for want of memory, or the pool is
+        // empty): the flow goes unheld; its next packet takes the same choice again while the
+        // weight is unchanged.
+        let flow = new_flow(config, key, Start::Now, FlowState::Pending)?.1;
+        let _ = PENDING.insert(key, flow, 0);
         return Ok((Reason::NewFlow, flow));
     }
-    counters::flow_miss(config.id, chosen.ambiguous);
+    let (ambiguous, flow) = new_flow(config, key, Start::Earlier, FlowState::Unverified)?;
+    // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
+    if flags & TCP_RST == 0 {
+        let _ = PENDING.insert(key, flow, 0);
+        unverified_inserted();
+    }
+    counters::flow_miss(config.id, ambiguous);
     Ok((Reason::FlowMiss, flow))
+}
+
+/// A flow entry in `state` for a backend chosen now, and whether the choice was ambiguous.
+#[inline(always)]
+fn new_flow(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    start: Start,
+    state: FlowState,
+) -> Result<(bool, FlowValue), Reason> {
+    let chosen = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
+    Ok((
+        chosen.ambiguous,
+        FlowValue {
+            backend_addr: chosen.backend.addr,
+            backend_port: chosen.backend.port,
+            color: chosen.backend.color,
+            state: state as u8,
+            backend_id: chosen.backend_id,
+            stamp_ns: unsafe { bpf_ktime_get_ns() },
+            ..FlowValue::default()
+        },
+    ))
 }
 
 /// The client's ACK of the SYN-ACK of a `SynAcked` handshake in `PENDING` (ack = its seq + 1):
@@ -175,7 +195,7 @@ fn complete_entry(key: &FlowKey, entry: &FlowValue, packet: &Packet) -> Option<F
         ..*entry
     };
     client_closes(&mut flow, packet.tcp_flags);
-    FLOWS.insert(key, &flow, 0).ok()?;
+    FLOWS.insert(key, flow, 0).ok()?;
     let _ = PENDING.remove(key);
     signals::handshake_completed(flow.backend_id, latency);
     Some(flow)
@@ -207,17 +227,11 @@ pub fn udp(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, FlowValue),
             return Ok((Reason::Established, *entry));
         }
     }
-    let chosen = select::choose(config, key, Start::Now).ok_or(Reason::NoBackend)?;
     let flow = FlowValue {
-        backend_addr: chosen.backend.addr,
-        backend_port: chosen.backend.port,
-        color: chosen.backend.color,
-        state: FlowState::Udp as u8,
-        backend_id: chosen.backend_id,
         stamp_ns: now,
-        ..FlowValue::default()
+        ..new_flow(config, key, Start::Now, FlowState::Udp)?.1
     };
-    let _ = PENDING.insert(key, &flow, 0);
+    let _ = PENDING.insert(key, flow, 0);
     Ok((Reason::NewFlow, flow))
 }
 
@@ -255,7 +269,7 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         }
     } else {
         if flags & TCP_FIN != 0
-            && let Some(pinned) = FLOWS.get_ptr_mut(&key)
+            && let Some(pinned) = FLOWS.get_ptr_mut(key)
         {
             let pinned = unsafe { &mut *pinned };
             if pinned.state == FlowState::Established as u8
@@ -301,7 +315,7 @@ fn verified_by_backend(key: &FlowKey, tcp_flags: u8) {
         flow.flags = BACKEND_FIN;
         flow.state = FlowState::Closing as u8;
     }
-    if FLOWS.insert(key, &flow, 0).is_ok() {
+    if FLOWS.insert(key, flow, 0).is_ok() {
         let _ = PENDING.remove(key);
     }
 }

@@ -324,17 +324,10 @@ impl App {
         if orphans.is_empty() {
             return Ok(());
         }
-        // Any entry counts, closed ones too: a flow closed by a RST keeps its pin (a forged
-        // RST must not re-route it), so its replies may still come.
-        let maps = &self.dataplane.maps;
-        let mut pinned = std::collections::BTreeSet::new();
-        for entry in maps.flows.iter().chain(maps.pending.iter()) {
-            // An entry evicted during the walk ends it early: keep every mapping then.
-            let Ok((_, flow)) = entry else { return Ok(()) };
-            pinned.insert(flow.backend_id);
-        }
+        // Any entry in either table keeps the mapping, closed ones too (their last segments).
+        let held = self.flow_scan().census()?.backends;
         for (key, reverse) in orphans {
-            if !pinned.contains(&reverse.backend_id) {
+            if !held.contains_key(&reverse.backend_id) {
                 self.dataplane.maps.remove_backend_reverse(&key)?;
             }
         }

@@ -734,3 +734,90 @@ fn mid_flow_misses_follow_the_weight_history() {
         harness.run_all(&cases);
     }
 }
+
+/// The census the daemon's gauges come from: states per backend and the fill of both tables.
+#[test]
+fn the_census_counts_flows_by_state() {
+    if !require_privileges("the_census_counts_flows_by_state") {
+        return;
+    }
+    let mut harness = Harness::new();
+    let spec = service(80, false, Protocol::Tcp, Cohort::Flow, 0, HOUR);
+    harness.install(&spec);
+    // All blue (weight 0); backends by hash. Flows 0-1 established, 2 closing, 3 closed,
+    // 4 pending, 5 an unverified miss.
+    let flows: Vec<Flow> = (0..6)
+        .map(|n| Flow::new(&spec, client(false, 13, 51000 + n)))
+        .collect();
+    let backend = |n: usize| predict(&spec, &flows[n].key(), 0);
+    let mut cases = Vec::new();
+    for (n, flow) in flows.iter().enumerate().take(4) {
+        cases.extend(handshake(
+            &format!("census flow {n}"),
+            &spec,
+            flow,
+            backend(n),
+        ));
+    }
+    cases.push(dnat(
+        "census flow 2: client FIN",
+        &spec,
+        &flows[2],
+        &flows[2].packet(TCP_FIN | TCP_ACK),
+        backend(2),
+        Reason::Established,
+    ));
+    cases.push(
+        reverse_nat(
+            "census flow 3: backend RST",
+            &flows[3],
+            &flows[3].reply(backend(3).address, TCP_RST),
+            backend(3),
+        )
+        .signals(backend(3).id, signal(|s| s.established_resets = 1)),
+    );
+    cases.push(dnat(
+        "census flow 4: SYN",
+        &spec,
+        &flows[4],
+        &flows[4].packet(TCP_SYN),
+        backend(4),
+        Reason::NewFlow,
+    ));
+    cases.push(dnat(
+        "census flow 5: mid-flow ACK",
+        &spec,
+        &flows[5],
+        &flows[5].packet(TCP_ACK),
+        backend(5),
+        Reason::FlowMiss,
+    ));
+    harness.run_all(&cases);
+    let census = harness.dataplane.maps.flow_scan().census().unwrap();
+    let mut expected: HashMap<u32, splitter::dataplane::maps::StateCounts> = HashMap::new();
+    for (n, field) in [(0, 1), (1, 1), (2, 2), (4, 0), (5, 0)] {
+        let counts = expected.entry(backend(n).id).or_default();
+        match field {
+            0 => counts.pending += 1,
+            1 => counts.established += 1,
+            _ => counts.closing += 1,
+        }
+    }
+    // The closed flow's backend is listed (it holds an entry), with nothing live.
+    expected.entry(backend(3).id).or_default();
+    assert_eq!(census.backends, expected, "states per backend");
+    assert_eq!(
+        census.flows_entries, 4,
+        "FLOWS: 2 established, 1 closing, 1 closed"
+    );
+    assert_eq!(census.pending_entries, 2, "PENDING: a handshake and a miss");
+    assert_eq!(census.flows_capacity, 262_144);
+    assert_eq!(census.pending_capacity, 65_536);
+    let (live, entries) = harness.dataplane.maps.flow_scan().count().unwrap();
+    assert_eq!(
+        live.values().sum::<u64>(),
+        3,
+        "live = established + closing"
+    );
+    assert_eq!(entries, 4);
+}
