@@ -133,10 +133,14 @@ fn set_weight_and_switch_change_the_split_of_new_connections() {
     let distinct: BTreeSet<_> = answers.iter().map(|a| a.clone().unwrap()).collect();
     assert_eq!(distinct.len(), 2, "both blue backends serve: {distinct:?}");
 
-    // The measured share covers the last 10 s of new flows and is reported per service.
-    let status = lab.status();
-    let web = find(&status, "web");
-    assert!(web.window_new_flows > 0 && web.measured_green_share.is_some());
+    // The measured share covers the last 10 s of new flows and is reported per service. It
+    // needs two samples of the counters (one a second): a test that ran in under a second
+    // waits for the second one.
+    let status = status_until(&lab, "a measured share", |status| {
+        let web = find(status, "web");
+        web.window_new_flows > 0 && web.measured_green_share.is_some()
+    });
+    assert!(find(&status, "web").window_new_flows > 0);
     let text = lab.cli_ok(&["status"]);
     assert!(text.contains("green weight 0%"), "{text}");
 }
