@@ -13,8 +13,8 @@ pub enum Reason {
     NewFlow,
     /// Packet of a pinned flow: rewritten to its backend.
     Established,
-    /// TCP packet that is not a SYN and had no pinned flow: steered by the split in force when
-    /// the flow most likely began, pinned, rewritten.
+    /// TCP packet that is not a SYN and had no pinned flow: steered by the weight history
+    /// (`crate::history`), held unverified in `PENDING`, rewritten.
     FlowMiss,
     /// Backend reply rewritten back to the service address (egress program).
     ToClient,
@@ -38,14 +38,16 @@ pub enum Reason {
     TruncatedIpv6,
     /// IPv6 extension header chain cut short or longer than the parser follows.
     BadIpv6Extension,
-    /// TCP/UDP header cut short, or TCP data offset < 5.
+    /// TCP/UDP header cut short.
     TruncatedL4,
     /// ICMP error too short to hold the headers of the packet it is about.
     TruncatedIcmp,
+    /// TCP data offset < 5, or a TCP header (options included) running past the IP payload.
+    MalformedTcp,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::NotIp,
@@ -66,6 +68,7 @@ impl Reason {
         Reason::BadIpv6Extension,
         Reason::TruncatedL4,
         Reason::TruncatedIcmp,
+        Reason::MalformedTcp,
     ];
 
     /// The `reason` label of `splitter_verdicts_total`.
@@ -89,6 +92,7 @@ impl Reason {
             Reason::BadIpv6Extension => "bad_ipv6_extension",
             Reason::TruncatedL4 => "truncated_l4",
             Reason::TruncatedIcmp => "truncated_icmp",
+            Reason::MalformedTcp => "malformed_tcp",
         }
     }
 
@@ -103,6 +107,7 @@ impl Reason {
                 | Reason::BadIpv6Extension
                 | Reason::TruncatedL4
                 | Reason::TruncatedIcmp
+                | Reason::MalformedTcp
         )
     }
 }
@@ -162,15 +167,17 @@ pub struct BackendCounters {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Signals {
-    /// SYN-ACKs from the backend for a pending handshake.
+    /// The client's ACK of the backend's SYN-ACK (ack = SYN-ACK seq + 1): a spoofed SYN, whose
+    /// SYN-ACK goes to the forged address, never completes.
     pub handshakes_completed: u64,
-    /// RST from the backend in answer to the SYN (connection refused).
+    /// RST from the backend in answer to the client's SYN (connection refused).
     pub handshakes_refused: u64,
-    /// The client retransmitted its SYN after `HANDSHAKE_TIMEOUT_NS` without a SYN-ACK.
+    /// The client retransmitted its SYN after `HANDSHAKE_TIMEOUT_NS` and no SYN-ACK was seen.
     pub handshakes_timed_out: u64,
-    /// RST from the backend on a flow past its handshake.
+    /// RST from the backend on a flow that was established (in `FLOWS`).
     pub established_resets: u64,
-    /// SYN → SYN-ACK time, as a histogram over `crate::signals::HANDSHAKE_BUCKETS_US`.
+    /// SYN → SYN-ACK time of completed handshakes, as a histogram over
+    /// `crate::signals::HANDSHAKE_BUCKETS_US`.
     pub handshake_latency_buckets: [u64; crate::signals::HANDSHAKE_BUCKETS],
     pub handshake_latency_sum_ns: u64,
 }
@@ -179,8 +186,11 @@ pub struct Signals {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceCounters {
-    /// TCP non-SYN packets that found no pinned flow.
+    /// TCP non-SYN packets that found no flow in either table (mid-flow misses).
     pub flow_misses: u64,
+    /// Mid-flow misses whose hash fell in the ambiguous band of the weight history (green under
+    /// some weight of the window, blue under another): steered by the oldest weight.
+    pub ambiguous_misses: u64,
 }
 
 impl core::ops::AddAssign for DirectionCounters {
@@ -222,5 +232,6 @@ impl core::ops::AddAssign for BackendCounters {
 impl core::ops::AddAssign for ServiceCounters {
     fn add_assign(&mut self, o: Self) {
         self.flow_misses += o.flow_misses;
+        self.ambiguous_misses += o.ambiguous_misses;
     }
 }

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod counters;
 pub mod flow;
 pub mod hash;
+pub mod history;
 pub mod maps;
 pub mod select;
 pub mod service;
@@ -21,9 +22,11 @@ pub use backend::{Backend, BackendKey, Color, ReverseValue};
 pub use counters::{
     BackendCounters, DirectionCounters, Forwarding, Reason, ServiceCounters, Signals,
 };
-pub use flow::{FlowKey, FlowValue, Handshake};
+pub use flow::{FlowKey, FlowState, FlowValue, flow_flags};
 pub use select::Choice;
-pub use service::{Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_SCALE};
+pub use service::{
+    Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_HISTORY, WEIGHT_SCALE, WeightChange,
+};
 
 /// Implements `aya::Pod` (userspace only) for plain map types.
 macro_rules! pod {
@@ -38,6 +41,7 @@ macro_rules! pod {
 pod!(
     ServiceKey,
     ServiceConfig,
+    WeightChange,
     Backend,
     FlowKey,
     FlowValue,
@@ -57,15 +61,16 @@ macro_rules! size_is {
 size_is!(
     Addr => 16,
     ServiceKey => 20,
-    ServiceConfig => 48,
+    ServiceConfig => 168,
+    WeightChange => 16,
     Pool => 8,
     Backend => 24,
     BackendKey => 20,
     ReverseValue => 24,
     FlowKey => 40,
-    FlowValue => 32,
+    FlowValue => 40,
     DirectionCounters => 40,
     BackendCounters => 256,
-    ServiceCounters => 8,
+    ServiceCounters => 16,
     Signals => 168,
 );

@@ -7,8 +7,15 @@ pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
 /// `POOLS`: pool slot → backend id.
 pub const POOLS: &str = "POOLS";
-/// `FLOWS` (LRU): forward [`crate::FlowKey`] → [`crate::FlowValue`].
+/// `FLOWS` (LRU): verified flows, [`crate::FlowKey`] → [`crate::FlowValue`] (states
+/// `Established`, `Closing`, `Closed`). Only a promotion from `PENDING` inserts here.
 pub const FLOWS: &str = "FLOWS";
+/// `PENDING` (LRU): unverified flows, [`crate::FlowKey`] → [`crate::FlowValue`] (states
+/// `Pending`, `SynAcked`, `Unverified`, `Udp`): what spoofed traffic can fill.
+pub const PENDING: &str = "PENDING";
+/// `UNVERIFIED_SINCE[0]`: `bpf_ktime_get_ns` of the last `Unverified` insert into `PENDING`;
+/// the egress program looks up `PENDING` for a data reply only shortly after one.
+pub const UNVERIFIED_SINCE: &str = "UNVERIFIED_SINCE";
 /// `BACKEND_REVERSE`: [`crate::BackendKey`] → [`crate::ReverseValue`] (the reply path).
 pub const BACKEND_REVERSE: &str = "BACKEND_REVERSE";
 /// `BACKEND_COUNTERS` (per CPU): backend id → [`crate::BackendCounters`].
@@ -28,11 +35,13 @@ pub const FORWARDING: &str = "FORWARDING";
 
 /// Every map of the data plane, in the order they are pinned and opened: the daemon pins
 /// exactly these (and the read-only globals), nothing else of the object.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 13] = [
     SERVICES,
     BACKENDS,
     POOLS,
     FLOWS,
+    PENDING,
+    UNVERIFIED_SINCE,
     BACKEND_REVERSE,
     BACKEND_COUNTERS,
     SERVICE_COUNTERS,
@@ -46,6 +55,8 @@ pub const ALL: [&str; 11] = [
 pub const HASH_SEED_GLOBAL: &str = "HASH_SEED";
 /// Global set at load time: [`crate::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS`] unless configured.
 pub const HANDSHAKE_TIMEOUT_GLOBAL: &str = "HANDSHAKE_TIMEOUT_NS";
+/// Global set at load time: [`DEFAULT_UDP_IDLE_TIMEOUT_NS`] unless configured.
+pub const UDP_IDLE_TIMEOUT_GLOBAL: &str = "UDP_IDLE_TIMEOUT_NS";
 
 /// Program names (the function names in `splitter-ebpf/src/main.rs`).
 pub const INGRESS_PROGRAM: &str = "splitter_ingress";
@@ -57,3 +68,8 @@ pub const POOL_SLOTS: u32 = 16384;
 pub const MAX_REDIRECT_PORTS: u32 = 64;
 /// Default capacity of `FLOWS` (the config's `flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// Default capacity of `PENDING` (the config's `pending_table_size`): a quarter of the flow
+/// table's default.
+pub const DEFAULT_PENDING_TABLE_SIZE: u32 = DEFAULT_FLOW_TABLE_SIZE / 4;
+/// A UDP flow idle this long is gone: its next packet is chosen afresh (`udp_idle_timeout`).
+pub const DEFAULT_UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;

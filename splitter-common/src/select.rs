@@ -47,7 +47,23 @@ pub fn choose(
     blue_len: u32,
     green_len: u32,
 ) -> Option<Choice> {
-    let hash = cohort_hash(cohort, key, seed);
+    choose_hashed(
+        cohort_hash(cohort, key, seed),
+        green_weight,
+        blue_len,
+        green_len,
+    )
+}
+
+/// [`choose`] for a cohort whose hash is known already (a mid-flow miss needs the hash for the
+/// weight history first: `crate::history`).
+#[inline(always)]
+pub fn choose_hashed(
+    hash: u32,
+    green_weight: u32,
+    blue_len: u32,
+    green_len: u32,
+) -> Option<Choice> {
     let (color, len) = if is_green(hash, green_weight) {
         (Color::Green, green_len)
     } else {

@@ -35,6 +35,18 @@ pub struct Pool {
     pub len: u32,
 }
 
+/// How many weight changes [`ServiceConfig::history`] keeps.
+pub const WEIGHT_HISTORY: usize = 8;
+
+/// A green weight and the time it came into force (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WeightChange {
+    pub weight: u32,
+    pub _pad: u32,
+    pub since_ns: u64,
+}
+
 /// How a service splits new flows. Written whole by the daemon with one map update, so the data
 /// plane always sees a consistent config.
 #[repr(C)]
@@ -42,17 +54,18 @@ pub struct Pool {
 pub struct ServiceConfig {
     /// Index into the per-service counters.
     pub id: u32,
-    /// Share of new flows sent to green, in [`WEIGHT_SCALE`] units.
+    /// Share of new flows sent to green, in [`WEIGHT_SCALE`] units (equals `history[0].weight`).
     pub green_weight: u32,
-    /// The weight in force before the last change: steers TCP mid-flow misses while
-    /// `now < weight_changed_ns + miss_hold_ns` (the flow most likely began before the change).
-    pub previous_green_weight: u32,
     /// [`Cohort`] as u32.
     pub cohort: u32,
+    pub _pad: u32,
     pub blue: Pool,
     pub green: Pool,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when `green_weight` last changed.
-    pub weight_changed_ns: u64,
-    /// How long after a change the previous weight still steers mid-flow misses.
+    /// The window of the weight history: weights in force at any time within
+    /// `[now - miss_hold_ns, now]` steer TCP mid-flow misses (see [`crate::history`]).
     pub miss_hold_ns: u64,
+    /// The last weight changes, newest first: `history[0]` is in force now, `history[i]` was in
+    /// force from its `since_ns` until `history[i - 1].since_ns`. A service installed fresh has
+    /// every entry equal (its one weight).
+    pub history: [WeightChange; WEIGHT_HISTORY],
 }

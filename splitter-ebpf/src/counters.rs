@@ -64,8 +64,12 @@ pub fn backend_packet(
 }
 
 #[inline(always)]
-pub fn flow_miss(service_id: u32) {
+pub fn flow_miss(service_id: u32, ambiguous: bool) {
     if let Some(counters) = SERVICE_COUNTERS.get_ptr_mut(service_id) {
-        unsafe { (*counters).flow_misses += 1 };
+        let counters = unsafe { &mut *counters };
+        counters.flow_misses += 1;
+        if ambiguous {
+            counters.ambiguous_misses += 1;
+        }
     }
 }

@@ -12,9 +12,9 @@ use splitter_common::{BackendKey, Family, Reason, ReverseValue};
 
 use crate::{
     counters::{self, Direction},
+    flows,
     maps::BACKEND_REVERSE,
     parse::{self, Fragment, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
-    signals,
 };
 
 /// Enough linear bytes for Ethernet, IPv6 with a few extension headers, and TCP.
@@ -61,7 +61,7 @@ pub fn handle(ctx: &TcContext) {
     // packets; a plain one has gso_segs 0.
     let segments = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
     if ip.protocol == IPPROTO_TCP {
-        signals::backend_reply(&packet, &reverse);
+        flows::backend_reply(&packet, &reverse);
     }
     if rewrite_source(ctx, &packet, &reverse).is_ok() {
         counters::verdict(Reason::ToClient);

@@ -1,20 +1,18 @@
 //! The XDP program's work: client → service packets are rewritten to their backend (DNAT);
 //! ICMP errors about a service flow are forwarded to that flow's backend.
 
-use splitter_common::{
-    Addr, Cohort, Family, FlowKey, FlowValue, Handshake, Reason, ServiceConfig, ServiceKey,
-};
+use splitter_common::{Addr, Cohort, Family, FlowKey, Reason, ServiceKey};
 
 use crate::{
     checksum::Delta,
     counters::{self, Direction},
-    maps::{FLOWS, SERVICES},
+    flows,
+    maps::SERVICES,
     parse::{
         self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
-        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_ACK, TCP_RST, TCP_SYN, TcpHdr, UdpHdr,
+        Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TcpHdr, UdpHdr,
     },
     select::{self, Start},
-    signals,
 };
 
 /// Handles one received frame and says why it did what it did. A packet of a flow rewritten
@@ -72,30 +70,14 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         family: ip.family as u8,
         _pad: [0; 2],
     };
-    let (reason, flow) = match unsafe { FLOWS.get(flow_key) } {
-        Some(flow) => {
-            let syn =
-                ip.protocol == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let handshake_over = flow.handshake == Handshake::Completed as u8
-                || flow.handshake == Handshake::None as u8;
-            if syn && handshake_over {
-                // A new connection on a reused 5-tuple (the client reused its source port once
-                // the earlier connection was established): it follows the split in force now,
-                // like any new connection. A SYN while the handshake is pending (or after it
-                // failed) is a retransmission of the same attempt and stays on its backend.
-                new_flow(config, &flow_key, &packet)?
-            } else {
-                if syn {
-                    signals::syn_retransmitted(&flow_key);
-                }
-                (Reason::Established, *flow)
-            }
-        }
-        None => new_flow(config, &flow_key, &packet)?,
+    let (reason, flow) = if ip.protocol == IPPROTO_TCP {
+        flows::tcp(config, &flow_key, &packet)?
+    } else {
+        flows::udp(config, &flow_key)?
     };
     rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
     let bytes = (frame.len() - ip.l3_offset) as u64;
-    // A stray RST is forwarded but not pinned (see `new_flow`): no new flow to count.
+    // A stray RST is forwarded but not held (see `flows`): no new flow to count.
     let rst = ip.protocol == IPPROTO_TCP && packet.tcp_flags & TCP_RST != 0;
     let new = reason != Reason::Established && !rst;
     counters::backend_packet(
@@ -118,41 +100,6 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
     ))
 }
 
-/// Chooses and pins a backend for a flow that has none.
-#[inline(always)]
-fn new_flow(
-    config: &ServiceConfig,
-    key: &FlowKey,
-    packet: &Packet,
-) -> Result<(Reason, FlowValue), Reason> {
-    let tcp = packet.ip.protocol == IPPROTO_TCP;
-    let start = if tcp && packet.tcp_flags & TCP_SYN == 0 {
-        Start::Earlier
-    } else {
-        Start::Now
-    };
-    let (backend_id, backend) = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
-    let flow = FlowValue {
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        color: backend.color,
-        handshake: signals::opening(tcp, packet.tcp_flags) as u8,
-        backend_id,
-        created_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
-    };
-    // A stray RST closes whatever it belongs to: forward it, but do not pin a flow for it.
-    // Insert failures (only under memory pressure) leave the flow unpinned: the next packet
-    // takes the same choice again while the weight is unchanged.
-    if !(tcp && packet.tcp_flags & TCP_RST != 0) {
-        let _ = FLOWS.insert(key, flow, 0);
-    }
-    if start == Start::Earlier {
-        counters::flow_miss(config.id);
-        return Ok((Reason::FlowMiss, flow));
-    }
-    Ok((Reason::NewFlow, flow))
-}
-
 /// A non-first fragment: no ports. The daemon keys a port-0 entry per service address and
 /// protocol; with the `client` cohort the client's hash steers it like the first fragment.
 #[inline(always)]
@@ -169,11 +116,10 @@ fn later_fragment(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         protocol: ip.protocol,
         ..FlowKey::default()
     };
-    let (backend_id, backend) =
-        select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
-    rewrite_ip_destination(frame, &ip, &backend.addr);
+    let chosen = select::choose(config, &flow_key, Start::Now).ok_or(Reason::NoBackend)?;
+    rewrite_ip_destination(frame, &ip, &chosen.backend.addr);
     let bytes = (frame.len() - ip.l3_offset) as u64;
-    counters::backend_packet(backend_id, Direction::ToBackend, 1, bytes, 0, false);
+    counters::backend_packet(chosen.backend_id, Direction::ToBackend, 1, bytes, 0, false);
     Ok(Reason::FragmentSteered)
 }
 
@@ -270,7 +216,7 @@ fn icmp_error(frame: &Frame, ip: Ip) -> Result<Reason, Reason> {
         family: quoted.family as u8,
         _pad: [0; 2],
     };
-    let flow = *unsafe { FLOWS.get(flow_key) }.ok_or(Reason::IcmpUnmatched)?;
+    let flow = flows::find(&flow_key).ok_or(Reason::IcmpUnmatched)?;
     let backend = flow.backend_addr;
 
     // Outer header: destination service → backend.

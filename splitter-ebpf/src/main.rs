@@ -6,6 +6,7 @@
 
 mod counters;
 mod egress;
+mod flows;
 mod forward;
 mod ingress;
 mod maps;

@@ -1,5 +1,5 @@
 //! Every map of the data plane. Names, key/value types and capacities come from
-//! `splitter_common::maps`; the daemon resizes `FLOWS` at load time.
+//! `splitter_common::maps`; the daemon resizes `FLOWS` and `PENDING` at load time.
 
 use aya_ebpf::{
     macros::map,
@@ -8,7 +8,10 @@ use aya_ebpf::{
 use splitter_common::{
     Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
     ServiceConfig, ServiceCounters, ServiceKey,
-    maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_BACKENDS, MAX_REDIRECT_PORTS, MAX_SERVICES, POOL_SLOTS},
+    maps::{
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE, MAX_BACKENDS, MAX_REDIRECT_PORTS,
+        MAX_SERVICES, POOL_SLOTS,
+    },
 };
 
 /// Service address, port and protocol → how its new flows are split.
@@ -24,10 +27,19 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static POOLS: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
 
-/// Client flow (client → service) → the backend it is pinned to.
+/// Verified client flow (client → service) → the backend it is pinned to, and its state.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Unverified client flow (handshake in progress, mid-flow miss, UDP) → its backend and state.
+#[map]
+pub static PENDING: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_PENDING_TABLE_SIZE, 0);
+
+/// `[0]`: when the last `Unverified` flow went into `PENDING` (gates the egress lookup).
+#[map]
+pub static UNVERIFIED_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Backend address (source of its replies) → the service address and port to put back.
 #[map]

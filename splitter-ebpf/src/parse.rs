@@ -143,6 +143,9 @@ pub struct Ip {
     pub family: Family,
     pub l3_offset: usize,
     pub l4_offset: usize,
+    /// Where the IP payload ends (from the IP length fields; `usize::MAX` for an IPv6
+    /// jumbogram, whose length is elsewhere). Trailing Ethernet padding lies past it.
+    pub payload_end: usize,
     /// L4 protocol after the extension header chain.
     pub protocol: u8,
     pub src: Addr,
@@ -158,6 +161,9 @@ pub struct Packet {
     pub dst_port: u16,
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgment numbers (host order); 0 for UDP.
+    pub seq: u32,
+    pub ack: u32,
 }
 
 /// Ethernet → the L3 ethertype. VLAN tags are not followed (counted as not IP).
@@ -201,6 +207,7 @@ pub fn ipv4(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
         family: Family::Ipv4,
         l3_offset: offset,
         l4_offset: offset + header_len,
+        payload_end: offset + total_len,
         protocol: unsafe { (*ip).protocol },
         src: Addr([unsafe { (*ip).src }, 0, 0, 0]),
         dst: Addr([unsafe { (*ip).dst }, 0, 0, 0]),
@@ -217,6 +224,12 @@ pub fn ipv6(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
     if unsafe { *(ip as *const u8) } >> 4 != 6 {
         return Err(Reason::TruncatedIpv6);
     }
+    let payload_len = u16::from_be(unsafe { (*ip).payload_len }) as usize;
+    let payload_end = if payload_len == 0 {
+        usize::MAX
+    } else {
+        offset + size_of::<Ipv6Hdr>() + payload_len
+    };
     let mut next = unsafe { (*ip).next_header };
     let mut l4_offset = offset + size_of::<Ipv6Hdr>();
     let mut fragment = Fragment::None;
@@ -227,6 +240,7 @@ pub fn ipv6(frame: &Frame, offset: usize) -> Result<Ip, Reason> {
                 family: Family::Ipv6,
                 l3_offset: offset,
                 l4_offset,
+                payload_end,
                 protocol: next,
                 src: Addr(unsafe { (*ip).src }),
                 dst: Addr(unsafe { (*ip).dst }),
@@ -287,21 +301,32 @@ pub fn ip(frame: &Frame) -> Result<Ip, Reason> {
 /// The TCP/UDP ports and TCP flags of `ip`.
 #[inline(always)]
 pub fn ports(frame: &Frame, ip: Ip) -> Result<Packet, Reason> {
-    let (src_port, dst_port, tcp_flags) = match ip.protocol {
+    let (src_port, dst_port, tcp_flags, seq, ack) = match ip.protocol {
         IPPROTO_TCP => {
             let tcp = frame
                 .ptr_at::<TcpHdr>(ip.l4_offset)
                 .ok_or(Reason::TruncatedL4)?;
-            if unsafe { (*tcp).data_offset } >> 4 < 5 {
-                return Err(Reason::TruncatedL4);
+            // Data offset in 32-bit words: 5 (no options) to 15; the header with its options
+            // must end inside the IP payload (a forged offset would otherwise pass as TCP).
+            let header_len = ((unsafe { (*tcp).data_offset } >> 4) as usize) * 4;
+            if header_len < size_of::<TcpHdr>() || ip.l4_offset + header_len > ip.payload_end {
+                return Err(Reason::MalformedTcp);
             }
-            unsafe { ((*tcp).src_port, (*tcp).dst_port, (*tcp).flags) }
+            unsafe {
+                (
+                    (*tcp).src_port,
+                    (*tcp).dst_port,
+                    (*tcp).flags,
+                    u32::from_be((*tcp).seq),
+                    u32::from_be((*tcp).ack),
+                )
+            }
         }
         IPPROTO_UDP => {
             let udp = frame
                 .ptr_at::<UdpHdr>(ip.l4_offset)
                 .ok_or(Reason::TruncatedL4)?;
-            unsafe { ((*udp).src_port, (*udp).dst_port, 0) }
+            unsafe { ((*udp).src_port, (*udp).dst_port, 0, 0, 0) }
         }
         _ => return Err(Reason::NotService),
     };
@@ -310,5 +335,7 @@ pub fn ports(frame: &Frame, ip: Ip) -> Result<Packet, Reason> {
         src_port,
         dst_port,
         tcp_flags,
+        seq,
+        ack,
     })
 }

@@ -1,9 +1,10 @@
 //! Choosing a backend for a flow that has none: the rule (cohort → hash → color → pool index)
-//! is `splitter_common::select::choose`, shared with the tests' predictors; this file adds the
-//! weight generation in force and the map lookups.
+//! is `splitter_common::select`, and the weight a mid-flow miss follows is
+//! `splitter_common::history`, both shared with the tests' predictors; this file adds the
+//! weight in force and the map lookups.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use splitter_common::{Backend, Cohort, Color, FlowKey, ServiceConfig, select};
+use splitter_common::{Backend, Cohort, Color, FlowKey, ServiceConfig, history, select};
 
 use crate::maps::{BACKENDS, POOLS};
 
@@ -11,40 +12,43 @@ use crate::maps::{BACKENDS, POOLS};
 #[unsafe(no_mangle)]
 static HASH_SEED: u32 = splitter_common::hash::DEFAULT_HASH_SEED;
 
-/// Which weight generation steers a flow that has no pinned backend.
+/// Which weight steers a flow that has no pinned backend.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// The packet opens a flow (TCP SYN, or any UDP packet): the weight in force now.
     Now,
     /// A TCP packet in the middle of a flow we do not know (LRU eviction, or ECMP moved the flow
-    /// here): it most likely began before the last weight change if that change is recent, so
-    /// the previous weight steers it during `miss_hold_ns` after a change.
+    /// here): the weight history of the last `miss_hold` decides (`splitter_common::history`).
     Earlier,
 }
 
-/// The weight that applies to a flow starting at `start`.
-#[inline(always)]
-fn weight(config: &ServiceConfig, start: Start) -> u32 {
-    if start == Start::Earlier
-        && unsafe { bpf_ktime_get_ns() } < config.weight_changed_ns + config.miss_hold_ns
-    {
-        return config.previous_green_weight;
-    }
-    config.green_weight
+/// The backend chosen for a flow.
+#[derive(Clone, Copy)]
+pub struct Chosen {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// A mid-flow miss in the ambiguous band of the weight history.
+    pub ambiguous: bool,
 }
 
-/// The backend id and backend for a new flow, or `None` when the chosen pool is empty.
+/// The backend for a new flow, or `None` when the chosen pool is empty.
 #[inline(always)]
-pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<(u32, Backend)> {
+pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<Chosen> {
     let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
-    let choice = select::choose(
-        Cohort::from_raw(config.cohort),
-        key,
-        seed,
-        weight(config, start),
-        config.blue.len,
-        config.green.len,
-    )?;
+    let hash = select::cohort_hash(Cohort::from_raw(config.cohort), key, seed);
+    let (weight, ambiguous) = match start {
+        Start::Now => (config.green_weight, false),
+        Start::Earlier => {
+            let steer = history::miss_weight(
+                &config.history,
+                config.miss_hold_ns,
+                unsafe { bpf_ktime_get_ns() },
+                hash,
+            );
+            (steer.weight, steer.ambiguous)
+        }
+    };
+    let choice = select::choose_hashed(hash, weight, config.blue.len, config.green.len)?;
     let pool = match choice.color {
         Color::Green => config.green,
         Color::Blue => config.blue,
@@ -52,5 +56,9 @@ pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<(u3
     let slot = pool.first_slot + choice.index;
     let backend_id = *POOLS.get(slot)?;
     let backend = *BACKENDS.get(backend_id)?;
-    Some((backend_id, backend))
+    Some(Chosen {
+        backend_id,
+        backend,
+        ambiguous,
+    })
 }

@@ -1,100 +1,71 @@
-//! Rollout signals, measured from the packets themselves: the client's SYN starts a handshake
-//! (ingress), the backend's SYN-ACK completes it and its latency goes into a per-backend
-//! histogram (egress), a RST answering the SYN is a refusal, a SYN retransmitted after
-//! `HANDSHAKE_TIMEOUT_NS` is a timeout, a RST later is a reset of an established flow.
-//! Only SYN and RST packets do any of this work; data packets pay nothing.
+//! Rollout signals, counted only for traffic the splitter verified: a handshake completes on
+//! the client's ACK of the backend's SYN-ACK (a spoofed SYN never gets there), a refusal is the
+//! backend's RST to a pending handshake, a timeout a SYN retransmitted after
+//! `HANDSHAKE_TIMEOUT_NS` with no SYN-ACK seen, a reset a backend RST on an established flow.
+//! The state transitions that lead here are in `flows.rs`.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use splitter_common::{
-    FlowKey, Handshake, ReverseValue,
+    FlowValue, Signals,
+    flow_flags::TIMEOUT_COUNTED,
     signals::{DEFAULT_HANDSHAKE_TIMEOUT_NS, HANDSHAKE_BUCKETS, bucket},
 };
 
-use crate::{
-    maps::{BACKEND_COUNTERS, FLOWS},
-    parse::{Packet, TCP_ACK, TCP_RST, TCP_SYN},
-};
+use crate::maps::BACKEND_COUNTERS;
 
 /// Set by the daemon at load time (`HANDSHAKE_TIMEOUT_GLOBAL`).
 #[unsafe(no_mangle)]
 static HANDSHAKE_TIMEOUT_NS: u64 = DEFAULT_HANDSHAKE_TIMEOUT_NS;
 
-/// The handshake state a new flow starts in.
 #[inline(always)]
-pub fn opening(tcp: bool, tcp_flags: u8) -> Handshake {
-    if tcp && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        Handshake::Pending
-    } else {
-        Handshake::None
-    }
+fn signals(backend_id: u32) -> Option<&'static mut Signals> {
+    let counters = BACKEND_COUNTERS.get_ptr_mut(backend_id)?;
+    Some(unsafe { &mut (*counters).signals })
 }
 
-/// Ingress, a client SYN for a flow already pinned: a retransmission. Still pending after the
-/// timeout means the backend did not answer in time (counted once per flow).
+/// Ingress, a client SYN retransmitted for a `Pending` handshake (no SYN-ACK seen): after the
+/// timeout the backend did not answer in time (counted once per flow).
 #[inline(always)]
-pub fn syn_retransmitted(key: &FlowKey) {
-    let Some(flow) = FLOWS.get_ptr_mut(key) else {
-        return;
-    };
-    let flow = unsafe { &mut *flow };
-    if flow.handshake != Handshake::Pending as u8 {
+pub fn syn_retransmitted(flow: &mut FlowValue) {
+    if flow.flags & TIMEOUT_COUNTED != 0 {
         return;
     }
     let timeout = unsafe { core::ptr::read_volatile(&HANDSHAKE_TIMEOUT_NS) };
-    if unsafe { bpf_ktime_get_ns() } < flow.created_ns + timeout {
+    if unsafe { bpf_ktime_get_ns() } < flow.stamp_ns + timeout {
         return;
     }
-    flow.handshake = Handshake::Failed as u8;
-    if let Some(counters) = BACKEND_COUNTERS.get_ptr_mut(flow.backend_id) {
-        unsafe { (*counters).signals.handshakes_timed_out += 1 };
+    flow.flags |= TIMEOUT_COUNTED;
+    if let Some(signals) = signals(flow.backend_id) {
+        signals.handshakes_timed_out += 1;
     }
 }
 
-/// Egress, a backend's SYN-ACK or RST (before its source is rewritten back to the service).
+/// Ingress, the client's ACK of the SYN-ACK: a completed handshake whose SYN → SYN-ACK time
+/// was `latency_ns`.
 #[inline(always)]
-pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
-    let flags = packet.tcp_flags;
-    let synack = flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
-    let rst = flags & TCP_RST != 0;
-    if !synack && !rst {
-        return;
-    }
-    // The client's flow: client → service, as pinned by the ingress program.
-    let key = FlowKey {
-        src: packet.ip.dst,
-        dst: reverse.service_addr,
-        src_port: packet.dst_port,
-        dst_port: reverse.service_port,
-        protocol: packet.ip.protocol,
-        family: packet.ip.family as u8,
-        _pad: [0; 2],
-    };
-    let Some(counters) = BACKEND_COUNTERS.get_ptr_mut(reverse.backend_id) else {
+pub fn handshake_completed(backend_id: u32, latency_ns: u64) {
+    let Some(signals) = signals(backend_id) else {
         return;
     };
-    let signals = unsafe { &mut (*counters).signals };
-    let Some(flow) = FLOWS.get_ptr_mut(key) else {
-        if rst {
-            // A flow this host did not pin (evicted, or begun on another host): past its
-            // handshake as far as we can tell.
-            signals.established_resets += 1;
-        }
-        return;
-    };
-    let flow = unsafe { &mut *flow };
-    let pending = flow.handshake == Handshake::Pending as u8;
-    if synack && pending {
-        flow.handshake = Handshake::Completed as u8;
-        let latency = unsafe { bpf_ktime_get_ns() }.saturating_sub(flow.created_ns);
-        signals.handshakes_completed += 1;
-        signals.handshake_latency_sum_ns += latency;
-        // Masked: the verifier wants the index visibly in bounds (a power of two, asserted in
-        // splitter_common::signals).
-        signals.handshake_latency_buckets[bucket(latency) & (HANDSHAKE_BUCKETS - 1)] += 1;
-    } else if rst && pending {
-        flow.handshake = Handshake::Failed as u8;
+    signals.handshakes_completed += 1;
+    signals.handshake_latency_sum_ns += latency_ns;
+    // Masked: the verifier wants the index visibly in bounds (a power of two, asserted in
+    // splitter_common::signals).
+    signals.handshake_latency_buckets[bucket(latency_ns) & (HANDSHAKE_BUCKETS - 1)] += 1;
+}
+
+/// Egress, the backend's RST to a pending handshake.
+#[inline(always)]
+pub fn handshake_refused(backend_id: u32) {
+    if let Some(signals) = signals(backend_id) {
         signals.handshakes_refused += 1;
-    } else if rst && flow.handshake != Handshake::Failed as u8 {
+    }
+}
+
+/// Egress, the backend's RST on an established flow.
+#[inline(always)]
+pub fn established_reset(backend_id: u32) {
+    if let Some(signals) = signals(backend_id) {
         signals.established_resets += 1;
     }
 }

@@ -6,7 +6,9 @@
 //! reads them back from the kernel maps (the only place they matter), so they can never
 //! disagree with what the programs use; after a reboot, the counters they index are gone anyway.
 //!
-//! Also here: the lock that keeps two daemons from driving the same state and data plane.
+//! Also here: the random hash seed of a config without `hash_seed` (`hash_seed`, generated
+//! once, kept until the file is deleted), and the lock that keeps two daemons from driving the
+//! same state and data plane.
 
 use std::{
     collections::BTreeMap,
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "daemon.lock";
+const SEED_FILE: &str = "hash_seed";
 const VERSION: u32 = 1;
 
 /// The persisted state.
@@ -99,6 +102,16 @@ pub enum StateError {
     },
     #[error("{role} {path} is not a directory")]
     NotDir { role: &'static str, path: PathBuf },
+    #[error(
+        "{path} is not a hash seed (expected one unsigned 32-bit number); delete it to draw a new one (only with the data plane unloaded) or set dataplane.hash_seed"
+    )]
+    CorruptSeed { path: PathBuf },
+    #[error("drawing a random hash seed from {path}: {source}")]
+    Random {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl State {
@@ -124,50 +137,9 @@ impl State {
 
     /// Writes the state atomically: a reader (or a crash) sees the old file or the new one.
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = Self::path(dir);
-        let temp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let write_error = |path: &Path| -> Box<dyn Fn(std::io::Error) -> StateError> {
-            let path = path.to_owned();
-            Box::new(move |source| StateError::Write {
-                path: path.clone(),
-                source,
-            })
-        };
         let mut text = serde_json::to_string_pretty(self).expect("state serializes");
         text.push('\n');
-        // A leftover temp file (a crash between write and rename) is removed, never followed:
-        // `remove_file` unlinks a symlink itself, and the new file must not exist (O_EXCL)
-        // nor be a symlink (O_NOFOLLOW).
-        match std::fs::remove_file(&temp) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(write_error(&temp)(error));
-            }
-            _ => {}
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-            .map_err(write_error(&temp))?;
-        if let Err(error) = file
-            .write_all(text.as_bytes())
-            .and_then(|()| file.sync_all())
-        {
-            drop(file);
-            // A full disk must not leave a half-written temp file taking space.
-            let _ = std::fs::remove_file(&temp);
-            return Err(write_error(&temp)(error));
-        }
-        drop(file);
-        if let Err(error) = std::fs::rename(&temp, &path) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(write_error(&path)(error));
-        }
-        File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(write_error(dir))
+        write_atomically(dir, STATE_FILE, &text)
     }
 
     /// The weight a service starts with: the runtime weight, unless the file's `green_weight`
@@ -210,6 +182,103 @@ fn read_nofollow(path: &Path) -> std::io::Result<String> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     Ok(text)
+}
+
+/// `dir/name` replaced by `text` atomically: temp file, fsync, rename, fsync of the directory.
+fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.tmp"));
+    let write_error = |path: &Path| -> Box<dyn Fn(std::io::Error) -> StateError> {
+        let path = path.to_owned();
+        Box::new(move |source| StateError::Write {
+            path: path.clone(),
+            source,
+        })
+    };
+    // A leftover temp file (a crash between write and rename) is removed, never followed:
+    // `remove_file` unlinks a symlink itself, and the new file must not exist (O_EXCL)
+    // nor be a symlink (O_NOFOLLOW).
+    match std::fs::remove_file(&temp) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(write_error(&temp)(error));
+        }
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temp)
+        .map_err(write_error(&temp))?;
+    if let Err(error) = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
+        drop(file);
+        // A full disk must not leave a half-written temp file taking space.
+        let _ = std::fs::remove_file(&temp);
+        return Err(write_error(&temp)(error));
+    }
+    drop(file);
+    if let Err(error) = std::fs::rename(&temp, &path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(write_error(&path)(error));
+    }
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(write_error(dir))
+}
+
+/// The hash seed of a config without `hash_seed`: drawn from the kernel's random source at the
+/// first start, persisted in `state_dir/hash_seed`, the same on every later start. Random so
+/// that nobody can compute which client tuples land on green (with a public seed an attacker
+/// picks them); hosts behind one ECMP group must agree on it, so they set `hash_seed`.
+pub struct RandomSeed;
+
+impl RandomSeed {
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(SEED_FILE)
+    }
+
+    /// The persisted seed, if one was drawn.
+    pub fn read(dir: &Path) -> Result<Option<u32>, StateError> {
+        let path = Self::path(dir);
+        match read_nofollow(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| StateError::CorruptSeed { path }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Read { path, source }),
+        }
+    }
+
+    /// The persisted seed, or a new random one, persisted before it is returned.
+    pub fn load_or_create(dir: &Path) -> Result<u32, StateError> {
+        if let Some(seed) = Self::read(dir)? {
+            return Ok(seed);
+        }
+        let seed = Self::draw()?;
+        Self::store(dir, seed)?;
+        Ok(seed)
+    }
+
+    /// Persists `seed` (the one the pinned data plane was loaded with, when the file was lost).
+    pub fn store(dir: &Path, seed: u32) -> Result<(), StateError> {
+        write_atomically(dir, SEED_FILE, &format!("{seed}\n"))
+    }
+
+    fn draw() -> Result<u32, StateError> {
+        use std::io::Read as _;
+        let path = PathBuf::from("/dev/urandom");
+        let mut bytes = [0u8; 4];
+        File::open(&path)
+            .and_then(|mut random| random.read_exact(&mut bytes))
+            .map_err(|source| StateError::Random { path, source })?;
+        Ok(u32::from_ne_bytes(bytes))
+    }
 }
 
 /// Creates the state directory (mode 0700 when new), then checks nobody else controls it.
@@ -439,6 +508,24 @@ mod tests {
             )),
             "{error}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn random_seed_is_drawn_once_and_kept() {
+        let dir = temp_dir("seed");
+        assert_eq!(RandomSeed::read(&dir).unwrap(), None);
+        let seed = RandomSeed::load_or_create(&dir).unwrap();
+        assert_eq!(RandomSeed::read(&dir).unwrap(), Some(seed));
+        assert_eq!(RandomSeed::load_or_create(&dir).unwrap(), seed);
+        assert!(!dir.join(".hash_seed.tmp").exists());
+        RandomSeed::store(&dir, 7).unwrap();
+        assert_eq!(RandomSeed::load_or_create(&dir).unwrap(), 7);
+        std::fs::write(RandomSeed::path(&dir), "seven").unwrap();
+        assert!(matches!(
+            RandomSeed::read(&dir),
+            Err(StateError::CorruptSeed { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -28,7 +28,8 @@ use splitter_bench_common::bench::{
     BENCH_SEQ, BENCH_TARGET, BenchPacket,
 };
 use splitter_common::{
-    Addr, Cohort, FlowKey, FlowValue, Reason, WEIGHT_SCALE, maps::DEFAULT_FLOW_TABLE_SIZE,
+    Addr, Cohort, FlowKey, FlowState, FlowValue, Reason, WEIGHT_SCALE,
+    maps::DEFAULT_FLOW_TABLE_SIZE,
 };
 
 use crate::packet::{Ip, Ipv4, Ipv6, Packet, TCP_ACK, TCP_SYN, Tcp};
@@ -190,6 +191,7 @@ fn prefill(dataplane: &mut Dataplane, family: Family, count: u32) {
         };
         let value = FlowValue {
             backend_id: 0,
+            state: FlowState::Established as u8,
             ..FlowValue::default()
         };
         dataplane
@@ -275,10 +277,21 @@ fn measure(
         targets.set(0, &target_fd, 0)?;
     }
     if path == Path::Established {
-        // Pin the flow first: its SYN, once, through the real program.
+        // Pin the flow first: its SYN, once, through the real program; then make it the
+        // established flow the handshake would (the SYN-ACK and ACK through both programs are
+        // the data-plane cases' business): its entry moves from PENDING to FLOWS.
         let (syn, _) = packet(Path::NewFlow, family);
         let mut out = vec![0u8; syn.len()];
         run(dataplane.ingress_program()?, &syn, &mut out, 1)?;
+        let maps = &mut dataplane.maps;
+        for key in maps.pending.keys().collect::<Result<Vec<_>, _>>()? {
+            let mut flow = maps.pending.get(&key, 0)?;
+            if flow.state == FlowState::Pending as u8 {
+                flow.state = FlowState::Established as u8;
+                maps.flows.insert(key, flow, 0)?;
+                maps.pending.remove(&key)?;
+            }
+        }
     }
     let mut samples = Vec::new();
     for _ in 0..options.rounds {

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod packet;
 pub mod resets;
 pub mod servers;
+pub mod spoof;
 pub mod topology;
 
 /// Set to `1` to skip privileged tests on machines without root/BPF (they print that they did).

@@ -583,9 +583,9 @@ fn measure_control_during_a_reload_scan() {
             backend_addr: splitter_common::Addr::from_v4(backend.ip().octets()),
             backend_port: backend.port().to_be(),
             color: 0,
-            handshake: 0,
+            state: splitter_common::FlowState::Established as u8,
             backend_id: doomed.id,
-            created_ns: 0,
+            ..FlowValue::default()
         };
         if maps.flows.insert(key, value, 0).is_ok() {
             filled += 1;

@@ -20,7 +20,7 @@ use splitter::dataplane::{
 };
 use splitter_common::{
     Addr, BackendCounters, BackendKey, Cohort, Color, DirectionCounters, Family, FlowKey,
-    FlowValue, Handshake, Reason, ReverseValue, Signals, WEIGHT_SCALE, hash::DEFAULT_HASH_SEED,
+    FlowState, FlowValue, Reason, ReverseValue, Signals, WEIGHT_SCALE, hash::DEFAULT_HASH_SEED,
     select::choose,
 };
 use splitter_tests::{
@@ -279,14 +279,32 @@ fn to_client(frame: &[u8], flags: u8) -> BackendCounters {
     }
 }
 
-fn pinned_value(spec: &ServiceSpec, backend: &BackendSpec, handshake: Handshake) -> FlowValue {
+/// A flow entry as a case expects it (`stamp_ns` is checked to be set, then left out).
+fn pinned_value(spec: &ServiceSpec, backend: &BackendSpec, state: FlowState) -> FlowValue {
     FlowValue {
         backend_addr: addr(backend.address.ip()),
         backend_port: backend.address.port().to_be(),
         color: color_of(spec, backend) as u8,
-        handshake: handshake as u8,
+        state: state as u8,
         backend_id: backend.id,
-        created_ns: 0,
+        ..FlowValue::default()
+    }
+}
+
+/// The two flow tables: verified flows, and the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Flows,
+    Pending,
+}
+
+impl Table {
+    /// The table a flow in `state` lives in.
+    fn of(state: FlowState) -> Self {
+        match state {
+            FlowState::Established | FlowState::Closing | FlowState::Closed => Table::Flows,
+            _ => Table::Pending,
+        }
     }
 }
 
@@ -326,9 +344,14 @@ struct Case {
     backends: Vec<(u32, BackendCounters)>,
     /// `flow_misses` deltas per service id; every other service must stay unchanged.
     flow_misses: Vec<(u32, u64)>,
-    /// Flows this packet pins (the table grows by exactly these).
-    pinned: Vec<(FlowKey, FlowValue)>,
-    /// Flows that must not be pinned afterwards.
+    /// `ambiguous_misses` deltas per service id; every other service must stay unchanged.
+    ambiguous_misses: Vec<(u32, u64)>,
+    /// Entries that must be in a table afterwards, with these values (flags and `synack_seq`
+    /// included; `stamp_ns` must be set).
+    held: Vec<(Table, FlowKey, FlowValue)>,
+    /// How many entries `FLOWS` and `PENDING` gain (negative: lose).
+    table_deltas: [i64; 2],
+    /// Flows that must be in neither table afterwards.
     unpinned: Vec<FlowKey>,
     /// The kernel's test run may refuse the frame (EINVAL) instead of running the program: the
     /// skb test run validates some headers itself. Nothing may change then.
@@ -346,7 +369,9 @@ impl Case {
             checksums: false,
             backends: Vec::new(),
             flow_misses: Vec::new(),
-            pinned: Vec::new(),
+            ambiguous_misses: Vec::new(),
+            held: Vec::new(),
+            table_deltas: [0, 0],
             unpinned: Vec::new(),
             refusable: false,
         }
@@ -382,15 +407,38 @@ impl Case {
         self
     }
 
+    /// The mid-flow miss fell in the ambiguous band of the weight history.
+    fn ambiguous(mut self, service_id: u32) -> Self {
+        self.ambiguous_misses.push((service_id, 1));
+        self
+    }
+
+    /// A new entry for `flow` in the table of `state`.
     fn pins(
         mut self,
         spec: &ServiceSpec,
         flow: &Flow,
         backend: &BackendSpec,
-        handshake: Handshake,
+        state: FlowState,
     ) -> Self {
-        self.pinned
-            .push((flow.key(), pinned_value(spec, backend, handshake)));
+        let table = Table::of(state);
+        self.table_deltas[table as usize] += 1;
+        self.held
+            .push((table, flow.key(), pinned_value(spec, backend, state)));
+        self
+    }
+
+    /// `flow`'s entry afterwards (no table grows or shrinks unless [`Case::tables`] says so).
+    fn holds(mut self, flow: &Flow, value: FlowValue) -> Self {
+        let table = Table::of(FlowState::from_raw(value.state).expect("a state"));
+        self.held.push((table, flow.key(), value));
+        self
+    }
+
+    /// Entries `FLOWS` and `PENDING` gain (on top of [`Case::pins`]).
+    fn tables(mut self, flows: i64, pending: i64) -> Self {
+        self.table_deltas[0] += flows;
+        self.table_deltas[1] += pending;
         self
     }
 
@@ -434,16 +482,16 @@ fn dnat(
         .rewritten(output, reason)
         .backend(backend.id, to_backend(&input, flags, pin));
     if pin {
-        // A SYN opens a tracked handshake; UDP and mid-flow misses are not tracked.
-        let handshake = if flow.protocol == Protocol::Tcp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        {
-            Handshake::Pending
-        } else {
-            Handshake::None
+        // A SYN opens a pending handshake, a UDP datagram a UDP flow, anything else of TCP an
+        // unverified mid-flow flow: all in `PENDING`.
+        let state = match flow.protocol {
+            Protocol::Udp => FlowState::Udp,
+            Protocol::Tcp if flags & (TCP_SYN | TCP_ACK) == TCP_SYN => FlowState::Pending,
+            Protocol::Tcp => FlowState::Unverified,
         };
-        case = case.pins(spec, flow, backend, handshake);
+        case = case.pins(spec, flow, backend, state);
     }
-    if rst {
+    if rst && reason != Reason::Established {
         case = case.not_pinned(flow);
     }
     if reason == Reason::FlowMiss {
@@ -474,7 +522,9 @@ struct Snapshot {
     verdicts: Vec<(Reason, u64)>,
     backends: HashMap<u32, BackendCounters>,
     flow_misses: HashMap<u32, u64>,
+    ambiguous_misses: HashMap<u32, u64>,
     flows: usize,
+    pending: usize,
 }
 
 fn minus(a: DirectionCounters, b: DirectionCounters) -> DirectionCounters {
@@ -526,7 +576,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let dataplane = Dataplane::load(&LoadOptions::default())
+        Self::with(&LoadOptions::default())
+    }
+
+    fn with(options: &LoadOptions) -> Self {
+        let dataplane = Dataplane::load(options)
             .unwrap_or_else(|e| panic!("loading the real eBPF object failed: {e:?}"));
         Self {
             dataplane,
@@ -574,17 +628,22 @@ impl Harness {
         let maps = &self.dataplane.maps;
         let mut backends = HashMap::new();
         let mut flow_misses = HashMap::new();
+        let mut ambiguous_misses = HashMap::new();
         for spec in &self.services {
             for backend in spec.blue.iter().chain(&spec.green) {
                 backends.insert(backend.id, maps.backend_counters(backend.id).unwrap());
             }
-            flow_misses.insert(spec.id, maps.service_counters(spec.id).unwrap().flow_misses);
+            let counters = maps.service_counters(spec.id).unwrap();
+            flow_misses.insert(spec.id, counters.flow_misses);
+            ambiguous_misses.insert(spec.id, counters.ambiguous_misses);
         }
         Snapshot {
             verdicts: maps.verdicts().unwrap(),
             backends,
             flow_misses,
+            ambiguous_misses,
             flows: maps.flows.keys().map(Result::unwrap).count(),
+            pending: maps.pending.keys().map(Result::unwrap).count(),
         }
     }
 
@@ -624,6 +683,7 @@ impl Harness {
                     "{name}: refused, yet counted"
                 );
                 assert_eq!(after.flows, before.flows, "{name}: refused, yet pinned");
+                assert_eq!(after.pending, before.pending, "{name}: refused, yet held");
                 eprintln!("{name}: the kernel's test run refused the frame (EINVAL)");
                 return;
             }
@@ -679,34 +739,50 @@ impl Harness {
             );
         }
 
+        for (id, was) in &before.ambiguous_misses {
+            let expected = case
+                .ambiguous_misses
+                .iter()
+                .find(|(service, _)| service == id)
+                .map_or(0, |(_, delta)| *delta);
+            assert_eq!(
+                after.ambiguous_misses[id] - was,
+                expected,
+                "{name}: ambiguous_misses of service {id}"
+            );
+        }
+
         let maps = &self.dataplane.maps;
         assert_eq!(
-            after.flows - before.flows,
-            case.pinned.len(),
-            "{name}: flows pinned"
+            [
+                after.flows as i64 - before.flows as i64,
+                after.pending as i64 - before.pending as i64
+            ],
+            case.table_deltas,
+            "{name}: entries gained by [FLOWS, PENDING]"
         );
-        for (key, expected) in &case.pinned {
-            let pinned = maps
-                .flows
+        for (table, key, expected) in &case.held {
+            let map = match table {
+                Table::Flows => &maps.flows,
+                Table::Pending => &maps.pending,
+            };
+            let held = map
                 .get(key, 0)
-                .unwrap_or_else(|e| panic!("{name}: flow {key:?} not pinned: {e}"));
-            assert!(
-                pinned.created_ns > 0,
-                "{name}: pinned flow has no timestamp"
-            );
+                .unwrap_or_else(|e| panic!("{name}: flow {key:?} not in {table:?}: {e}"));
+            assert!(held.stamp_ns > 0, "{name}: flow entry has no timestamp");
             assert_eq!(
                 FlowValue {
-                    created_ns: 0,
-                    ..pinned
+                    stamp_ns: 0,
+                    ..held
                 },
                 *expected,
-                "{name}: pinned flow"
+                "{name}: flow entry in {table:?}"
             );
         }
         for key in &case.unpinned {
             assert!(
-                maps.flows.get(key, 0).is_err(),
-                "{name}: flow {key:?} must not be pinned"
+                maps.flows.get(key, 0).is_err() && maps.pending.get(key, 0).is_err(),
+                "{name}: flow {key:?} must be in neither table"
             );
         }
     }
@@ -984,8 +1060,16 @@ fn flow_misses_follow_the_weight_in_force_when_the_flow_began() {
             let syn_backend = predict(&spec, &syn_flow.key(), ALL_GREEN);
             let rst_flow = Flow::new(&spec, client(v6, 3, 50002));
             let rst_backend = predict(&spec, &rst_flow.key(), steered_by);
+            // Weights 0 and 100 % in the window: every hash is in the ambiguous band.
+            let band = |case: Case| {
+                if hold.is_zero() {
+                    case
+                } else {
+                    case.ambiguous(spec.id)
+                }
+            };
             harness.run_all(&[
-                dnat(
+                band(dnat(
                     format!(
                         "{held}: ACK without a pinned flow → miss, steered by weight {steered_by}"
                     ),
@@ -994,7 +1078,7 @@ fn flow_misses_follow_the_weight_in_force_when_the_flow_began() {
                     &flow.packet(TCP_ACK).with_payload(b"mid-flow"),
                     backend,
                     Reason::FlowMiss,
-                ),
+                )),
                 dnat(
                     format!("{held}: next ACK of the missed flow → established"),
                     &spec,
@@ -1011,22 +1095,22 @@ fn flow_misses_follow_the_weight_in_force_when_the_flow_began() {
                     syn_backend,
                     Reason::NewFlow,
                 ),
-                dnat(
+                band(dnat(
                     format!("{held}: RST without a pinned flow → miss, forwarded, not pinned"),
                     &spec,
                     &rst_flow,
                     &rst_flow.packet(TCP_RST | TCP_ACK),
                     rst_backend,
                     Reason::FlowMiss,
-                ),
-                dnat(
+                )),
+                band(dnat(
                     format!("{held}: a second RST is a miss again (nothing was pinned)"),
                     &spec,
                     &rst_flow,
                     &rst_flow.packet(TCP_RST),
                     rst_backend,
                     Reason::FlowMiss,
-                ),
+                )),
             ]);
             assert_eq!(
                 color_of(&spec, backend),
@@ -1055,14 +1139,17 @@ fn reinstalling_a_service_keeps_the_miss_hold_generation() {
     harness.install(&spec);
     let flow = Flow::new(&spec, client(false, 4, 41000));
     let backend = predict(&spec, &flow.key(), 0);
-    harness.run(&dnat(
-        "ACK miss after a reload with the same weight → still the previous weight (blue)",
-        &spec,
-        &flow,
-        &flow.packet(TCP_ACK),
-        backend,
-        Reason::FlowMiss,
-    ));
+    harness.run(
+        &dnat(
+            "ACK miss after a reload with the same weight → still the previous weight (blue)",
+            &spec,
+            &flow,
+            &flow.packet(TCP_ACK),
+            backend,
+            Reason::FlowMiss,
+        )
+        .ambiguous(spec.id),
+    );
 }
 
 #[test]
@@ -1100,12 +1187,16 @@ fn egress_rewrites_backend_replies_back_to_the_service() {
                 &reply,
                 backend,
             )
-            .signals(
-                backend.id,
-                Signals {
-                    // The SYN-ACK completes the handshake the client's SYN opened.
-                    handshakes_completed: u64::from(protocol == Protocol::Tcp),
-                    ..Signals::default()
+            // The SYN-ACK answers the client's SYN; the handshake completes (and counts) only
+            // with the client's ACK of it.
+            .holds(
+                &flow,
+                match protocol {
+                    Protocol::Tcp => FlowValue {
+                        synack_seq: 1000,
+                        ..pinned_value(&spec, backend, FlowState::SynAcked)
+                    },
+                    Protocol::Udp => pinned_value(&spec, backend, FlowState::Udp),
                 },
             ),
             reverse_nat(
@@ -1322,6 +1413,13 @@ fn options_and_extension_headers_are_skipped() {
     }
 }
 
+/// `frame` with `extra` zero bytes after it (Ethernet padding: not part of the IP packet).
+fn padded(frame: &[u8], extra: usize) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out.resize(frame.len() + extra, 0);
+    out
+}
+
 fn cut(frame: &[u8], len: usize) -> Vec<u8> {
     assert!(
         len < frame.len(),
@@ -1519,7 +1617,17 @@ fn truncated_and_malformed_packets_pass_untouched() {
         Case::untouched(
             "IPv4 TCP: data offset 4",
             patched(&syn4, l4v4 + 12, 0x40),
-            Reason::TruncatedL4,
+            Reason::MalformedTcp,
+        ),
+        Case::untouched(
+            "IPv4 TCP: SYN with data offset 15 and no options (past the IP payload)",
+            patched(&syn4, l4v4 + 12, 0xf0),
+            Reason::MalformedTcp,
+        ),
+        Case::untouched(
+            "IPv4 TCP: data offset 15, the frame padded past it (the IP length decides)",
+            padded(&patched(&syn4, l4v4 + 12, 0xf0), 60),
+            Reason::MalformedTcp,
         ),
         Case::untouched(
             "IPv4 UDP: header cut at 7 bytes",
@@ -1564,7 +1672,12 @@ fn truncated_and_malformed_packets_pass_untouched() {
         Case::untouched(
             "IPv6 TCP: data offset 0",
             patched(&syn6, l4v6 + 12, 0x00),
-            Reason::TruncatedL4,
+            Reason::MalformedTcp,
+        ),
+        Case::untouched(
+            "IPv6 TCP: SYN with data offset 15 and no options (past the IP payload)",
+            patched(&syn6, l4v6 + 12, 0xf0),
+            Reason::MalformedTcp,
         ),
         Case::untouched(
             "IPv6 UDP: header cut at 7 bytes",
@@ -1825,7 +1938,7 @@ fn fragments_follow_the_cohort() {
                 )
                 .rewritten(first_out, Reason::FragmentSteered)
                 .backend(backend.id, to_backend(&first, 0, true))
-                .pins(&by_client, &flow, backend, Handshake::None),
+                .pins(&by_client, &flow, backend, FlowState::Udp),
             );
             cases.push(
                 Case::new(
@@ -1964,206 +2077,6 @@ fn icmp_errors_about_a_pinned_flow_reach_its_backend() {
     }
 }
 
-/// Rollout signals from the packets themselves: the backend's SYN-ACK completes the handshake
-/// the client's SYN opened (one latency observation), a RST answering the SYN is a refusal, a
-/// SYN retransmitted after the handshake timeout is a timeout, a RST after the handshake is a
-/// reset of an established flow. Data packets change no signal.
-#[test]
-fn handshakes_and_resets_are_counted_per_backend() {
-    if !require_privileges("handshakes_and_resets_are_counted_per_backend") {
-        return;
-    }
-    let mut harness = Harness::new();
-    for (i, v6) in [false, true].into_iter().enumerate() {
-        let what = label(v6, Protocol::Tcp);
-        let spec = service(20 + i as u32, v6, Protocol::Tcp, Cohort::Flow, HALF, HOUR);
-        harness.install(&spec);
-        let signal = |f: fn(&mut Signals)| {
-            let mut signals = Signals::default();
-            f(&mut signals);
-            signals
-        };
-        // Three flows, each to the backend the hash picks.
-        let flows: Vec<Flow> = (0..3)
-            .map(|n| Flow::new(&spec, client(v6, 7, 43000 + n)))
-            .collect();
-        let backends: Vec<&BackendSpec> = flows
-            .iter()
-            .map(|flow| predict(&spec, &flow.key(), HALF))
-            .collect();
-        let mut cases = Vec::new();
-        for (flow, backend) in flows.iter().zip(&backends) {
-            cases.push(dnat(
-                format!("{what}: SYN to {}", backend.id),
-                &spec,
-                flow,
-                &flow.packet(TCP_SYN),
-                backend,
-                Reason::NewFlow,
-            ));
-        }
-        // Flow 0: completed, then data, then a reset by the backend.
-        cases.push(
-            reverse_nat(
-                format!("{what}: SYN-ACK completes the handshake"),
-                &flows[0],
-                &flows[0].reply(backends[0].address, TCP_SYN | TCP_ACK),
-                backends[0],
-            )
-            .signals(backends[0].id, signal(|s| s.handshakes_completed = 1)),
-        );
-        cases.push(reverse_nat(
-            format!("{what}: data from the backend: no signal"),
-            &flows[0],
-            &flows[0]
-                .reply(backends[0].address, TCP_ACK | TCP_PSH)
-                .with_payload(b"hello"),
-            backends[0],
-        ));
-        cases.push(
-            reverse_nat(
-                format!("{what}: RST after the handshake: established reset"),
-                &flows[0],
-                &flows[0].reply(backends[0].address, TCP_RST | TCP_ACK),
-                backends[0],
-            )
-            .signals(backends[0].id, signal(|s| s.established_resets = 1)),
-        );
-        // Flow 1: refused.
-        cases.push(
-            reverse_nat(
-                format!("{what}: RST answering the SYN: refused"),
-                &flows[1],
-                &flows[1].reply(backends[1].address, TCP_RST | TCP_ACK),
-                backends[1],
-            )
-            .signals(backends[1].id, signal(|s| s.handshakes_refused = 1)),
-        );
-        harness.run_all(&cases);
-
-        // Flow 2: the client retransmits its SYN. Early: nothing; after the timeout: counted.
-        let early = dnat(
-            format!("{what}: SYN retransmitted at once: no timeout yet"),
-            &spec,
-            &flows[2],
-            &flows[2].packet(TCP_SYN),
-            backends[2],
-            Reason::Established,
-        );
-        harness.run_all(&[early]);
-        let key = flows[2].key();
-        let mut pinned = harness
-            .dataplane
-            .maps
-            .flows
-            .get(&key, 0)
-            .expect("flow 2 pinned");
-        pinned.created_ns -= 2 * splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS;
-        harness
-            .dataplane
-            .maps
-            .flows
-            .insert(key, pinned, 0)
-            .expect("age flow 2");
-        let late = dnat(
-            format!("{what}: SYN retransmitted after the timeout: timed out"),
-            &spec,
-            &flows[2],
-            &flows[2].packet(TCP_SYN),
-            backends[2],
-            Reason::Established,
-        )
-        .signals(backends[2].id, signal(|s| s.handshakes_timed_out = 1));
-        let again = dnat(
-            format!("{what}: a third SYN: counted once per flow"),
-            &spec,
-            &flows[2],
-            &flows[2].packet(TCP_SYN),
-            backends[2],
-            Reason::Established,
-        );
-        harness.run_all(&[late, again]);
-        let state = harness.dataplane.maps.flows.get(&key, 0).unwrap().handshake;
-        assert_eq!(
-            state,
-            Handshake::Failed as u8,
-            "{what}: flow 2 handshake state"
-        );
-    }
-}
-
-/// A client that reuses its source port for a new connection (the earlier one completed its
-/// handshake) gets the split in force now, like any new connection; packets of the earlier
-/// connection kept their backend until then.
-#[test]
-fn a_new_connection_on_a_reused_tuple_follows_the_current_weight() {
-    if !require_privileges("a_new_connection_on_a_reused_tuple_follows_the_current_weight") {
-        return;
-    }
-    let mut harness = Harness::new();
-    for (i, v6) in [false, true].into_iter().enumerate() {
-        let what = label(v6, Protocol::Tcp);
-        let spec = service(30 + i as u32, v6, Protocol::Tcp, Cohort::Flow, 0, HOUR);
-        harness.install(&spec);
-        let flow = Flow::new(&spec, client(v6, 8, 44000));
-        let blue = predict(&spec, &flow.key(), 0);
-        let green = predict(&spec, &flow.key(), ALL_GREEN);
-        let opening = [
-            dnat(
-                format!("{what}: first connection's SYN at weight 0"),
-                &spec,
-                &flow,
-                &flow.packet(TCP_SYN),
-                blue,
-                Reason::NewFlow,
-            ),
-            reverse_nat(
-                format!("{what}: its SYN-ACK"),
-                &flow,
-                &flow.reply(blue.address, TCP_SYN | TCP_ACK),
-                blue,
-            )
-            .signals(
-                blue.id,
-                Signals {
-                    handshakes_completed: 1,
-                    ..Signals::default()
-                },
-            ),
-        ];
-        harness.run_all(&opening);
-        harness.set_weight(&spec, ALL_GREEN);
-        let cases = [dnat(
-            format!("{what}: the first connection's data at 100 % stays blue"),
-            &spec,
-            &flow,
-            &flow.packet(TCP_ACK),
-            blue,
-            Reason::Established,
-        )];
-        harness.run_all(&cases);
-        // The pin is replaced, not added: the table does not grow, the entry now says green.
-        let syn = flow.packet(TCP_SYN);
-        let input = syn.build();
-        let repin = Case::new(
-            Hook::Ingress,
-            format!("{what}: a new SYN on the same tuple goes green"),
-            input.clone(),
-        )
-        .rewritten(
-            with_destination(&syn, green.address).build(),
-            Reason::NewFlow,
-        )
-        .backend(green.id, to_backend(&input, TCP_SYN, true));
-        harness.run_all(&[repin]);
-        let pinned = harness.dataplane.maps.flows.get(&flow.key(), 0).unwrap();
-        assert_eq!(
-            FlowValue {
-                created_ns: 0,
-                ..pinned
-            },
-            pinned_value(&spec, green, Handshake::Pending),
-            "{what}: the tuple is pinned to green now"
-        );
-    }
-}
+// The flow state machine (issue 11), in its own file.
+#[path = "dataplane_cases/states.rs"]
+mod states;

@@ -20,11 +20,15 @@ use crate::{
     units::{PercentError, parse_percent, ppm_to_percent},
 };
 
+mod drain;
 pub mod rollout;
 mod status;
 
-use self::rollout::{RolloutCliError, RolloutCommand};
 pub use self::status::render_status;
+use self::{
+    drain::{DrainArgs, DrainCliError},
+    rollout::{RolloutCliError, RolloutCommand},
+};
 
 /// Exit codes (documented in the README and in `--help`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +50,8 @@ pub enum Exit {
     /// `rollout start --wait`: the rollout was rolled back (green did worse than blue, or an
     /// operator aborted it).
     RolloutAborted = 6,
-    /// `rollout wait` / `rollout start --wait --timeout`: still running when the timeout ran
-    /// out (the rollout goes on).
+    /// Not finished in time: `rollout wait` / `rollout start --wait --timeout` (the rollout
+    /// goes on), `drain --wait --timeout` (the color still had live connections).
     Timeout = 7,
 }
 
@@ -66,7 +70,8 @@ Exit codes:
   4  permission denied on the control socket (root only)
   5  invalid configuration, or a reload that needs a restart (nothing changed)
   6  rollout start --wait / rollout wait: the rollout was rolled back
-  7  rollout start --wait --timeout / rollout wait --timeout: not finished in time (it goes on)";
+  7  not finished in time: rollout start --wait --timeout / rollout wait --timeout (it goes on),
+     drain --wait --timeout (the color still had live connections)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,6 +118,9 @@ pub enum Command {
     /// Send every new flow of SERVICE to one color (cutover or instant rollback).
     /// Established flows stay where they are.
     Switch { service: String, color: ColorName },
+    /// Drain COLOR of SERVICE: every new flow to the other color at once (one map write, as
+    /// `switch`), then its live connections per backend; `--wait` until there are none.
+    Drain(DrainArgs),
     /// Re-read the config file and apply the difference (same as SIGHUP).
     Reload,
     /// Validate a config file without a daemon: syntax, values (every problem, not just the
@@ -148,6 +156,8 @@ enum CliError {
     #[error(transparent)]
     Rollout(RolloutCliError),
     #[error(transparent)]
+    Drain(DrainCliError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
     Percent {
@@ -158,6 +168,8 @@ enum CliError {
     Interval,
     #[error(transparent)]
     Dataplane(#[from] dataplane::DataplaneError),
+    #[error(transparent)]
+    State(crate::state::StateError),
     #[error("writing to stdout: {0}")]
     Stdout(#[from] std::io::Error),
     #[error("no service `{name}` (configured: {known})")]
@@ -168,7 +180,7 @@ impl CliError {
     fn exit(&self) -> Exit {
         match self {
             CliError::Client(client) => client_exit(client),
-            CliError::Dataplane(_) | CliError::Stdout(_) => Exit::Failure,
+            CliError::Dataplane(_) | CliError::State(_) | CliError::Stdout(_) => Exit::Failure,
             CliError::Config(_) => Exit::InvalidConfig,
             CliError::Rollout(error) => match error {
                 RolloutCliError::Client(client) => client_exit(client),
@@ -176,6 +188,12 @@ impl CliError {
                 RolloutCliError::TimedOut { .. } => Exit::Timeout,
                 RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
                 RolloutCliError::Stdout(_) => Exit::Failure,
+            },
+            CliError::Drain(error) => match error {
+                DrainCliError::Client(client) => client_exit(client),
+                DrainCliError::Timeout(_) => Exit::Usage,
+                DrainCliError::NotDrained { .. } => Exit::Timeout,
+                DrainCliError::Stdout(_) => Exit::Failure,
             },
             CliError::Percent { .. } | CliError::Interval | CliError::UnknownService { .. } => {
                 Exit::Usage
@@ -277,6 +295,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             let reply = request(socket, &Request::Switch { service, color })?;
             print_weight(&mut out, reply)
         }
+        Command::Drain(args) => drain::execute(args, socket).map_err(CliError::Drain),
         Command::Reload => {
             let Reply::Reloaded(report) = request(socket, &Request::Reload)? else {
                 unreachable!("reload answers a reload report");
@@ -316,6 +335,7 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 if valid.services.len() == 1 { "" } else { "s" },
                 valid.interfaces.join(", ")
             )?;
+            writeln!(out, "hash seed: {}", seed_in_force(&valid)?)?;
             Ok(())
         }
         Command::Unload { config } => {
@@ -343,6 +363,23 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             print_unloaded(&mut out, &unloaded)
         }
     }
+}
+
+/// Which hash seed a daemon started with `config` uses (never its value: see
+/// `HashSeedSource`).
+fn seed_in_force(config: &crate::config::Validated) -> Result<String, CliError> {
+    if config.hash_seed.is_some() {
+        return Ok("configured (dataplane.hash_seed)".to_owned());
+    }
+    let path = crate::state::RandomSeed::path(&config.state_dir);
+    Ok(match crate::state::RandomSeed::read(&config.state_dir) {
+        Ok(Some(_)) => format!("random, kept in {}", path.display()),
+        Ok(None) => format!(
+            "random, drawn at the first start and kept in {}",
+            path.display()
+        ),
+        Err(error) => return Err(CliError::State(error)),
+    })
 }
 
 /// One frame of `--watch`: on a terminal it is drawn over the previous one (cursor home, draw,

@@ -9,7 +9,7 @@ use crate::{control::protocol::StatusReport, units::ppm_to_percent};
 const HEADER: [&str; 14] = [
     "COLOR",
     "BACKEND",
-    "FLOWS",
+    "LIVE",
     "NEW/S",
     "PPS_IN",
     "PPS_OUT",
@@ -32,15 +32,18 @@ pub fn render_status(report: &StatusReport) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}  flow table {}/{}",
+        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}\n  flow tables: verified {}/{}, pending {}/{}  hash seed {}",
         daemon.version,
         daemon.pid,
         uptime(daemon.uptime_seconds),
         daemon.dataplane.name(),
         daemon.bpffs.display(),
         daemon.interfaces.join(","),
-        daemon.pinned_flows,
-        daemon.flow_table_size,
+        daemon.flow_tables.flows.entries,
+        daemon.flow_tables.flows.capacity,
+        daemon.flow_tables.pending.entries,
+        daemon.flow_tables.pending.capacity,
+        daemon.hash_seed_source.name(),
     );
     if daemon.state_file.behind {
         let _ = writeln!(
@@ -76,9 +79,15 @@ pub fn render_status(report: &StatusReport) -> String {
                 )
             })
             .collect();
+        let live = service
+            .colors
+            .iter()
+            .map(|color| format!("{} {}", color.color, color.live_flows))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             text,
-            "\n{}  {}/{}  cohort {}  {}\n  green weight {}%   measured green share {}   flow misses {}",
+            "\n{}  {}/{}  cohort {}  {}\n  green weight {}%   measured green share {}\n  live connections: {}   flow misses {} (ambiguous {})",
             service.name,
             service.address,
             service.protocol.name(),
@@ -86,7 +95,9 @@ pub fn render_status(report: &StatusReport) -> String {
             releases.join(", "),
             ppm_to_percent(service.green_weight),
             measured,
+            live,
             service.flow_misses,
+            service.ambiguous_misses,
         );
         let mut table = backend_table();
         for color in &service.colors {
@@ -162,7 +173,9 @@ mod tests {
     use super::*;
     use crate::{
         config::{CohortSetting, ColorName},
-        control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
+        control::protocol::{
+            BackendStatus, ColorStatus, FlowStates, ServiceStatus, Signals, Traffic,
+        },
         dataplane::services::Protocol,
     };
 
@@ -171,6 +184,11 @@ mod tests {
             address: address.parse().unwrap(),
             id: 0,
             live_flows: 3,
+            flows: FlowStates {
+                pending: 1,
+                established: 2,
+                closing: 1,
+            },
             new_flows: 4,
             new_flows_per_second: Some(1.5),
             to_backend_rate: None,
@@ -198,12 +216,14 @@ mod tests {
             window_seconds: 0.0,
             window_new_flows: 0,
             flow_misses: 0,
+            ambiguous_misses: 0,
             colors: vec![
                 ColorStatus {
                     color: ColorName::Blue,
                     release: Some("v41".into()),
                     stable: true,
                     weight_percent: 87.5,
+                    live_flows: 3,
                     backends: vec![backend("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535")],
                 },
                 ColorStatus {
@@ -211,6 +231,7 @@ mod tests {
                     release: None,
                     stable: false,
                     weight_percent: 12.5,
+                    live_flows: 3,
                     backends: vec![backend("[fd00::2]:8080")],
                 },
             ],
@@ -219,18 +240,22 @@ mod tests {
         assert!(text.contains("  green weight 12.5%"), "{text}");
         assert!(text.contains("blue v41 (stable), green -"), "{text}");
         assert!(text.contains("measured green share settling"), "{text}");
+        assert!(
+            text.contains("  live connections: blue 3, green 3 "),
+            "{text}"
+        );
         let rows: Vec<&str> = text
             .lines()
             .skip_while(|line| !line.trim_start().starts_with("COLOR"))
             .collect();
         assert_eq!(rows.len(), 3, "{text}");
-        // FLOWS is right-aligned: every row's count (3) ends where the header does.
-        let end = rows[0].find("FLOWS").unwrap() + "FLOWS".len();
+        // LIVE is right-aligned: every row's count (3) ends where the header does.
+        let end = rows[0].find("LIVE").unwrap() + "LIVE".len();
         for row in &rows[1..] {
             assert_eq!(
                 &row[end - 1..=end],
                 "3 ",
-                "FLOWS column not aligned:\n{text}"
+                "LIVE column not aligned:\n{text}"
             );
         }
         assert!(

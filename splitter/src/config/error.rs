@@ -5,8 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
 
 use super::{
-    CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, FLOW_TABLE_MAX, FLOW_TABLE_MIN, SERVICE_NAME_MAX,
-    SERVICES_MAX,
+    CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, FLOW_TABLE_MAX, FLOW_TABLE_MIN, PENDING_TABLE_MIN,
+    SERVICE_NAME_MAX, SERVICES_MAX,
 };
 use crate::rollout::PlanError;
 
@@ -66,6 +66,14 @@ pub enum ConfigError {
         "dataplane.flow_table_size: {value} is outside {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX} entries"
     )]
     FlowTableSize { value: u32 },
+    #[error(
+        "dataplane.pending_table_size: {value} is outside {PENDING_TABLE_MIN}..={FLOW_TABLE_MAX} entries"
+    )]
+    PendingTableSize { value: u32 },
+    #[error(
+        "dataplane.udp_idle_timeout: `{value}` is not a duration between 100ms and 24h like \"30s\""
+    )]
+    UdpIdleTimeout { value: String },
     #[error(
         "dataplane.miss_hold: `{value}` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)"
     )]

@@ -49,6 +49,11 @@ pub const DEFAULT_MISS_HOLD: Duration = Duration::from_secs(60);
 /// Smallest and largest `flow_table_size` accepted (entries of `FLOWS`).
 pub const FLOW_TABLE_MIN: u32 = 1024;
 pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+/// Smallest `pending_table_size` accepted (entries of `PENDING`).
+pub const PENDING_TABLE_MIN: u32 = 256;
+/// Shortest and longest `udp_idle_timeout` accepted.
+pub const UDP_IDLE_MIN: Duration = Duration::from_millis(100);
+pub const UDP_IDLE_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Longest `miss_hold` accepted.
 pub const MISS_HOLD_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Each service takes two `SERVICES` entries (its port and the port-0 fragment key).
@@ -88,12 +93,21 @@ pub struct DataplaneSection {
     pub interfaces: Vec<String>,
     #[serde(default = "default_xdp_mode")]
     pub xdp_mode: XdpMode,
-    /// Capacity of the flow tables (pinned flows). Load time only.
+    /// Capacity of `FLOWS`, the table of verified flows (completed handshakes). Load time only.
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// Capacity of `PENDING`, the table of unverified flows (handshakes in progress, mid-flow
+    /// misses, UDP flows); default `flow_table_size / 4`. Load time only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_table_size: Option<u32>,
+    /// A UDP flow idle this long is gone: its next packet follows the split in force then.
+    /// Load time only.
+    #[serde(default = "default_udp_idle_timeout")]
+    pub udp_idle_timeout: String,
     /// Seed of the split hash; hosts behind the same ECMP group must share it. Load time only.
-    #[serde(default = "default_hash_seed")]
-    pub hash_seed: u32,
+    /// Absent: a random seed drawn at the first start and kept in `state_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_seed: Option<u32>,
     /// How long after a weight change a TCP packet of an unknown flow is steered by the
     /// previous weight (it most likely began before the change). `"60s"`, `"500ms"`, `"5m"`.
     #[serde(default = "default_miss_hold")]
@@ -258,11 +272,14 @@ fn default_xdp_mode() -> XdpMode {
 fn default_flow_table_size() -> u32 {
     DEFAULT_FLOW_TABLE_SIZE
 }
-fn default_hash_seed() -> u32 {
-    splitter_common::hash::DEFAULT_HASH_SEED
-}
 fn default_miss_hold() -> String {
     format!("{}s", DEFAULT_MISS_HOLD.as_secs())
+}
+fn default_udp_idle_timeout() -> String {
+    format!(
+        "{}s",
+        splitter_common::maps::DEFAULT_UDP_IDLE_TIMEOUT_NS / 1_000_000_000
+    )
 }
 fn default_handshake_timeout() -> String {
     format!(
@@ -297,7 +314,10 @@ pub struct Validated {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub flow_table_size: u32,
-    pub hash_seed: u32,
+    pub pending_table_size: u32,
+    pub udp_idle_timeout: Duration,
+    /// `None`: the random seed persisted in `state_dir` (see `state::RandomSeed`).
+    pub hash_seed: Option<u32>,
     pub miss_hold: Duration,
     pub handshake_timeout: Duration,
     pub redirect_interfaces: Vec<String>,

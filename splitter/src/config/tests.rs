@@ -33,9 +33,14 @@ fn good_config_and_defaults() {
     assert_eq!(config.interfaces, ["eth0"]);
     assert_eq!(config.xdp_mode, XdpMode::Auto);
     assert_eq!(config.flow_table_size, DEFAULT_FLOW_TABLE_SIZE);
-    assert_eq!(config.hash_seed, splitter_common::hash::DEFAULT_HASH_SEED);
+    assert_eq!(
+        config.hash_seed, None,
+        "no hash_seed: a random one at the first start"
+    );
     assert_eq!(config.miss_hold, DEFAULT_MISS_HOLD);
     assert_eq!(config.handshake_timeout, Duration::from_millis(500));
+    assert_eq!(config.pending_table_size, DEFAULT_FLOW_TABLE_SIZE / 4);
+    assert_eq!(config.udp_idle_timeout, Duration::from_secs(30));
     assert!(config.redirect_interfaces.is_empty());
     assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
     assert_eq!(config.metrics, DEFAULT_METRICS.parse().unwrap());
@@ -97,7 +102,7 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
                 "interfaces = [\"eth0\"]",
                 "interfaces = [\"eth0\"]\nxdp = \"native\"",
             ),
-            "test.toml: line 4, column 1: dataplane.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `flow_table_size`, `hash_seed`, `miss_hold`, `handshake_timeout`, `redirect_interfaces`",
+            "test.toml: line 4, column 1: dataplane.xdp: unknown field `xdp`, expected one of `interfaces`, `xdp_mode`, `flow_table_size`, `pending_table_size`, `udp_idle_timeout`, `hash_seed`, `miss_hold`, `handshake_timeout`, `redirect_interfaces`",
         ),
         (
             "unknown key in a service (typo)",
@@ -217,6 +222,22 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
                 "interfaces = [\"eth0\"]\nmiss_hold = \"a while\"",
             ),
             "dataplane.miss_hold: `a while` is not a duration like \"60s\", \"500ms\" or \"5m\" (at most 24h)",
+        ),
+        (
+            "pending table too small",
+            edit(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\npending_table_size = 10",
+            ),
+            "dataplane.pending_table_size: 10 is outside 256..=16777216 entries",
+        ),
+        (
+            "bad udp_idle_timeout",
+            edit(
+                "interfaces = [\"eth0\"]",
+                "interfaces = [\"eth0\"]\nudp_idle_timeout = \"10ms\"",
+            ),
+            "dataplane.udp_idle_timeout: `10ms` is not a duration between 100ms and 24h like \"30s\"",
         ),
         (
             "bad handshake_timeout",

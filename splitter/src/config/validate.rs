@@ -11,8 +11,8 @@ use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
 
 use super::{
     CLIENT_TIMEOUT_MAX, CLIENT_TIMEOUT_MIN, CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, Config,
-    ConfigError, FLOW_TABLE_MAX, FLOW_TABLE_MIN, IFNAME_MAX, MISS_HOLD_MAX, SERVICE_NAME_MAX,
-    SERVICES_MAX, Service, ServiceSection, Validated,
+    ConfigError, FLOW_TABLE_MAX, FLOW_TABLE_MIN, IFNAME_MAX, MISS_HOLD_MAX, PENDING_TABLE_MIN,
+    SERVICE_NAME_MAX, SERVICES_MAX, Service, ServiceSection, UDP_IDLE_MAX, UDP_IDLE_MIN, Validated,
 };
 use crate::{
     dataplane::services::Protocol,
@@ -62,6 +62,21 @@ impl Config {
                 value: dataplane.flow_table_size,
             });
         }
+        let pending_table_size = dataplane
+            .pending_table_size
+            .unwrap_or((dataplane.flow_table_size / 4).max(PENDING_TABLE_MIN));
+        if !(PENDING_TABLE_MIN..=FLOW_TABLE_MAX).contains(&pending_table_size) {
+            problems.push(ConfigError::PendingTableSize {
+                value: pending_table_size,
+            });
+        }
+        let udp_idle_timeout = parse_duration(&dataplane.udp_idle_timeout)
+            .filter(|timeout| (UDP_IDLE_MIN..=UDP_IDLE_MAX).contains(timeout));
+        if udp_idle_timeout.is_none() {
+            problems.push(ConfigError::UdpIdleTimeout {
+                value: dataplane.udp_idle_timeout.clone(),
+            });
+        }
         let miss_hold = parse_duration(&dataplane.miss_hold).filter(|hold| *hold <= MISS_HOLD_MAX);
         if miss_hold.is_none() {
             problems.push(ConfigError::MissHold {
@@ -97,28 +112,38 @@ impl Config {
         }
         let client_timeout = validate_limits(control, &mut problems);
         let services = validate_services(&self.services, &mut problems);
-        match (miss_hold, handshake_timeout, metrics, client_timeout) {
-            (Some(miss_hold), Some(handshake_timeout), Some(metrics), Some(client_timeout))
-                if problems.is_empty() =>
-            {
-                Ok(Validated {
-                    interfaces: dataplane.interfaces.clone(),
-                    xdp_mode: dataplane.xdp_mode,
-                    flow_table_size: dataplane.flow_table_size,
-                    hash_seed: dataplane.hash_seed,
-                    miss_hold,
-                    handshake_timeout,
-                    redirect_interfaces: dataplane.redirect_interfaces.clone(),
-                    socket: control.socket.clone(),
-                    metrics,
-                    state_dir: control.state_dir.clone(),
-                    bpffs: control.bpffs.clone(),
-                    max_connections: control.max_connections,
-                    metrics_max_connections: control.metrics_max_connections,
-                    client_timeout,
-                    services,
-                })
-            }
+        match (
+            miss_hold,
+            handshake_timeout,
+            metrics,
+            client_timeout,
+            udp_idle_timeout,
+        ) {
+            (
+                Some(miss_hold),
+                Some(handshake_timeout),
+                Some(metrics),
+                Some(client_timeout),
+                Some(udp_idle_timeout),
+            ) if problems.is_empty() => Ok(Validated {
+                interfaces: dataplane.interfaces.clone(),
+                xdp_mode: dataplane.xdp_mode,
+                flow_table_size: dataplane.flow_table_size,
+                pending_table_size,
+                udp_idle_timeout,
+                hash_seed: dataplane.hash_seed,
+                miss_hold,
+                handshake_timeout,
+                redirect_interfaces: dataplane.redirect_interfaces.clone(),
+                socket: control.socket.clone(),
+                metrics,
+                state_dir: control.state_dir.clone(),
+                bpffs: control.bpffs.clone(),
+                max_connections: control.max_connections,
+                metrics_max_connections: control.metrics_max_connections,
+                client_timeout,
+                services,
+            }),
             _ => Err(problems),
         }
     }

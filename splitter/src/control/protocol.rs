@@ -36,6 +36,14 @@ pub enum Request {
         service: String,
         color: ColorName,
     },
+    /// Every new flow to the other color (one map write, as `switch`); `cut` also unpins the
+    /// flows still pinned to `color`.
+    Drain {
+        service: String,
+        color: ColorName,
+        #[serde(default)]
+        cut: bool,
+    },
     /// Re-read the config file and apply the difference.
     Reload,
     /// Detach and remove the data plane, then stop the daemon.
@@ -85,6 +93,7 @@ impl Request {
             Request::Status => "status",
             Request::SetWeight { .. } => "set-weight",
             Request::Switch { .. } => "switch",
+            Request::Drain { .. } => "drain",
             Request::Reload => "reload",
             Request::Unload => "unload",
             Request::RolloutStart { .. } => "rollout-start",
@@ -112,6 +121,7 @@ pub enum Response {
 pub enum Reply {
     Status(Box<StatusReport>),
     Weight(WeightChange),
+    Drained(DrainReport),
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
@@ -193,6 +203,18 @@ pub struct WeightChange {
     pub green_weight: u32,
 }
 
+/// The result of `drain`: the weight change (none when already in force) and, with `cut`, how
+/// many flows were unpinned. Live connections are in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub service: String,
+    /// The color drained.
+    pub color: ColorName,
+    pub previous_green_weight: u32,
+    pub green_weight: u32,
+    pub unpinned: u64,
+}
+
 /// The result of `reload`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReport {
@@ -227,12 +249,50 @@ pub struct DaemonStatus {
     pub bpffs: PathBuf,
     pub interfaces: Vec<String>,
     pub flow_table_size: u32,
+    /// The split hash's seed in force (only here: never logged, not in the human view).
     pub hash_seed: u32,
-    /// Entries in the flow table (all services, including flows of removed backends).
+    #[serde(default)]
+    pub hash_seed_source: HashSeedSource,
+    /// Entries in the flow table of verified flows (all services, including flows of removed
+    /// backends).
     pub pinned_flows: u64,
     /// Whether `state_dir/state.json` holds what is in force (absent from older daemons).
     #[serde(default)]
     pub state_file: PersistStatus,
+    /// Fill of each flow table.
+    #[serde(default)]
+    pub flow_tables: FlowTables,
+}
+
+/// The two flow tables: `flows` (verified flows: handshake seen, or answered by the backend)
+/// and `pending` (handshakes in progress, unverified mid-flow misses, UDP flows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTables {
+    pub flows: TableFill,
+    pub pending: TableFill,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableFill {
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+/// A backend's flows by state (one scan of both tables).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowStates {
+    /// Handshakes in progress (not yet connections).
+    pub pending: u64,
+    pub established: u64,
+    /// FIN seen in one direction: still open.
+    pub closing: u64,
+}
+
+impl FlowStates {
+    /// Open connections: established or still closing.
+    pub const fn live(&self) -> u64 {
+        self.established + self.closing
+    }
 }
 
 /// The state file: behind (a save failed; the daemon retries every second), failed saves.
@@ -258,8 +318,32 @@ impl Default for DaemonStatus {
             interfaces: Vec::new(),
             flow_table_size: 0,
             hash_seed: 0,
+            hash_seed_source: HashSeedSource::default(),
             pinned_flows: 0,
             state_file: PersistStatus::default(),
+            flow_tables: FlowTables::default(),
+        }
+    }
+}
+
+/// Where the hash seed in force came from. Its value is a secret of sorts: whoever knows it can
+/// pick client tuples that land on green, so it is not logged nor shown by `status` (only in
+/// its JSON, on the root-only socket, for copying into the configs of an ECMP group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashSeedSource {
+    /// `dataplane.hash_seed` in the config.
+    Configured,
+    /// Drawn at random at the first start and kept in `state_dir/hash_seed`.
+    #[default]
+    Random,
+}
+
+impl HashSeedSource {
+    pub const fn name(self) -> &'static str {
+        match self {
+            HashSeedSource::Configured => "configured",
+            HashSeedSource::Random => "random",
         }
     }
 }
@@ -289,6 +373,9 @@ pub struct ServiceStatus {
     pub window_new_flows: u64,
     /// TCP non-SYN packets that found no pinned flow.
     pub flow_misses: u64,
+    /// Mid-flow misses in the band of hashes the weights of the `miss_hold` window disagree on.
+    #[serde(default)]
+    pub ambiguous_misses: u64,
     pub colors: Vec<ColorStatus>,
 }
 
@@ -304,6 +391,9 @@ pub struct ColorStatus {
     /// This color's share of new flows by weight, in percent.
     #[serde(default)]
     pub weight_percent: f64,
+    /// Open connections to the color (its backends' `live_flows`).
+    #[serde(default)]
+    pub live_flows: u64,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -312,8 +402,11 @@ pub struct BackendStatus {
     pub address: SocketAddr,
     /// Index of its counters in the data plane.
     pub id: u32,
-    /// Flows pinned to it now.
+    /// Open connections to it now: established or closing flows (`flows.live()`).
     pub live_flows: u64,
+    /// Its flows by state.
+    #[serde(default)]
+    pub flows: FlowStates,
     /// Flows pinned to it since its id was assigned.
     pub new_flows: u64,
     /// New flows per second over the window (None until two samples exist).

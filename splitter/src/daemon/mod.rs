@@ -26,12 +26,12 @@ use self::{
 };
 use crate::{
     config::{ColorName, Config, ConfigError, Validated},
-    control::protocol::{ErrorKind, ReloadReport},
+    control::protocol::{ErrorKind, HashSeedSource, ReloadReport},
     dataplane::{
         Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
         services::socket_addr,
     },
-    state::{ServiceState, State, StateError},
+    state::{RandomSeed, ServiceState, State, StateError},
 };
 
 /// Why a daemon operation failed; [`AppError::kind`] is what the CLI's exit code is made from.
@@ -93,6 +93,46 @@ pub struct App {
     persist: persist::Persistence,
     /// Rollout tick errors are logged at most once per 10 s.
     tick_errors: crate::control::limits::RateLimit,
+    /// Where the seed in force came from (its value: `dataplane.loaded_with`).
+    hash_seed_source: HashSeedSource,
+}
+
+/// Opens the data plane with the configured hash seed, or else the random one of `state_dir`
+/// (drawn at the first start). Without a configured seed, a pinned data plane's seed is the
+/// one in force (it cannot change while the programs run) and is persisted as the random seed
+/// (the file was lost, or `hash_seed` was removed from the config).
+fn open_dataplane(config: &Validated) -> Result<(Dataplane, HashSeedSource), AppError> {
+    let (hash_seed, source) = match config.hash_seed {
+        Some(seed) => (seed, HashSeedSource::Configured),
+        None => (
+            RandomSeed::load_or_create(&config.state_dir)?,
+            HashSeedSource::Random,
+        ),
+    };
+    let mut options = LoadOptions {
+        flow_table_size: config.flow_table_size,
+        pending_table_size: config.pending_table_size,
+        udp_idle_timeout_ns: crate::units::nanos(config.udp_idle_timeout),
+        hash_seed,
+        handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
+    };
+    let policy = PinPolicy::Pinned {
+        bpffs: &config.bpffs,
+    };
+    match Dataplane::open(&options, policy) {
+        Err(DataplaneError::PinnedSettingDiffers {
+            setting: "hash_seed",
+            pinned,
+            ..
+        }) if source == HashSeedSource::Random => {
+            let pinned = u32::try_from(pinned).expect("the pinned seed is a u32");
+            RandomSeed::store(&config.state_dir, pinned)?;
+            tracing::info!("no hash_seed configured: the pinned data plane's seed stays in force");
+            options.hash_seed = pinned;
+            Ok((Dataplane::open(&options, policy)?, source))
+        }
+        result => Ok((result?, source)),
+    }
 }
 
 impl App {
@@ -100,20 +140,11 @@ impl App {
     /// interfaces, and installs the configured services with their persisted weights.
     pub fn start(config_path: &Path, config: Validated) -> Result<Self, AppError> {
         let state = State::load(&config.state_dir)?;
-        let options = LoadOptions {
-            flow_table_size: config.flow_table_size,
-            hash_seed: config.hash_seed,
-            handshake_timeout_ns: crate::units::nanos(config.handshake_timeout),
-        };
-        let dataplane = Dataplane::open(
-            &options,
-            PinPolicy::Pinned {
-                bpffs: &config.bpffs,
-            },
-        )?;
+        let (dataplane, hash_seed_source) = open_dataplane(&config)?;
         tracing::info!(
             bpffs = %config.bpffs.display(),
             origin = dataplane.origin.name(),
+            hash_seed = hash_seed_source.name(),
             "data plane ready"
         );
         let mut app = Self {
@@ -126,6 +157,7 @@ impl App {
             started: Instant::now(),
             persist: persist::Persistence::default(),
             tick_errors: crate::control::limits::RateLimit::default(),
+            hash_seed_source,
         };
         let report = app.apply(config)?;
         app.forget_removed_backends()?;
@@ -327,8 +359,8 @@ impl App {
         if orphans.is_empty() {
             return Ok(());
         }
-        let (live, _) = self.flow_scan().count()?;
-        self.forget_backends(&orphans, &live)
+        let held = self.flow_scan().census()?.backends;
+        self.forget_backends(&orphans, &held)
     }
 
     /// Reply-path entries of backends no service uses. The daemon scans the flow table for
@@ -349,19 +381,18 @@ impl App {
             .collect())
     }
 
-    /// Removes the orphans no pinned flow uses (`live`: flows per backend id, from a scan
-    /// made after [`App::orphan_backends`]); a backend a service took back since is kept.
+    /// Removes the orphans no flow entry uses (`held`: backend ids with an entry in either
+    /// table, closed ones too: their last segments still need the mapping; from a scan made
+    /// after [`App::orphan_backends`]); a backend a service took back since is kept.
     pub fn forget_backends(
         &mut self,
         orphans: &[(BackendKey, u32)],
-        live: &std::collections::HashMap<u32, u64>,
+        held: &std::collections::HashMap<u32, crate::dataplane::maps::StateCounts>,
     ) -> Result<(), AppError> {
         let in_use = self.backends_in_use();
         for (key, backend_id) in orphans {
             let address = socket_addr(&key.addr, key.port, key.family);
-            if !in_use.contains(&(address, key.protocol))
-                && live.get(backend_id).copied().unwrap_or(0) == 0
-            {
+            if !in_use.contains(&(address, key.protocol)) && !held.contains_key(backend_id) {
                 self.dataplane.maps.remove_backend_reverse(key)?;
             }
         }
@@ -421,7 +452,7 @@ impl App {
         const RESTART: &str = "restart the daemon to apply it (the data plane keeps running)";
         let old = &self.config;
         let show = |path: &Path| path.display().to_string();
-        let checks: [(&'static str, String, String, &'static str); 8] = [
+        let checks: [(&'static str, String, String, &'static str); 10] = [
             (
                 "dataplane.handshake_timeout",
                 format!("{:?}", old.handshake_timeout),
@@ -435,9 +466,32 @@ impl App {
                 UNLOAD,
             ),
             (
+                "dataplane.pending_table_size",
+                old.pending_table_size.to_string(),
+                new.pending_table_size.to_string(),
+                UNLOAD,
+            ),
+            (
+                "dataplane.udp_idle_timeout",
+                format!("{:?}", old.udp_idle_timeout),
+                format!("{:?}", new.udp_idle_timeout),
+                UNLOAD,
+            ),
+            (
                 "dataplane.hash_seed",
-                old.hash_seed.to_string(),
-                new.hash_seed.to_string(),
+                // A random seed is not printed (see `HashSeedSource`); a file without
+                // `hash_seed` keeps the seed in force.
+                match old.hash_seed {
+                    Some(seed) => seed.to_string(),
+                    None => "the random seed".to_owned(),
+                },
+                match new.hash_seed {
+                    Some(seed) if Some(seed) != old.hash_seed => seed.to_string(),
+                    Some(_) | None => match old.hash_seed {
+                        Some(seed) => seed.to_string(),
+                        None => "the random seed".to_owned(),
+                    },
+                },
                 UNLOAD,
             ),
             (

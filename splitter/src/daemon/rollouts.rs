@@ -309,30 +309,26 @@ impl App {
         let action = rollout.abort(now_unix_ms(), why);
         self.commit(&rollout, action, logged)?;
         if cut {
-            self.cut_canary(name, rollout.canary)?;
+            self.cut(name, rollout.canary)?;
         }
         self.rollout_status(name)
     }
 
-    /// Unpins every flow of the service's canary backends, and makes mid-flow misses follow
-    /// the restored weight (not the previous generation) so they land on the stable color.
-    fn cut_canary(&mut self, name: &str, canary: ColorName) -> Result<(), AppError> {
+    /// Unpins every flow of the service's `color` backends, and makes mid-flow misses follow
+    /// the weight in force (no earlier weight) so they land on the other color: `rollout abort
+    /// --cut` (green) and `drain --cut`. Returns how many flows were unpinned.
+    pub(super) fn cut(&mut self, name: &str, color: ColorName) -> Result<usize, AppError> {
         let address = self.service_address(name)?;
         let Some(installed) = self.installed.get(&address) else {
-            return Ok(());
+            return Ok(0);
         };
-        let green: Vec<u32> = installed.pool(canary).iter().map(|(id, _)| *id).collect();
-        let removed = self.dataplane.maps.unpin_backends(&green)?;
+        let ids: Vec<u32> = installed.pool(color).iter().map(|(id, _)| *id).collect();
+        let removed = self.dataplane.maps.unpin_backends(&ids)?;
         self.dataplane
             .maps
             .forget_previous_weight(&address.0, address.1)?;
-        tracing::info!(
-            service = name,
-            unpinned = removed,
-            %canary,
-            "rollout abort --cut: canary flows unpinned"
-        );
-        Ok(())
+        tracing::info!(service = name, %color, unpinned = removed, "flows unpinned (--cut)");
+        Ok(removed)
     }
 
     pub fn rollout_status(&self, name: &str) -> Result<RolloutReport, AppError> {

@@ -2,19 +2,22 @@
 //! the daemon's own metrics, and the "stop now" signal `unload` raises.
 
 use std::{
-    collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
 
-use super::{App, AppError};
+use super::{App, AppError, status::Census};
 use crate::{
     control::{
-        protocol::{ErrorKind, ErrorReply, Reply, Request, Response, StatusReport},
+        protocol::{
+            ErrorKind, ErrorReply, FlowStates, FlowTables, Reply, Request, Response, StatusReport,
+            TableFill,
+        },
         server::Handler,
     },
+    dataplane::{DataplaneError, maps::FlowScan},
     metrics::{DaemonMetrics, SnapshotSource},
 };
 
@@ -25,8 +28,8 @@ use crate::{
 const SLOW_SCAN: Duration = Duration::from_millis(100);
 const LIVE_FLOWS_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// When a scan started, when it finished, flows per backend id, total.
-type LiveFlows = (Instant, Instant, HashMap<u32, u64>, u64);
+/// When a scan started, when it finished, what it found.
+type LiveFlows = (Instant, Instant, Arc<Census>);
 
 pub struct Shared {
     /// `None` once the data plane has been unloaded (the daemon is stopping).
@@ -102,6 +105,13 @@ impl Shared {
             Request::Switch { service, color } => self
                 .with_app(|app| app.switch(&service, color))
                 .map(Reply::Weight),
+            Request::Drain {
+                service,
+                color,
+                cut,
+            } => self
+                .with_app(|app| app.drain(&service, color, cut))
+                .map(Reply::Drained),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
             Request::RolloutStart {
@@ -154,11 +164,11 @@ impl Shared {
         match orphans {
             Ok((orphans, _)) if orphans.is_empty() => {}
             Ok((orphans, scan)) => {
-                let forgotten = blocking(|| scan.count())
+                let forgotten = blocking(|| scan.census())
                     .map_err(AppError::from)
                     .map_err(SharedError::from)
-                    .and_then(|(live, _)| {
-                        self.with_app(|app| app.forget_backends(&orphans, &live))
+                    .and_then(|census| {
+                        self.with_app(|app| app.forget_backends(&orphans, &census.backends))
                     });
                 if let Err(error) = forgotten {
                     tracing::warn!(%error, "removed backends' reply mappings kept until the next reload");
@@ -206,33 +216,64 @@ impl Shared {
 
     /// A snapshot for `status` and the metrics endpoint.
     pub async fn status(&self) -> Result<StatusReport, SharedError> {
-        let (live, pinned) = self.live_flows().await?;
-        self.with_app(|app| app.status(&live, pinned))
+        let census = self.census().await?;
+        self.with_app(|app| app.status(&census))
     }
 
-    /// Flows per backend id (see [`SLOW_SCAN`]). The scan runs on a blocking thread with its
-    /// own map handle, without the application lock; concurrent requests wait for one scan.
-    async fn live_flows(&self) -> Result<(HashMap<u32, u64>, u64), SharedError> {
+    /// Flows per backend id and state, table fill (see [`SLOW_SCAN`]). The scan runs on a
+    /// blocking thread with its own map handles, without the application lock; concurrent
+    /// requests wait for one scan.
+    async fn census(&self) -> Result<Arc<Census>, SharedError> {
         let arrived = Instant::now();
         let mut cache = self.live.lock().await;
-        if let Some((started, finished, live, total)) = cache.as_ref() {
+        if let Some((started, finished, census)) = cache.as_ref() {
             let took = finished.duration_since(*started);
             let fresh = *started >= arrived;
             let big_and_recent =
                 took >= SLOW_SCAN && finished.elapsed() < (took * 2).min(LIVE_FLOWS_MAX_AGE);
             if fresh || big_and_recent {
-                return Ok((live.clone(), *total));
+                return Ok(census.clone());
             }
         }
         let scan = self.with_app(|app| Ok(app.flow_scan()))?;
         let started = Instant::now();
-        let (live, total) = tokio::task::spawn_blocking(move || scan.count())
+        let census = tokio::task::spawn_blocking(move || scan_census(&scan))
             .await
             .expect("flow scan does not panic")
             .map_err(AppError::from)?;
-        *cache = Some((started, Instant::now(), live.clone(), total));
-        Ok((live, total))
+        let census = Arc::new(census);
+        *cache = Some((started, Instant::now(), census.clone()));
+        Ok(census)
     }
+}
+
+/// One scan of the flow tables, in the status report's terms.
+fn scan_census(scan: &FlowScan) -> Result<Census, DataplaneError> {
+    let census = scan.census()?;
+    Ok(Census {
+        backends: census
+            .backends
+            .into_iter()
+            .map(|(id, counts)| {
+                let states = FlowStates {
+                    pending: counts.pending,
+                    established: counts.established,
+                    closing: counts.closing,
+                };
+                (id, states)
+            })
+            .collect(),
+        tables: FlowTables {
+            flows: TableFill {
+                entries: census.flows_entries,
+                capacity: census.flows_capacity,
+            },
+            pending: TableFill {
+                entries: census.pending_entries,
+                capacity: census.pending_capacity,
+            },
+        },
+    })
 }
 
 fn rollout_reply(report: crate::control::protocol::RolloutReport) -> Reply {

@@ -12,11 +12,18 @@ use super::{App, AppError, sampler::Sample};
 use crate::{
     config::ColorName,
     control::protocol::{
-        BackendStatus, ColorStatus, DaemonStatus, ServiceStatus, Signals, StatusReport, Traffic,
-        TrafficRate,
+        BackendStatus, ColorStatus, DaemonStatus, FlowStates, FlowTables, ServiceStatus, Signals,
+        StatusReport, Traffic, TrafficRate,
     },
     units::ppm_to_percent,
 };
+
+/// One scan of the flow tables: flows per backend id by state, and each table's fill.
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    pub backends: HashMap<u32, FlowStates>,
+    pub tables: FlowTables,
+}
 
 impl App {
     /// One sample of every configured backend's new-flow counter (once a second).
@@ -43,10 +50,10 @@ impl App {
         self.sampler.record(now, new_flows);
     }
 
-    /// Everything `status` and the metrics endpoint show. `live` is flows per backend id
-    /// (from a scan of the flow table), `pinned` their total.
-    #[expect(clippy::too_many_lines, reason = "one snapshot, built field by field")]
-    pub fn status(&self, live: &HashMap<u32, u64>, pinned: u64) -> Result<StatusReport, AppError> {
+    /// Everything `status` and the metrics endpoint show, with the flows of `census` (a scan
+    /// of the flow tables).
+    #[expect(clippy::too_many_lines, reason = "one field of the report per line")]
+    pub fn status(&self, census: &Census) -> Result<StatusReport, AppError> {
         let maps = &self.dataplane.maps;
         let mut services = Vec::new();
         for service in &self.config.services {
@@ -61,6 +68,7 @@ impl App {
             let green_weight = installed.config.green_weight;
             for color in ColorName::BOTH {
                 let mut backends = Vec::new();
+                let mut color_live = 0;
                 for (id, address) in installed.pool(color) {
                     let counters: BackendCounters = maps.backend_counters(*id)?;
                     let rate = self.sampler.rate(*id);
@@ -77,10 +85,13 @@ impl App {
                             }
                         })
                     };
+                    let flows = census.backends.get(id).copied().unwrap_or_default();
+                    color_live += flows.live();
                     backends.push(BackendStatus {
                         address: *address,
                         id: *id,
-                        live_flows: live.get(id).copied().unwrap_or(0),
+                        live_flows: flows.live(),
+                        flows,
                         new_flows: counters.new_flows,
                         new_flows_per_second: rate.map(super::sampler::Rate::per_second),
                         to_backend_rate: traffic_rate(|s| {
@@ -119,10 +130,12 @@ impl App {
                         ColorName::Green => green_percent,
                         ColorName::Blue => ppm_to_percent(WEIGHT_SCALE - green_weight),
                     },
+                    live_flows: color_live,
                     backends,
                 });
             }
             let window_new_flows = window[0] + window[1];
+            let service_counters = maps.service_counters(installed.config.id)?;
             services.push(ServiceStatus {
                 name: service.name.clone(),
                 address: service.address,
@@ -137,7 +150,8 @@ impl App {
                     && since.is_some_and(|at| at.elapsed() < super::sampler::WINDOW),
                 window_seconds,
                 window_new_flows,
-                flow_misses: maps.service_counters(installed.config.id)?.flow_misses,
+                flow_misses: service_counters.flow_misses,
+                ambiguous_misses: service_counters.ambiguous_misses,
                 colors,
             });
         }
@@ -162,7 +176,9 @@ impl App {
                 interfaces: self.dataplane.interfaces().into_iter().collect(),
                 flow_table_size: self.dataplane.loaded_with.flow_table_size,
                 hash_seed: self.dataplane.loaded_with.hash_seed,
-                pinned_flows: pinned,
+                hash_seed_source: self.hash_seed_source,
+                pinned_flows: census.tables.flows.entries,
+                flow_tables: census.tables,
                 state_file: self.persist_status(),
             },
             services,

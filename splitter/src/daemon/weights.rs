@@ -1,10 +1,14 @@
-//! The weight commands: `set-weight`, `switch`, and the one writer rollouts share with them.
+//! The weight commands: `set-weight`, `switch`, `drain`, and the one writer rollouts share with
+//! them.
 
 use splitter_common::WEIGHT_SCALE;
 
 use super::{App, AppError};
 use crate::{
-    config::ColorName, control::protocol::WeightChange, state::ServiceState, units::ppm_to_percent,
+    config::ColorName,
+    control::protocol::{DrainReport, WeightChange},
+    state::ServiceState,
+    units::ppm_to_percent,
 };
 
 impl App {
@@ -95,10 +99,51 @@ impl App {
 
     /// Every new flow to one color; established flows stay where they are.
     pub fn switch(&mut self, name: &str, color: ColorName) -> Result<WeightChange, AppError> {
-        let weight = match color {
-            ColorName::Blue => 0,
-            ColorName::Green => WEIGHT_SCALE,
+        self.set_weight(name, all_to(color))
+    }
+
+    /// Drains `color`: every new flow of the service to the other color (the `switch` write:
+    /// one map update; a running rollout pauses, as on any operator weight), established flows
+    /// stay. With `cut`, the flows still pinned to `color` are unpinned too (as
+    /// `rollout abort --cut`): their next packets follow the weight, which breaks them. A
+    /// repeated drain (the CLI's `--cut` at its deadline) does not write the weight again.
+    pub fn drain(
+        &mut self,
+        name: &str,
+        color: ColorName,
+        cut: bool,
+    ) -> Result<DrainReport, AppError> {
+        let target = all_to(color.other());
+        let address = self.service_address(name)?;
+        let current = self
+            .installed
+            .get(&address)
+            .map(|installed| installed.config.green_weight);
+        let change = if current == Some(target) {
+            WeightChange {
+                service: name.to_owned(),
+                previous_green_weight: target,
+                green_weight: target,
+            }
+        } else {
+            self.set_weight(name, target)?
         };
-        self.set_weight(name, weight)
+        let unpinned = if cut { self.cut(name, color)? } else { 0 };
+        tracing::info!(service = name, %color, cut, unpinned, "drain");
+        Ok(DrainReport {
+            service: name.to_owned(),
+            color,
+            previous_green_weight: change.previous_green_weight,
+            green_weight: change.green_weight,
+            unpinned: unpinned as u64,
+        })
+    }
+}
+
+/// The weight that sends every new flow to `color`.
+const fn all_to(color: ColorName) -> u32 {
+    match color {
+        ColorName::Blue => 0,
+        ColorName::Green => WEIGHT_SCALE,
     }
 }

@@ -109,7 +109,8 @@ impl Dataplane {
         match pins {
             PinPolicy::None => {
                 let mut ebpf = object::load_object(options)?;
-                let maps = Maps::open(|name| ebpf.take_map(name))?;
+                let mut maps = Maps::open(|name| ebpf.take_map(name))?;
+                maps.udp_idle_timeout_ns = options.udp_idle_timeout_ns;
                 Ok(Self {
                     links: BTreeMap::new(),
                     maps,
@@ -155,7 +156,9 @@ impl Dataplane {
 
     /// Opens the complete pins of `layout`.
     fn adopt(layout: PinLayout, origin: Origin) -> Result<Self, DataplaneError> {
-        let maps = Maps::from_pins(&layout.maps_dir())?;
+        let mut maps = Maps::from_pins(&layout.maps_dir())?;
+        let loaded_with = LoadedWith::read(&layout)?;
+        maps.udp_idle_timeout_ns = loaded_with.udp_idle_timeout_ns;
         let path = layout.program(names::INGRESS_PROGRAM);
         let xdp = Xdp::from_pin(&path, XdpAttachType::Interface)
             .map_err(|source| DataplaneError::OpenPinnedProgram { path, source })?;
@@ -166,7 +169,7 @@ impl Dataplane {
             links: BTreeMap::new(),
             maps,
             programs: Programs::Pinned(Box::new((xdp, tc))),
-            loaded_with: LoadedWith::read(&layout)?,
+            loaded_with,
             pins: Some(layout),
             origin,
         })

@@ -1,12 +1,7 @@
 //! Typed handles on every data-plane map, opened from a freshly loaded object or from the pins
 //! of a running data plane (adoption after a daemon restart).
 
-use std::{
-    collections::BTreeMap,
-    os::fd::{AsFd as _, OwnedFd},
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path, sync::Arc};
 
 use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
 use splitter_common::{
@@ -14,7 +9,8 @@ use splitter_common::{
     ServiceConfig, ServiceCounters, ServiceKey, maps as names,
 };
 
-use super::DataplaneError;
+pub use super::census::{FlowCensus, FlowScan, StateCounts};
+use super::{DataplaneError, census::clone_fd};
 
 /// All maps of the data plane (see `splitter_common::maps` for what each holds).
 pub struct Maps {
@@ -22,6 +18,8 @@ pub struct Maps {
     pub backends: Array<MapData, Backend>,
     pub pools: Array<MapData, u32>,
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    pub pending: HashMap<MapData, FlowKey, FlowValue>,
+    pub unverified_since: Array<MapData, u64>,
     pub backend_reverse: HashMap<MapData, BackendKey, ReverseValue>,
     pub backend_counters: PerCpuArray<MapData, BackendCounters>,
     pub service_counters: PerCpuArray<MapData, ServiceCounters>,
@@ -29,8 +27,11 @@ pub struct Maps {
     pub redirect_ports: DevMapHash<MapData>,
     pub forwarding: PerCpuArray<MapData, u64>,
     pub fast_path: Array<MapData, u32>,
-    /// A second handle on `FLOWS`, for [`FlowScan`]s.
+    /// Second handles on `FLOWS` and `PENDING`, for [`FlowScan`]s.
     flows_fd: Arc<OwnedFd>,
+    pending_fd: Arc<OwnedFd>,
+    /// The programs' UDP idle timeout (set by the loader): a [`FlowScan`] needs it.
+    pub(super) udp_idle_timeout_ns: u64,
 }
 
 /// The map names, in the order they are pinned and opened (the contract's list).
@@ -48,25 +49,19 @@ impl Maps {
     /// Opens the maps through `take(name)` (from an `Ebpf` object or from pins).
     pub fn open(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
         let flows = take(names::FLOWS);
-        let flows_fd = match &flows {
-            Some(Map::LruHashMap(data) | Map::HashMap(data)) => {
-                data.fd().as_fd().try_clone_to_owned().map_err(|source| {
-                    DataplaneError::MapHandle {
-                        name: names::FLOWS,
-                        source,
-                    }
-                })?
-            }
-            _ => {
-                return Err(DataplaneError::MissingMap { name: names::FLOWS });
-            }
-        };
+        let flows_fd = clone_fd(names::FLOWS, flows.as_ref())?;
+        let pending = take(names::PENDING);
+        let pending_fd = clone_fd(names::PENDING, pending.as_ref())?;
         Ok(Self {
             flows_fd: Arc::new(flows_fd),
+            pending_fd: Arc::new(pending_fd),
+            udp_idle_timeout_ns: names::DEFAULT_UDP_IDLE_TIMEOUT_NS,
             services: typed(names::SERVICES, take(names::SERVICES))?,
             backends: typed(names::BACKENDS, take(names::BACKENDS))?,
             pools: typed(names::POOLS, take(names::POOLS))?,
             flows: typed(names::FLOWS, flows)?,
+            pending: typed(names::PENDING, pending)?,
+            unverified_since: typed(names::UNVERIFIED_SINCE, take(names::UNVERIFIED_SINCE))?,
             backend_reverse: typed(names::BACKEND_REVERSE, take(names::BACKEND_REVERSE))?,
             backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
             service_counters: typed(names::SERVICE_COUNTERS, take(names::SERVICE_COUNTERS))?,
@@ -90,10 +85,12 @@ impl Maps {
         Self::open(|name| opened.remove(name))
     }
 
-    /// A handle that counts the flows of `FLOWS` on any thread.
+    /// A handle that counts the flows of `FLOWS` and `PENDING` on any thread.
     pub fn flow_scan(&self) -> FlowScan {
         FlowScan {
             flows_fd: Arc::clone(&self.flows_fd),
+            pending_fd: Arc::clone(&self.pending_fd),
+            udp_idle_timeout_ns: self.udp_idle_timeout_ns,
         }
     }
 
@@ -350,53 +347,29 @@ impl Maps {
 }
 
 impl Maps {
-    /// Unpins every flow pinned to one of `backend_ids`; returns how many were removed.
+    /// Unpins every flow pinned to one of `backend_ids` (both tables); returns how many were
+    /// removed.
     pub fn unpin_backends(&mut self, backend_ids: &[u32]) -> Result<usize, DataplaneError> {
-        let mut doomed = Vec::new();
-        for entry in self.flows.iter() {
-            let (key, flow) = entry.map_err(map_error(names::FLOWS))?;
-            if backend_ids.contains(&flow.backend_id) {
-                doomed.push(key);
+        let mut removed = 0;
+        for (name, table) in [
+            (names::FLOWS, &mut self.flows),
+            (names::PENDING, &mut self.pending),
+        ] {
+            let mut doomed = Vec::new();
+            for entry in table.iter() {
+                let (key, flow) = entry.map_err(map_error(name))?;
+                if backend_ids.contains(&flow.backend_id) {
+                    doomed.push(key);
+                }
             }
-        }
-        for key in &doomed {
-            match self.flows.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(names::FLOWS)(source)),
+            for key in &doomed {
+                match table.remove(key) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(source) => return Err(map_error(name)(source)),
+                }
             }
+            removed += doomed.len();
         }
-        Ok(doomed.len())
-    }
-}
-
-/// An independent handle on the flow table: a scan of a large table takes a while, and through
-/// its own handle it does not hold up the owner of [`Maps`] (the daemon runs it on a blocking
-/// thread).
-pub struct FlowScan {
-    flows_fd: Arc<OwnedFd>,
-}
-
-impl FlowScan {
-    /// Pinned flows per backend id, and in all (one pass over `FLOWS`).
-    pub fn count(&self) -> Result<(std::collections::HashMap<u32, u64>, u64), DataplaneError> {
-        let name = names::FLOWS;
-        let fd = self
-            .flows_fd
-            .try_clone()
-            .map_err(|source| DataplaneError::MapHandle { name, source })?;
-        let flows: HashMap<MapData, FlowKey, FlowValue> = MapData::from_fd(fd)
-            .and_then(Map::from_map_data)
-            .and_then(HashMap::try_from)
-            .map_err(|source| DataplaneError::Map { name, source })?;
-        let mut live = std::collections::HashMap::new();
-        let mut total = 0;
-        for entry in flows.iter() {
-            // An entry evicted between "next key" and "lookup" ends the walk early; fine for a
-            // gauge.
-            let Ok((_, flow)) = entry else { break };
-            *live.entry(flow.backend_id).or_insert(0) += 1;
-            total += 1;
-        }
-        Ok((live, total))
+        Ok(removed)
     }
 }

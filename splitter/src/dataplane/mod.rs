@@ -5,9 +5,11 @@
 //! - `object.rs`: the embedded object, its load-time settings, loading it;
 //! - `attach.rs`: attaching the programs, checking interfaces;
 //! - `pins/`: the pinned layout, link pins, load-time globals of pinned programs;
-//! - `maps.rs`, `services.rs`: typed maps, service writers.
+//! - `maps.rs`, `services.rs`: typed maps, service writers;
+//! - `census.rs`: flows by state per backend, table fill (off the runtime thread).
 
 mod attach;
+mod census;
 mod error;
 mod loader;
 pub mod maps;

@@ -24,7 +24,12 @@ pub enum XdpMode {
 /// Load-time settings that cannot change while the programs run.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// Capacity of `FLOWS` (verified flows).
     pub flow_table_size: u32,
+    /// Capacity of `PENDING` (unverified flows: handshakes, mid-flow misses, UDP).
+    pub pending_table_size: u32,
+    /// A UDP flow idle this long is gone.
+    pub udp_idle_timeout_ns: u64,
     pub hash_seed: u32,
     /// A client SYN retransmitted this long after the first, without a SYN-ACK in between,
     /// counts as a handshake timeout (rollout signals).
@@ -35,6 +40,8 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             flow_table_size: names::DEFAULT_FLOW_TABLE_SIZE,
+            pending_table_size: names::DEFAULT_PENDING_TABLE_SIZE,
+            udp_idle_timeout_ns: names::DEFAULT_UDP_IDLE_TIMEOUT_NS,
             hash_seed: splitter_common::hash::DEFAULT_HASH_SEED,
             handshake_timeout_ns: splitter_common::signals::DEFAULT_HANDSHAKE_TIMEOUT_NS,
         }
@@ -50,7 +57,13 @@ pub(super) fn load_object(options: &LoadOptions) -> Result<Ebpf, DataplaneError>
             &options.handshake_timeout_ns,
             true,
         )
+        .override_global(
+            names::UDP_IDLE_TIMEOUT_GLOBAL,
+            &options.udp_idle_timeout_ns,
+            true,
+        )
         .map_max_entries(names::FLOWS, options.flow_table_size)
+        .map_max_entries(names::PENDING, options.pending_table_size)
         .load(EBPF_OBJECT)?;
     xdp(&mut ebpf)?
         .load()

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
     Addr, Backend, BackendKey, Cohort, Color, Family, Pool, ReverseValue, ServiceConfig,
-    ServiceKey, WEIGHT_SCALE,
+    ServiceKey, WEIGHT_SCALE, history,
 };
 
 use super::{DataplaneError, maps::Maps};
@@ -67,7 +67,7 @@ pub struct ServiceSpec {
     pub green: Vec<BackendSpec>,
     /// First of `blue.len() + green.len()` consecutive pool slots: blue first, then green.
     pub first_slot: u32,
-    /// How long after a weight change the previous weight steers TCP mid-flow misses.
+    /// The window of the weight history that steers TCP mid-flow misses.
     pub miss_hold: Duration,
 }
 
@@ -153,31 +153,28 @@ impl Maps {
         }
         let key = service_key(&spec.address, spec.protocol);
         let green_weight = spec.green_weight.min(WEIGHT_SCALE);
-        // Re-installing with the weight in force (a reload) keeps the whole weight generation:
-        // the previous weight still steers misses for the rest of its hold.
-        let (previous_green_weight, weight_changed_ns) = match self.service(&key)? {
-            Some(p) if p.green_weight == green_weight => {
-                (p.previous_green_weight, p.weight_changed_ns)
-            }
-            Some(p) => (p.green_weight, monotonic_ns()),
-            None => (green_weight, monotonic_ns()),
+        // Re-installing (a reload) keeps the weight history: the weights of the last
+        // `miss_hold` still steer misses. A new weight is one more change in it.
+        let history = match self.service(&key)? {
+            Some(installed) => history::push(&installed.history, green_weight, monotonic_ns()),
+            None => history::fresh(green_weight, monotonic_ns()),
         };
         let config = ServiceConfig {
             id: spec.id,
             green_weight,
-            previous_green_weight,
             cohort: spec.cohort as u32,
+            _pad: 0,
             blue: pools[Color::Blue as usize],
             green: pools[Color::Green as usize],
-            weight_changed_ns,
             miss_hold_ns: spec.miss_hold.as_nanos() as u64,
+            history,
         };
         self.set_service(&key, &config)?;
         self.set_service(&fragment_key(&spec.address, spec.protocol), &config)
     }
 
-    /// Changes a service's green weight (parts per million) in one map write; the old weight
-    /// becomes the previous generation that steers mid-flow misses for `miss_hold`.
+    /// Changes a service's green weight (parts per million) in one map write; the change goes
+    /// into the weight history that steers mid-flow misses (`splitter_common::history`).
     pub fn set_weight(
         &mut self,
         address: &SocketAddr,
@@ -189,18 +186,15 @@ impl Maps {
             return Err(DataplaneError::UnknownService { address: *address });
         };
         let green_weight = green_weight.min(WEIGHT_SCALE);
-        if config.green_weight != green_weight {
-            config.previous_green_weight = config.green_weight;
-            config.green_weight = green_weight;
-            config.weight_changed_ns = monotonic_ns();
-        }
+        config.history = history::push(&config.history, green_weight, monotonic_ns());
+        config.green_weight = green_weight;
         self.set_service(&key, &config)?;
         self.set_service(&fragment_key(address, protocol), &config)?;
         Ok(config)
     }
 
-    /// Makes mid-flow misses follow the current weight at once (forgets the previous weight
-    /// generation): after a rollback with `--cut`, unpinned green flows must land on blue.
+    /// Makes mid-flow misses follow the current weight at once (forgets the weight history):
+    /// after a rollback with `--cut`, unpinned green flows must land on blue.
     pub fn forget_previous_weight(
         &mut self,
         address: &SocketAddr,
@@ -210,7 +204,7 @@ impl Maps {
         let Some(mut config) = self.service(&key)? else {
             return Err(DataplaneError::UnknownService { address: *address });
         };
-        config.previous_green_weight = config.green_weight;
+        config.history = history::fresh(config.green_weight, monotonic_ns());
         self.set_service(&key, &config)?;
         self.set_service(&fragment_key(address, protocol), &config)
     }

@@ -18,7 +18,7 @@ use splitter_common::{WEIGHT_SCALE, signals::HANDSHAKE_BUCKETS_US};
 
 use crate::control::protocol::{Signals, StatusReport};
 
-/// A family of one series without labels.
+/// The label set of a family without labels.
 type Unlabelled = [(&'static str, &'static str); 0];
 
 #[derive(Clone, Debug, EncodeLabelSet)]
@@ -66,6 +66,20 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, EncodeLabelSet)]
+struct StateLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// `pending`, `established` or `closing`.
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct TableLabels {
+    /// `flows` (verified flows) or `pending` (handshakes, unverified misses, UDP).
+    table: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
 struct VerdictLabels {
     reason: String,
 }
@@ -83,6 +97,7 @@ struct BackendFamilies {
     new_flows: Vec<(BackendLabels, u64)>,
     tcp_resets: Vec<(DirectionLabels, u64)>,
     live_flows: Vec<(BackendLabels, i64)>,
+    flows: Vec<(StateLabels, i64)>,
     handshakes: Vec<(HandshakeLabels, u64)>,
     handshake_failures: Vec<(FailureLabels, u64)>,
     established_resets: Vec<(BackendLabels, u64)>,
@@ -113,10 +128,20 @@ impl BackendFamilies {
                         families.tcp_resets.push((labels, traffic.tcp_resets));
                     }
                     families.new_flows.push((labels.clone(), backend.new_flows));
-                    families.live_flows.push((
-                        labels.clone(),
-                        i64::try_from(backend.live_flows).unwrap_or(i64::MAX),
-                    ));
+                    families
+                        .live_flows
+                        .push((labels.clone(), gauge(backend.live_flows)));
+                    for (state, count) in [
+                        ("pending", backend.flows.pending),
+                        ("established", backend.flows.established),
+                        ("closing", backend.flows.closing),
+                    ] {
+                        let labels = StateLabels {
+                            backend: labels.clone(),
+                            state,
+                        };
+                        families.flows.push((labels, gauge(count)));
+                    }
                     let signals = &backend.signals;
                     for (result, count) in [
                         ("completed", signals.handshakes_completed),
@@ -177,8 +202,14 @@ impl BackendFamilies {
         gauges(
             encoder,
             "splitter_backend_live_flows",
-            "Flows pinned to the backend now (flow table entries)",
+            "Open connections to the backend now: established or closing flows",
             &self.live_flows,
+        )?;
+        gauges(
+            encoder,
+            "splitter_backend_flows",
+            "Flows of the backend by state: pending (handshake in progress), established, closing (FIN seen one way)",
+            &self.flows,
         )?;
         counters(
             encoder,
@@ -207,6 +238,7 @@ struct ServiceFamilies {
     green_weight_ratio: Vec<(ServiceLabels, f64)>,
     flow_misses: Vec<(ServiceLabels, u64)>,
     stable: Vec<(ReleaseLabels, i64)>,
+    ambiguous_misses: Vec<(ServiceLabels, u64)>,
 }
 
 impl ServiceFamilies {
@@ -242,6 +274,11 @@ impl ServiceFamilies {
                     })
                 })
                 .collect(),
+            ambiguous_misses: report
+                .services
+                .iter()
+                .map(|service| (labels(&service.name), service.ambiguous_misses))
+                .collect(),
         }
     }
 
@@ -261,8 +298,14 @@ impl ServiceFamilies {
         counters(
             encoder,
             "splitter_service_flow_misses",
-            "TCP packets without SYN that found no pinned flow",
+            "TCP packets without SYN that found no flow (evicted, or begun on another host); the best signal of evicted established flows",
             &self.flow_misses,
+        )?;
+        counters(
+            encoder,
+            "splitter_service_ambiguous_misses",
+            "Mid-flow misses whose hash the weights of the miss_hold window disagree on (steered by the oldest)",
+            &self.ambiguous_misses,
         )
     }
 }
@@ -271,14 +314,16 @@ impl ServiceFamilies {
 struct ProgramFamilies {
     forwarded: Vec<(PathLabels, u64)>,
     verdicts: Vec<(VerdictLabels, u64)>,
-    flow_table_entries: i64,
-    flow_table_size: i64,
+    table_entries: Vec<(TableLabels, i64)>,
+    table_capacity: Vec<(TableLabels, i64)>,
     state_persist_errors: u64,
     state_behind: i64,
 }
 
 impl ProgramFamilies {
     fn new(report: &StatusReport) -> Self {
+        let fill = report.daemon.flow_tables;
+        let tables = [("flows", fill.flows), ("pending", fill.pending)];
         Self {
             forwarded: report
                 .forwarding
@@ -295,8 +340,14 @@ impl ProgramFamilies {
                     (labels, *count)
                 })
                 .collect(),
-            flow_table_entries: i64::try_from(report.daemon.pinned_flows).unwrap_or(i64::MAX),
-            flow_table_size: i64::from(report.daemon.flow_table_size),
+            table_entries: tables
+                .iter()
+                .map(|(table, fill)| (TableLabels { table }, gauge(fill.entries)))
+                .collect(),
+            table_capacity: tables
+                .iter()
+                .map(|(table, fill)| (TableLabels { table }, gauge(fill.capacity)))
+                .collect(),
             state_persist_errors: report.daemon.state_file.errors_total,
             state_behind: i64::from(report.daemon.state_file.behind),
         }
@@ -318,14 +369,14 @@ impl ProgramFamilies {
         gauges(
             encoder,
             "splitter_flow_table_entries",
-            "Entries in the flow table (all services)",
-            &[(Unlabelled::default(), self.flow_table_entries)],
+            "Entries per flow table (flows: verified flows; pending: handshakes, unverified misses, UDP)",
+            &self.table_entries,
         )?;
         gauges(
             encoder,
-            "splitter_flow_table_size",
-            "Capacity of the flow table",
-            &[(Unlabelled::default(), self.flow_table_size)],
+            "splitter_flow_table_capacity",
+            "Capacity per flow table",
+            &self.table_capacity,
         )?;
         counters(
             encoder,
@@ -367,6 +418,11 @@ impl Collector for DataplaneCollector {
         ServiceFamilies::new(&report).encode(&mut encoder)?;
         ProgramFamilies::new(&report).encode(&mut encoder)
     }
+}
+
+/// A count as a gauge value (saturating: counts never reach `i64::MAX`).
+fn gauge(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 fn counters<L: EncodeLabelSet>(

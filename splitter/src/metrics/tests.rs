@@ -1,7 +1,10 @@
 use super::*;
 use crate::{
     config::{CohortSetting, ColorName},
-    control::protocol::{BackendStatus, ColorStatus, ServiceStatus, Signals, Traffic},
+    control::protocol::{
+        BackendStatus, ColorStatus, FlowStates, FlowTables, ServiceStatus, Signals, TableFill,
+        Traffic,
+    },
     dataplane::services::Protocol,
 };
 
@@ -10,6 +13,11 @@ fn backend(address: &str, id: u32, n: u64) -> BackendStatus {
         address: address.parse().unwrap(),
         id,
         live_flows: n,
+        flows: FlowStates {
+            pending: 5 * n,
+            established: n,
+            closing: 0,
+        },
         new_flows: 2 * n,
         new_flows_per_second: None,
         to_backend_rate: None,
@@ -49,6 +57,16 @@ fn exposition_lines() {
     let mut report = StatusReport::default();
     report.daemon.pinned_flows = 3;
     report.daemon.flow_table_size = 1024;
+    report.daemon.flow_tables = FlowTables {
+        flows: TableFill {
+            entries: 3,
+            capacity: 1024,
+        },
+        pending: TableFill {
+            entries: 9,
+            capacity: 256,
+        },
+    };
     report.verdicts.insert("new_flow".into(), 7);
     report.forwarding.insert("kernel".into(), 11);
     report.services.push(ServiceStatus {
@@ -64,12 +82,14 @@ fn exposition_lines() {
         window_seconds: 0.0,
         window_new_flows: 0,
         flow_misses: 4,
+        ambiguous_misses: 2,
         colors: vec![
             ColorStatus {
                 color: ColorName::Blue,
                 release: Some("v3".into()),
                 stable: false,
                 weight_percent: 87.5,
+                live_flows: 1,
                 backends: vec![backend("198.18.1.10:8080", 0, 1)],
             },
             ColorStatus {
@@ -77,6 +97,7 @@ fn exposition_lines() {
                 release: None,
                 stable: true,
                 weight_percent: 12.5,
+                live_flows: 2,
                 backends: vec![backend("198.18.2.10:8080", 1, 2)],
             },
         ],
@@ -97,10 +118,16 @@ fn exposition_lines() {
         "# TYPE splitter_service_stable gauge",
         r#"splitter_service_stable{service="web",color="blue",release="v3"} 0"#,
         r#"splitter_service_stable{service="web",color="green",release=""} 1"#,
+        r#"splitter_backend_flows{service="web",color="green",backend="198.18.2.10:8080",state="pending"} 10"#,
+        r#"splitter_backend_flows{service="web",color="green",backend="198.18.2.10:8080",state="established"} 2"#,
+        r#"splitter_backend_flows{service="web",color="green",backend="198.18.2.10:8080",state="closing"} 0"#,
         r#"splitter_service_flow_misses_total{service="web"} 4"#,
+        r#"splitter_service_ambiguous_misses_total{service="web"} 2"#,
         r#"splitter_verdicts_total{reason="new_flow"} 7"#,
-        "splitter_flow_table_entries 3",
-        "splitter_flow_table_size 1024",
+        r#"splitter_flow_table_entries{table="flows"} 3"#,
+        r#"splitter_flow_table_entries{table="pending"} 9"#,
+        r#"splitter_flow_table_capacity{table="flows"} 1024"#,
+        r#"splitter_flow_table_capacity{table="pending"} 256"#,
         r#"splitter_backend_handshakes_total{service="web",color="blue",backend="198.18.1.10:8080",result="completed"} 3"#,
         r#"splitter_backend_handshakes_total{service="web",color="green",backend="198.18.2.10:8080",result="refused"} 2"#,
         r#"splitter_backend_handshake_failures_total{service="web",color="green",backend="198.18.2.10:8080",reason="refused"} 2"#,
@@ -130,13 +157,14 @@ fn openmetrics_exposition() {
     let metrics = Metrics::new(&daemon);
     daemon.request("status", true);
     let mut report = StatusReport::default();
-    report.daemon.flow_table_size = 1024;
+    report.daemon.flow_tables.flows.capacity = 1024;
     let text = metrics.render_as(report, Format::OpenMetrics);
     let lines: Vec<&str> = text.lines().collect();
     for expected in [
         "# TYPE splitter_control_requests counter",
         r#"splitter_control_requests_total{command="status",result="ok"} 1"#,
-        "splitter_flow_table_size 1024",
+        r#"splitter_flow_table_capacity{table="flows"} 1024"#,
+        r#"splitter_flow_table_entries{table="pending"} 0"#,
         "# EOF",
     ] {
         assert!(

@@ -18,6 +18,8 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadedWith {
     pub flow_table_size: u32,
+    pub pending_table_size: u32,
+    pub udp_idle_timeout_ns: u64,
     pub hash_seed: u32,
     pub handshake_timeout_ns: u64,
 }
@@ -26,6 +28,8 @@ impl From<&LoadOptions> for LoadedWith {
     fn from(options: &LoadOptions) -> Self {
         Self {
             flow_table_size: options.flow_table_size,
+            pending_table_size: options.pending_table_size,
+            udp_idle_timeout_ns: options.udp_idle_timeout_ns,
             hash_seed: options.hash_seed,
             handshake_timeout_ns: options.handshake_timeout_ns,
         }
@@ -36,7 +40,12 @@ impl LoadedWith {
     /// What the programs pinned under `layout` were loaded with.
     pub(in crate::dataplane) fn read(layout: &PinLayout) -> Result<Self, DataplaneError> {
         Ok(Self {
-            flow_table_size: pinned_flow_table_size(layout)?,
+            flow_table_size: pinned_capacity(layout, names::FLOWS)?,
+            pending_table_size: pinned_capacity(layout, names::PENDING)?,
+            udp_idle_timeout_ns: u64::from_ne_bytes(pinned_global(
+                layout,
+                names::UDP_IDLE_TIMEOUT_GLOBAL,
+            )?),
             hash_seed: u32::from_ne_bytes(pinned_global(layout, names::HASH_SEED_GLOBAL)?),
             handshake_timeout_ns: u64::from_ne_bytes(pinned_global(
                 layout,
@@ -56,6 +65,16 @@ impl LoadedWith {
                 "flow_table_size",
                 u64::from(self.flow_table_size),
                 u64::from(options.flow_table_size),
+            ),
+            (
+                "pending_table_size",
+                u64::from(self.pending_table_size),
+                u64::from(options.pending_table_size),
+            ),
+            (
+                "udp_idle_timeout (ns)",
+                self.udp_idle_timeout_ns,
+                options.udp_idle_timeout_ns,
             ),
             (
                 "hash_seed",
@@ -81,8 +100,8 @@ impl LoadedWith {
     }
 }
 
-fn pinned_flow_table_size(layout: &PinLayout) -> Result<u32, DataplaneError> {
-    let path = layout.map(names::FLOWS);
+fn pinned_capacity(layout: &PinLayout, map: &'static str) -> Result<u32, DataplaneError> {
+    let path = layout.map(map);
     let info = MapInfo::from_pin(&path)
         .map_err(|source| DataplaneError::OpenPinnedMap { path, source })?;
     Ok(info.max_entries())

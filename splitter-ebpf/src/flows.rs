@@ -1,0 +1,361 @@
+//! The flow state machine (see `splitter_common::flow`). `FLOWS` holds verified flows only and
+//! only a promotion from `PENDING` inserts there: the client's ACK of the backend's SYN-ACK
+//! (ingress), or a non-RST answer of the backend to an unverified mid-flow flow (egress).
+//! Spoofed packets can fill `PENDING`, never displace an established flow, and never re-pin
+//! one: a SYN on an established flow goes to its pinned backend (whose stack answers with a
+//! challenge ACK or accepts from TIME_WAIT), a SYN on a closed flow opens a new handshake in
+//! `PENDING` that replaces the pin only when it completes.
+//!
+//! Data packets of established TCP flows do one `FLOWS` lookup and nothing else; data replies
+//! do no table work unless an unverified flow was inserted in the last [`UNVERIFIED_GATE_NS`].
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
+use splitter_common::{
+    FlowKey, FlowState, FlowValue, Reason, ReverseValue, ServiceConfig,
+    flow_flags::{BACKEND_FIN, CLIENT_FIN, RESET},
+};
+
+use crate::{
+    counters,
+    maps::{FLOWS, PENDING, UNVERIFIED_SINCE},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    select::{self, Start},
+    signals,
+};
+
+/// Set by the daemon at load time (`UDP_IDLE_TIMEOUT_GLOBAL`).
+#[unsafe(no_mangle)]
+static UDP_IDLE_TIMEOUT_NS: u64 = splitter_common::maps::DEFAULT_UDP_IDLE_TIMEOUT_NS;
+
+/// How long after the last unverified insert the egress program looks for unverified flows to
+/// promote on plain data replies (FIN, RST and SYN-ACK replies always look).
+pub const UNVERIFIED_GATE_NS: u64 = 10_000_000_000;
+
+#[inline(always)]
+const fn is_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The state the FIN bits of a verified flow mean: none → established, one → closing, both →
+/// closed.
+#[inline(always)]
+fn state_of_fins(flags: u8) -> u8 {
+    match flags & (CLIENT_FIN | BACKEND_FIN) {
+        0 => FlowState::Established as u8,
+        both if both == CLIENT_FIN | BACKEND_FIN => FlowState::Closed as u8,
+        _ => FlowState::Closing as u8,
+    }
+}
+
+/// Ingress, a client's FIN or RST on a verified flow that is not closed.
+#[inline(always)]
+fn client_closes(flow: &mut FlowValue, tcp_flags: u8) {
+    if tcp_flags & TCP_RST != 0 {
+        // The pin stays: a forged RST must not re-route the real flow (see `RESET`).
+        flow.state = FlowState::Closed as u8;
+        flow.flags |= RESET;
+        return;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        flow.flags |= CLIENT_FIN;
+    }
+    flow.state = state_of_fins(flow.flags);
+}
+
+/// Ingress, a client TCP packet to a service: its flow and why.
+#[inline(always)]
+pub fn tcp(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    packet: &Packet,
+) -> Result<(Reason, FlowValue), Reason> {
+    let flags = packet.tcp_flags;
+    if let Some(pinned) = FLOWS.get_ptr_mut(key) {
+        let pinned = unsafe { &mut *pinned };
+        if pinned.state != FlowState::Closed as u8 {
+            if flags & (TCP_FIN | TCP_RST) != 0 {
+                client_closes(pinned, flags);
+            }
+            return Ok((Reason::Established, *pinned));
+        }
+        if !is_syn(flags) {
+            // The ACK completing a new handshake on this reused tuple moves the pin.
+            if let Some(flow) = complete(key, packet) {
+                return Ok((Reason::Established, flow));
+            }
+            if flags & TCP_RST == 0 && pinned.flags & RESET != 0 {
+                // Closed by a RST, yet the client goes on: the RST was forged.
+                pinned.flags &= !RESET;
+                pinned.state = FlowState::Established as u8;
+                client_closes(pinned, flags);
+            }
+            return Ok((Reason::Established, *pinned));
+        }
+        // A SYN on a closed flow: a new connection on the reused tuple, chosen afresh below.
+    }
+    unverified(config, key, packet)
+}
+
+/// `PENDING`, then a new choice: handshakes, mid-flow misses.
+#[inline(always)]
+fn unverified(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    packet: &Packet,
+) -> Result<(Reason, FlowValue), Reason> {
+    let flags = packet.tcp_flags;
+    let syn = is_syn(flags);
+    if syn && let Ok((_, flow)) = new_flow(config, key, Start::Now, FlowState::Pending) {
+        // The common SYN opens a handshake: one insert that fails if the tuple is held already
+        // (a retransmission), instead of a lookup before every insert.
+        if PENDING.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
+            return Ok((Reason::NewFlow, flow));
+        }
+    }
+    if let Some(entry) = PENDING.get_ptr_mut(key) {
+        let entry = unsafe { &mut *entry };
+        if let Some(flow) = complete_entry(key, entry, packet) {
+            return Ok((Reason::Established, flow));
+        }
+        if syn && entry.state == FlowState::Pending as u8 {
+            signals::syn_retransmitted(entry);
+        }
+        return Ok((Reason::Established, *entry));
+    }
+    if syn {
+        // Not held after all (the insert above failed for want of memory, or the pool is
+        // empty): the flow goes unheld; its next packet takes the same choice again while the
+        // weight is unchanged.
+        let flow = new_flow(config, key, Start::Now, FlowState::Pending)?.1;
+        let _ = PENDING.insert(key, flow, 0);
+        return Ok((Reason::NewFlow, flow));
+    }
+    let (ambiguous, flow) = new_flow(config, key, Start::Earlier, FlowState::Unverified)?;
+    // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
+    if flags & TCP_RST == 0 {
+        let _ = PENDING.insert(key, flow, 0);
+        unverified_inserted();
+    }
+    counters::flow_miss(config.id, ambiguous);
+    Ok((Reason::FlowMiss, flow))
+}
+
+/// A flow entry in `state` for a backend chosen now, and whether the choice was ambiguous.
+#[inline(always)]
+fn new_flow(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    start: Start,
+    state: FlowState,
+) -> Result<(bool, FlowValue), Reason> {
+    let chosen = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
+    Ok((
+        chosen.ambiguous,
+        FlowValue {
+            backend_addr: chosen.backend.addr,
+            backend_port: chosen.backend.port,
+            color: chosen.backend.color,
+            state: state as u8,
+            backend_id: chosen.backend_id,
+            stamp_ns: unsafe { bpf_ktime_get_ns() },
+            ..FlowValue::default()
+        },
+    ))
+}
+
+/// The client's ACK of the SYN-ACK of a `SynAcked` handshake in `PENDING` (ack = its seq + 1):
+/// promotes the flow to `FLOWS` (replacing a closed pin of the same tuple) and counts the
+/// handshake as completed.
+#[inline(always)]
+fn complete(key: &FlowKey, packet: &Packet) -> Option<FlowValue> {
+    if packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
+        return None;
+    }
+    complete_entry(key, unsafe { &*PENDING.get_ptr(key)? }, packet)
+}
+
+/// [`complete`] with the `PENDING` entry at hand.
+#[inline(always)]
+fn complete_entry(key: &FlowKey, entry: &FlowValue, packet: &Packet) -> Option<FlowValue> {
+    if packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK
+        || entry.state != FlowState::SynAcked as u8
+        || packet.ack != entry.synack_seq.wrapping_add(1)
+    {
+        return None;
+    }
+    let latency = entry.stamp_ns;
+    let mut flow = FlowValue {
+        state: FlowState::Established as u8,
+        flags: 0,
+        synack_seq: 0,
+        stamp_ns: unsafe { bpf_ktime_get_ns() },
+        ..*entry
+    };
+    client_closes(&mut flow, packet.tcp_flags);
+    FLOWS.insert(key, flow, 0).ok()?;
+    let _ = PENDING.remove(key);
+    signals::handshake_completed(flow.backend_id, latency);
+    Some(flow)
+}
+
+/// Notes the time of an unverified insert (opens the egress gate), at most once a second.
+#[inline(always)]
+fn unverified_inserted() {
+    let Some(since) = UNVERIFIED_SINCE.get_ptr_mut(0) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // Under a flood of misses every CPU would write this line on every packet.
+    if now.saturating_sub(unsafe { *since }) > 1_000_000_000 {
+        unsafe { *since = now };
+    }
+}
+
+/// Ingress, a UDP packet to a service: active until idle for `UDP_IDLE_TIMEOUT_NS`, then gone
+/// (its next packet is chosen afresh with the weight in force).
+#[inline(always)]
+pub fn udp(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, FlowValue), Reason> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = PENDING.get_ptr_mut(key) {
+        let entry = unsafe { &mut *entry };
+        let idle = unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) };
+        if now.saturating_sub(entry.stamp_ns) < idle {
+            entry.stamp_ns = now;
+            return Ok((Reason::Established, *entry));
+        }
+    }
+    let flow = FlowValue {
+        stamp_ns: now,
+        ..new_flow(config, key, Start::Now, FlowState::Udp)?.1
+    };
+    let _ = PENDING.insert(key, flow, 0);
+    Ok((Reason::NewFlow, flow))
+}
+
+/// The flow an ICMP error is about, in either table.
+#[inline(always)]
+pub fn find(key: &FlowKey) -> Option<FlowValue> {
+    if let Some(flow) = unsafe { FLOWS.get(key) } {
+        return Some(*flow);
+    }
+    unsafe { PENDING.get(key) }.copied()
+}
+
+/// Egress, a backend's TCP reply (before its source is rewritten back to the service).
+#[inline(always)]
+pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
+    let flags = packet.tcp_flags;
+    if flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !unverified_recently() {
+        return;
+    }
+    // The client's flow: client → service, as held by the ingress program.
+    let key = FlowKey {
+        src: packet.ip.dst,
+        dst: reverse.service_addr,
+        src_port: packet.dst_port,
+        dst_port: reverse.service_port,
+        protocol: packet.ip.protocol,
+        family: packet.ip.family as u8,
+        _pad: [0; 2],
+    };
+    if flags & TCP_RST != 0 {
+        backend_reset(&key, reverse.backend_id);
+    } else if flags & TCP_SYN != 0 {
+        if flags & TCP_ACK != 0 {
+            synack(&key, packet.seq);
+        }
+    } else {
+        if flags & TCP_FIN != 0
+            && let Some(pinned) = FLOWS.get_ptr_mut(key)
+        {
+            let pinned = unsafe { &mut *pinned };
+            if pinned.state == FlowState::Established as u8
+                || pinned.state == FlowState::Closing as u8
+            {
+                pinned.flags |= BACKEND_FIN;
+                pinned.state = state_of_fins(pinned.flags);
+            }
+            return;
+        }
+        verified_by_backend(&key, flags);
+    }
+}
+
+/// Whether an unverified flow was inserted within [`UNVERIFIED_GATE_NS`].
+#[inline(always)]
+fn unverified_recently() -> bool {
+    let Some(since) = UNVERIFIED_SINCE.get(0) else {
+        return false;
+    };
+    let since = *since;
+    since != 0 && unsafe { bpf_ktime_get_coarse_ns() }.saturating_sub(since) < UNVERIFIED_GATE_NS
+}
+
+/// The backend answered an unverified mid-flow flow with a non-RST segment: the connection is
+/// real (a spoofed bare ACK is answered with a RST), promote it to `FLOWS`.
+#[inline(always)]
+fn verified_by_backend(key: &FlowKey, tcp_flags: u8) {
+    let Some(entry) = PENDING.get_ptr(key) else {
+        return;
+    };
+    let entry = unsafe { &*entry };
+    if entry.state != FlowState::Unverified as u8 {
+        return;
+    }
+    let mut flow = FlowValue {
+        state: FlowState::Established as u8,
+        flags: 0,
+        stamp_ns: unsafe { bpf_ktime_get_ns() },
+        ..*entry
+    };
+    if tcp_flags & TCP_FIN != 0 {
+        flow.flags = BACKEND_FIN;
+        flow.state = FlowState::Closing as u8;
+    }
+    if FLOWS.insert(key, flow, 0).is_ok() {
+        let _ = PENDING.remove(key);
+    }
+}
+
+/// The backend's SYN-ACK for a pending handshake: its sequence number (the client's ACK of it
+/// completes the handshake) and the SYN → SYN-ACK latency are kept.
+#[inline(always)]
+fn synack(key: &FlowKey, seq: u32) {
+    let Some(entry) = PENDING.get_ptr_mut(key) else {
+        return;
+    };
+    let entry = unsafe { &mut *entry };
+    if entry.state != FlowState::Pending as u8 {
+        return;
+    }
+    entry.state = FlowState::SynAcked as u8;
+    entry.synack_seq = seq;
+    entry.stamp_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.stamp_ns);
+}
+
+/// A backend's RST: a refusal of a pending handshake, a reset of an established flow, or (for
+/// an unverified flow, a spoofed packet's answer) nothing.
+#[inline(always)]
+fn backend_reset(key: &FlowKey, backend_id: u32) {
+    if let Some(entry) = PENDING.get_ptr(key) {
+        if unsafe { (*entry).state } == FlowState::Pending as u8 {
+            signals::handshake_refused(backend_id);
+        }
+        let _ = PENDING.remove(key);
+        return;
+    }
+    let Some(pinned) = FLOWS.get_ptr_mut(key) else {
+        // Not established here: counts nothing.
+        return;
+    };
+    let pinned = unsafe { &mut *pinned };
+    if pinned.state == FlowState::Established as u8 || pinned.state == FlowState::Closing as u8 {
+        signals::established_reset(backend_id);
+        pinned.state = FlowState::Closed as u8;
+        // The backend's own RST: final, no revival by the client's next packet.
+        pinned.flags &= !RESET;
+    }
+}
