@@ -25,13 +25,14 @@ use tokio::signal::unix::{SignalKind, signal};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Daemon { config } => {
+        Command::Daemon { config, log_format } => {
             if cli.socket.is_some() {
                 eprintln!(
                     "splitter: --socket is for client commands; the daemon uses control.socket of its config"
                 );
                 return Exit::Usage.into();
             }
+            splitter::logging::init(log_format);
             daemon(&config).into()
         }
         command => splitter::cli::run(command, cli.socket.as_deref()).into(),
@@ -39,7 +40,6 @@ fn main() -> ExitCode {
 }
 
 fn daemon(config_path: &Path) -> Exit {
-    init_logging();
     // 1. Load and validate the config: a bad file changes nothing.
     let config = match Config::load(config_path) {
         Ok(config) => config,
@@ -106,7 +106,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
                 _ = interrupt.recv() => break false,
                 () = shared.stop.notified() => break true,
                 _ = hangup.recv() => match shared.reload() {
-                    Ok(report) => tracing::info!(?report, "SIGHUP: reloaded"),
+                    Ok(_) => tracing::info!("SIGHUP: reloaded"),
                     Err(error) => tracing::error!(%error, "SIGHUP: reload refused, nothing changed"),
                 },
             }
@@ -160,18 +160,4 @@ fn one_line(error: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colors only on a terminal, and not when NO_COLOR is set (https://no-color.org).
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
-        )
-        .init();
 }

@@ -121,7 +121,7 @@ impl App {
             started: Instant::now(),
         };
         let report = app.apply(config)?;
-        tracing::info!(?report, "configuration applied");
+        log_report(&report, "configuration applied");
         app.resume_rollouts_after_restart();
         Ok(app)
     }
@@ -331,7 +331,7 @@ impl App {
         let config = Config::load(&self.config_path)?;
         self.check_restart_settings(&config)?;
         let report = self.apply(config)?;
-        tracing::info!(?report, "configuration reloaded");
+        log_report(&report, "configuration reloaded");
         Ok(report)
     }
 
@@ -402,7 +402,25 @@ impl App {
     /// persisted weights stay in `state_dir`.
     pub fn unload(self) -> Result<Unloaded, AppError> {
         let unloaded = self.dataplane.unload()?;
-        tracing::info!(?unloaded, "data plane unloaded");
+        tracing::info!(
+            detached = crate::logging::names(&unloaded.interfaces),
+            removed_pins = unloaded.dataplane,
+            "data plane unloaded"
+        );
         Ok(unloaded)
     }
+}
+
+/// One log line with the reload report as fields: `added=web changed= ... attached=eth0`.
+fn log_report(report: &ReloadReport, message: &str) {
+    use crate::logging::names;
+    tracing::info!(
+        added = names(&report.added),
+        changed = names(&report.changed),
+        removed = names(&report.removed),
+        unchanged = names(&report.unchanged),
+        attached = names(&report.attached),
+        detached = names(&report.detached),
+        "{message}"
+    );
 }
