@@ -87,13 +87,16 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
             }
         };
         let daemon_metrics = DaemonMetrics::default();
-        let metrics = Arc::new(Metrics::new(&daemon_metrics));
+        let metrics = Arc::new(Metrics::new(&daemon_metrics).with_rollouts(app.rollout_metrics()));
         let shared = Arc::new(Shared::new(app, daemon_metrics));
         tracing::info!(
             socket = %control.path().display(),
             metrics = %config.metrics,
             "serving"
         );
+        // systemd (Type=notify): ready once the socket and metrics are bound and the data
+        // plane serves. Without NOTIFY_SOCKET this does nothing.
+        notify_systemd(sd_notify::NotifyState::Ready);
         // 5. Serve until told to stop; SIGHUP reloads.
         let socket_path = control.path().to_owned();
         let control_task = tokio::spawn(control.serve(shared.clone()));
@@ -112,6 +115,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
             }
         };
         // 6. Stop: the data plane stays attached and pinned unless it was unloaded.
+        notify_systemd(sd_notify::NotifyState::Stopping);
         control_task.abort();
         metrics_task.abort();
         sampler_task.abort();
@@ -147,6 +151,13 @@ async fn judge_rollouts(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.rollout_tick().await;
+    }
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) where the daemon stands.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(%error, "could not notify systemd");
     }
 }
 

@@ -30,6 +30,7 @@ use crate::{
         Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
         services::socket_addr,
     },
+    metrics::RolloutMetrics,
     state::{ServiceState, State, StateError},
 };
 
@@ -88,6 +89,8 @@ pub struct App {
     installed: BTreeMap<ServiceAddress, InstalledService>,
     sampler: Sampler,
     started: Instant,
+    /// Rollout step, phase and decisions per service (`rollouts.rs` keeps them current).
+    rollout_metrics: RolloutMetrics,
 }
 
 impl App {
@@ -119,6 +122,7 @@ impl App {
             state,
             sampler: Sampler::default(),
             started: Instant::now(),
+            rollout_metrics: RolloutMetrics::default(),
         };
         let report = app.apply(config)?;
         log_report(&report, "configuration applied");
@@ -128,6 +132,11 @@ impl App {
 
     pub fn config(&self) -> &Validated {
         &self.config
+    }
+
+    /// The rollout metric families this application keeps current (for the registry).
+    pub fn rollout_metrics(&self) -> &RolloutMetrics {
+        &self.rollout_metrics
     }
 
     pub fn config_path(&self) -> &Path {
@@ -217,6 +226,10 @@ impl App {
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
             self.sampler.clear();
         }
+        for name in &report.removed {
+            self.rollout_metrics.remove(name);
+        }
+        self.publish_rollouts();
         Ok(report)
     }
 
