@@ -79,6 +79,24 @@ pub fn splitter_binary() -> PathBuf {
             if release {
                 build.arg("--release");
             }
+            // Not the variables cargo set for this test crate: build scripts that watch them
+            // (ring's watches CARGO_MANIFEST_DIR and OUT_DIR) would see a change and rebuild, and the next
+            // `cargo test` would rebuild again.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key == "OUT_DIR"
+                    || key == "CARGO_MANIFEST_DIR"
+                    || key == "CARGO_MANIFEST_PATH"
+                    || key == "CARGO_CRATE_NAME"
+                    || key == "CARGO_PRIMARY_PACKAGE"
+                    || key == "CARGO_TARGET_TMPDIR"
+                    || key == "CARGO_RUSTC_CURRENT_DIR"
+                    || key.starts_with("CARGO_PKG_")
+                    || key.starts_with("CARGO_BIN_")
+                {
+                    build.env_remove(&*key);
+                }
+            }
             let out = build
                 .output()
                 .expect("running cargo build for the splitter binary");
@@ -397,7 +415,13 @@ impl Lab {
     /// with `extra` arguments after `daemon --config FILE`.
     pub fn start_daemon_with(&mut self, wrapper: &[&str], extra: &[&str]) {
         assert!(self.daemon.is_none(), "a daemon is already running");
-        let child = spawn_daemon_with(&self.binary, &self.topology.router, &self.work, wrapper, extra);
+        let child = spawn_daemon_with(
+            &self.binary,
+            &self.topology.router,
+            &self.work,
+            wrapper,
+            extra,
+        );
         self.daemon = Some(Daemon { child });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

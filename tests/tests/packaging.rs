@@ -15,7 +15,7 @@ use std::{
 };
 
 use splitter_tests::{
-    daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, metric, service},
+    daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, metric, service, splitter_binary},
     require_privileges,
 };
 
@@ -62,15 +62,32 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `cargo xtask ARGS` (release: `cargo xtask test` builds the workspace in release).
+/// `cargo xtask ARGS --binary <the tests' splitter>`, run from the xtask binary of this
+/// build: another `cargo` invocation with another package selection would resolve other
+/// features of shared dependencies and rebuild them (and the next test build again).
 fn xtask(args: &[&str]) -> Output {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    static XTASK: OnceLock<PathBuf> = OnceLock::new();
+    let binary = splitter_binary();
+    let xtask = XTASK.get_or_init(|| {
+        let xtask = binary.with_file_name("xtask");
+        if !xtask.exists() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace())
+                .args(["build", "--release", "--quiet", "-p", "xtask"])
+                .status()
+                .expect("cargo build -p xtask");
+            assert!(status.success(), "building xtask failed");
+        }
+        xtask
+    });
+    let out = Command::new(xtask)
         .current_dir(workspace())
-        .args(["run", "--release", "--quiet", "-p", "xtask", "--"])
         .args(args)
+        .arg("--binary")
+        .arg(&binary)
         .output()
-        .expect("run cargo xtask");
+        .expect("run xtask");
     assert!(
         out.status.success(),
         "cargo xtask {args:?} failed:\n{}",
@@ -161,7 +178,9 @@ fn unit_verifies_and_scores() {
     let exposure: f64 = text
         .lines()
         .find_map(|line| {
-            let rest = line.split("Overall exposure level for splitter.service: ").nth(1)?;
+            let rest = line
+                .split("Overall exposure level for splitter.service: ")
+                .nth(1)?;
             rest.split_whitespace().next()?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
@@ -186,7 +205,9 @@ fn completions_source_in_bash() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("_splitter") && stdout.trim_end().ends_with(" splitter"),
+        out.status.success()
+            && stdout.contains("_splitter")
+            && stdout.trim_end().ends_with(" splitter"),
         "bash completion not registered: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -210,8 +231,8 @@ fn completions_source_in_bash() {
         std::fs::read_to_string(prefix().join("share/fish/vendor_completions.d/splitter.fish"))
             .unwrap();
     assert!(fish.contains("complete -c splitter"), "{fish}");
-    let zsh = std::fs::read_to_string(prefix().join("share/zsh/vendor-completions/_splitter"))
-        .unwrap();
+    let zsh =
+        std::fs::read_to_string(prefix().join("share/zsh/vendor-completions/_splitter")).unwrap();
     assert!(zsh.starts_with("#compdef splitter"), "{zsh}");
 }
 
@@ -241,7 +262,10 @@ fn man_page_renders() {
         "completions",
         "VERSION",
     ] {
-        assert!(plain.contains(expected), "man page lacks `{expected}`:\n{plain}");
+        assert!(
+            plain.contains(expected),
+            "man page lacks `{expected}`:\n{plain}"
+        );
     }
 }
 
@@ -352,9 +376,16 @@ fn setpriv(caps: &[String]) -> Vec<String> {
         .chain(caps.iter().map(|cap| format!("+{cap}")))
         .collect::<Vec<_>>()
         .join(",");
-    ["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all", "--"]
-        .map(str::to_owned)
-        .to_vec()
+    [
+        "setpriv",
+        "--bounding-set",
+        &bounding,
+        "--inh-caps",
+        "-all",
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// The daemon with exactly the unit's capabilities: it loads, attaches, serves, reloads and
@@ -367,7 +398,11 @@ fn daemon_with_the_units_capabilities_logs_json_and_logfmt() {
         return;
     }
     let caps = unit_capabilities();
-    assert_eq!(caps, ["bpf", "net_admin", "perfmon"], "the test knows this set");
+    assert_eq!(
+        caps,
+        ["bpf", "net_admin", "perfmon"],
+        "the test knows this set"
+    );
     let mut lab = Lab::new("pkg");
     lab.write_config(&service(
         "web",
@@ -413,7 +448,10 @@ fn daemon_with_the_units_capabilities_logs_json_and_logfmt() {
         assert_eq!(metric(&metrics, series), Some(0.0), "{series}:\n{metrics}");
     }
     assert_eq!(
-        metric(&metrics, "splitter_rollout_phase{service=\"web\",phase=\"none\"}"),
+        metric(
+            &metrics,
+            "splitter_rollout_phase{service=\"web\",phase=\"none\"}"
+        ),
         Some(1.0)
     );
     assert!(
@@ -425,17 +463,35 @@ fn daemon_with_the_units_capabilities_logs_json_and_logfmt() {
     );
     lab.cli_ok(&["reload"]);
     lab.cli_ok(&["set-weight", "web", "12.5"]);
-    lab.cli_ok(&["rollout", "start", "web", "--steps", "50,100", "--every", "1h"]);
+    lab.cli_ok(&[
+        "rollout", "start", "web", "--steps", "50,100", "--every", "1h",
+    ]);
     lab.cli_ok(&["rollout", "abort", "web"]);
     let metrics = lab.metrics();
     for (series, value) in [
-        ("splitter_rollout_decisions_total{service=\"web\",action=\"start\"}", 1.0),
-        ("splitter_rollout_decisions_total{service=\"web\",action=\"abort\"}", 1.0),
-        ("splitter_rollout_phase{service=\"web\",phase=\"aborted\"}", 1.0),
-        ("splitter_rollout_phase{service=\"web\",phase=\"none\"}", 0.0),
+        (
+            "splitter_rollout_decisions_total{service=\"web\",action=\"start\"}",
+            1.0,
+        ),
+        (
+            "splitter_rollout_decisions_total{service=\"web\",action=\"abort\"}",
+            1.0,
+        ),
+        (
+            "splitter_rollout_phase{service=\"web\",phase=\"aborted\"}",
+            1.0,
+        ),
+        (
+            "splitter_rollout_phase{service=\"web\",phase=\"none\"}",
+            0.0,
+        ),
         ("splitter_rollout_step{service=\"web\"}", 1.0),
     ] {
-        assert_eq!(metric(&metrics, series), Some(value), "{series}:\n{metrics}");
+        assert_eq!(
+            metric(&metrics, series),
+            Some(value),
+            "{series}:\n{metrics}"
+        );
     }
     lab.stop_daemon();
 
@@ -451,7 +507,10 @@ fn daemon_with_the_units_capabilities_logs_json_and_logfmt() {
         for key in ["timestamp", "level", "target"] {
             assert!(event.get(key).is_some(), "no `{key}` in {event}");
         }
-        assert!(event["fields"]["message"].is_string(), "no message in {event}");
+        assert!(
+            event["fields"]["message"].is_string(),
+            "no message in {event}"
+        );
     }
     let find = |message: &str| {
         events
@@ -466,15 +525,22 @@ fn daemon_with_the_units_capabilities_logs_json_and_logfmt() {
     let reloaded = &find("configuration reloaded")["fields"];
     assert_eq!(reloaded["unchanged"], "web", "{reloaded}");
     let weight = &find("green weight set")["fields"];
-    assert_eq!((&weight["from"], &weight["to"]), (&"0".into(), &"12.5".into()));
+    assert_eq!(
+        (&weight["from"], &weight["to"]),
+        (&"0".into(), &"12.5".into())
+    );
     assert_eq!(find("serving")["level"], "INFO");
     assert!(
         events
             .iter()
-            .any(|event| event["fields"]["message"] == "rollout" && event["fields"]["action"] == "abort"),
+            .any(|event| event["fields"]["message"] == "rollout"
+                && event["fields"]["action"] == "abort"),
         "the rollout's abort decision is logged:\n{log}"
     );
-    assert!(!log.contains("ReloadReport"), "a debug dump in the logs:\n{log}");
+    assert!(
+        !log.contains("ReloadReport"),
+        "a debug dump in the logs:\n{log}"
+    );
 
     // Restart: the pinned data plane is adopted, logs in logfmt.
     lab.start_daemon_with(&wrapper, &["--log-format", "logfmt"]);

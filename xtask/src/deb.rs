@@ -24,6 +24,9 @@ pub struct Options {
     /// Where to write the .deb [default: target/debian].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Package this splitter binary instead of building one.
+    #[arg(long, value_name = "FILE")]
+    pub binary: Option<PathBuf>,
 }
 
 const POSTINST: &str = r#"#!/bin/sh
@@ -57,7 +60,7 @@ fi
 "#;
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let binary = install::build()?;
+    let binary = install::binary(options.binary.as_deref())?;
     let out_dir = options
         .out_dir
         .clone()
@@ -89,10 +92,10 @@ fn build(binary: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
     let installed_kib = disk_usage_kib(&stage)?;
     let control = stage.join("DEBIAN");
     fs::create_dir_all(&control)?;
-    let maintainer = std::env::var("DEBEMAIL")
-        .map_or_else(|_| "the splitter authors <root@localhost>".to_owned(), |email| {
-            format!("the splitter authors <{email}>")
-        });
+    let maintainer = std::env::var("DEBEMAIL").map_or_else(
+        |_| "the splitter authors <root@localhost>".to_owned(),
+        |email| format!("the splitter authors <{email}>"),
+    );
     fs::write(
         control.join("control"),
         format!(

@@ -34,13 +34,16 @@ pub struct Options {
     /// Write the files under STAGE/DIR instead of DIR (for packaging).
     #[arg(long, value_name = "STAGE")]
     pub destdir: Option<PathBuf>,
+    /// Install this splitter binary instead of building one (tests, CI artifacts).
+    #[arg(long, value_name = "FILE")]
+    pub binary: Option<PathBuf>,
 }
 
 /// Where the unit expects the binary in the repository's copy.
 const UNIT_BINARY: &str = "/usr/bin/splitter";
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let binary = build()?;
+    let binary = binary(options.binary.as_deref())?;
     let installed = install(&binary, &options.prefix, options.destdir.as_deref())?;
     for path in &installed {
         eprintln!("installed {}", path.display());
@@ -48,14 +51,25 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `given`, or the release binary, built.
+pub fn binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.to_owned()),
+        None => build(),
+    }
+}
+
 /// Builds the release binary; its path.
-pub fn build() -> anyhow::Result<PathBuf> {
+fn build() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
-    run_command(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "splitter", "--bin", "splitter"]),
-    )?;
+    run_command(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "splitter",
+        "--bin",
+        "splitter",
+    ]))?;
     Ok(root.join("target/release/splitter"))
 }
 
@@ -101,7 +115,11 @@ pub fn install(
     );
     let installed_binary = prefix.join("bin/splitter");
     let unit = unit.replace(UNIT_BINARY, &installed_binary.to_string_lossy());
-    put("lib/systemd/system/splitter.service", unit.as_bytes(), 0o644)?;
+    put(
+        "lib/systemd/system/splitter.service",
+        unit.as_bytes(),
+        0o644,
+    )?;
     put(
         "share/man/man1/splitter.1",
         &generated(binary, &["manpage"])?,
@@ -112,7 +130,11 @@ pub fn install(
         ("zsh", "share/zsh/vendor-completions/_splitter"),
         ("fish", "share/fish/vendor_completions.d/splitter.fish"),
     ] {
-        put(relative, &generated(binary, &["completions", shell])?, 0o644)?;
+        put(
+            relative,
+            &generated(binary, &["completions", shell])?,
+            0o644,
+        )?;
     }
     for (from, to) in [
         ("examples/splitter.toml", "splitter.example.toml"),

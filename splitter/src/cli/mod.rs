@@ -67,7 +67,12 @@ Exit codes:
 
 /// `splitter --version`: the package version and the commit it was built from (`unknown`
 /// outside a git checkout; set by `build.rs`).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPLITTER_COMMIT"), ")");
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SPLITTER_COMMIT"),
+    ")"
+);
 
 /// The commit the binary was built from (`git rev-parse --short HEAD`, or `unknown`).
 pub const COMMIT: &str = env!("SPLITTER_COMMIT");
@@ -94,7 +99,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Log lines on stderr as text, logfmt or JSON (one line per event; filter with
-        /// SPLITTER_LOG, e.g. debug).
+        /// `SPLITTER_LOG`, e.g. debug).
         #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
         log_format: LogFormat,
     },

@@ -3,7 +3,7 @@
 //!
 //! - [`daemon`]: the daemon's own counters ([`DaemonMetrics`]: control requests, reloads);
 //! - [`rollout`]: where each service's rollout stands and its decisions ([`RolloutMetrics`]);
-//! - [`build_info`]: `splitter_build_info{version,commit}`;
+//! - [`build_info`]: the `splitter_build_info{version,commit}` gauge;
 //! - [`dataplane`]: the data plane's counters, read from the kernel maps at each scrape
 //!   through the same snapshot `splitter status` shows;
 //! - [`http`]: the endpoint (Prometheus text 0.0.4, or OpenMetrics text when asked for).

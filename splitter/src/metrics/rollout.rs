@@ -61,7 +61,9 @@ impl RolloutMetrics {
         }
         for action in ACTIONS {
             // Zero series for every action: present before the first decision.
-            let _ = self.decisions.get_or_create(&decision_labels(service, action));
+            let _ = self
+                .decisions
+                .get_or_create(&decision_labels(service, action));
         }
     }
 
@@ -144,7 +146,10 @@ mod tests {
             "splitter_rollout_decisions_total{service=\"web\",action=\"start\"} 0",
             "splitter_rollout_decisions_total{service=\"web\",action=\"abort\"} 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
         }
         rollouts.decision("web", "start");
         rollouts.decision("web", "advance");
@@ -158,7 +163,10 @@ mod tests {
             "splitter_rollout_decisions_total{service=\"web\",action=\"start\"} 1",
             "splitter_rollout_decisions_total{service=\"web\",action=\"advance\"} 2",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
         }
         rollouts.remove("web");
         assert!(!exposition(&rollouts).contains("service=\"web\""));
@@ -172,6 +180,9 @@ mod tests {
             env!("CARGO_PKG_VERSION"),
             crate::cli::COMMIT
         );
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
     }
 }
