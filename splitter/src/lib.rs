@@ -24,5 +24,14 @@ pub mod metrics;
 pub mod rollout;
 pub mod state;
 #[expect(unsafe_code, reason = "the one module of raw system calls")]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_lossless,
+    clippy::cast_possible_wrap,
+    clippy::borrow_as_ptr,
+    clippy::doc_markdown,
+    reason = "kernel ABI structs: the widths are the ABI's, and the docs name kernel constants"
+)]
 pub mod sys;
 pub mod units;

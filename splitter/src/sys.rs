@@ -151,7 +151,7 @@ pub fn interface_driver(interface: &str) -> Option<String> {
     for (dst, src) in request.ifr_name.iter_mut().zip(name) {
         *dst = *src as libc::c_char;
     }
-    request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    request.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
     // SAFETY: plain socket(2); the fd is owned (closed on drop) right after.
     let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if socket < 0 {
