@@ -4,7 +4,7 @@
 //! One module per concern: `config` (the file), `state` (persisted weights), `dataplane`
 //! (loading, pinning, maps), `daemon` (the application and its reconcile), `control` (the Unix
 //! socket API), `metrics` (Prometheus), `rollout` (canary plans and analysis), `cli`
-//! (arguments, exit codes, client commands), `units` (percent and duration conversions); `sys`
+//! (arguments, exit codes, client commands), `logging` (log formats), `units` (percent and duration conversions); `sys`
 //! holds every raw system call, the crate's only `unsafe` code.
 
 #![deny(unsafe_code)]
@@ -20,6 +20,7 @@ pub mod daemon;
     reason = "the data-plane folder predates the workspace lints; its pedantic clean-up is pending"
 )]
 pub mod dataplane;
+pub mod logging;
 pub mod metrics;
 pub mod rollout;
 pub mod state;

@@ -25,13 +25,14 @@ use tokio::signal::unix::{SignalKind, signal};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Daemon { config } => {
+        Command::Daemon { config, log_format } => {
             if cli.socket.is_some() {
                 eprintln!(
                     "splitter: --socket is for client commands; the daemon uses control.socket of its config"
                 );
                 return Exit::Usage.into();
             }
+            splitter::logging::init(log_format);
             daemon(&config).into()
         }
         command => splitter::cli::run(command, cli.socket.as_deref()).into(),
@@ -39,7 +40,6 @@ fn main() -> ExitCode {
 }
 
 fn daemon(config_path: &Path) -> Exit {
-    init_logging();
     // 1. Load and validate the config: a bad file changes nothing.
     let config = match Config::load(config_path) {
         Ok(config) => config,
@@ -101,13 +101,16 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
             }
         };
         let daemon_metrics = DaemonMetrics::default();
-        let metrics = Arc::new(Metrics::new(&daemon_metrics));
+        let metrics = Arc::new(Metrics::new(&daemon_metrics).with_rollouts(app.rollout_metrics()));
         let shared = Arc::new(Shared::new(app, daemon_metrics));
         tracing::info!(
             socket = %control.path().display(),
             metrics = %config.metrics,
             "serving"
         );
+        // systemd (Type=notify): ready once the socket and metrics are bound and the data
+        // plane serves. Without NOTIFY_SOCKET this does nothing.
+        notify_systemd(sd_notify::NotifyState::Ready);
         // 5. Serve until told to stop; SIGHUP reloads.
         let socket_path = control.path().to_owned();
         let control_task = tokio::spawn(control.serve(
@@ -136,7 +139,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
                 _ = hangup.recv() => {
                     let shared = shared.clone();
                     match tokio::task::spawn_blocking(move || shared.reload()).await {
-                        Ok(Ok(report)) => tracing::info!(?report, "SIGHUP: reloaded"),
+                        Ok(Ok(_)) => tracing::info!("SIGHUP: reloaded"),
                         Ok(Err(error)) => tracing::error!(%error, "SIGHUP: reload refused, nothing changed"),
                         Err(error) => tracing::error!(%error, "SIGHUP: reload failed"),
                     }
@@ -144,6 +147,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
             }
         };
         // 6. Stop: the data plane stays attached and pinned unless it was unloaded.
+        notify_systemd(sd_notify::NotifyState::Stopping);
         control_task.abort();
         metrics_task.abort();
         sampler_task.abort();
@@ -189,6 +193,13 @@ async fn judge_rollouts(shared: Arc<Shared>) {
     }
 }
 
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) where the daemon stands.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(%error, "could not notify systemd");
+    }
+}
+
 /// The error and its causes on one line; causes our typed errors already print are skipped.
 fn one_line(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
@@ -199,18 +210,4 @@ fn one_line(error: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPLITTER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colors only on a terminal, and not when NO_COLOR is set (https://no-color.org).
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
-        )
-        .init();
 }

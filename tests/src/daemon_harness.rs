@@ -79,6 +79,24 @@ pub fn splitter_binary() -> PathBuf {
             if release {
                 build.arg("--release");
             }
+            // Not the variables cargo set for this test crate: build scripts that watch them
+            // (ring's watches CARGO_MANIFEST_DIR and OUT_DIR) would see a change and rebuild, and the next
+            // `cargo test` would rebuild again.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if key == "OUT_DIR"
+                    || key == "CARGO_MANIFEST_DIR"
+                    || key == "CARGO_MANIFEST_PATH"
+                    || key == "CARGO_CRATE_NAME"
+                    || key == "CARGO_PRIMARY_PACKAGE"
+                    || key == "CARGO_TARGET_TMPDIR"
+                    || key == "CARGO_RUSTC_CURRENT_DIR"
+                    || key.starts_with("CARGO_PKG_")
+                    || key.starts_with("CARGO_BIN_")
+                {
+                    build.env_remove(&*key);
+                }
+            }
             let out = build
                 .output()
                 .expect("running cargo build for the splitter binary");
@@ -390,8 +408,20 @@ impl Lab {
     /// Starts `splitter daemon` in the router's network namespace (its mount namespace stays
     /// the test's, so the bpffs under /run is shared) and waits until it answers.
     pub fn start_daemon(&mut self) {
+        self.start_daemon_with(&[], &[]);
+    }
+
+    /// [`Lab::start_daemon`] through a `wrapper` command (e.g. `setpriv ... --`; empty: none)
+    /// with `extra` arguments after `daemon --config FILE`.
+    pub fn start_daemon_with(&mut self, wrapper: &[&str], extra: &[&str]) {
         assert!(self.daemon.is_none(), "a daemon is already running");
-        let child = self.spawn_daemon();
+        let child = spawn_daemon_with(
+            &self.binary,
+            &self.topology.router,
+            &self.work,
+            wrapper,
+            extra,
+        );
         self.daemon = Some(Daemon { child });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -446,14 +476,33 @@ impl Lab {
 /// (its mount namespace stays ours, so the bpffs under /run is shared), logging to
 /// `<work>/daemon.log`. The child dies with the thread that started it.
 pub fn spawn_daemon(binary: &Path, netns: &Netns, work: &WorkDir) -> Child {
+    spawn_daemon_with(binary, netns, work, &[], &[])
+}
+
+/// [`spawn_daemon`] through a `wrapper` command (empty: none), with `extra` arguments.
+pub fn spawn_daemon_with(
+    binary: &Path,
+    netns: &Netns,
+    work: &WorkDir,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> Child {
     {
         let netns =
             File::open(format!("/run/netns/{}", netns.name)).expect("open the daemon's netns");
         let log = File::create(work.log()).expect("daemon log");
-        let mut command = Command::new(binary);
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+        };
         command
             .args(["daemon", "--config"])
             .arg(work.config())
+            .args(extra)
             .env("SPLITTER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

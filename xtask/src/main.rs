@@ -1,7 +1,9 @@
 //! `cargo xtask <command>`: the project's build, test, run and benchmark entry points.
 
 mod bench;
+mod deb;
 mod demo;
+mod install;
 mod layout;
 mod run;
 mod setup;
@@ -32,6 +34,11 @@ enum Command {
     /// Per-packet cost of every data-plane path (BPF_PROG_TEST_RUN), as a Markdown table;
     /// `--compare`: against nftables, IPVS, HAProxy, routing and an XDP forwarder.
     Bench(bench::Options),
+    /// Build and install the binary, systemd unit, man page, completions and example config
+    /// under --prefix (default /usr/local).
+    Install(install::Options),
+    /// Build a Debian package (dpkg-deb) in target/debian.
+    Deb(deb::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +49,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(options) => bench::run(&options),
         Command::Layout(options) => layout::run(&options),
         Command::Run(options) => run::run(&options),
+        Command::Install(options) => install::run(&options),
+        Command::Deb(options) => deb::run(&options),
     }
 }
 

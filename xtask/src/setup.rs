@@ -32,6 +32,12 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     // `cargo xtask bench --compare` (IPVS is measured only where the kernel has it).
     "ipvsadm",
+    // tests/tests/packaging.rs: `systemd-analyze verify`/`security` on the unit, the man
+    // page rendered, completions sourced, the .deb built and installed into a scratch root.
+    "systemd",
+    "groff-base",
+    "bash-completion",
+    "gzip",
 ];
 
 pub fn run(options: &Options) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use crate::{
     config::{ColorName, Config, ConfigError, DEFAULT_BPFFS, DEFAULT_CONFIG_PATH, DEFAULT_SOCKET},
@@ -17,6 +17,7 @@ use crate::{
         protocol::{ErrorKind, Reply, Request},
     },
     dataplane::{self, Unloaded},
+    logging::LogFormat,
     units::{PercentError, parse_percent, ppm_to_percent},
 };
 
@@ -73,10 +74,22 @@ Exit codes:
   7  not finished in time: rollout start --wait --timeout / rollout wait --timeout (it goes on),
      drain --wait --timeout (the color still had live connections)";
 
+/// `splitter --version`: the package version and the commit it was built from (`unknown`
+/// outside a git checkout; set by `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SPLITTER_COMMIT"),
+    ")"
+);
+
+/// The commit the binary was built from (`git rev-parse --short HEAD`, or `unknown`).
+pub const COMMIT: &str = env!("SPLITTER_COMMIT");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "splitter",
-    version,
+    version = VERSION,
     about = "Blue/green and canary traffic splitter (XDP + TC)",
     after_help = EXIT_CODES
 )]
@@ -94,6 +107,10 @@ pub enum Command {
     Daemon {
         #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Log lines on stderr as text, logfmt or JSON (one line per event; filter with
+        /// `SPLITTER_LOG`, e.g. debug).
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Weights, stable color and releases, measured green share and per-backend traffic and
     /// rates of every service (or of SERVICE).
@@ -146,6 +163,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print the shell completion script for SHELL, e.g.
+    /// `splitter completions bash > /usr/share/bash-completion/completions/splitter`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) on stdout: `splitter manpage | man -l -`.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// A client command's failure, mapped to an exit code.
@@ -238,6 +261,17 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Daemon { .. } => unreachable!("main runs the daemon"),
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "splitter", &mut script);
+            out.write_all(&script)?;
+            Ok(())
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            Ok(())
+        }
         Command::Status {
             service,
             json,

@@ -27,6 +27,10 @@ const HEADER: [&str; 14] = [
 const MIN_WIDTHS: [u16; 14] = [5, 22, 8, 8, 8, 8, 10, 10, 10, 10, 12, 12, 6, 6];
 
 /// The human view of a status snapshot.
+#[expect(
+    clippy::too_many_lines,
+    reason = "the status view, one block per line of output"
+)]
 pub fn render_status(report: &StatusReport) -> String {
     let daemon = &report.daemon;
     let mut text = String::new();

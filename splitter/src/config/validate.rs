@@ -36,6 +36,10 @@ impl Config {
 
     /// Every problem of the file, in file order as far as possible (`check-config` lists
     /// them all); checks across services run on the services that passed on their own.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per key of the file, in file order"
+    )]
     pub fn validate_all(
         &self,
         interface_exists: &dyn Fn(&str) -> bool,

@@ -31,6 +31,7 @@ use crate::{
         Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
         services::socket_addr,
     },
+    metrics::RolloutMetrics,
     state::{RandomSeed, ServiceState, State, StateError},
 };
 
@@ -95,6 +96,8 @@ pub struct App {
     tick_errors: crate::control::limits::RateLimit,
     /// Where the seed in force came from (its value: `dataplane.loaded_with`).
     hash_seed_source: HashSeedSource,
+    /// Rollout step, phase and decisions per service (`rollouts.rs` keeps them current).
+    rollout_metrics: RolloutMetrics,
 }
 
 /// Opens the data plane with the configured hash seed, or else the random one of `state_dir`
@@ -158,16 +161,22 @@ impl App {
             persist: persist::Persistence::default(),
             tick_errors: crate::control::limits::RateLimit::default(),
             hash_seed_source,
+            rollout_metrics: RolloutMetrics::default(),
         };
         let report = app.apply(config)?;
         app.forget_removed_backends()?;
-        tracing::info!(?report, "configuration applied");
+        log_report(&report, "configuration applied");
         app.resume_rollouts_after_restart();
         Ok(app)
     }
 
     pub fn config(&self) -> &Validated {
         &self.config
+    }
+
+    /// The rollout metric families this application keeps current (for the registry).
+    pub fn rollout_metrics(&self) -> &RolloutMetrics {
+        &self.rollout_metrics
     }
 
     pub fn config_path(&self) -> &Path {
@@ -281,6 +290,10 @@ impl App {
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
             self.sampler.clear();
         }
+        for name in &report.removed {
+            self.rollout_metrics.remove(name);
+        }
+        self.publish_rollouts();
         Ok(report)
     }
 
@@ -443,7 +456,7 @@ impl App {
         let config = Config::load(&self.config_path)?;
         self.check_restart_settings(&config)?;
         let report = self.apply(config)?;
-        tracing::info!(?report, "configuration reloaded");
+        log_report(&report, "configuration reloaded");
         Ok(report)
     }
 
@@ -537,7 +550,25 @@ impl App {
     /// persisted weights stay in `state_dir`.
     pub fn unload(self) -> Result<Unloaded, AppError> {
         let unloaded = self.dataplane.unload()?;
-        tracing::info!(?unloaded, "data plane unloaded");
+        tracing::info!(
+            detached = crate::logging::names(&unloaded.interfaces),
+            removed_pins = unloaded.dataplane,
+            "data plane unloaded"
+        );
         Ok(unloaded)
     }
+}
+
+/// One log line with the reload report as fields: `added=web changed= ... attached=eth0`.
+fn log_report(report: &ReloadReport, message: &str) {
+    use crate::logging::names;
+    tracing::info!(
+        added = names(&report.added),
+        changed = names(&report.changed),
+        removed = names(&report.removed),
+        unchanged = names(&report.unchanged),
+        attached = names(&report.attached),
+        detached = names(&report.detached),
+        "{message}"
+    );
 }

@@ -129,8 +129,30 @@ impl App {
                 blue_p99_ms = decision.blue.handshake_p99.map(|s| s * 1e3),
                 "rollout"
             );
+            self.rollout_metrics
+                .decision(&rollout.service, &decision.action);
         }
+        self.publish_rollout(&rollout.service);
         Ok(())
+    }
+
+    /// Sets the rollout step and phase gauges of every configured service.
+    pub(super) fn publish_rollouts(&self) {
+        for service in &self.config.services {
+            self.publish_rollout(&service.name);
+        }
+    }
+
+    /// Sets `name`'s rollout step and phase gauges from its persisted rollout.
+    fn publish_rollout(&self, name: &str) {
+        match self.state.rollouts.get(name) {
+            Some(rollout) => self.rollout_metrics.set_state(
+                name,
+                phase_name(rollout.phase),
+                u32::try_from(rollout.step + 1).unwrap_or(u32::MAX),
+            ),
+            None => self.rollout_metrics.set_state(name, "none", 0),
+        }
     }
 
     fn rollout(&self, name: &str) -> Result<Rollout, AppError> {
@@ -424,5 +446,25 @@ impl App {
         );
         let action = rollout.pause(now_unix_ms(), &why);
         self.commit(&rollout, action, logged)
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    #[test]
+    fn every_phase_is_a_metric_label_value() {
+        for phase in [
+            Phase::Running,
+            Phase::Paused,
+            Phase::Completed,
+            Phase::Aborted,
+        ] {
+            assert!(
+                crate::metrics::rollout::PHASES.contains(&phase_name(phase)),
+                "phase {phase:?} missing from metrics::rollout::PHASES"
+            );
+        }
     }
 }

@@ -2,15 +2,19 @@
 //! own families, served by an HTTP endpoint at `GET /metrics`.
 //!
 //! - [`daemon`]: the daemon's own counters ([`DaemonMetrics`]: control requests, reloads);
+//! - [`rollout`]: where each service's rollout stands and its decisions ([`RolloutMetrics`]);
+//! - [`build_info`]: the `splitter_build_info{version,commit}` gauge;
 //! - [`dataplane`]: the data plane's counters, read from the kernel maps at each scrape
 //!   through the same snapshot `splitter status` shows;
 //! - [`http`]: the endpoint (Prometheus text 0.0.4, or OpenMetrics text when asked for).
 //!
 //! The metric names are fixed (dashboards rely on them) and listed in the README.
 
+mod build_info;
 mod daemon;
 mod dataplane;
 mod http;
+pub mod rollout;
 
 use std::sync::Arc;
 
@@ -20,6 +24,7 @@ use self::dataplane::DataplaneCollector;
 pub use self::{
     daemon::DaemonMetrics,
     http::{Limits as HttpLimits, SnapshotSource, bind, serve},
+    rollout::RolloutMetrics,
 };
 use crate::control::protocol::StatusReport;
 
@@ -53,10 +58,17 @@ impl Metrics {
         let dataplane = Arc::new(DataplaneCollector::default());
         registry.register_collector(Box::new(dataplane.clone()));
         daemon.register(&mut registry);
+        build_info::register(&mut registry);
         Self {
             registry,
             dataplane,
         }
+    }
+
+    /// Adds the rollout families (the daemon's application updates them).
+    pub fn with_rollouts(mut self, rollouts: &RolloutMetrics) -> Self {
+        rollouts.register(&mut self.registry);
+        self
     }
 
     /// The Prometheus text exposition of `report` and the daemon's counters.
