@@ -77,8 +77,11 @@ impl App {
         }
         if green_weight != previous {
             // `status` measures the share from here on (a window straddling the change
-            // would mix two splits).
-            self.sampler.weight_changed(name, std::time::Instant::now());
+            // would mix two splits): a sample now is the window's start, so the flows of
+            // the first second after the change count too.
+            let now = std::time::Instant::now();
+            self.sample(now);
+            self.sampler.weight_changed(name, now);
         }
         if let Some(state) = after {
             // Toward blue: in force already; the disk follows when it can.
