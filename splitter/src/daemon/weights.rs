@@ -102,7 +102,14 @@ impl App {
 
     /// Every new flow to one color; established flows stay where they are.
     pub fn switch(&mut self, name: &str, color: ColorName) -> Result<WeightChange, AppError> {
-        self.set_weight(name, all_to(color))
+        let green_weight = all_to(color);
+        self.service_address(name)?;
+        self.pause_rollout_for_operator(name, green_weight)?;
+        // A full switch is a cutover: the color that takes every new flow is the stable one,
+        // so the next rollout canaries the other.
+        let mut state = self.state.clone();
+        state.stable.insert(name.to_owned(), color);
+        self.write_weight_with(name, green_weight, state)
     }
 
     /// Drains `color`: every new flow of the service to the other color (the `switch` write:
