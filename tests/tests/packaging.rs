@@ -463,8 +463,16 @@ fn daemon_with_the_units_capabilities_logs_json_and_logfmt() {
     );
     lab.cli_ok(&["reload"]);
     lab.cli_ok(&["set-weight", "web", "12.5"]);
+    // Green already carries 12.5 %: the rollout continues from there (`--from-current`).
     lab.cli_ok(&[
-        "rollout", "start", "web", "--steps", "50,100", "--every", "1h",
+        "rollout",
+        "start",
+        "web",
+        "--steps",
+        "50,100",
+        "--every",
+        "1h",
+        "--from-current",
     ]);
     lab.cli_ok(&["rollout", "abort", "web"]);
     let metrics = lab.metrics();
