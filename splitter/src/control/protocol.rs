@@ -87,6 +87,25 @@ pub enum Request {
 }
 
 impl Request {
+    /// Every value of [`Request::name`], in declaration order: the request counter has a zero
+    /// series for each from the start.
+    pub const NAMES: [&'static str; 14] = [
+        "status",
+        "set-weight",
+        "switch",
+        "drain",
+        "reload",
+        "unload",
+        "rollout-start",
+        "rollout-retry",
+        "rollout-list",
+        "rollout-status",
+        "rollout-pause",
+        "rollout-resume",
+        "rollout-promote",
+        "rollout-abort",
+    ];
+
     /// The `command` label of the daemon's request counter.
     pub const fn name(&self) -> &'static str {
         match self {
@@ -478,6 +497,23 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"rollout-start"}"#).is_err());
+        // `name()` is the wire tag, and `NAMES` lists every one.
+        for name in Request::NAMES {
+            let json = match name {
+                "status" | "reload" | "unload" | "rollout-list" => {
+                    format!(r#"{{"command":"{name}"}}"#)
+                }
+                "set-weight" => format!(r#"{{"command":"{name}","service":"web","green_weight":0}}"#),
+                "switch" | "drain" => {
+                    format!(r#"{{"command":"{name}","service":"web","color":"green"}}"#)
+                }
+                "rollout-promote" => format!(r#"{{"command":"{name}","service":"web","full":false}}"#),
+                "rollout-abort" => format!(r#"{{"command":"{name}","service":"web","cut":false}}"#),
+                _ => format!(r#"{{"command":"{name}","service":"web"}}"#),
+            };
+            let request: Request = serde_json::from_str(&json).expect(&json);
+            assert_eq!(request.name(), name);
+        }
         let response = Response::Error(ErrorReply {
             kind: ErrorKind::UnknownService,
             message: "no service `x`".into(),

@@ -1,10 +1,13 @@
-//! The daemon's own metrics: control requests and configuration reloads.
+//! The daemon's own metrics: control requests and configuration reloads. Every series exists
+//! from the start (zero), so a dashboard or an alert sees a zero rather than a missing series.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
+
+use crate::control::protocol::Request;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -18,10 +21,32 @@ struct ResultLabels {
 }
 
 /// The daemon's own counters. Cheap to clone (shared handles).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct DaemonMetrics {
     requests: Family<RequestLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for DaemonMetrics {
+    /// A zero series for every command and result.
+    fn default() -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            reloads: Family::default(),
+        };
+        for ok in [true, false] {
+            for command in Request::NAMES {
+                let _ = metrics.requests.get_or_create(&RequestLabels {
+                    command,
+                    result: result(ok),
+                });
+            }
+            let _ = metrics
+                .reloads
+                .get_or_create(&ResultLabels { result: result(ok) });
+        }
+        metrics
+    }
 }
 
 impl DaemonMetrics {
