@@ -8,6 +8,7 @@ pub mod daemon_harness;
 pub mod demo;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
 pub mod resets;
 pub mod servers;
 pub mod spoof;
