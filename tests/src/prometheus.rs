@@ -53,7 +53,10 @@ impl Prometheus {
         let mut command = ns.command("prometheus");
         command
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={LISTEN}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))

@@ -38,15 +38,12 @@ fn documented_families() -> Vec<String> {
         .1;
     let section = section.split("\n## ").next().unwrap_or_default();
     let mut families = Vec::new();
-    for line in section.lines().filter(|line| line.starts_with("| `splitter_")) {
+    for line in section
+        .lines()
+        .filter(|line| line.starts_with("| `splitter_"))
+    {
         let first_cell = line.split('|').nth(1).unwrap_or_default();
-        families.extend(
-            first_cell
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_owned),
-        );
+        families.extend(first_cell.split('`').skip(1).step_by(2).map(str::to_owned));
     }
     assert!(
         families.len() > 20,
@@ -141,7 +138,11 @@ fn every_documented_family_is_present_on_a_fresh_daemon() {
 /// The targets of every panel (rows included), with the panel's title.
 fn panel_targets(dashboard: &Value) -> Vec<(String, String, String)> {
     let mut targets = Vec::new();
-    let mut panels: Vec<&Value> = dashboard["panels"].as_array().expect("panels").iter().collect();
+    let mut panels: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .collect();
     while let Some(panel) = panels.pop() {
         if let Some(nested) = panel["panels"].as_array() {
             panels.extend(nested);
@@ -154,10 +155,14 @@ fn panel_targets(dashboard: &Value) -> Vec<(String, String, String)> {
             panel["datasource"]["uid"], "${datasource}",
             "panel `{title}` uses the dashboard's datasource variable"
         );
-        let list = panel["targets"].as_array().unwrap_or_else(|| panic!("panel `{title}` has targets"));
+        let list = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel `{title}` has targets"));
         assert!(!list.is_empty(), "panel `{title}` has no target");
         for target in list {
-            let expr = target["expr"].as_str().unwrap_or_else(|| panic!("`{title}`: target without expr"));
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("`{title}`: target without expr"));
             let ref_id = target["refId"].as_str().unwrap_or_default().to_owned();
             targets.push((title.clone(), ref_id, expr.to_owned()));
         }
@@ -185,7 +190,11 @@ fn describe(samples: &[Sample]) -> String {
 }
 
 fn label<'a>(sample: &'a Sample, name: &str) -> &'a str {
-    sample.labels.get(name).and_then(Value::as_str).unwrap_or_default()
+    sample
+        .labels
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 #[test]
@@ -219,13 +228,19 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         std::thread::sleep(Duration::from_millis(400));
     }
     let client_share = f64::from(u32::try_from(green).unwrap()) / 300.0;
-    assert!(green > 0 && blue > 0, "both colors answered: {blue} / {green}");
+    assert!(
+        green > 0 && blue > 0,
+        "both colors answered: {blue} / {green}"
+    );
     prometheus.wait_for_scrapes(prometheus.scrapes() + 3.0, Duration::from_secs(30));
 
     promtool_check(&lab.metrics());
 
     // The template variables: each `label_values(SELECTOR, LABEL)` finds values.
-    for variable in dashboard["templating"]["list"].as_array().expect("templating") {
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
         if variable["type"] != "query" {
             continue;
         }
@@ -234,7 +249,9 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             .strip_prefix("label_values(")
             .and_then(|rest| rest.strip_suffix(')'))
             .unwrap_or_else(|| panic!("`{definition}` is a label_values query"));
-        let (selector, label) = inner.rsplit_once(',').expect("label_values(selector, label)");
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
         let values = prometheus.label_values(label.trim(), &substitute(selector.trim()));
         let expected = match variable["name"].as_str() {
             Some("service") => "web",
@@ -252,7 +269,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     for (title, ref_id, expr) in &targets {
         let expr = substitute(expr);
         let samples = prometheus.query(&expr);
-        let context = format!("panel `{title}` target {ref_id}: `{expr}`\n  {}", describe(&samples));
+        let context = format!(
+            "panel `{title}` target {ref_id}: `{expr}`\n  {}",
+            describe(&samples)
+        );
         eprintln!("{context}");
         assert!(!samples.is_empty(), "no data for {context}");
         assert!(
@@ -260,11 +280,19 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             "a value that is not a number for {context}"
         );
         let value = |predicate: &dyn Fn(&Sample) -> bool| -> f64 {
-            samples.iter().filter(|sample| predicate(sample)).map(|sample| sample.value).sum()
+            samples
+                .iter()
+                .filter(|sample| predicate(sample))
+                .map(|sample| sample.value)
+                .sum()
         };
         match (title.as_str(), ref_id.as_str()) {
             ("Green weight vs measured green share", "A") => {
-                assert_eq!(value(&|_| true), 0.1, "the weight set by the rollout: {context}");
+                assert_eq!(
+                    value(&|_| true),
+                    0.1,
+                    "the weight set by the rollout: {context}"
+                );
             }
             ("Green weight vs measured green share", "B") => {
                 let measured = value(&|_| true);
@@ -275,10 +303,20 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             }
             ("Rollout step", _) => assert_eq!(value(&|_| true), 1.0, "{context}"),
             ("Rollout phase", _) => {
-                assert!(samples.iter().all(|sample| label(sample, "phase") == "running"), "{context}");
+                assert!(
+                    samples
+                        .iter()
+                        .all(|sample| label(sample, "phase") == "running"),
+                    "{context}"
+                );
             }
             ("Stable color and release", _) => {
-                assert!(samples.iter().all(|sample| label(sample, "color") == "blue"), "{context}");
+                assert!(
+                    samples
+                        .iter()
+                        .all(|sample| label(sample, "color") == "blue"),
+                    "{context}"
+                );
             }
             ("Live connections per color", _) => {
                 assert!(value(&|_| true) >= 6.0, "the 6 held connections: {context}");
@@ -300,7 +338,9 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             }
             ("Handshake latency p99 per color", _) => {
                 assert!(
-                    samples.iter().all(|sample| sample.value > 0.0 && sample.value < 1.0),
+                    samples
+                        .iter()
+                        .all(|sample| sample.value > 0.0 && sample.value < 1.0),
                     "a p99 between 0 and 1 s: {context}"
                 );
             }

@@ -503,11 +503,15 @@ mod tests {
                 "status" | "reload" | "unload" | "rollout-list" => {
                     format!(r#"{{"command":"{name}"}}"#)
                 }
-                "set-weight" => format!(r#"{{"command":"{name}","service":"web","green_weight":0}}"#),
+                "set-weight" => {
+                    format!(r#"{{"command":"{name}","service":"web","green_weight":0}}"#)
+                }
                 "switch" | "drain" => {
                     format!(r#"{{"command":"{name}","service":"web","color":"green"}}"#)
                 }
-                "rollout-promote" => format!(r#"{{"command":"{name}","service":"web","full":false}}"#),
+                "rollout-promote" => {
+                    format!(r#"{{"command":"{name}","service":"web","full":false}}"#)
+                }
                 "rollout-abort" => format!(r#"{{"command":"{name}","service":"web","cut":false}}"#),
                 _ => format!(r#"{{"command":"{name}","service":"web"}}"#),
             };

@@ -181,15 +181,22 @@ fn daemon_counters_start_at_zero() {
     let lines: Vec<&str> = text.lines().collect();
     for command in crate::control::protocol::Request::NAMES {
         for result in ["ok", "error"] {
-            let expected =
-                format!(r#"splitter_control_requests_total{{command="{command}",result="{result}"}} 0"#);
-            assert!(lines.contains(&expected.as_str()), "missing `{expected}` in:\n{text}");
+            let expected = format!(
+                r#"splitter_control_requests_total{{command="{command}",result="{result}"}} 0"#
+            );
+            assert!(
+                lines.contains(&expected.as_str()),
+                "missing `{expected}` in:\n{text}"
+            );
         }
     }
     for expected in [
         r#"splitter_config_reloads_total{result="ok"} 0"#,
         r#"splitter_config_reloads_total{result="error"} 0"#,
     ] {
-        assert!(lines.contains(&expected), "missing `{expected}` in:\n{text}");
+        assert!(
+            lines.contains(&expected),
+            "missing `{expected}` in:\n{text}"
+        );
     }
 }
