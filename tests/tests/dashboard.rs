@@ -135,9 +135,11 @@ fn every_documented_family_is_present_on_a_fresh_daemon() {
     promtool_check(&exposition);
 }
 
-/// The targets of every panel (rows included), with the panel's title.
+/// The targets of every panel (rows included), with the panel's title; checks what Grafana
+/// needs to lay the panels out (unique ids, 24 columns, unique refIds per panel).
 fn panel_targets(dashboard: &Value) -> Vec<(String, String, String)> {
     let mut targets = Vec::new();
+    let mut ids = BTreeSet::new();
     let mut panels: Vec<&Value> = dashboard["panels"]
         .as_array()
         .expect("panels")
@@ -148,6 +150,18 @@ fn panel_targets(dashboard: &Value) -> Vec<(String, String, String)> {
             panels.extend(nested);
         }
         let title = panel["title"].as_str().unwrap_or_default().to_owned();
+        let id = panel["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("panel `{title}` has an id"));
+        assert!(ids.insert(id), "panel id {id} (`{title}`) is not unique");
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64(), grid["w"].as_u64());
+        assert!(
+            matches!((x, w), (Some(x), Some(w)) if w > 0 && x + w <= 24)
+                && grid["h"].as_u64().is_some_and(|h| h > 0)
+                && grid["y"].is_u64(),
+            "panel `{title}`: gridPos {grid} outside Grafana's 24 columns"
+        );
         if panel["type"] == "row" {
             continue;
         }
@@ -159,11 +173,16 @@ fn panel_targets(dashboard: &Value) -> Vec<(String, String, String)> {
             .as_array()
             .unwrap_or_else(|| panic!("panel `{title}` has targets"));
         assert!(!list.is_empty(), "panel `{title}` has no target");
+        let mut ref_ids = BTreeSet::new();
         for target in list {
             let expr = target["expr"]
                 .as_str()
                 .unwrap_or_else(|| panic!("`{title}`: target without expr"));
             let ref_id = target["refId"].as_str().unwrap_or_default().to_owned();
+            assert!(
+                !ref_id.is_empty() && ref_ids.insert(ref_id.clone()),
+                "panel `{title}`: refId `{ref_id}` empty or repeated"
+            );
             targets.push((title.clone(), ref_id, expr.to_owned()));
         }
     }
