@@ -35,6 +35,7 @@ const INSTALLED: &[&str] = &[
     "share/doc/splitter/README.md",
     "share/doc/splitter/LICENSE-MIT",
     "share/doc/splitter/LICENSE-APACHE",
+    "share/splitter/grafana/splitter.json",
 ];
 
 /// A scratch directory under /tmp, removed on drop.
@@ -333,6 +334,7 @@ fn deb_builds_and_installs_into_a_scratch_root() {
         "usr/share/bash-completion/completions/splitter",
         "usr/share/doc/splitter/copyright",
         "usr/share/doc/splitter/splitter.example.toml",
+        "usr/share/splitter/grafana/splitter.json",
     ] {
         assert!(
             root.0.join(relative).is_file(),

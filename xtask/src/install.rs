@@ -10,6 +10,7 @@
 //! | `share/zsh/vendor-completions/_splitter` | zsh |
 //! | `share/fish/vendor_completions.d/splitter.fish` | fish |
 //! | `share/doc/splitter/` | `splitter.example.toml`, `README.md`, the licenses |
+//! | `share/splitter/grafana/splitter.json` | the Grafana dashboard (`packaging/grafana/`) |
 //!
 //! `--destdir STAGE` writes the same tree under `STAGE/DIR` (for packages: the unit still
 //! points at `DIR/bin/splitter`). Nothing under `/etc` is written: the config is the
@@ -144,6 +145,11 @@ pub fn install(
     ] {
         put(&format!("share/doc/splitter/{to}"), &read(from)?, 0o644)?;
     }
+    put(
+        "share/splitter/grafana/splitter.json",
+        &read("packaging/grafana/splitter.json")?,
+        0o644,
+    )?;
     Ok(written)
 }
 
