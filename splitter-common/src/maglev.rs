@@ -85,9 +85,7 @@ pub fn permutation(address: &SocketAddr, size: u32) -> (u32, u32) {
 /// (from [`table_size`] of all the color's backends). Each entry is an index into `members`.
 /// Empty when no member has a weight above 0 (the color then has no backend in rotation).
 pub fn build(members: &[(SocketAddr, u32)], size: u32) -> Vec<u32> {
-    let mut order: Vec<usize> = (0..members.len())
-        .filter(|&i| members[i].1 > 0)
-        .collect();
+    let mut order: Vec<usize> = (0..members.len()).filter(|&i| members[i].1 > 0).collect();
     if order.is_empty() || size == 0 {
         return Vec::new();
     }
@@ -255,7 +253,9 @@ mod tests {
             let share = moved as f64 / size as f64;
             let expected = 1.0 / n as f64;
             let churn_share = churn as f64 / size as f64;
-            std::eprintln!("{n} backends: moved {share:.4} (1/N {expected:.4}), churn {churn_share:.4}");
+            std::eprintln!(
+                "{n} backends: moved {share:.4} (1/N {expected:.4}), churn {churn_share:.4}"
+            );
             assert!(
                 share >= expected * 0.95 && churn_share <= 0.06,
                 "{n} backends, one removed: {moved} of {size} entries moved ({share:.3}, expected ≈ {expected:.3}), {churn} between surviving backends"

@@ -54,11 +54,7 @@ pub fn mask_prefix(addr: &Addr, family: u8, prefix_v4: u8, prefix_v6: u8) -> Add
     let mut word = 0;
     while word < 4 {
         let start = word as u32 * 32;
-        let keep = if prefix <= start {
-            0
-        } else {
-            prefix - start
-        };
+        let keep = if prefix <= start { 0 } else { prefix - start };
         let mask: u32 = if keep == 0 {
             0
         } else if keep >= 32 {
@@ -357,14 +353,8 @@ mod tests {
     fn client_prefix_masks_the_leading_bits() {
         let v4 = Addr::from_v4([198, 18, 7, 200]);
         let v4f = Family::Ipv4 as u8;
-        assert_eq!(
-            mask_prefix(&v4, v4f, 24, 0),
-            Addr::from_v4([198, 18, 7, 0])
-        );
-        assert_eq!(
-            mask_prefix(&v4, v4f, 20, 0),
-            Addr::from_v4([198, 18, 0, 0])
-        );
+        assert_eq!(mask_prefix(&v4, v4f, 24, 0), Addr::from_v4([198, 18, 7, 0]));
+        assert_eq!(mask_prefix(&v4, v4f, 20, 0), Addr::from_v4([198, 18, 0, 0]));
         assert_eq!(mask_prefix(&v4, v4f, 0, 64), v4);
         assert_eq!(mask_prefix(&v4, v4f, 32, 0), v4);
         let v6 = Addr::from_v6([
@@ -379,9 +369,7 @@ mod tests {
         );
         assert_eq!(
             mask_prefix(&v6, v6f, 0, 52),
-            Addr::from_v6([
-                0xfd, 0, 0, 1, 0xaa, 0xbb, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-            ])
+            Addr::from_v6([0xfd, 0, 0, 1, 0xaa, 0xbb, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         );
         assert_eq!(mask_prefix(&v6, v6f, 24, 0), v6);
         // Two clients of one /24 share the client cohort's hash.

@@ -128,10 +128,7 @@ pub fn total_slots(services: &[Service]) -> u64 {
 impl Service {
     /// A backend's Maglev weight (1 unless the config says otherwise).
     pub fn weight(&self, address: &SocketAddr) -> u32 {
-        self.weights
-            .get(address)
-            .copied()
-            .unwrap_or(DEFAULT_WEIGHT)
+        self.weights.get(address).copied().unwrap_or(DEFAULT_WEIGHT)
     }
 }
 

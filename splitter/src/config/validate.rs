@@ -428,7 +428,11 @@ fn validate_service_fields(
                 });
             } else {
                 pools[slot].push(backend);
-                pool::keep_weight(&mut weights, backend, weight.unwrap_or(pool::DEFAULT_WEIGHT));
+                pool::keep_weight(
+                    &mut weights,
+                    backend,
+                    weight.unwrap_or(pool::DEFAULT_WEIGHT),
+                );
             }
         }
     }

@@ -386,8 +386,7 @@ mod tests {
                         .chain(&spec.green)
                         .map(|b| (b.address, b.weight))
                         .collect(),
-                    end_slot: spec.first_slot
-                        + slots_needed(spec.blue.len(), spec.green.len()),
+                    end_slot: spec.first_slot + slots_needed(spec.blue.len(), spec.green.len()),
                 },
             );
         }

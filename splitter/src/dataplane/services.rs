@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
-    Addr, Backend, BackendKey, Cohort, Color, Family, ReverseValue, ServiceConfig,
-    ServiceKey, WEIGHT_SCALE, history,
+    Addr, Backend, BackendKey, Cohort, Color, Family, ReverseValue, ServiceConfig, ServiceKey,
+    WEIGHT_SCALE, history,
 };
 
 use super::{DataplaneError, maps::Maps};
