@@ -144,3 +144,77 @@ impl From<(String, PoolError)> for ConfigError {
         ConfigError::Pool { service, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Config, Validated};
+
+    fn check(service: &str) -> Result<Validated, ConfigError> {
+        let text = format!(
+            "[dataplane]\ninterfaces = [\"eth0\"]\n\n[[service]]\nname = \"web\"\naddress = \"203.0.113.10:80\"\ngreen_weight = 10\n{service}\n"
+        );
+        Config::parse(Path::new("test.toml"), &text)?.validate_with(&|_| true)
+    }
+
+    #[test]
+    fn weights_and_prefixes_are_read() {
+        let config = check(
+            r#"cohort = "client"
+client_prefix = { v4 = 24, v6 = 64 }
+blue = ["10.1.0.10:8080", "10.1.0.11:8080 weight=3"]
+green = ["10.2.0.10:8080   weight=0", "10.2.0.11:8080 weight=1"]"#,
+        )
+        .expect("valid");
+        let web = &config.services[0];
+        assert_eq!(web.blue[1], "10.1.0.11:8080".parse().unwrap());
+        assert_eq!(web.weight(&web.blue[0]), 1);
+        assert_eq!(web.weight(&web.blue[1]), 3);
+        assert_eq!(web.weight(&web.green[0]), 0);
+        assert_eq!(web.weights.len(), 2, "only the non-default weights");
+        assert_eq!(web.client_prefix, ClientPrefix { v4: 24, v6: 64 });
+        let whole = check(
+            "cohort = \"client\"\nblue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080\"]",
+        )
+        .expect("valid");
+        assert_eq!(whole.services[0].client_prefix, ClientPrefix::default());
+    }
+
+    #[test]
+    fn bad_weights_and_prefixes_are_refused_naming_the_service() {
+        for (service, message) in [
+            (
+                "blue = [\"10.1.0.10:8080 weight=300\"]\ngreen = [\"10.2.0.10:8080\"]",
+                "service `web`: blue[0] `10.1.0.10:8080 weight=300`: weight `300` is not a whole number in 0..=256",
+            ),
+            (
+                "blue = [\"10.1.0.10:8080 weight=-1\"]\ngreen = [\"10.2.0.10:8080\"]",
+                "service `web`: blue[0] `10.1.0.10:8080 weight=-1`: weight `-1` is not a whole number in 0..=256",
+            ),
+            (
+                "blue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080 backup\"]",
+                "service `web`: green[0] `10.2.0.10:8080 backup`: unknown option `backup` (a backend is \"IP:port\" or \"IP:port weight=N\")",
+            ),
+            (
+                "client_prefix = { v4 = 24 }\nblue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080\"]",
+                "service `web`: client_prefix needs cohort = \"client\" (with cohort = \"flow\" every connection is split on its own)",
+            ),
+            (
+                "cohort = \"client\"\nclient_prefix = { v4 = 33 }\nblue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080\"]",
+                "service `web`: client_prefix.v4 = 33 is outside 1..=32",
+            ),
+            (
+                "cohort = \"client\"\nclient_prefix = { v6 = 129 }\nblue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080\"]",
+                "service `web`: client_prefix.v6 = 129 is outside 1..=128",
+            ),
+        ] {
+            let error = check(service).expect_err(service);
+            assert!(
+                error.to_string().ends_with(message),
+                "{service}:\n got  {error}\n want {message}"
+            );
+        }
+    }
+}

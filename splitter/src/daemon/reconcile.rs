@@ -427,7 +427,11 @@ mod tests {
         let web = &plan.writes[0].spec;
         let api = &plan.writes[1].spec;
         assert_eq!((web.id, api.id), (0, 1));
-        assert_eq!((web.first_slot, api.first_slot), (0, 3));
+        // web: two Maglev tables, then its 3 members; api right after.
+        assert_eq!(
+            (web.first_slot, api.first_slot),
+            (0, slots_needed(2, 1))
+        );
         assert_eq!(plan.writes[0].fresh_backend_ids, [0, 1, 2]);
         assert_eq!(plan.writes[1].fresh_backend_ids, [3, 4]);
         assert_eq!(web.cohort, Cohort::Flow);
@@ -487,8 +491,9 @@ mod tests {
         );
         assert_eq!(web.fresh_backend_ids, [5]);
         assert_eq!(
-            web.spec.first_slot, 5,
-            "slots 0..5 are in use by the live entries"
+            web.spec.first_slot,
+            slots_needed(2, 1) + slots_needed(1, 1),
+            "the slots of web and api are in use by the live entries"
         );
     }
 
@@ -512,6 +517,22 @@ mod tests {
             [(services[1].address, Protocol::Tcp)],
             "api is no longer configured"
         );
+    }
+
+    #[test]
+    fn a_weight_or_prefix_change_rewrites_the_service() {
+        let mut services = [service("web", 80, &["10.1.0.10:80"], &["10.2.0.10:80"])];
+        let mut installed = BTreeMap::new();
+        let first = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        apply(&mut installed, &first);
+        services[0].weights.insert(services[0].green[0], 3);
+        let next = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        assert_eq!(next.writes.len(), 1, "a new weight is a new table");
+        assert_eq!(next.writes[0].spec.green[0].weight, 3);
+        assert!(next.writes[0].fresh_backend_ids.is_empty());
+        apply(&mut installed, &next);
+        let again = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        assert_eq!(again.unchanged, ["web"]);
     }
 
     #[test]
