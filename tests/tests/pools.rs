@@ -120,7 +120,9 @@ fn moved(blue: &[&str], before: &[String], after: &[String], what: &str) -> f64 
         *loads.entry(answer).or_default() += 1;
     }
     let share = changed as f64 / f64::from(COHORTS);
-    eprintln!("{what}: {changed} of {COHORTS} cohorts changed backend ({share:.3}); loads {loads:?}");
+    eprintln!(
+        "{what}: {changed} of {COHORTS} cohorts changed backend ({share:.3}); loads {loads:?}"
+    );
     share
 }
 
@@ -184,4 +186,28 @@ fn adding_or_removing_a_backend_moves_about_one_nth_of_the_cohorts() {
         churn <= usize::from(COHORTS) / 12,
         "{churn} cohorts moved between surviving backends"
     );
+
+    // what-if: with one connection open, a weight of 25 % affects no pinned flow and moves
+    // exactly a quarter of the hash space to green.
+    let vip: SocketAddr = WEB.parse().unwrap();
+    let mut open = lab
+        .topology
+        .client
+        .run(move || connect(SocketAddr::new(client(0), 0), vip))
+        .expect("connect");
+    ask(&mut open).expect("ask");
+    let json = lab.cli_ok(&["what-if", "web", "--weight", "25", "--json"]);
+    let report: splitter::control::protocol::WhatIfReport =
+        serde_json::from_str(&json).expect("what-if --json");
+    assert!(report.pinned_flows >= 1, "{report:?}");
+    assert_eq!(report.pinned_affected, 0);
+    assert_eq!(report.moved_hashes, 1 << 30, "{report:?}");
+    assert_eq!(report.moved_to, Some(splitter::config::ColorName::Green));
+    assert!(report.seen_cohorts >= 1, "{report:?}");
+    let text = lab.cli_ok(&["what-if", "web", "--weight", "25"]);
+    assert!(
+        text.contains("0 affected") && text.contains("25.0000 % change color, blue → green"),
+        "{text}"
+    );
+    drop(open);
 }

@@ -22,9 +22,9 @@ use crate::{
 };
 
 mod drain;
-mod whatif;
 pub mod rollout;
 mod status;
+mod whatif;
 
 pub use self::status::render_status;
 use self::{

@@ -175,10 +175,9 @@ green = ["10.2.0.10:8080   weight=0", "10.2.0.11:8080 weight=1"]"#,
         assert_eq!(web.weight(&web.green[0]), 0);
         assert_eq!(web.weights.len(), 2, "only the non-default weights");
         assert_eq!(web.client_prefix, ClientPrefix { v4: 24, v6: 64 });
-        let whole = check(
-            "cohort = \"client\"\nblue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080\"]",
-        )
-        .expect("valid");
+        let whole =
+            check("cohort = \"client\"\nblue = [\"10.1.0.10:8080\"]\ngreen = [\"10.2.0.10:8080\"]")
+                .expect("valid");
         assert_eq!(whole.services[0].client_prefix, ClientPrefix::default());
     }
 

@@ -428,10 +428,7 @@ mod tests {
         let api = &plan.writes[1].spec;
         assert_eq!((web.id, api.id), (0, 1));
         // web: two Maglev tables, then its 3 members; api right after.
-        assert_eq!(
-            (web.first_slot, api.first_slot),
-            (0, slots_needed(2, 1))
-        );
+        assert_eq!((web.first_slot, api.first_slot), (0, slots_needed(2, 1)));
         assert_eq!(plan.writes[0].fresh_backend_ids, [0, 1, 2]);
         assert_eq!(plan.writes[1].fresh_backend_ids, [3, 4]);
         assert_eq!(web.cohort, Cohort::Flow);

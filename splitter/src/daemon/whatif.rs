@@ -197,10 +197,16 @@ mod tests {
             })
             .count() as u64;
         assert_eq!(report.seen_cohorts_moving, expected);
-        assert!((200..400).contains(&expected), "about 15 % of 2000: {expected}");
+        assert!(
+            (200..400).contains(&expected),
+            "about 15 % of 2000: {expected}"
+        );
 
         let lower = report_for(config(100_000, 1021, 0), 500_000, &keys);
-        assert_eq!(lower.moved_hashes, 0, "green empty: all on blue at any weight");
+        assert_eq!(
+            lower.moved_hashes, 0,
+            "green empty: all on blue at any weight"
+        );
         assert_eq!(lower.moved_to, None);
         assert_eq!(lower.seen_cohorts_moving, 0);
     }
