@@ -54,7 +54,7 @@ pub fn mask_prefix(addr: &Addr, family: u8, prefix_v4: u8, prefix_v6: u8) -> Add
     let mut word = 0;
     while word < 4 {
         let start = word as u32 * 32;
-        let keep = if prefix <= start { 0 } else { prefix - start };
+        let keep = prefix.saturating_sub(start);
         let mask: u32 = if keep == 0 {
             0
         } else if keep >= 32 {

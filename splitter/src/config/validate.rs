@@ -351,6 +351,10 @@ fn validate_service(section: &ServiceSection, problems: &mut Vec<ConfigError>) -
 
 /// One service's fields; a problem that leaves nothing to check further is returned, the
 /// others are collected.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check per key of a service, in file order"
+)]
 fn validate_service_fields(
     section: &ServiceSection,
     problems: &mut Vec<ConfigError>,

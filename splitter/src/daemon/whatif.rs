@@ -73,7 +73,7 @@ fn color(config: &ServiceConfig, hash: u32, weight: u32) -> Option<Color> {
 fn green_hashes(weight: u32) -> u64 {
     let (mut low, mut high) = (0u64, 1u64 << 32);
     while low < high {
-        let mid = (low + high) / 2;
+        let mid = u64::midpoint(low, high);
         let hash = u32::try_from(mid).expect("below 2^32");
         if is_green(hash, weight) {
             low = mid + 1;
@@ -165,8 +165,9 @@ mod tests {
     }
 
     fn key(i: u32) -> FlowKey {
+        let [_, _, high, low] = i.to_be_bytes();
         FlowKey {
-            src: Addr::from_v4([198, 18, (i >> 8) as u8, i as u8]),
+            src: Addr::from_v4([198, 18, high, low]),
             family: Family::Ipv4 as u8,
             ..FlowKey::default()
         }
