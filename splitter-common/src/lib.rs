@@ -12,6 +12,8 @@ pub mod counters;
 pub mod flow;
 pub mod hash;
 pub mod history;
+#[cfg(any(feature = "user", test))]
+pub mod maglev;
 pub mod maps;
 pub mod select;
 pub mod service;

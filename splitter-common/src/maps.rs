@@ -64,7 +64,9 @@ pub const EGRESS_PROGRAM: &str = "splitter_egress";
 
 pub const MAX_SERVICES: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 8192;
-pub const POOL_SLOTS: u32 = 16384;
+/// Slots of `POOLS` (4 bytes each: 16 MiB): every service's Maglev tables and member lists
+/// (`splitter/src/dataplane/pools.rs`), twice over for a reload's fresh runs.
+pub const POOL_SLOTS: u32 = 1 << 22;
 pub const MAX_REDIRECT_PORTS: u32 = 64;
 /// Default capacity of `FLOWS` (the config's `flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;

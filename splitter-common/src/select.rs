@@ -3,7 +3,7 @@
 //! predictors run the very same function. The hash and its rules are in [`crate::hash`].
 
 use crate::{
-    Cohort, Color, FlowKey,
+    Addr, Cohort, Color, Family, FlowKey, ServiceConfig,
     hash::{client_hash, flow_hash, is_green, pool_index},
 };
 
@@ -35,9 +35,62 @@ pub fn cohort_hash(cohort: Cohort, key: &FlowKey, seed: u32) -> u32 {
     }
 }
 
-/// Chooses color and backend for a new flow `key` of a service whose pools hold `blue_len` and
-/// `green_len` backends, at `green_weight` (parts per million). `None` when the chosen pool is
-/// empty.
+/// `addr` masked to its leading `prefix_v4` (IPv4) or `prefix_v6` (IPv6) bits; 0 (or a length
+/// past the address) keeps the whole address. Words are in network byte order as in [`Addr`].
+#[inline(always)]
+pub fn mask_prefix(addr: &Addr, family: u8, prefix_v4: u8, prefix_v6: u8) -> Addr {
+    let prefix = if family == Family::Ipv6 as u8 {
+        if prefix_v6 == 0 || prefix_v6 >= 128 {
+            return *addr;
+        }
+        prefix_v6 as u32
+    } else {
+        if prefix_v4 == 0 || prefix_v4 >= 32 {
+            return *addr;
+        }
+        prefix_v4 as u32
+    };
+    let mut masked = *addr;
+    let mut word = 0;
+    while word < 4 {
+        let start = word as u32 * 32;
+        let keep = prefix.saturating_sub(start);
+        let mask: u32 = if keep == 0 {
+            0
+        } else if keep >= 32 {
+            u32::MAX
+        } else {
+            u32::MAX << (32 - keep)
+        };
+        // The word holds the address bytes as they are in memory: the mask's bytes likewise.
+        masked.0[word] &= mask.to_be();
+        word += 1;
+    }
+    masked
+}
+
+/// The hash of the cohort `key` belongs to, for a service: with the `client` cohort the client
+/// address is first masked to the service's `client_prefix` (a whole subnet moves together).
+#[inline(always)]
+pub fn service_hash(config: &ServiceConfig, key: &FlowKey, seed: u32) -> u32 {
+    match Cohort::from_raw(config.cohort) {
+        Cohort::Client => {
+            let src = mask_prefix(
+                &key.src,
+                key.family,
+                config.client_prefix_v4,
+                config.client_prefix_v6,
+            );
+            client_hash(&src, key.family, seed)
+        }
+        Cohort::Flow => flow_hash(key, seed),
+    }
+}
+
+/// Chooses color and backend for a new flow `key` of a service whose Maglev tables hold
+/// `blue_len` and `green_len` entries, at `green_weight` (parts per million): the entry index
+/// in the chosen color's table. A color with an empty table (no backend in rotation) sends its
+/// cohorts to the other color; `None` only when both are empty.
 #[inline(always)]
 pub fn choose(
     cohort: Cohort,
@@ -64,7 +117,9 @@ pub fn choose_hashed(
     blue_len: u32,
     green_len: u32,
 ) -> Option<Choice> {
-    let (color, len) = if is_green(hash, green_weight) {
+    let green = is_green(hash, green_weight);
+    // An empty color never black-holes its cohorts: they go to the other color.
+    let (color, len) = if (green && green_len > 0) || blue_len == 0 {
         (Color::Green, green_len)
     } else {
         (Color::Blue, blue_len)
@@ -261,9 +316,80 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_pool_chooses_nothing() {
+    fn an_empty_color_sends_its_cohorts_to_the_other_one() {
         let key = flow("198.18.1.10:40000", "198.18.100.1:80", 6);
-        assert_eq!(choose(Cohort::Flow, &key, 0, 0, 0, 3), None);
-        assert_eq!(choose(Cohort::Flow, &key, 0, WEIGHT_SCALE, 3, 0), None);
+        let hash = cohort_hash(Cohort::Flow, &key, 0);
+        assert_eq!(
+            choose(Cohort::Flow, &key, 0, 0, 0, 3),
+            Some(Choice {
+                color: Color::Green,
+                index: pool_index(hash, 3)
+            }),
+            "all on blue, blue empty: green"
+        );
+        assert_eq!(
+            choose(Cohort::Flow, &key, 0, WEIGHT_SCALE, 5, 0),
+            Some(Choice {
+                color: Color::Blue,
+                index: pool_index(hash, 5)
+            }),
+            "all on green, green empty: blue"
+        );
+        assert_eq!(choose(Cohort::Flow, &key, 0, 500_000, 0, 0), None);
+        for weight in [0, 500_000, WEIGHT_SCALE] {
+            assert_eq!(
+                choose(Cohort::Flow, &key, 0, weight, 7, 11).map(|c| c.color),
+                Some(if is_green(hash, weight) {
+                    Color::Green
+                } else {
+                    Color::Blue
+                }),
+                "both non-empty: the threshold decides"
+            );
+        }
+    }
+
+    #[test]
+    fn client_prefix_masks_the_leading_bits() {
+        let v4 = Addr::from_v4([198, 18, 7, 200]);
+        let v4f = Family::Ipv4 as u8;
+        assert_eq!(mask_prefix(&v4, v4f, 24, 0), Addr::from_v4([198, 18, 7, 0]));
+        assert_eq!(mask_prefix(&v4, v4f, 20, 0), Addr::from_v4([198, 18, 0, 0]));
+        assert_eq!(mask_prefix(&v4, v4f, 0, 64), v4);
+        assert_eq!(mask_prefix(&v4, v4f, 32, 0), v4);
+        let v6 = Addr::from_v6([
+            0xfd, 0, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4, 5, 6, 7, 8,
+        ]);
+        let v6f = Family::Ipv6 as u8;
+        assert_eq!(
+            mask_prefix(&v6, v6f, 24, 64),
+            Addr::from_v6([
+                0xfd, 0, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 0, 0, 0, 0, 0
+            ])
+        );
+        assert_eq!(
+            mask_prefix(&v6, v6f, 0, 52),
+            Addr::from_v6([0xfd, 0, 0, 1, 0xaa, 0xbb, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        );
+        assert_eq!(mask_prefix(&v6, v6f, 24, 0), v6);
+        // Two clients of one /24 share the client cohort's hash.
+        let config = ServiceConfig {
+            cohort: Cohort::Client as u32,
+            client_prefix_v4: 24,
+            ..ServiceConfig::default()
+        };
+        let a = flow("198.18.7.10:40000", "198.18.100.1:80", 6);
+        let b = flow("198.18.7.99:50000", "198.18.100.1:80", 6);
+        let c = flow("198.18.8.10:40000", "198.18.100.1:80", 6);
+        assert_eq!(service_hash(&config, &a, 1), service_hash(&config, &b, 1));
+        assert_ne!(service_hash(&config, &a, 1), service_hash(&config, &c, 1));
+        let whole = ServiceConfig {
+            client_prefix_v4: 0,
+            ..config
+        };
+        assert_eq!(
+            service_hash(&whole, &a, 1),
+            cohort_hash(Cohort::Client, &a, 1)
+        );
     }
 }

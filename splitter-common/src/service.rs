@@ -58,7 +58,15 @@ pub struct ServiceConfig {
     pub green_weight: u32,
     /// [`Cohort`] as u32.
     pub cohort: u32,
-    pub _pad: u32,
+    /// With the `client` cohort: the client address is masked to this many leading bits before
+    /// it is hashed, so a whole subnet moves together (0 = the whole address).
+    pub client_prefix_v4: u8,
+    pub client_prefix_v6: u8,
+    /// Feature bits (`service_flags`, defined with the overrides); 0 = none.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Each color's Maglev table (`crate::maglev`): `len` entries (0 = no backend in
+    /// rotation), each a backend id.
     pub blue: Pool,
     pub green: Pool,
     /// The window of the weight history: weights in force at any time within

@@ -4,7 +4,7 @@
 //! weight in force and the map lookups.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use splitter_common::{Backend, Cohort, Color, FlowKey, ServiceConfig, history, select};
+use splitter_common::{Backend, Color, FlowKey, ServiceConfig, history, select};
 
 use crate::maps::{BACKENDS, POOLS};
 
@@ -31,11 +31,12 @@ pub struct Chosen {
     pub ambiguous: bool,
 }
 
-/// The backend for a new flow, or `None` when the chosen pool is empty.
+/// The backend for a new flow (its color's Maglev table entry), or `None` when both colors'
+/// tables are empty.
 #[inline(always)]
 pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<Chosen> {
     let seed = unsafe { core::ptr::read_volatile(&HASH_SEED) };
-    let hash = select::cohort_hash(Cohort::from_raw(config.cohort), key, seed);
+    let hash = select::service_hash(config, key, seed);
     let (weight, ambiguous) = match start {
         Start::Now => (config.green_weight, false),
         Start::Earlier => {

@@ -21,6 +21,7 @@ use aya::{
 };
 use splitter::dataplane::{
     Dataplane, LoadOptions,
+    pools::slots_needed,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
 use splitter_bench_common::bench::{
@@ -148,6 +149,7 @@ fn backends(family: Family, base: u32, count: u32, port: u16) -> Vec<BackendSpec
                     port,
                 ),
             },
+            weight: 1,
         })
         .collect()
 }
@@ -162,7 +164,9 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         green_weight: WEIGHT_SCALE / 10,
         blue: backends(family, base, 2, 8080),
         green: backends(family, base + 2, 1, 8080),
-        first_slot: base * 4,
+        client_prefix_v4: 0,
+        client_prefix_v6: 0,
+        first_slot: base * slots_needed(2, 1),
         miss_hold: Duration::from_secs(120),
     };
     dataplane
@@ -437,6 +441,7 @@ fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Resul
                 IpAddr::V4(Ipv4Addr::new(198, 19, octet(i), 10 + j as u8)),
                 8080,
             ),
+            weight: 1,
         };
         let spec = ServiceSpec {
             id: 16 + i,
@@ -449,7 +454,9 @@ fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Resul
             green_weight: WEIGHT_SCALE / 10,
             blue: vec![backend(0), backend(1)],
             green: vec![backend(2)],
-            first_slot: base,
+            client_prefix_v4: 0,
+            client_prefix_v6: 0,
+            first_slot: (20 + i) * slots_needed(2, 1),
             miss_hold: Duration::from_secs(120),
         };
         dataplane.maps.install_service(&spec)?;

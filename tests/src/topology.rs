@@ -28,9 +28,10 @@ use std::{
 
 use splitter::dataplane::{
     Dataplane, XdpMode,
+    pools::slots_needed,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
-use splitter_common::{Cohort, Color, Family, FlowKey, hash::DEFAULT_HASH_SEED, select::choose};
+use splitter_common::{Cohort, Color, Family, FlowKey, hash::DEFAULT_HASH_SEED};
 
 use crate::{
     netns::{Netns, unique, veth},
@@ -332,6 +333,7 @@ impl Topology {
             let spec = BackendSpec {
                 id: id * 100 + i as u32,
                 address: SocketAddr::new(backend.addr(family), BACKEND_PORT),
+                weight: 1,
             };
             match backend.color {
                 Color::Blue => blue.push(spec),
@@ -344,9 +346,11 @@ impl Topology {
             protocol,
             cohort,
             green_weight,
+            first_slot: id * slots_needed(blue.len(), green.len()),
             blue,
             green,
-            first_slot: id * 100,
+            client_prefix_v4: 0,
+            client_prefix_v6: 0,
             miss_hold: Duration::from_secs(30),
         }
     }
@@ -369,25 +373,14 @@ impl Topology {
     }
 
     /// The name of the backend a new flow from `client` should land on, by the contract's
-    /// selection rule (`splitter_common::select::choose`, default seed) at the service's weight.
+    /// selection rule over the Maglev tables the daemon builds (`ServiceSpec::predict`,
+    /// default seed) at the service's weight.
     pub fn expected_backend(&self, service: &ServiceSpec, client: SocketAddr) -> &str {
         let key = flow_key(service, client);
-        let choice = choose(
-            service.cohort,
-            &key,
-            DEFAULT_HASH_SEED,
-            service.green_weight,
-            service.blue.len() as u32,
-            service.green.len() as u32,
-        )
-        .expect("the chosen pool has backends");
-        let pool = match choice.color {
-            Color::Green => &service.green,
-            Color::Blue => &service.blue,
-        };
-        &self
-            .backend_of(service, pool[choice.index as usize].id)
-            .name
+        let backend = service
+            .predict(&key, DEFAULT_HASH_SEED, service.green_weight)
+            .expect("a color has backends");
+        &self.backend_of(service, backend.id).name
     }
 }
 

@@ -22,13 +22,10 @@ use splitter::{
     dataplane::{
         Origin,
         maps::Maps,
-        services::{Protocol, addr_of, service_key, socket_addr},
+        services::{BackendSpec, Protocol, ServiceSpec, addr_of, service_key, socket_addr},
     },
 };
-use splitter_common::{
-    FlowKey, FlowValue,
-    hash::{DEFAULT_HASH_SEED, flow_hash, is_green, pool_index},
-};
+use splitter_common::{Cohort, FlowKey, FlowValue, hash::DEFAULT_HASH_SEED};
 use splitter_tests::{
     daemon_harness::{
         BLUE, BLUE6, CLIENT, GREEN, GREEN6, Lab, TCP_PORT, TCP_PORT_2, UDP_PORT, base_config,
@@ -1031,11 +1028,35 @@ fn predicted(
         family: family as u8,
         _pad: [0; 2],
     };
-    let hash = flow_hash(&key, seed);
-    let is_green = is_green(hash, weight_ppm);
-    let pool = if is_green { green } else { blue };
-    let host = pool[pool_index(hash, pool.len() as u32) as usize];
-    (format!("{host}:{TCP_PORT}"), is_green)
+    // The daemon's Maglev tables (`ServiceSpec::predict`, the data plane's rule over them).
+    let pool = |hosts: &[&str], first: u32| -> Vec<BackendSpec> {
+        hosts
+            .iter()
+            .zip(first..)
+            .map(|(host, id)| BackendSpec {
+                id,
+                address: format!("{host}:{TCP_PORT}").parse().unwrap(),
+                weight: 1,
+            })
+            .collect()
+    };
+    let spec = ServiceSpec {
+        id: 0,
+        address: vip,
+        protocol: Protocol::Tcp,
+        cohort: Cohort::Flow,
+        green_weight: weight_ppm,
+        blue: pool(blue, 0),
+        green: pool(green, 1000),
+        client_prefix_v4: 0,
+        client_prefix_v6: 0,
+        first_slot: 0,
+        miss_hold: Duration::ZERO,
+    };
+    let backend = spec
+        .predict(&key, seed, weight_ppm)
+        .expect("a color has backends");
+    (backend.address.to_string(), backend.id >= 1000)
 }
 
 /// New connections from `ports` of the client to `vip`, one request each: the backend that

@@ -16,12 +16,12 @@ use std::{
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use splitter::dataplane::{
     Dataplane, LoadOptions,
+    pools::slots_needed,
     services::{BackendSpec, Protocol, ServiceSpec},
 };
 use splitter_common::{
     Addr, BackendCounters, BackendKey, Cohort, Color, DirectionCounters, Family, FlowKey,
     FlowState, FlowValue, Reason, ReverseValue, Signals, WEIGHT_SCALE, hash::DEFAULT_HASH_SEED,
-    select::choose,
 };
 use splitter_tests::{
     packet::{
@@ -93,6 +93,7 @@ fn service(
     let backend = |n: u32, host_id: u16, port: u16| BackendSpec {
         id: id * 10 + n,
         address: SocketAddr::new(host(v6, net, host_id), port),
+        weight: 1,
     };
     ServiceSpec {
         id,
@@ -102,7 +103,9 @@ fn service(
         green_weight,
         blue: vec![backend(1, 11, 8080), backend(2, 12, 8080)],
         green: vec![backend(3, 21, 8081), backend(4, 22, 8081)],
-        first_slot: id * 8,
+        client_prefix_v4: 0,
+        client_prefix_v6: 0,
+        first_slot: id * slots_needed(2, 2),
         miss_hold,
     }
 }
@@ -222,22 +225,11 @@ fn tcp_flags(packet: &Packet) -> u8 {
 }
 
 /// The backend the kernel must pick for a flow without a pinned one, at `weight`: the
-/// contract's selection rule (`splitter_common::select::choose`), the same seed.
+/// contract's selection rule over the Maglev tables the daemon builds
+/// (`ServiceSpec::predict`), the same seed.
 fn predict<'a>(spec: &'a ServiceSpec, key: &FlowKey, weight: u32) -> &'a BackendSpec {
-    let choice = choose(
-        spec.cohort,
-        key,
-        SEED,
-        weight,
-        spec.blue.len() as u32,
-        spec.green.len() as u32,
-    )
-    .expect("the chosen pool has backends");
-    let pool = match choice.color {
-        Color::Green => &spec.green,
-        Color::Blue => &spec.blue,
-    };
-    &pool[choice.index as usize]
+    spec.predict(key, SEED, weight)
+        .expect("a color has backends")
 }
 
 fn color_of(spec: &ServiceSpec, backend: &BackendSpec) -> Color {
@@ -1827,14 +1819,17 @@ fn traffic_not_for_a_service_passes_untouched() {
             ),
         ]);
     }
-    // A service whose chosen pool is empty passes its packets on.
+    // A service with no backend in rotation in either color passes its packets on (a color
+    // with none sends its flows to the other: `maglev` cases).
     let mut empty = service(3, false, Protocol::Tcp, Cohort::Flow, ALL_GREEN, HOUR);
-    empty.green.clear();
+    for backend in empty.blue.iter_mut().chain(&mut empty.green) {
+        backend.weight = 0;
+    }
     harness.install(&empty);
     let flow = Flow::new(&empty, client(false, 8, 45001));
     cases.push(
         Case::untouched(
-            "service with an empty green pool at 100 %",
+            "service whose backends all have weight 0",
             flow.packet(TCP_SYN).build(),
             Reason::NoBackend,
         )
@@ -2080,3 +2075,7 @@ fn icmp_errors_about_a_pinned_flow_reach_its_backend() {
 // The flow state machine (issue 11), in its own file.
 #[path = "dataplane_cases/states.rs"]
 mod states;
+
+// The in-pool choice (Maglev tables, weights, empty colors, client prefixes), in its own file.
+#[path = "dataplane_cases/maglev.rs"]
+mod maglev;

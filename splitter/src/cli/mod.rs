@@ -24,6 +24,7 @@ use crate::{
 mod drain;
 pub mod rollout;
 mod status;
+mod whatif;
 
 pub use self::status::render_status;
 use self::{
@@ -138,6 +139,17 @@ pub enum Command {
     /// Drain COLOR of SERVICE: every new flow to the other color at once (one map write, as
     /// `switch`), then its live connections per backend; `--wait` until there are none.
     Drain(DrainArgs),
+    /// What `set-weight SERVICE P` would change, changing nothing: pinned flows affected
+    /// (none: they are pinned) and the share of new cohorts that would change color.
+    WhatIf {
+        service: String,
+        /// The green weight to ask about, in percent (as `set-weight`).
+        #[arg(long, value_name = "PERCENT", allow_hyphen_values = true)]
+        weight: String,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-read the config file and apply the difference (same as SIGHUP).
     Reload,
     /// Validate a config file without a daemon: syntax, values (every problem, not just the
@@ -330,6 +342,36 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             print_weight(&mut out, reply)
         }
         Command::Drain(args) => drain::execute(args, socket).map_err(CliError::Drain),
+        Command::WhatIf {
+            service,
+            weight,
+            json,
+        } => {
+            let green_weight = parse_percent(&weight).map_err(|problem| CliError::Percent {
+                value: weight.clone(),
+                problem,
+            })?;
+            let Reply::WhatIf(report) = request(
+                socket,
+                &Request::WhatIf {
+                    service,
+                    green_weight,
+                },
+            )?
+            else {
+                unreachable!("what-if answers a what-if report");
+            };
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("reports serialize")
+                )?;
+            } else {
+                out.write_all(whatif::render(&report).as_bytes())?;
+            }
+            Ok(())
+        }
         Command::Reload => {
             let Reply::Reloaded(report) = request(socket, &Request::Reload)? else {
                 unreachable!("reload answers a reload report");

@@ -171,6 +171,16 @@ pub enum ConfigError {
     TooManyBackends { count: usize },
     #[error("service `{service}`: {count} backends, at most {} fit in one service", POOL_SLOTS / 2)]
     PoolTooLarge { service: String, count: usize },
+    #[error("service `{service}`: {source}")]
+    Pool {
+        service: String,
+        source: super::pool::PoolError,
+    },
+    #[error(
+        "service: the services' Maglev tables take {slots} pool slots, at most {} fit (fewer backends or services)",
+        POOL_SLOTS / 2
+    )]
+    TooManyPoolSlots { slots: u64 },
 }
 
 fn key_prefix(key: &str) -> String {

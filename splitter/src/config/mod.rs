@@ -29,6 +29,7 @@ use crate::{
 
 mod error;
 pub mod host;
+pub mod pool;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -209,6 +210,9 @@ pub struct ServiceSection {
     pub green_weight: f64,
     #[serde(default = "default_cohort")]
     pub cohort: CohortSetting,
+    /// With `cohort = "client"`: hash the client's prefix, not its address (`pool.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_prefix: Option<pool::ClientPrefixSection>,
     pub blue: Vec<String>,
     pub green: Vec<String>,
     /// What each color runs, e.g. `"v41"`: a label shown by `status` and on the metrics
@@ -343,6 +347,10 @@ pub struct Service {
     pub cohort: CohortSetting,
     pub blue: Vec<SocketAddr>,
     pub green: Vec<SocketAddr>,
+    /// Maglev weights of the backends whose weight is not 1 ([`Service::weight`]), and the
+    /// client prefix of the `client` cohort (`pool.rs`).
+    pub weights: std::collections::BTreeMap<SocketAddr, u32>,
+    pub client_prefix: pool::ClientPrefix,
     /// The release label of each color (`blue_release`, `green_release`), if given.
     pub blue_release: Option<String>,
     pub green_release: Option<String>,

@@ -13,6 +13,7 @@ use super::{
     CLIENT_TIMEOUT_MAX, CLIENT_TIMEOUT_MIN, CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, Config,
     ConfigError, FLOW_TABLE_MAX, FLOW_TABLE_MIN, IFNAME_MAX, MISS_HOLD_MAX, PENDING_TABLE_MIN,
     SERVICE_NAME_MAX, SERVICES_MAX, Service, ServiceSection, UDP_IDLE_MAX, UDP_IDLE_MIN, Validated,
+    pool,
 };
 use crate::{
     dataplane::services::Protocol,
@@ -289,6 +290,10 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
     if total > MAX_BACKENDS as usize {
         problems.push(ConfigError::TooManyBackends { count: total });
     }
+    let slots = pool::total_slots(&services);
+    if slots > u64::from(POOL_SLOTS / 2) {
+        problems.push(ConfigError::TooManyPoolSlots { slots });
+    }
     services
 }
 
@@ -346,6 +351,10 @@ fn validate_service(section: &ServiceSection, problems: &mut Vec<ConfigError>) -
 
 /// One service's fields; a problem that leaves nothing to check further is returned, the
 /// others are collected.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one check per key of a service, in file order"
+)]
 fn validate_service_fields(
     section: &ServiceSection,
     problems: &mut Vec<ConfigError>,
@@ -369,6 +378,11 @@ fn validate_service_fields(
             0
         }
     };
+    let client_prefix = pool::client_prefix(section).unwrap_or_else(|refused| {
+        problems.extend(refused.into_iter().map(|p| (name.clone(), p).into()));
+        pool::ClientPrefix::default()
+    });
+    let mut weights = BTreeMap::new();
     let mut pools = [Vec::new(), Vec::new()];
     let mut seen = BTreeSet::new();
     for (slot, color) in ColorName::BOTH.into_iter().enumerate() {
@@ -384,6 +398,13 @@ fn validate_service_fields(
         }
         for (index, entry) in entries.iter().enumerate() {
             let field = format!("{color}[{index}]");
+            let (entry, weight) = match pool::split_entry(&field, entry) {
+                Ok(split) => split,
+                Err(problem) => {
+                    problems.push((name.clone(), problem).into());
+                    continue;
+                }
+            };
             let backend = match parse_address(name, &field, entry) {
                 Ok(backend) => backend,
                 Err(problem) => {
@@ -411,6 +432,11 @@ fn validate_service_fields(
                 });
             } else {
                 pools[slot].push(backend);
+                pool::keep_weight(
+                    &mut weights,
+                    backend,
+                    weight.unwrap_or(pool::DEFAULT_WEIGHT),
+                );
             }
         }
     }
@@ -439,6 +465,8 @@ fn validate_service_fields(
         cohort: section.cohort,
         blue,
         green,
+        weights,
+        client_prefix,
         blue_release: section.blue_release.clone(),
         green_release: section.green_release.clone(),
         rollout,

@@ -44,6 +44,11 @@ pub enum Request {
         #[serde(default)]
         cut: bool,
     },
+    /// What a weight would change, changing nothing (`what-if`).
+    WhatIf {
+        service: String,
+        green_weight: u32,
+    },
     /// Re-read the config file and apply the difference.
     Reload,
     /// Detach and remove the data plane, then stop the daemon.
@@ -113,6 +118,7 @@ impl Request {
             Request::SetWeight { .. } => "set-weight",
             Request::Switch { .. } => "switch",
             Request::Drain { .. } => "drain",
+            Request::WhatIf { .. } => "what-if",
             Request::Reload => "reload",
             Request::Unload => "unload",
             Request::RolloutStart { .. } => "rollout-start",
@@ -141,6 +147,7 @@ pub enum Reply {
     Status(Box<StatusReport>),
     Weight(WeightChange),
     Drained(DrainReport),
+    WhatIf(WhatIfReport),
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
@@ -220,6 +227,36 @@ pub struct WeightChange {
     pub service: String,
     pub previous_green_weight: u32,
     pub green_weight: u32,
+}
+
+/// What `set-weight SERVICE green_weight` would change, computed with the data plane's own
+/// selection rule (`splitter_common::select`) over the tables and flows in the kernel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WhatIfReport {
+    pub service: String,
+    pub cohort: CohortSetting,
+    /// The weight in force and the one asked about, parts per million.
+    pub green_weight: u32,
+    pub proposed_green_weight: u32,
+    /// Flows pinned now (established, closing, handshakes in progress, active UDP): a weight
+    /// never moves them, so `pinned_affected` is 0.
+    pub pinned_flows: u64,
+    pub pinned_affected: u64,
+    /// Of the 2³² cohort hashes, how many choose another color for a new flow (exact threshold
+    /// arithmetic, empty colors' fallback included), and that share of new cohorts.
+    pub moved_hashes: u64,
+    pub moved_share: f64,
+    /// The color those cohorts move to (none when nothing moves).
+    pub moved_to: Option<ColorName>,
+    /// Distinct cohorts among the pinned flows, and how many of them would choose another
+    /// color for their next new flow (with `cohort = "client"`: the same client's next
+    /// connection).
+    pub seen_cohorts: u64,
+    pub seen_cohorts_moving: u64,
+    /// Whether each color has a backend in rotation (an empty one sends its cohorts to the
+    /// other color, whatever the weight).
+    pub blue_in_rotation: bool,
+    pub green_in_rotation: bool,
 }
 
 /// The result of `drain`: the weight change (none when already in force) and, with `cut`, how

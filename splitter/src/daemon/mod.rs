@@ -10,6 +10,7 @@ pub mod sampler;
 pub mod shared;
 mod status;
 mod weights;
+pub mod whatif;
 
 use std::{
     collections::BTreeMap,

@@ -23,6 +23,7 @@ use crate::{
     dataplane::{
         DataplaneError,
         maps::Maps,
+        pools::slots_needed,
         services::{BackendSpec, Protocol, ServiceSpec, socket_addr},
     },
 };
@@ -39,6 +40,10 @@ pub struct InstalledService {
     /// (backend id, address), in pool order.
     pub blue: Vec<(u32, SocketAddr)>,
     pub green: Vec<(u32, SocketAddr)>,
+    /// Every member's Maglev weight.
+    pub weights: BTreeMap<SocketAddr, u32>,
+    /// One past the service's last pool slot (`dataplane::pools`).
+    pub end_slot: u32,
 }
 
 impl InstalledService {
@@ -49,10 +54,9 @@ impl InstalledService {
         }
     }
 
-    /// The pool slots the service entry points at (blue then green, contiguous).
+    /// The pool slots the service uses (tables then members, contiguous).
     fn slots(&self) -> Range<u32> {
-        let first = self.config.blue.first_slot;
-        first..first + self.config.blue.len + self.config.green.len
+        self.config.blue.first_slot..self.end_slot
     }
 
     fn addresses(&self, color: ColorName) -> Vec<SocketAddr> {
@@ -76,15 +80,14 @@ pub fn installed(
             continue; // the fragment key of a service: same config
         }
         let address = socket_addr(&key.addr, key.port, key.family);
-        let mut pools = [Vec::new(), Vec::new()];
-        for (pool, run) in pools.iter_mut().zip([config.blue, config.green]) {
-            for slot in run.first_slot..run.first_slot + run.len {
-                let id = maps.pool_slot(slot)?;
-                let backend = maps.backend(id)?;
-                pool.push((id, socket_addr(&backend.addr, backend.port, backend.family)));
-            }
-        }
-        let [blue, green] = pools;
+        let (members, end_slot) = maps.read_members(config.green)?;
+        let weights = members
+            .iter()
+            .flatten()
+            .map(|member| (member.address, member.weight))
+            .collect();
+        let [blue, green] =
+            members.map(|pool| pool.iter().map(|m| (m.id, m.address)).collect::<Vec<_>>());
         services.insert(
             (address, protocol),
             InstalledService {
@@ -93,6 +96,8 @@ pub fn installed(
                 config,
                 blue,
                 green,
+                weights,
+                end_slot,
             },
         );
     }
@@ -193,14 +198,14 @@ pub fn plan(
                 pool.push(BackendSpec {
                     id,
                     address: *address,
+                    weight: service.weight(address),
                 });
             }
         }
         let first_slot = match current {
             Some(current) if same_pools(current, service) => current.config.blue.first_slot,
             _ => {
-                let needed = u32::try_from(service.blue.len() + service.green.len())
-                    .expect("validate() bounds a service's pools by POOL_SLOTS");
+                let needed = slots_needed(service.blue.len(), service.green.len());
                 allocator
                     .slots(needed)
                     .ok_or_else(|| PlanError::PoolSlots {
@@ -220,6 +225,8 @@ pub fn plan(
                 green_weight: wanted.green_weight,
                 blue,
                 green,
+                client_prefix_v4: service.client_prefix.v4,
+                client_prefix_v6: service.client_prefix.v6,
                 first_slot,
                 miss_hold,
             },
@@ -240,9 +247,17 @@ pub fn plan(
     Ok(plan)
 }
 
+/// Same members in the same order with the same weights and client prefix: the tables in the
+/// kernel are the ones the config builds (`dataplane::pools`).
 fn same_pools(current: &InstalledService, service: &Service) -> bool {
     current.addresses(ColorName::Blue) == service.blue
         && current.addresses(ColorName::Green) == service.green
+        && current
+            .weights
+            .iter()
+            .all(|(address, weight)| service.weight(address) == *weight)
+        && current.config.client_prefix_v4 == service.client_prefix.v4
+        && current.config.client_prefix_v6 == service.client_prefix.v6
 }
 
 /// Hands out ids and slot runs not used by any installed service nor by earlier writes of
@@ -326,6 +341,8 @@ mod tests {
             cohort: CohortSetting::Flow,
             blue: blue.iter().map(|a| a.parse().unwrap()).collect(),
             green: green.iter().map(|a| a.parse().unwrap()).collect(),
+            weights: BTreeMap::new(),
+            client_prefix: crate::config::pool::ClientPrefix::default(),
             blue_release: None,
             green_release: None,
             rollout: crate::config::RolloutSection::default().plan().unwrap(),
@@ -363,6 +380,13 @@ mod tests {
                     },
                     blue: spec.blue.iter().map(|b| (b.id, b.address)).collect(),
                     green: spec.green.iter().map(|b| (b.id, b.address)).collect(),
+                    weights: spec
+                        .blue
+                        .iter()
+                        .chain(&spec.green)
+                        .map(|b| (b.address, b.weight))
+                        .collect(),
+                    end_slot: spec.first_slot + slots_needed(spec.blue.len(), spec.green.len()),
                 },
             );
         }
@@ -403,7 +427,8 @@ mod tests {
         let web = &plan.writes[0].spec;
         let api = &plan.writes[1].spec;
         assert_eq!((web.id, api.id), (0, 1));
-        assert_eq!((web.first_slot, api.first_slot), (0, 3));
+        // web: two Maglev tables, then its 3 members; api right after.
+        assert_eq!((web.first_slot, api.first_slot), (0, slots_needed(2, 1)));
         assert_eq!(plan.writes[0].fresh_backend_ids, [0, 1, 2]);
         assert_eq!(plan.writes[1].fresh_backend_ids, [3, 4]);
         assert_eq!(web.cohort, Cohort::Flow);
@@ -463,8 +488,9 @@ mod tests {
         );
         assert_eq!(web.fresh_backend_ids, [5]);
         assert_eq!(
-            web.spec.first_slot, 5,
-            "slots 0..5 are in use by the live entries"
+            web.spec.first_slot,
+            slots_needed(2, 1) + slots_needed(1, 1),
+            "the slots of web and api are in use by the live entries"
         );
     }
 
@@ -488,6 +514,22 @@ mod tests {
             [(services[1].address, Protocol::Tcp)],
             "api is no longer configured"
         );
+    }
+
+    #[test]
+    fn a_weight_or_prefix_change_rewrites_the_service() {
+        let mut services = [service("web", 80, &["10.1.0.10:80"], &["10.2.0.10:80"])];
+        let mut installed = BTreeMap::new();
+        let first = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        apply(&mut installed, &first);
+        services[0].weights.insert(services[0].green[0], 3);
+        let next = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        assert_eq!(next.writes.len(), 1, "a new weight is a new table");
+        assert_eq!(next.writes[0].spec.green[0].weight, 3);
+        assert!(next.writes[0].fresh_backend_ids.is_empty());
+        apply(&mut installed, &next);
+        let again = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        assert_eq!(again.unchanged, ["web"]);
     }
 
     #[test]

@@ -112,6 +112,10 @@ impl Shared {
             } => self
                 .with_app(|app| app.drain(&service, color, cut))
                 .map(Reply::Drained),
+            Request::WhatIf {
+                service,
+                green_weight,
+            } => self.what_if(&service, green_weight).map(Reply::WhatIf),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
             Request::RolloutStart {
@@ -152,6 +156,19 @@ impl Shared {
                 })
             }
         }
+    }
+
+    /// `what-if`: the inputs under the lock, the scan of the flow tables without it.
+    fn what_if(
+        &self,
+        service: &str,
+        green_weight: u32,
+    ) -> Result<crate::control::protocol::WhatIfReport, SharedError> {
+        let (inputs, scan) = self.with_app(|app| app.what_if_inputs(service, green_weight))?;
+        let pinned = blocking(|| scan.pinned(&inputs.backend_ids))
+            .map_err(AppError::from)
+            .map_err(SharedError::from)?;
+        Ok(super::whatif::report(&inputs, &pinned))
     }
 
     /// `reload` and SIGHUP. The flow-table scan that decides which removed backends' reply

@@ -119,6 +119,38 @@ impl FlowScan {
         Ok(census)
     }
 
+    /// The keys of the flows pinned to one of `backend_ids` now: established, closing,
+    /// handshakes in progress, unverified, and UDP flows not idle (closed ones are not).
+    pub fn pinned(
+        &self,
+        backend_ids: &std::collections::HashSet<u32>,
+    ) -> Result<Vec<FlowKey>, DataplaneError> {
+        let now = monotonic_ns();
+        let mut keys = Vec::new();
+        for name in [names::FLOWS, names::PENDING] {
+            let fd = if name == names::FLOWS {
+                &self.flows_fd
+            } else {
+                &self.pending_fd
+            };
+            let (table, _) = open(name, fd)?;
+            for entry in table.iter() {
+                let Ok((key, flow)) = entry else { break };
+                let pinned = match FlowState::from_raw(flow.state) {
+                    Some(FlowState::Udp) => {
+                        now.saturating_sub(flow.stamp_ns) < self.udp_idle_timeout_ns
+                    }
+                    Some(FlowState::Closed) | None => false,
+                    Some(_) => true,
+                };
+                if pinned && backend_ids.contains(&flow.backend_id) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// Live connections (established + closing) per backend id, and the entries of `FLOWS`
     /// (one [`census`](Self::census)).
     pub fn count(&self) -> Result<(HashMap<u32, u64>, u64), DataplaneError> {

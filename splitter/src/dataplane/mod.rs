@@ -6,6 +6,7 @@
 //! - `attach.rs`: attaching the programs, checking interfaces;
 //! - `pins/`: the pinned layout, link pins, load-time globals of pinned programs;
 //! - `maps.rs`, `services.rs`: typed maps, service writers;
+//! - `pools.rs`: each color's Maglev table and members in `POOLS`;
 //! - `census.rs`: flows by state per backend, table fill (off the runtime thread).
 
 mod attach;
@@ -15,6 +16,7 @@ mod loader;
 pub mod maps;
 mod object;
 pub mod pins;
+pub mod pools;
 pub mod services;
 
 pub use attach::interface_index;

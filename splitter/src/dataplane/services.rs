@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
-    Addr, Backend, BackendKey, Cohort, Color, Family, Pool, ReverseValue, ServiceConfig,
-    ServiceKey, WEIGHT_SCALE, history,
+    Addr, Backend, BackendKey, Cohort, Color, Family, ReverseValue, ServiceConfig, ServiceKey,
+    WEIGHT_SCALE, history,
 };
 
 use super::{DataplaneError, maps::Maps};
@@ -51,6 +51,8 @@ impl Protocol {
 pub struct BackendSpec {
     pub id: u32,
     pub address: SocketAddr,
+    /// Maglev weight (turns per round when the table is filled); 0: no new flows.
+    pub weight: u32,
 }
 
 /// Everything the data plane needs to know about one service. Ids and slots are allocated by
@@ -65,7 +67,10 @@ pub struct ServiceSpec {
     pub green_weight: u32,
     pub blue: Vec<BackendSpec>,
     pub green: Vec<BackendSpec>,
-    /// First of `blue.len() + green.len()` consecutive pool slots: blue first, then green.
+    /// With the `client` cohort: prefix lengths the client address is masked to (0 = whole).
+    pub client_prefix_v4: u8,
+    pub client_prefix_v6: u8,
+    /// First of `pools::slots_needed` consecutive pool slots (tables, then members).
     pub first_slot: u32,
     /// The window of the weight history that steers TCP mid-flow misses.
     pub miss_hold: Duration,
@@ -108,19 +113,13 @@ pub fn fragment_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
 }
 
 impl Maps {
-    /// Installs (or atomically replaces) a service: backends, then pool slots, then the service
-    /// entry in one update. A weight already in the map is kept only by `set_weight` callers;
-    /// this writes `spec.green_weight`.
+    /// Installs (or atomically replaces) a service: backends, then pool slots (each color's
+    /// Maglev table), then the service entry in one update. A weight already in the map is
+    /// kept only by `set_weight` callers; this writes `spec.green_weight`.
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
         let service_addr = addr_of(&spec.address);
         let family = service_addr.1;
-        let mut slot = spec.first_slot;
-        let mut pools = [Pool::default(); 2];
         for (color, backends) in [(Color::Blue, &spec.blue), (Color::Green, &spec.green)] {
-            pools[color as usize] = Pool {
-                first_slot: slot,
-                len: backends.len() as u32,
-            };
             for backend in backends {
                 let (addr, _) = addr_of(&backend.address);
                 self.set_backend(
@@ -147,10 +146,9 @@ impl Maps {
                         backend_id: backend.id,
                     },
                 )?;
-                self.set_pool(slot, &[backend.id])?;
-                slot += 1;
             }
         }
+        let pools = self.write_pools(spec.first_slot, &spec.blue, &spec.green)?;
         let key = service_key(&spec.address, spec.protocol);
         let green_weight = spec.green_weight.min(WEIGHT_SCALE);
         // Re-installing (a reload) keeps the weight history: the weights of the last
@@ -163,6 +161,9 @@ impl Maps {
             id: spec.id,
             green_weight,
             cohort: spec.cohort as u32,
+            client_prefix_v4: spec.client_prefix_v4,
+            client_prefix_v6: spec.client_prefix_v6,
+            flags: 0,
             _pad: 0,
             blue: pools[Color::Blue as usize],
             green: pools[Color::Green as usize],
