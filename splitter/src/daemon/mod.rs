@@ -5,6 +5,7 @@
 
 mod persist;
 pub mod reconcile;
+mod replies;
 pub mod rollouts;
 pub mod sampler;
 pub mod shared;
@@ -203,13 +204,31 @@ impl App {
                         .get(&(service.address, service.protocol))
                         .map(|installed| installed.config.green_weight),
                 ),
+                preview: false,
             })
             .collect();
         self.warn_lower_kernel_weights(&desired);
+        // Preview addresses: installed like services (their own ids, counters and pool
+        // slots), after every main service, outside the weights and rollouts of the state.
+        let previews: Vec<crate::config::Service> = config
+            .services
+            .iter()
+            .filter_map(crate::config::Service::preview_service)
+            .collect();
+        let installs: Vec<Desired<'_>> = desired
+            .iter()
+            .cloned()
+            .chain(previews.iter().map(|service| Desired {
+                service,
+                green_weight: service.green_weight,
+                preview: true,
+            }))
+            .collect();
         let maps = &self.dataplane.maps;
-        let plan = reconcile::plan(&desired, config.miss_hold, &self.installed, &mut |id| {
+        let plan = reconcile::plan(&installs, config.miss_hold, &self.installed, &mut |id| {
             maps.backend(id).is_ok_and(|backend| backend.family == 0)
         })?;
+        let replies = replies::replies(&installs, &plan, &self.installed);
         let mut report = ReloadReport::default();
         self.dataplane
             .check_redirects(&config.redirect_interfaces)?;
@@ -220,7 +239,7 @@ impl App {
         // A raise of any weight (a new service, an edited file) is saved before the maps are
         // written, so a restart applies it; anything else is written first and saved after
         // (`persist.rs`): a restart keeps the lower kernel weight.
-        let raises = desired.iter().any(|wanted| {
+        let raises = installs.iter().any(|wanted| {
             self.installed
                 .get(&(wanted.service.address, wanted.service.protocol))
                 .map_or(wanted.green_weight > 0, |installed| {
@@ -262,7 +281,7 @@ impl App {
         } else {
             Some(state)
         };
-        self.write(&plan)?;
+        self.write(&plan, &replies, &installs)?;
         if let Some(state) = state {
             self.save_after(state);
         }
@@ -348,8 +367,17 @@ impl App {
         Ok((attached, detached))
     }
 
-    fn write(&mut self, plan: &Plan) -> Result<(), AppError> {
+    /// Writes a plan: reply entries first (a shared backend's before any service sends it
+    /// flows), services, the overrides of services left unchanged, removals, then the
+    /// `SHARED_REVERSE` entries of backends no longer shared.
+    fn write(
+        &mut self,
+        plan: &Plan,
+        replies: &[crate::dataplane::replies::Replies],
+        installs: &[Desired<'_>],
+    ) -> Result<(), AppError> {
         let maps = &mut self.dataplane.maps;
+        maps.set_replies(replies)?;
         for write in &plan.writes {
             if write.fresh_service_id {
                 maps.reset_service_counters(write.spec.id)?;
@@ -359,9 +387,24 @@ impl App {
             }
             maps.install_service(&write.spec)?;
         }
+        for wanted in installs {
+            let service = wanted.service;
+            if let Some(current) = self.installed.get(&(service.address, service.protocol))
+                && plan.unchanged.contains(&service.name)
+            {
+                maps.add_overrides(current.config.id, &service.overrides)?;
+                maps.remove_stale_overrides(current.config.id, &service.overrides)?;
+            }
+        }
         for (address, protocol) in &plan.removals {
             maps.remove_service_at(address, *protocol)?;
         }
+        let shared: Vec<BackendKey> = replies
+            .iter()
+            .filter(|reply| reply.candidates.len() > 1)
+            .map(|reply| reply.key)
+            .collect();
+        maps.remove_stale_shared(&shared)?;
         Ok(())
     }
 
@@ -431,7 +474,16 @@ impl App {
         self.config
             .services
             .iter()
-            .map(|service| ((service.address, service.protocol), service.name.clone()))
+            .flat_map(|service| {
+                let preview = service.preview.map(|preview| {
+                    (
+                        (preview, service.protocol),
+                        crate::config::overrides::preview_name(&service.name),
+                    )
+                });
+                std::iter::once(((service.address, service.protocol), service.name.clone()))
+                    .chain(preview)
+            })
             .collect()
     }
 

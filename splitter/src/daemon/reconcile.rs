@@ -23,7 +23,7 @@ use crate::{
     dataplane::{
         DataplaneError,
         maps::Maps,
-        services::{BackendSpec, Protocol, ServiceSpec, socket_addr},
+        services::{self, BackendSpec, Protocol, ServiceSpec, socket_addr},
     },
 };
 
@@ -105,6 +105,8 @@ pub struct Desired<'a> {
     pub service: &'a Service,
     /// The weight to run with (runtime weight or the file's, see `State::initial_weight`).
     pub green_weight: u32,
+    /// The service is another one's preview address (`Service::preview_service`).
+    pub preview: bool,
 }
 
 /// One service to write.
@@ -162,6 +164,7 @@ pub fn plan(
             let same = current.config.green_weight == wanted.green_weight
                 && current.config.cohort == service.cohort.cohort() as u32
                 && current.config.miss_hold_ns == miss_hold_ns
+                && current.config.flags == services::flags(!service.overrides.is_empty(), wanted.preview)
                 && same_pools(current, service);
             if same {
                 plan.unchanged.push(service.name.clone());
@@ -222,6 +225,8 @@ pub fn plan(
                 green,
                 first_slot,
                 miss_hold,
+                overrides: service.overrides.clone(),
+                preview: wanted.preview,
             },
             fresh_service_id,
             fresh_backend_ids,
@@ -329,6 +334,8 @@ mod tests {
             blue_release: None,
             green_release: None,
             rollout: crate::config::RolloutSection::default().plan().unwrap(),
+            preview: None,
+            overrides: Vec::new(),
         }
     }
 
@@ -359,6 +366,7 @@ mod tests {
                             len: spec.green.len() as u32,
                         },
                         miss_hold_ns: crate::units::nanos(spec.miss_hold),
+                        flags: spec.flags(),
                         ..ServiceConfig::default()
                     },
                     blue: spec.blue.iter().map(|b| (b.id, b.address)).collect(),
@@ -379,6 +387,7 @@ mod tests {
             .map(|service| Desired {
                 service,
                 green_weight: weight,
+                preview: false,
             })
             .collect()
     }

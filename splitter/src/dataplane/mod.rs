@@ -6,6 +6,8 @@
 //! - `attach.rs`: attaching the programs, checking interfaces;
 //! - `pins/`: the pinned layout, link pins, load-time globals of pinned programs;
 //! - `maps.rs`, `services.rs`: typed maps, service writers;
+//! - `overrides.rs`: `[service.overrides]` prefixes in the `OVERRIDES` trie;
+//! - `replies.rs`: the reply path of backends shared by several services;
 //! - `census.rs`: flows by state per backend, table fill (off the runtime thread).
 
 mod attach;
@@ -14,7 +16,9 @@ mod error;
 mod loader;
 pub mod maps;
 mod object;
+pub mod overrides;
 pub mod pins;
+pub mod replies;
 pub mod services;
 
 pub use attach::interface_index;
