@@ -164,6 +164,8 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         green: backends(family, base + 2, 1, 8080),
         first_slot: base * 4,
         miss_hold: Duration::from_secs(120),
+        overrides: Vec::new(),
+        preview: false,
     };
     dataplane
         .maps
@@ -451,6 +453,8 @@ fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Resul
             green: vec![backend(2)],
             first_slot: base,
             miss_hold: Duration::from_secs(120),
+            overrides: Vec::new(),
+            preview: false,
         };
         dataplane.maps.install_service(&spec)?;
     }

@@ -348,6 +348,8 @@ impl Topology {
             green,
             first_slot: id * 100,
             miss_hold: Duration::from_secs(30),
+            overrides: Vec::new(),
+            preview: false,
         }
     }
 

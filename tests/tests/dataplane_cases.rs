@@ -104,6 +104,8 @@ fn service(
         green: vec![backend(3, 21, 8081), backend(4, 22, 8081)],
         first_slot: id * 8,
         miss_hold,
+        overrides: Vec::new(),
+        preview: false,
     }
 }
 
@@ -314,7 +316,8 @@ fn reverse_value(spec: &ServiceSpec, backend: &BackendSpec) -> ReverseValue {
     ReverseValue {
         service_addr: addr(spec.address.ip()),
         service_port: spec.address.port().to_be(),
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         backend_id: backend.id,
     }
 }
@@ -2080,3 +2083,6 @@ fn icmp_errors_about_a_pinned_flow_reach_its_backend() {
 // The flow state machine (issue 11), in its own file.
 #[path = "dataplane_cases/states.rs"]
 mod states;
+// Overrides, preview addresses, shared backends (issue 13), in their own file.
+#[path = "dataplane_cases/edges.rs"]
+mod edges;
