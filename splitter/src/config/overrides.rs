@@ -139,3 +139,130 @@ impl Service {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    const WEB: &str = r#"
+[dataplane]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+address = "203.0.113.10:80"
+preview = "203.0.113.11:80"
+green_weight = 0
+blue = ["10.1.0.10:8080"]
+green = ["10.2.0.10:8080", "10.2.0.11:8080"]
+
+[service.overrides]
+green = ["10.0.0.0/8", "2001:db8:1::/48", "192.0.2.128/25"]
+blue = ["192.0.2.0/24"]
+"#;
+
+    fn check(text: &str) -> Result<crate::config::Validated, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)?.validate_with(&|_| true)
+    }
+
+    /// Another service on `green`'s backends.
+    fn sharer(name: &str, port: u16, green: &str) -> String {
+        format!(
+            "\n[[service]]\nname = \"{name}\"\naddress = \"203.0.113.20:{port}\"\ngreen_weight = 0\nblue = [\"10.1.9.{port}:80\"]\ngreen = [\"{green}\"]\n"
+        )
+    }
+
+    #[test]
+    fn preview_and_overrides_are_read_sorted() {
+        let config = check(WEB).unwrap();
+        let web = &config.services[0];
+        assert_eq!(web.preview, Some("203.0.113.11:80".parse().unwrap()));
+        let listed: Vec<String> = web
+            .overrides
+            .iter()
+            .map(|(prefix, color)| format!("{prefix} {color}"))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "10.0.0.0/8 green",
+                "192.0.2.0/24 blue",
+                "192.0.2.128/25 green",
+                "2001:db8:1::/48 green"
+            ]
+        );
+        let preview = web.preview_service().unwrap();
+        assert_eq!(preview.name, "web (preview)");
+        assert!(preview.blue.is_empty() && preview.overrides.is_empty());
+        assert_eq!(preview.green, web.green);
+        assert_eq!(preview.green_weight, WEIGHT_SCALE);
+    }
+
+    #[test]
+    fn bad_entries_are_refused_naming_the_service_and_the_entry() {
+        let cases = [
+            (
+                WEB.replace("\"10.0.0.0/8\"", "\"10.0.0.0/33\""),
+                "service `web`: overrides.green[0] `10.0.0.0/33` has a prefix length above 32",
+            ),
+            (
+                WEB.replace("\"10.0.0.0/8\"", "\"10.1.0.0/8\""),
+                "service `web`: overrides.green[0] `10.1.0.0/8` has host bits set (did you mean 10.0.0.0/8?)",
+            ),
+            (
+                WEB.replace("\"10.0.0.0/8\"", "\"ten/8\""),
+                "service `web`: overrides.green[0] `ten/8` is not a prefix like 10.0.0.0/8 or 2001:db8::/32",
+            ),
+            (
+                WEB.replace("\"192.0.2.0/24\"", "\"10.0.0.0/8\""),
+                "service `web`: overrides.blue[0] 10.0.0.0/8 is also in overrides.green[0]",
+            ),
+            (
+                WEB.replace("203.0.113.11:80", "203.0.113.10:80"),
+                "service `web`: preview 203.0.113.10:80 must differ from the service address 203.0.113.10:80 and be of the same IP family",
+            ),
+            (
+                WEB.replace("203.0.113.11:80", "[2001:db8::11]:80"),
+                "service `web`: preview [2001:db8::11]:80 must differ from the service address 203.0.113.10:80 and be of the same IP family",
+            ),
+            (
+                format!("{WEB}{}", sharer("api", 81, "203.0.113.11:80")),
+                "service `api`: green[0] 203.0.113.11:80 is the address of service `web (preview)`",
+            ),
+        ];
+        for (text, expected) in cases {
+            match check(&text) {
+                Ok(_) => panic!("accepted, expected `{expected}`"),
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(
+                        message.ends_with(expected),
+                        "got      {message}\nexpected {expected}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_backend_may_serve_up_to_four_services_and_previews() {
+        // web and its preview use 10.2.0.10:8080; two more services make four.
+        let four = format!(
+            "{WEB}{}{}",
+            sharer("api", 81, "10.2.0.10:8080"),
+            sharer("admin", 82, "10.2.0.10:8080")
+        );
+        check(&four).expect("four users of one backend are allowed");
+        let five = format!("{four}{}", sharer("ops", 83, "10.2.0.10:8080"));
+        let message = check(&five).unwrap_err().to_string();
+        assert!(
+            message.ends_with(
+                "service `ops`: green[0] 10.2.0.10:8080/tcp would serve 5 services and previews (web, web (preview), api, admin, ops); at most 4 may share a backend (the reply path looks up one flow per service)"
+            ),
+            "{message}"
+        );
+    }
+}
