@@ -7,8 +7,7 @@ use aya_ebpf::{
 };
 use splitter_common::{
     Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, OverrideKey,
-    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey,
-    SharedReverse,
+    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
     maps::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE, MAX_BACKENDS, MAX_OVERRIDES,
         MAX_REDIRECT_PORTS, MAX_SERVICES, MAX_SHARED_BACKENDS, POOL_SLOTS,

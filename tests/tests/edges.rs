@@ -98,7 +98,11 @@ fn a_preview_and_the_main_address_share_the_green_backends() {
         let preview_status = find(&status, &preview_name);
         assert_eq!(preview_status.preview_of.as_deref(), Some(name));
         assert_eq!(preview_status.green_weight, 1_000_000);
-        assert_eq!(green_new_flows(main_status), 34, "{name}: main's green flows");
+        assert_eq!(
+            green_new_flows(main_status),
+            34,
+            "{name}: main's green flows"
+        );
         assert_eq!(
             green_new_flows(preview_status),
             64,
@@ -108,7 +112,9 @@ fn a_preview_and_the_main_address_share_the_green_backends() {
         assert_eq!(
             metric(
                 &metrics,
-                &format!("splitter_service_preview{{service=\"{preview_name}\",preview_of=\"{name}\"}}")
+                &format!(
+                    "splitter_service_preview{{service=\"{preview_name}\",preview_of=\"{name}\"}}"
+                )
             ),
             Some(1.0),
             "{metrics}"
@@ -138,8 +144,8 @@ fn add_client_net(lab: &Lab, v4: &str, v6: &str) {
 fn request_from(lab: &Lab, source: IpAddr, vip: &str) -> Result<String, String> {
     let vip: SocketAddr = vip.parse().unwrap();
     lab.topology.client.run(move || {
-        let socket = Socket::new(Domain::for_address(vip), Type::STREAM, None)
-            .map_err(|e| e.to_string())?;
+        let socket =
+            Socket::new(Domain::for_address(vip), Type::STREAM, None).map_err(|e| e.to_string())?;
         socket
             .bind(&SocketAddr::new(source, 0).into())
             .map_err(|e| e.to_string())?;
@@ -152,9 +158,7 @@ fn request_from(lab: &Lab, source: IpAddr, vip: &str) -> Result<String, String> 
 
 fn split_from(lab: &Lab, source: &str, vip: &str, count: usize) -> (usize, usize) {
     let source: IpAddr = source.parse().unwrap();
-    let answers: Vec<_> = (0..count)
-        .map(|_| request_from(lab, source, vip))
-        .collect();
+    let answers: Vec<_> = (0..count).map(|_| request_from(lab, source, vip)).collect();
     if let Some(Err(error)) = answers.iter().find(|answer| answer.is_err()) {
         panic!(
             "a request from {source} to {vip} failed: {error}\nresets: {}\ndaemon log:\n{}",
@@ -196,10 +200,7 @@ fn an_internal_prefix_is_always_green_at_weight_zero() {
         "green = [\"fd00:3::/64\"]",
     ));
     lab.start_daemon();
-    for (vip, internal, outside) in [
-        (WEB, INTERNAL, "198.18.0.1"),
-        (WEB6, INTERNAL6, "fd00::1"),
-    ] {
+    for (vip, internal, outside) in [(WEB, INTERNAL, "198.18.0.1"), (WEB6, INTERNAL6, "fd00::1")] {
         assert_eq!(
             split_from(&lab, internal, vip, 30),
             (0, 30),

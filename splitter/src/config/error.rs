@@ -152,13 +152,12 @@ pub enum ConfigError {
         backend: SocketAddr,
     },
     #[error(
-        "service `{service}`: {field} {backend}/{protocol} would serve {count} services and previews ({others}); at most {MAX_SHARING} may share a backend (the reply path looks up one flow per service)"
+        "service `{service}`: {field} {backend}/{protocol} would serve more than {MAX_SHARING} services and previews ({others}); at most {MAX_SHARING} may share a backend (the reply path looks up one flow per service)"
     )]
     SharedTooWidely {
         service: String,
         field: String,
         others: String,
-        count: usize,
         backend: SocketAddr,
         protocol: &'static str,
     },

@@ -254,7 +254,9 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
     // shared by at most MAX_SHARING services and previews.
     let mut addresses: BTreeMap<(SocketAddr, Protocol), String> = BTreeMap::new();
     for service in &services {
-        let previews = service.preview.map(|preview| (preview, super::overrides::preview_name(&service.name)));
+        let previews = service
+            .preview
+            .map(|preview| (preview, super::overrides::preview_name(&service.name)));
         for (address, name) in
             std::iter::once((service.address, service.name.clone())).chain(previews)
         {
@@ -296,7 +298,6 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
                         service: service.name.clone(),
                         field,
                         others: users.join(", "),
-                        count: users.len(),
                         backend: *backend,
                         protocol: service.protocol.name(),
                     });
@@ -311,7 +312,11 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
     services
 }
 
-pub(super) fn parse_address(service: &str, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn parse_address(
+    service: &str,
+    field: &str,
+    value: &str,
+) -> Result<SocketAddr, ConfigError> {
     let address: SocketAddr = value.parse().map_err(|_| ConfigError::Address {
         service: service.to_owned(),
         field: field.to_owned(),

@@ -208,27 +208,12 @@ impl App {
             })
             .collect();
         self.warn_lower_kernel_weights(&desired);
-        // Preview addresses: installed like services (their own ids, counters and pool
-        // slots), after every main service, outside the weights and rollouts of the state.
-        let previews: Vec<crate::config::Service> = config
-            .services
-            .iter()
-            .filter_map(crate::config::Service::preview_service)
-            .collect();
-        let installs: Vec<Desired<'_>> = desired
-            .iter()
-            .cloned()
-            .chain(previews.iter().map(|service| Desired {
-                service,
-                green_weight: service.green_weight,
-                preview: true,
-            }))
-            .collect();
+        let previews = reconcile::previews(&config.services);
+        let installs = reconcile::with_previews(&desired, &previews);
         let maps = &self.dataplane.maps;
         let plan = reconcile::plan(&installs, config.miss_hold, &self.installed, &mut |id| {
             maps.backend(id).is_ok_and(|backend| backend.family == 0)
         })?;
-        let replies = replies::replies(&installs, &plan, &self.installed);
         let mut report = ReloadReport::default();
         self.dataplane
             .check_redirects(&config.redirect_interfaces)?;
@@ -281,7 +266,7 @@ impl App {
         } else {
             Some(state)
         };
-        self.write(&plan, &replies, &installs)?;
+        self.write(&plan, &installs)?;
         if let Some(state) = state {
             self.save_after(state);
         }
@@ -293,17 +278,7 @@ impl App {
             }
         }
         report.unchanged.clone_from(&plan.unchanged);
-        let names = self.names();
-        report.removed = plan
-            .removals
-            .iter()
-            .map(|address| {
-                names
-                    .get(address)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{}/{}", address.0, address.1.name()))
-            })
-            .collect();
+        report.removed = self.removed_names(&plan);
         self.config = config;
         self.installed = reconcile::installed(&self.dataplane.maps)?;
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
@@ -367,17 +342,13 @@ impl App {
         Ok((attached, detached))
     }
 
-    /// Writes a plan: reply entries first (a shared backend's before any service sends it
+    /// Writes a plan (`installs`: the services and previews it was made for): reply entries first (a shared backend's before any service sends it
     /// flows), services, the overrides of services left unchanged, removals, then the
     /// `SHARED_REVERSE` entries of backends no longer shared.
-    fn write(
-        &mut self,
-        plan: &Plan,
-        replies: &[crate::dataplane::replies::Replies],
-        installs: &[Desired<'_>],
-    ) -> Result<(), AppError> {
+    fn write(&mut self, plan: &Plan, installs: &[Desired<'_>]) -> Result<(), AppError> {
+        let replies = replies::replies(installs, plan, &self.installed);
         let maps = &mut self.dataplane.maps;
-        maps.set_replies(replies)?;
+        maps.set_replies(&replies)?;
         for write in &plan.writes {
             if write.fresh_service_id {
                 maps.reset_service_counters(write.spec.id)?;
@@ -465,6 +436,20 @@ impl App {
                         .iter()
                         .map(move |(_, address)| (*address, service.protocol.number()))
                 })
+            })
+            .collect()
+    }
+
+    /// The names of the services a plan removes (from the config in force before it).
+    fn removed_names(&self, plan: &Plan) -> Vec<String> {
+        let names = self.names();
+        plan.removals
+            .iter()
+            .map(|address| {
+                names
+                    .get(address)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{}/{}", address.0, address.1.name()))
             })
             .collect()
     }

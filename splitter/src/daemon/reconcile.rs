@@ -109,6 +109,28 @@ pub struct Desired<'a> {
     pub preview: bool,
 }
 
+/// The preview addresses of `services` (see `Service::preview_service`).
+pub fn previews(services: &[Service]) -> Vec<Service> {
+    services
+        .iter()
+        .filter_map(Service::preview_service)
+        .collect()
+}
+
+/// `desired` followed by the `previews` at their fixed weight: installed like services (their
+/// own ids, counters and pool slots), after every main service.
+pub fn with_previews<'a>(desired: &[Desired<'a>], previews: &'a [Service]) -> Vec<Desired<'a>> {
+    desired
+        .iter()
+        .cloned()
+        .chain(previews.iter().map(|service| Desired {
+            service,
+            green_weight: service.green_weight,
+            preview: true,
+        }))
+        .collect()
+}
+
 /// One service to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {
@@ -164,7 +186,8 @@ pub fn plan(
             let same = current.config.green_weight == wanted.green_weight
                 && current.config.cohort == service.cohort.cohort() as u32
                 && current.config.miss_hold_ns == miss_hold_ns
-                && current.config.flags == services::flags(!service.overrides.is_empty(), wanted.preview)
+                && current.config.flags
+                    == services::flags(!service.overrides.is_empty(), wanted.preview)
                 && same_pools(current, service);
             if same {
                 plan.unchanged.push(service.name.clone());

@@ -24,11 +24,9 @@ pub fn replies(
     let mut groups: BTreeMap<(std::net::SocketAddr, Protocol), Replies> = BTreeMap::new();
     for wanted in desired {
         let service = wanted.service;
-        let backends: Vec<(u32, std::net::SocketAddr)> = match plan
-            .writes
-            .iter()
-            .find(|write| write.spec.address == service.address && write.spec.protocol == service.protocol)
-        {
+        let backends: Vec<(u32, std::net::SocketAddr)> = match plan.writes.iter().find(|write| {
+            write.spec.address == service.address && write.spec.protocol == service.protocol
+        }) {
             Some(write) => write
                 .spec
                 .blue
@@ -44,18 +42,20 @@ pub fn replies(
         let (service_addr, _) = addr_of(&service.address);
         for (id, address) in backends {
             let (addr, family) = addr_of(&address);
-            let group = groups.entry((address, service.protocol)).or_insert_with(|| {
-                order.push((address, service.protocol));
-                Replies {
-                    key: BackendKey {
-                        addr,
-                        port: address.port().to_be(),
-                        protocol: service.protocol.number(),
-                        family: family as u8,
-                    },
-                    candidates: Vec::new(),
-                }
-            });
+            let group = groups
+                .entry((address, service.protocol))
+                .or_insert_with(|| {
+                    order.push((address, service.protocol));
+                    Replies {
+                        key: BackendKey {
+                            addr,
+                            port: address.port().to_be(),
+                            protocol: service.protocol.number(),
+                            family: family as u8,
+                        },
+                        candidates: Vec::new(),
+                    }
+                });
             group.candidates.push(ReverseValue {
                 service_addr,
                 service_port: service.address.port().to_be(),

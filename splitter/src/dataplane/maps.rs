@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path, sync::Arc};
 use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use splitter_common::{
     Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, OverrideKey,
-    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey,
-    SharedReverse, maps as names,
+    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
+    maps as names,
 };
 
 pub use super::census::{FlowCensus, FlowScan, StateCounts};

@@ -71,7 +71,9 @@ impl Prefix {
                 IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
             }
             IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
             }
         };
@@ -85,10 +87,7 @@ impl Prefix {
         };
         Key::new(
             OverrideKey::prefix_len(u32::from(self.len)),
-            OverrideKey {
-                service_id,
-                addr,
-            },
+            OverrideKey { service_id, addr },
         )
     }
 }

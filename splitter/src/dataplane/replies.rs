@@ -28,13 +28,7 @@ impl Maps {
                 continue;
             };
             if reply.candidates.len() == 1 {
-                self.set_backend_reverse(
-                    &reply.key,
-                    &ReverseValue {
-                        flags: 0,
-                        ..*first
-                    },
-                )?;
+                self.set_backend_reverse(&reply.key, &ReverseValue { flags: 0, ..*first })?;
                 continue;
             }
             let mut shared = SharedReverse::default();
