@@ -36,14 +36,39 @@ pub struct BackendKey {
 }
 
 /// What a backend's reply is rewritten to: the address and port of the service it belongs to.
-/// Stateless on purpose: replies are rewritten even when the flow was evicted from `FLOWS` or
-/// began on another host behind the same ECMP group. So a backend (address, port, protocol)
-/// belongs to exactly one service (the config validation enforces it).
+/// Stateless on purpose for a backend that serves one service: replies are rewritten even when
+/// the flow was evicted from `FLOWS` or began on another host behind the same ECMP group.
+/// A backend shared by several services (a preview address, or two services on the same
+/// backends) has [`reverse_flags::SHARED`]: its candidates are in `SHARED_REVERSE`, and this
+/// value is the first of them (the fallback when no pinned flow says which one).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReverseValue {
     pub service_addr: Addr,
     pub service_port: u16,
-    pub _pad: [u8; 2],
+    /// [`reverse_flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
     pub backend_id: u32,
+}
+
+/// Bits of [`ReverseValue::flags`].
+pub mod reverse_flags {
+    /// The backend serves several services: look in `SHARED_REVERSE`.
+    pub const SHARED: u8 = 1;
+}
+
+/// How many services one backend (address, port, protocol) may serve: the egress program looks
+/// up the client's flow once per candidate.
+pub const MAX_SHARING: usize = 4;
+
+/// `SHARED_REVERSE` value: the services a shared backend serves, in config order. The egress
+/// program picks the one whose pinned flow for the reply's client goes to this backend; none
+/// found (the flow was evicted or began on another host): `candidates[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SharedReverse {
+    /// Candidates in use (1..=[`MAX_SHARING`]).
+    pub count: u32,
+    pub candidates: [ReverseValue; MAX_SHARING],
 }

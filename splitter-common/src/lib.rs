@@ -20,14 +20,17 @@ pub mod service;
 pub mod signals;
 
 pub use addr::{Addr, Family};
-pub use backend::{Backend, BackendKey, Color, ReverseValue};
+pub use backend::{
+    Backend, BackendKey, Color, MAX_SHARING, ReverseValue, SharedReverse, reverse_flags,
+};
 pub use counters::{
     BackendCounters, DirectionCounters, Forwarding, Reason, ServiceCounters, Signals,
 };
 pub use flow::{FlowKey, FlowState, FlowValue, flow_flags};
 pub use select::Choice;
 pub use service::{
-    Cohort, Pool, ServiceConfig, ServiceKey, WEIGHT_HISTORY, WEIGHT_SCALE, WeightChange,
+    Cohort, OverrideKey, OverrideValue, Pool, ServiceConfig, ServiceKey, WEIGHT_HISTORY,
+    WEIGHT_SCALE, WeightChange, service_flags,
 };
 
 /// Implements `aya::Pod` (userspace only) for plain map types.
@@ -51,6 +54,9 @@ pod!(
     BackendKey,
     BackendCounters,
     ServiceCounters,
+    SharedReverse,
+    OverrideKey,
+    OverrideValue,
 );
 
 // The layout both sides agree on, checked at compile time: a field added, reordered or resized
@@ -69,6 +75,9 @@ size_is!(
     Backend => 24,
     BackendKey => 20,
     ReverseValue => 24,
+    SharedReverse => 100,
+    OverrideKey => 20,
+    OverrideValue => 4,
     FlowKey => 40,
     FlowValue => 40,
     DirectionCounters => 40,

@@ -18,6 +18,13 @@ pub const PENDING: &str = "PENDING";
 pub const UNVERIFIED_SINCE: &str = "UNVERIFIED_SINCE";
 /// `BACKEND_REVERSE`: [`crate::BackendKey`] → [`crate::ReverseValue`] (the reply path).
 pub const BACKEND_REVERSE: &str = "BACKEND_REVERSE";
+/// `SHARED_REVERSE`: [`crate::BackendKey`] → [`crate::SharedReverse`], the candidate services
+/// of a backend whose `BACKEND_REVERSE` value has [`crate::reverse_flags::SHARED`].
+pub const SHARED_REVERSE: &str = "SHARED_REVERSE";
+/// `OVERRIDES` (LPM trie): [`crate::OverrideKey`] (service id + client prefix) →
+/// [`crate::OverrideValue`]; looked up only for services with
+/// [`crate::service_flags::OVERRIDES`].
+pub const OVERRIDES: &str = "OVERRIDES";
 /// `BACKEND_COUNTERS` (per CPU): backend id → [`crate::BackendCounters`].
 pub const BACKEND_COUNTERS: &str = "BACKEND_COUNTERS";
 /// `SERVICE_COUNTERS` (per CPU): service id → [`crate::ServiceCounters`].
@@ -35,7 +42,7 @@ pub const FORWARDING: &str = "FORWARDING";
 
 /// Every map of the data plane, in the order they are pinned and opened: the daemon pins
 /// exactly these (and the read-only globals), nothing else of the object.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 15] = [
     SERVICES,
     BACKENDS,
     POOLS,
@@ -49,6 +56,8 @@ pub const ALL: [&str; 13] = [
     REDIRECT_PORTS,
     FORWARDING,
     FAST_PATH,
+    SHARED_REVERSE,
+    OVERRIDES,
 ];
 
 /// Global set at load time (`EbpfLoader::override_global`): the split hash seed.
@@ -68,6 +77,10 @@ pub const MAX_BACKENDS: u32 = 8192;
 /// (`splitter/src/dataplane/pools.rs`), twice over for a reload's fresh runs.
 pub const POOL_SLOTS: u32 = 1 << 22;
 pub const MAX_REDIRECT_PORTS: u32 = 64;
+/// Capacity of `SHARED_REVERSE` (backends shared by several services).
+pub const MAX_SHARED_BACKENDS: u32 = 1024;
+/// Capacity of `OVERRIDES` (prefixes over all services).
+pub const MAX_OVERRIDES: u32 = 16_384;
 /// Default capacity of `FLOWS` (the config's `flow_table_size`).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 /// Default capacity of `PENDING` (the config's `pending_table_size`): a quarter of the flow

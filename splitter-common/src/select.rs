@@ -117,8 +117,32 @@ pub fn choose_hashed(
     blue_len: u32,
     green_len: u32,
 ) -> Option<Choice> {
-    let green = is_green(hash, green_weight);
-    // An empty color never black-holes its cohorts: they go to the other color.
+    choose_forced(hash, green_weight, None, blue_len, green_len)
+}
+
+/// The color of a cohort: `forced` when a source override (or a preview address) says so,
+/// otherwise the weight's monotone threshold.
+#[inline(always)]
+pub fn choose_color(hash: u32, green_weight: u32, forced: Option<Color>) -> Color {
+    match forced {
+        Some(color) => color,
+        None if is_green(hash, green_weight) => Color::Green,
+        None => Color::Blue,
+    }
+}
+
+/// [`choose_hashed`] with the color possibly forced (see [`choose_color`]); the in-pool
+/// choice is the same either way. An empty color never black-holes its cohorts, forced or
+/// not: they go to the other color (`None` only when both are empty).
+#[inline(always)]
+pub fn choose_forced(
+    hash: u32,
+    green_weight: u32,
+    forced: Option<Color>,
+    blue_len: u32,
+    green_len: u32,
+) -> Option<Choice> {
+    let green = choose_color(hash, green_weight, forced) == Color::Green;
     let (color, len) = if (green && green_len > 0) || blue_len == 0 {
         (Color::Green, green_len)
     } else {
@@ -312,6 +336,22 @@ mod tests {
                 was_green = green;
             }
             assert!(was_green, "every cohort is green at 100 %");
+        }
+    }
+
+    #[test]
+    fn a_forced_color_beats_the_weight() {
+        let key = flow("198.18.1.10:40000", "198.18.100.1:80", 6);
+        let hash = cohort_hash(Cohort::Flow, &key, DEFAULT_HASH_SEED);
+        for weight in [0, 500_000, WEIGHT_SCALE] {
+            for forced in [Color::Blue, Color::Green] {
+                let choice = choose_forced(hash, weight, Some(forced), 3, 2).unwrap();
+                assert_eq!(choice.color, forced, "weight {weight}");
+                let unforced = choose_hashed(hash, weight, 3, 2).unwrap();
+                if unforced.color == forced {
+                    assert_eq!(choice, unforced, "same color, same backend");
+                }
+            }
         }
     }
 

@@ -47,6 +47,52 @@ pub struct WeightChange {
     pub since_ns: u64,
 }
 
+/// Bits of [`ServiceConfig::flags`].
+pub mod service_flags {
+    /// The service has `[service.overrides]`: the client's address is looked up in `OVERRIDES`
+    /// before the weight decides (services without overrides never pay for the lookup).
+    pub const OVERRIDES: u8 = 1;
+    /// The entry is a service's preview address: every new flow goes to green, whatever the
+    /// weight (its weight is fixed at 100 % and never changed).
+    pub const PREVIEW: u8 = 2;
+}
+
+/// `OVERRIDES` (LPM trie) key data: the service id (always matched whole: the first 32 bits of
+/// every prefix) and the client address (IPv4 in the first 4 bytes). The trie's prefix length
+/// is `32 + the client prefix length`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct OverrideKey {
+    pub service_id: u32,
+    pub addr: crate::Addr,
+}
+
+impl OverrideKey {
+    /// The trie's prefix length for a client prefix of `bits` (the service id always counts).
+    pub const fn prefix_len(bits: u32) -> u32 {
+        32 + bits
+    }
+
+    /// The prefix length of a whole client address of `family` ([`crate::Family`] as u8).
+    #[inline(always)]
+    pub const fn full_prefix_len(family: u8) -> u32 {
+        if family == crate::Family::Ipv6 as u8 {
+            Self::prefix_len(128)
+        } else {
+            Self::prefix_len(32)
+        }
+    }
+}
+
+/// What an override says: the color every new flow of a matching client goes to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OverrideValue {
+    /// [`crate::Color`] as u8.
+    pub color: u8,
+    pub _pad: [u8; 3],
+}
+
 /// How a service splits new flows. Written whole by the daemon with one map update, so the data
 /// plane always sees a consistent config.
 #[repr(C)]
@@ -58,11 +104,12 @@ pub struct ServiceConfig {
     pub green_weight: u32,
     /// [`Cohort`] as u32.
     pub cohort: u32,
-    /// With the `client` cohort: the client address is masked to this many leading bits before
-    /// it is hashed, so a whole subnet moves together (0 = the whole address).
+    /// `cohort = "client"`: how many leading bits of an IPv4 client address form the cohort
+    /// (0: the whole address).
     pub client_prefix_v4: u8,
+    /// The same for IPv6 clients (0: the whole address).
     pub client_prefix_v6: u8,
-    /// Feature bits (`service_flags`, defined with the overrides); 0 = none.
+    /// [`service_flags`] bits.
     pub flags: u8,
     pub _pad: u8,
     /// Each color's Maglev table (`crate::maglev`): `len` entries (0 = no backend in

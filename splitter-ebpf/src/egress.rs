@@ -1,6 +1,8 @@
 //! The TC egress program's work, on the interfaces where clients are: a backend's reply is
 //! rewritten back to the service address and port the client used (reverse NAT), by the
 //! backend's address alone (stateless: it works for evicted flows and flows of other hosts).
+//! A backend shared by several services (a preview address) is the exception: the client's
+//! pinned flow says which service the reply answers for (see [`shared_service`]).
 //! Checksums go through the kernel helpers, which also handle CHECKSUM_PARTIAL (GSO/forwarded)
 //! packets.
 
@@ -8,12 +10,12 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use splitter_common::{BackendKey, Family, Reason, ReverseValue};
+use splitter_common::{BackendKey, Family, MAX_SHARING, Reason, ReverseValue, reverse_flags};
 
 use crate::{
     counters::{self, Direction},
     flows,
-    maps::BACKEND_REVERSE,
+    maps::{BACKEND_REVERSE, SHARED_REVERSE},
     parse::{self, Fragment, Frame, IPPROTO_TCP, IPPROTO_UDP, Packet},
 };
 
@@ -54,7 +56,10 @@ pub fn handle(ctx: &TcContext) {
     let Some(reverse) = (unsafe { BACKEND_REVERSE.get(key) }) else {
         return;
     };
-    let reverse = *reverse;
+    let mut reverse = *reverse;
+    if reverse.flags & reverse_flags::SHARED != 0 {
+        reverse = shared_service(&key, &packet, reverse);
+    }
     // skb->len: the whole packet, paged data included (the linear part may be shorter).
     let bytes = (ctx.len() as u64).saturating_sub(ip.l3_offset as u64);
     // A GSO packet (GRO on the way in, TSO from a local sender) leaves as `gso_segs` wire
@@ -74,6 +79,32 @@ pub fn handle(ctx: &TcContext) {
             false,
         );
     }
+}
+
+/// The service a shared backend's reply answers for: the candidate whose client flow (`FLOWS`,
+/// then `PENDING`) is pinned to this backend; none (evicted, or begun on another host): the
+/// first candidate, `first` (the first service of the config that uses the backend).
+#[inline(always)]
+fn shared_service(key: &BackendKey, packet: &Packet, first: ReverseValue) -> ReverseValue {
+    let Some(shared) = (unsafe { SHARED_REVERSE.get(key) }) else {
+        return first;
+    };
+    let mut index = 0;
+    // Bounded by MAX_SHARING (the verifier sees a constant bound), then by `count`.
+    while index < MAX_SHARING {
+        if index as u32 >= shared.count {
+            break;
+        }
+        let candidate = shared.candidates[index];
+        if let Some(flow) = flows::find(&flows::reply_key(packet, &candidate))
+            && flow.backend_addr == packet.ip.src
+            && flow.backend_port == packet.src_port
+        {
+            return candidate;
+        }
+        index += 1;
+    }
+    first
 }
 
 /// SNAT back to the service: source address and port, L4 checksum (pseudo-header included),

@@ -244,15 +244,11 @@ pub fn find(key: &FlowKey) -> Option<FlowValue> {
     unsafe { PENDING.get(key) }.copied()
 }
 
-/// Egress, a backend's TCP reply (before its source is rewritten back to the service).
+/// The client's flow a backend's reply belongs to if it answers for `reverse`'s service:
+/// client → service, as held by the ingress program.
 #[inline(always)]
-pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
-    let flags = packet.tcp_flags;
-    if flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !unverified_recently() {
-        return;
-    }
-    // The client's flow: client → service, as held by the ingress program.
-    let key = FlowKey {
+pub fn reply_key(packet: &Packet, reverse: &ReverseValue) -> FlowKey {
+    FlowKey {
         src: packet.ip.dst,
         dst: reverse.service_addr,
         src_port: packet.dst_port,
@@ -260,7 +256,17 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         protocol: packet.ip.protocol,
         family: packet.ip.family as u8,
         _pad: [0; 2],
-    };
+    }
+}
+
+/// Egress, a backend's TCP reply (before its source is rewritten back to the service).
+#[inline(always)]
+pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
+    let flags = packet.tcp_flags;
+    if flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && !unverified_recently() {
+        return;
+    }
+    let key = reply_key(packet, reverse);
     if flags & TCP_RST != 0 {
         backend_reset(&key, reverse.backend_id);
     } else if flags & TCP_SYN != 0 {

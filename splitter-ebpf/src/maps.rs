@@ -3,14 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
-    ServiceConfig, ServiceCounters, ServiceKey,
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, OverrideKey,
+    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
     maps::{
-        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE, MAX_BACKENDS, MAX_REDIRECT_PORTS,
-        MAX_SERVICES, POOL_SLOTS,
+        DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE, MAX_BACKENDS, MAX_OVERRIDES,
+        MAX_REDIRECT_PORTS, MAX_SERVICES, MAX_SHARED_BACKENDS, POOL_SLOTS,
     },
 };
 
@@ -45,6 +45,16 @@ pub static UNVERIFIED_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static BACKEND_REVERSE: HashMap<BackendKey, ReverseValue> =
     HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// Shared backend address → the services it serves (when `BACKEND_REVERSE` says `SHARED`).
+#[map]
+pub static SHARED_REVERSE: HashMap<BackendKey, SharedReverse> =
+    HashMap::with_max_entries(MAX_SHARED_BACKENDS, 0);
+
+/// Service id + client prefix → the color its new flows are forced to (`[service.overrides]`).
+#[map]
+pub static OVERRIDES: LpmTrie<OverrideKey, OverrideValue> =
+    LpmTrie::with_max_entries(MAX_OVERRIDES, 0);
 
 /// Backend id → traffic counters, per CPU.
 #[map]

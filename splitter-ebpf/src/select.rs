@@ -3,10 +3,12 @@
 //! `splitter_common::history`, both shared with the tests' predictors; this file adds the
 //! weight in force and the map lookups.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use splitter_common::{Backend, Color, FlowKey, ServiceConfig, history, select};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use splitter_common::{
+    Backend, Color, FlowKey, OverrideKey, ServiceConfig, history, select, service_flags,
+};
 
-use crate::maps::{BACKENDS, POOLS};
+use crate::maps::{BACKENDS, OVERRIDES, POOLS};
 
 /// Set by the daemon at load time (`HASH_SEED_GLOBAL`); every host of a fleet uses the same.
 #[unsafe(no_mangle)]
@@ -49,7 +51,13 @@ pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<Cho
             (steer.weight, steer.ambiguous)
         }
     };
-    let choice = select::choose_hashed(hash, weight, config.blue.len, config.green.len)?;
+    let choice = select::choose_forced(
+        hash,
+        weight,
+        forced_color(config, key),
+        config.blue.len,
+        config.green.len,
+    )?;
     let pool = match choice.color {
         Color::Green => config.green,
         Color::Blue => config.blue,
@@ -61,5 +69,30 @@ pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<Cho
         backend_id,
         backend,
         ambiguous,
+    })
+}
+
+/// The color a preview address or a source override forces, if any. The trie is looked up
+/// only for services with overrides: the others pay one flag test.
+#[inline(always)]
+fn forced_color(config: &ServiceConfig, key: &FlowKey) -> Option<Color> {
+    if config.flags & service_flags::PREVIEW != 0 {
+        return Some(Color::Green);
+    }
+    if config.flags & service_flags::OVERRIDES == 0 {
+        return None;
+    }
+    let lookup = Key::new(
+        OverrideKey::full_prefix_len(key.family),
+        OverrideKey {
+            service_id: config.id,
+            addr: key.src,
+        },
+    );
+    let color = OVERRIDES.get(&lookup)?.color;
+    Some(if color == Color::Green as u8 {
+        Color::Green
+    } else {
+        Color::Blue
     })
 }

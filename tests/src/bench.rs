@@ -74,6 +74,8 @@ pub enum Path {
     /// does not stay in cache the way one hot flow does).
     Spread,
     NewFlow,
+    /// A new flow to a service with `[service.overrides]` (the LPM trie looked up).
+    NewFlowOverride,
     Miss,
 }
 
@@ -86,6 +88,7 @@ impl Path {
             Path::Established => "established flow",
             Path::Spread => "established, spread over every pinned flow",
             Path::NewFlow => "new flow",
+            Path::NewFlowOverride => "new flow, service with 16 overrides (LPM lookup)",
             Path::Miss => "miss (TCP ACK, no flow)",
         }
     }
@@ -168,12 +171,83 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         client_prefix_v6: 0,
         first_slot: base * slots_needed(2, 1),
         miss_hold: Duration::from_secs(120),
+        overrides: Vec::new(),
+        preview: false,
     };
     dataplane
         .maps
         .install_service(&spec)
         .expect("install service");
+    // The same service on OVERRIDE_PORT, with overrides: prefixes of several lengths, one of
+    // them matching half of the varied client addresses.
+    let prefixes: &[&str] = match family {
+        Family::V4 => &[
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "198.18.0.0/15",
+            "198.18.1.0/24",
+            "198.18.1.10/32",
+            "203.0.113.0/24",
+            "100.64.0.0/10",
+            "0.0.0.0/1",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.128/25",
+            "172.20.0.0/14",
+            "198.19.255.0/24",
+        ],
+        Family::V6 => &[
+            "fd00::/8",
+            "fd00:1::/32",
+            "fd00:1::/48",
+            "fd00:1::/64",
+            "fd00:1::10/128",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+            "::/1",
+            "fc00::/7",
+            "fd00:2::/32",
+            "fd00:3::/48",
+            "fd00:4::/56",
+            "fd00:5::/64",
+            "fd00:6::/96",
+            "fd00:7::/112",
+            "fd00:8::/120",
+        ],
+    };
+    let overrides = prefixes
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let prefix = splitter::dataplane::overrides::Prefix::parse(text).expect("prefix");
+            let color = if index % 2 == 0 {
+                splitter::color::ColorName::Green
+            } else {
+                splitter::color::ColorName::Blue
+            };
+            (prefix, color)
+        })
+        .collect();
+    let with_overrides = ServiceSpec {
+        id: base + 1,
+        address: SocketAddr::new(vip(family).ip(), OVERRIDE_PORT),
+        blue: backends(family, base + 4, 2, 8080),
+        green: backends(family, base + 6, 1, 8080),
+        first_slot: base * 4 + 12,
+        overrides,
+        ..spec
+    };
+    dataplane
+        .maps
+        .install_service(&with_overrides)
+        .expect("install the service with overrides");
 }
+
+/// The port of the bench service that has overrides.
+const OVERRIDE_PORT: u16 = 82;
 
 /// Fills FLOWS with `count` pinned flows of other clients, numbered from 1 in the client
 /// address's last 32-bit word: [`Path::Spread`] walks them in that order.
@@ -214,6 +288,7 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
         // An established flow's packets are data/ACKs (the flow is pinned by a SYN first).
         Path::Miss | Path::Established | Path::Spread => (TCP_ACK, 80),
         Path::NotService => (TCP_SYN, 81),
+        Path::NewFlowOverride => (TCP_SYN, OVERRIDE_PORT),
         _ => (TCP_SYN, 80),
     };
     let client = match path {
@@ -258,7 +333,10 @@ fn measure(
 ) -> anyhow::Result<f64> {
     let (input, src_offset) = packet(path, family);
     anyhow::ensure!(input.len() <= BENCH_PACKET_MAX, "bench packet too long");
-    let vary = matches!(path, Path::NewFlow | Path::Miss | Path::Spread);
+    let vary = matches!(
+        path,
+        Path::NewFlow | Path::NewFlowOverride | Path::Miss | Path::Spread
+    );
     let mut saved = BenchPacket {
         len: input.len() as u32,
         vary_offset: if vary { src_offset } else { 0 },
@@ -367,7 +445,7 @@ fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow:
         Path::PassFloor | Path::ParseFloor | Path::NotService => {
             anyhow::ensure!(out == input, "{path:?}: the packet must pass untouched")
         }
-        Path::Established | Path::Spread | Path::NewFlow | Path::Miss => {
+        Path::Established | Path::Spread | Path::NewFlow | Path::NewFlowOverride | Path::Miss => {
             anyhow::ensure!(dst != vip.as_slice(), "{path:?}: destination not rewritten");
         }
     }
@@ -389,6 +467,7 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
                 Path::NotService,
                 Path::Established,
                 Path::NewFlow,
+                Path::NewFlowOverride,
                 Path::Miss,
             ] {
                 let ns_per_packet = measure(&mut dataplane, &mut harness, path, family, options)?;
@@ -458,6 +537,8 @@ fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Resul
             client_prefix_v6: 0,
             first_slot: (20 + i) * slots_needed(2, 1),
             miss_hold: Duration::from_secs(120),
+            overrides: Vec::new(),
+            preview: false,
         };
         dataplane.maps.install_service(&spec)?;
     }

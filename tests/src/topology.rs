@@ -352,6 +352,8 @@ impl Topology {
             client_prefix_v4: 0,
             client_prefix_v6: 0,
             miss_hold: Duration::from_secs(30),
+            overrides: Vec::new(),
+            preview: false,
         }
     }
 

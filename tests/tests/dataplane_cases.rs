@@ -107,6 +107,8 @@ fn service(
         client_prefix_v6: 0,
         first_slot: id * slots_needed(2, 2),
         miss_hold,
+        overrides: Vec::new(),
+        preview: false,
     }
 }
 
@@ -306,7 +308,8 @@ fn reverse_value(spec: &ServiceSpec, backend: &BackendSpec) -> ReverseValue {
     ReverseValue {
         service_addr: addr(spec.address.ip()),
         service_port: spec.address.port().to_be(),
-        _pad: [0; 2],
+        flags: 0,
+        _pad: 0,
         backend_id: backend.id,
     }
 }
@@ -2079,3 +2082,7 @@ mod states;
 // The in-pool choice (Maglev tables, weights, empty colors, client prefixes), in its own file.
 #[path = "dataplane_cases/maglev.rs"]
 mod maglev;
+
+// Overrides, preview addresses, shared backends (issue 13), in their own file.
+#[path = "dataplane_cases/edges.rs"]
+mod edges;

@@ -209,6 +209,7 @@ mod tests {
         let mut report = StatusReport::default();
         report.services.push(ServiceStatus {
             name: "web".into(),
+            preview_of: None,
             address: "[fd00::10]:80".parse().unwrap(),
             protocol: Protocol::Tcp,
             cohort: CohortSetting::Flow,

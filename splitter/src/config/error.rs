@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
+use splitter_common::{
+    MAX_SHARING,
+    maps::{MAX_BACKENDS, POOL_SLOTS},
+};
 
 use super::{
     CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, FLOW_TABLE_MAX, FLOW_TABLE_MIN, PENDING_TABLE_MIN,
@@ -149,15 +152,25 @@ pub enum ConfigError {
         backend: SocketAddr,
     },
     #[error(
-        "service `{service}`: {field} {backend}/{protocol} is also a backend of service `{other}` (replies could not be told apart)"
+        "service `{service}`: {field} {backend}/{protocol} would serve more than {MAX_SHARING} services and previews ({others}); at most {MAX_SHARING} may share a backend (the reply path looks up one flow per service)"
     )]
-    SharedBackend {
+    SharedTooWidely {
         service: String,
         field: String,
-        other: String,
+        others: String,
         backend: SocketAddr,
         protocol: &'static str,
     },
+    #[error(
+        "service `{service}`: preview {preview} must differ from the service address {address} and be of the same IP family"
+    )]
+    Preview {
+        service: String,
+        preview: SocketAddr,
+        address: SocketAddr,
+    },
+    #[error(transparent)]
+    Override(#[from] super::overrides::OverrideError),
     #[error("service `{service}`: {field} {backend} is the address of service `{other}`")]
     BackendIsOtherService {
         service: String,

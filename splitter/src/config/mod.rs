@@ -20,9 +20,9 @@ use splitter_common::{
     maps::{DEFAULT_FLOW_TABLE_SIZE, MAX_SERVICES},
 };
 
-pub use self::error::ConfigError;
+pub use self::{error::ConfigError, overrides::OverridesSection};
 use crate::{
-    dataplane::{XdpMode, services::Protocol},
+    dataplane::{XdpMode, overrides::Prefix, services::Protocol},
     rollout::{Check, Plan, PlanError, plan::Thresholds},
     units::parse_duration,
 };
@@ -30,6 +30,7 @@ use crate::{
 mod error;
 pub mod host;
 pub mod pool;
+pub mod overrides;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -224,6 +225,12 @@ pub struct ServiceSection {
     /// The service's rollout plan (`splitter rollout start` flags override each field).
     #[serde(default)]
     pub rollout: Option<RolloutSection>,
+    /// A second address whose every flow goes to green (Argo Rollouts' previewService).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// `[service.overrides]`: client prefixes always sent to green or kept on blue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<OverridesSection>,
 }
 /// `[service.rollout]`: steps, step duration and the thresholds green is judged by (the
 /// threshold keys and their defaults are [`Thresholds`]'s).
@@ -356,6 +363,10 @@ pub struct Service {
     pub green_release: Option<String>,
     /// The default rollout plan (`[service.rollout]`, or the documented defaults).
     pub rollout: Plan,
+    /// `preview`: every flow to this address goes to green.
+    pub preview: Option<SocketAddr>,
+    /// `[service.overrides]`, sorted by prefix.
+    pub overrides: Vec<(Prefix, ColorName)>,
 }
 
 impl Service {

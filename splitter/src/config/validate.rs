@@ -1,5 +1,6 @@
 //! [`Config::validate`]: everything that can be checked without touching the kernel, field by
-//! field and then across services (addresses unique, backends not shared).
+//! field and then across services (addresses unique, backends shared by at most
+//! `MAX_SHARING` services and previews).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -7,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use splitter_common::maps::{MAX_BACKENDS, POOL_SLOTS};
+use splitter_common::{
+    MAX_SHARING,
+    maps::{MAX_BACKENDS, POOL_SLOTS},
+};
 
 use super::{
     CLIENT_TIMEOUT_MAX, CLIENT_TIMEOUT_MIN, CONNECTIONS_MAX, CONNECTIONS_MIN, ColorName, Config,
@@ -247,19 +251,27 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
             services.push(service);
         }
     }
-    // Across services: addresses unique, backends not shared, no backend is another VIP.
-    let mut addresses: BTreeMap<(SocketAddr, Protocol), &str> = BTreeMap::new();
+    // Across services: addresses (previews too) unique, no backend is another VIP, a backend
+    // shared by at most MAX_SHARING services and previews.
+    let mut addresses: BTreeMap<(SocketAddr, Protocol), String> = BTreeMap::new();
     for service in &services {
-        if let Some(first) = addresses.insert((service.address, service.protocol), &service.name) {
-            problems.push(ConfigError::DuplicateAddress {
-                service: service.name.clone(),
-                first: first.to_owned(),
-                address: service.address,
-                protocol: service.protocol.name(),
-            });
+        let previews = service
+            .preview
+            .map(|preview| (preview, super::overrides::preview_name(&service.name)));
+        for (address, name) in
+            std::iter::once((service.address, service.name.clone())).chain(previews)
+        {
+            if let Some(first) = addresses.insert((address, service.protocol), name.clone()) {
+                problems.push(ConfigError::DuplicateAddress {
+                    service: name,
+                    first,
+                    address,
+                    protocol: service.protocol.name(),
+                });
+            }
         }
     }
-    let mut backends: BTreeMap<(SocketAddr, Protocol), &str> = BTreeMap::new();
+    let mut sharers: BTreeMap<(SocketAddr, Protocol), Vec<String>> = BTreeMap::new();
     let mut total = 0;
     for service in &services {
         for color in ColorName::BOTH {
@@ -270,19 +282,27 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
                     problems.push(ConfigError::BackendIsOtherService {
                         service: service.name.clone(),
                         field,
-                        other: (*other).to_owned(),
+                        other: other.clone(),
                         backend: *backend,
                     });
-                } else if let Some(other) =
-                    backends.insert((*backend, service.protocol), &service.name)
-                {
-                    problems.push(ConfigError::SharedBackend {
+                    continue;
+                }
+                let users = sharers.entry((*backend, service.protocol)).or_default();
+                users.push(service.name.clone());
+                if color == ColorName::Green && service.preview.is_some() {
+                    // The preview's own backend ids serve the same address.
+                    total += 1;
+                    users.push(super::overrides::preview_name(&service.name));
+                }
+                if users.len() > MAX_SHARING {
+                    problems.push(ConfigError::SharedTooWidely {
                         service: service.name.clone(),
                         field,
-                        other: other.to_owned(),
+                        others: users.join(", "),
                         backend: *backend,
                         protocol: service.protocol.name(),
                     });
+                    users.truncate(MAX_SHARING);
                 }
             }
         }
@@ -297,7 +317,11 @@ fn validate_services(sections: &[ServiceSection], problems: &mut Vec<ConfigError
     services
 }
 
-fn parse_address(service: &str, field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(super) fn parse_address(
+    service: &str,
+    field: &str,
+    value: &str,
+) -> Result<SocketAddr, ConfigError> {
     let address: SocketAddr = value.parse().map_err(|_| ConfigError::Address {
         service: service.to_owned(),
         field: field.to_owned(),
@@ -470,5 +494,12 @@ fn validate_service_fields(
         blue_release: section.blue_release.clone(),
         green_release: section.green_release.clone(),
         rollout,
+        preview: super::overrides::validate_preview(
+            name,
+            address,
+            section.preview.as_deref(),
+            problems,
+        ),
+        overrides: super::overrides::validate(name, section.overrides.as_ref(), problems),
     })
 }

@@ -407,6 +407,10 @@ impl HashSeedSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
+    /// A preview address (`preview` in the config): the service it is the preview of. Its
+    /// flows all go to green and are counted here, apart from the service's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_of: Option<String>,
     pub address: SocketAddr,
     pub protocol: Protocol,
     pub cohort: CohortSetting,

@@ -5,6 +5,7 @@
 
 mod persist;
 pub mod reconcile;
+mod replies;
 pub mod rollouts;
 pub mod sampler;
 pub mod shared;
@@ -204,11 +205,14 @@ impl App {
                         .get(&(service.address, service.protocol))
                         .map(|installed| installed.config.green_weight),
                 ),
+                preview: false,
             })
             .collect();
         self.warn_lower_kernel_weights(&desired);
+        let previews = reconcile::previews(&config.services);
+        let installs = reconcile::with_previews(&desired, &previews);
         let maps = &self.dataplane.maps;
-        let plan = reconcile::plan(&desired, config.miss_hold, &self.installed, &mut |id| {
+        let plan = reconcile::plan(&installs, config.miss_hold, &self.installed, &mut |id| {
             maps.backend(id).is_ok_and(|backend| backend.family == 0)
         })?;
         let mut report = ReloadReport::default();
@@ -221,7 +225,7 @@ impl App {
         // A raise of any weight (a new service, an edited file) is saved before the maps are
         // written, so a restart applies it; anything else is written first and saved after
         // (`persist.rs`): a restart keeps the lower kernel weight.
-        let raises = desired.iter().any(|wanted| {
+        let raises = installs.iter().any(|wanted| {
             self.installed
                 .get(&(wanted.service.address, wanted.service.protocol))
                 .map_or(wanted.green_weight > 0, |installed| {
@@ -263,7 +267,7 @@ impl App {
         } else {
             Some(state)
         };
-        self.write(&plan)?;
+        self.write(&plan, &installs)?;
         if let Some(state) = state {
             self.save_after(state);
         }
@@ -275,17 +279,7 @@ impl App {
             }
         }
         report.unchanged.clone_from(&plan.unchanged);
-        let names = self.names();
-        report.removed = plan
-            .removals
-            .iter()
-            .map(|address| {
-                names
-                    .get(address)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{}/{}", address.0, address.1.name()))
-            })
-            .collect();
+        report.removed = self.removed_names(&plan);
         self.config = config;
         self.installed = reconcile::installed(&self.dataplane.maps)?;
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
@@ -349,8 +343,13 @@ impl App {
         Ok((attached, detached))
     }
 
-    fn write(&mut self, plan: &Plan) -> Result<(), AppError> {
+    /// Writes a plan (`installs`: the services and previews it was made for): reply entries first (a shared backend's before any service sends it
+    /// flows), services, the overrides of services left unchanged, removals, then the
+    /// `SHARED_REVERSE` entries of backends no longer shared.
+    fn write(&mut self, plan: &Plan, installs: &[Desired<'_>]) -> Result<(), AppError> {
+        let replies = replies::replies(installs, plan, &self.installed);
         let maps = &mut self.dataplane.maps;
+        maps.set_replies(&replies)?;
         for write in &plan.writes {
             if write.fresh_service_id {
                 maps.reset_service_counters(write.spec.id)?;
@@ -360,9 +359,24 @@ impl App {
             }
             maps.install_service(&write.spec)?;
         }
+        for wanted in installs {
+            let service = wanted.service;
+            if let Some(current) = self.installed.get(&(service.address, service.protocol))
+                && plan.unchanged.contains(&service.name)
+            {
+                maps.add_overrides(current.config.id, &service.overrides)?;
+                maps.remove_stale_overrides(current.config.id, &service.overrides)?;
+            }
+        }
         for (address, protocol) in &plan.removals {
             maps.remove_service_at(address, *protocol)?;
         }
+        let shared: Vec<BackendKey> = replies
+            .iter()
+            .filter(|reply| reply.candidates.len() > 1)
+            .map(|reply| reply.key)
+            .collect();
+        maps.remove_stale_shared(&shared)?;
         Ok(())
     }
 
@@ -427,12 +441,35 @@ impl App {
             .collect()
     }
 
+    /// The names of the services a plan removes (from the config in force before it).
+    fn removed_names(&self, plan: &Plan) -> Vec<String> {
+        let names = self.names();
+        plan.removals
+            .iter()
+            .map(|address| {
+                names
+                    .get(address)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{}/{}", address.0, address.1.name()))
+            })
+            .collect()
+    }
+
     /// Service names by address, from the config.
     fn names(&self) -> BTreeMap<ServiceAddress, String> {
         self.config
             .services
             .iter()
-            .map(|service| ((service.address, service.protocol), service.name.clone()))
+            .flat_map(|service| {
+                let preview = service.preview.map(|preview| {
+                    (
+                        (preview, service.protocol),
+                        crate::config::overrides::preview_name(&service.name),
+                    )
+                });
+                std::iter::once(((service.address, service.protocol), service.name.clone()))
+                    .chain(preview)
+            })
             .collect()
     }
 

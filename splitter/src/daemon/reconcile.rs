@@ -24,7 +24,7 @@ use crate::{
         DataplaneError,
         maps::Maps,
         pools::slots_needed,
-        services::{BackendSpec, Protocol, ServiceSpec, socket_addr},
+        services::{self, BackendSpec, Protocol, ServiceSpec, socket_addr},
     },
 };
 
@@ -110,6 +110,30 @@ pub struct Desired<'a> {
     pub service: &'a Service,
     /// The weight to run with (runtime weight or the file's, see `State::initial_weight`).
     pub green_weight: u32,
+    /// The service is another one's preview address (`Service::preview_service`).
+    pub preview: bool,
+}
+
+/// The preview addresses of `services` (see `Service::preview_service`).
+pub fn previews(services: &[Service]) -> Vec<Service> {
+    services
+        .iter()
+        .filter_map(Service::preview_service)
+        .collect()
+}
+
+/// `desired` followed by the `previews` at their fixed weight: installed like services (their
+/// own ids, counters and pool slots), after every main service.
+pub fn with_previews<'a>(desired: &[Desired<'a>], previews: &'a [Service]) -> Vec<Desired<'a>> {
+    desired
+        .iter()
+        .cloned()
+        .chain(previews.iter().map(|service| Desired {
+            service,
+            green_weight: service.green_weight,
+            preview: true,
+        }))
+        .collect()
 }
 
 /// One service to write.
@@ -167,6 +191,8 @@ pub fn plan(
             let same = current.config.green_weight == wanted.green_weight
                 && current.config.cohort == service.cohort.cohort() as u32
                 && current.config.miss_hold_ns == miss_hold_ns
+                && current.config.flags
+                    == services::flags(!service.overrides.is_empty(), wanted.preview)
                 && same_pools(current, service);
             if same {
                 plan.unchanged.push(service.name.clone());
@@ -229,6 +255,8 @@ pub fn plan(
                 client_prefix_v6: service.client_prefix.v6,
                 first_slot,
                 miss_hold,
+                overrides: service.overrides.clone(),
+                preview: wanted.preview,
             },
             fresh_service_id,
             fresh_backend_ids,
@@ -346,6 +374,8 @@ mod tests {
             blue_release: None,
             green_release: None,
             rollout: crate::config::RolloutSection::default().plan().unwrap(),
+            preview: None,
+            overrides: Vec::new(),
         }
     }
 
@@ -376,6 +406,7 @@ mod tests {
                             len: spec.green.len() as u32,
                         },
                         miss_hold_ns: crate::units::nanos(spec.miss_hold),
+                        flags: spec.flags(),
                         ..ServiceConfig::default()
                     },
                     blue: spec.blue.iter().map(|b| (b.id, b.address)).collect(),
@@ -403,6 +434,7 @@ mod tests {
             .map(|service| Desired {
                 service,
                 green_weight: weight,
+                preview: false,
             })
             .collect()
     }

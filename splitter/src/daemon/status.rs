@@ -56,7 +56,20 @@ impl App {
     pub fn status(&self, census: &Census) -> Result<StatusReport, AppError> {
         let maps = &self.dataplane.maps;
         let mut services = Vec::new();
-        for service in &self.config.services {
+        // Previews are listed after every service, as services of their own (own counters).
+        let previews: Vec<(crate::config::Service, String)> = self
+            .config
+            .services
+            .iter()
+            .filter_map(|service| Some((service.preview_service()?, service.name.clone())))
+            .collect();
+        let listed = self
+            .config
+            .services
+            .iter()
+            .map(|service| (service, None))
+            .chain(previews.iter().map(|(preview, of)| (preview, Some(of))));
+        for (service, preview_of) in listed {
             let Some(installed) = self.installed.get(&(service.address, service.protocol)) else {
                 continue;
             };
@@ -138,6 +151,7 @@ impl App {
             let service_counters = maps.service_counters(installed.config.id)?;
             services.push(ServiceStatus {
                 name: service.name.clone(),
+                preview_of: preview_of.cloned(),
                 address: service.address,
                 protocol: service.protocol,
                 cohort: service.cohort,

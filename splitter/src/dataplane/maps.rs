@@ -3,10 +3,11 @@
 
 use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path, sync::Arc};
 
-use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, Reason, ReverseValue,
-    ServiceConfig, ServiceCounters, ServiceKey, maps as names,
+    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, OverrideKey,
+    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
+    maps as names,
 };
 
 pub use super::census::{FlowCensus, FlowScan, StateCounts};
@@ -27,6 +28,8 @@ pub struct Maps {
     pub redirect_ports: DevMapHash<MapData>,
     pub forwarding: PerCpuArray<MapData, u64>,
     pub fast_path: Array<MapData, u32>,
+    pub shared_reverse: HashMap<MapData, BackendKey, SharedReverse>,
+    pub overrides: LpmTrie<MapData, OverrideKey, OverrideValue>,
     /// Second handles on `FLOWS` and `PENDING`, for [`FlowScan`]s.
     flows_fd: Arc<OwnedFd>,
     pending_fd: Arc<OwnedFd>,
@@ -69,6 +72,8 @@ impl Maps {
             redirect_ports: typed(names::REDIRECT_PORTS, take(names::REDIRECT_PORTS))?,
             forwarding: typed(names::FORWARDING, take(names::FORWARDING))?,
             fast_path: typed(names::FAST_PATH, take(names::FAST_PATH))?,
+            shared_reverse: typed(names::SHARED_REVERSE, take(names::SHARED_REVERSE))?,
+            overrides: typed(names::OVERRIDES, take(names::OVERRIDES))?,
         })
     }
 

@@ -7,6 +7,8 @@
 //! - `pins/`: the pinned layout, link pins, load-time globals of pinned programs;
 //! - `maps.rs`, `services.rs`: typed maps, service writers;
 //! - `pools.rs`: each color's Maglev table and members in `POOLS`;
+//! - `overrides.rs`: `[service.overrides]` prefixes in the `OVERRIDES` trie;
+//! - `replies.rs`: the reply path of backends shared by several services;
 //! - `census.rs`: flows by state per backend, table fill (off the runtime thread).
 
 mod attach;
@@ -15,8 +17,10 @@ mod error;
 mod loader;
 pub mod maps;
 mod object;
+pub mod overrides;
 pub mod pins;
 pub mod pools;
+pub mod replies;
 pub mod services;
 
 pub use attach::interface_index;

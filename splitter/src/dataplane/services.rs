@@ -5,11 +5,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use splitter_common::{
     Addr, Backend, BackendKey, Cohort, Color, Family, ReverseValue, ServiceConfig, ServiceKey,
-    WEIGHT_SCALE, history,
+    WEIGHT_SCALE, history, reverse_flags, service_flags,
 };
 
-use super::{DataplaneError, maps::Maps};
-use crate::sys::monotonic_ns;
+use super::{DataplaneError, maps::Maps, overrides::Prefix};
+use crate::{color::ColorName, sys::monotonic_ns};
 
 /// IP protocol of a service.
 #[derive(
@@ -74,6 +74,29 @@ pub struct ServiceSpec {
     pub first_slot: u32,
     /// The window of the weight history that steers TCP mid-flow misses.
     pub miss_hold: Duration,
+    /// `[service.overrides]`: client prefixes whose new flows always go to a color.
+    pub overrides: Vec<(Prefix, ColorName)>,
+    /// The entry is a service's preview address: every new flow goes to green.
+    pub preview: bool,
+}
+
+impl ServiceSpec {
+    /// The [`service_flags`] of its `SERVICES` entry.
+    pub fn flags(&self) -> u8 {
+        flags(!self.overrides.is_empty(), self.preview)
+    }
+}
+
+/// The [`service_flags`] of a service with (or without) overrides, preview address or not.
+pub fn flags(overrides: bool, preview: bool) -> u8 {
+    let mut flags = 0;
+    if overrides {
+        flags |= service_flags::OVERRIDES;
+    }
+    if preview {
+        flags |= service_flags::PREVIEW;
+    }
+    flags
 }
 
 pub fn addr_of(address: &SocketAddr) -> (Addr, Family) {
@@ -114,8 +137,10 @@ pub fn fragment_key(address: &SocketAddr, protocol: Protocol) -> ServiceKey {
 
 impl Maps {
     /// Installs (or atomically replaces) a service: backends, then pool slots (each color's
-    /// Maglev table), then the service entry in one update. A weight already in the map is
-    /// kept only by `set_weight` callers; this writes `spec.green_weight`.
+    /// Maglev table) and overrides, then the service entry in one update, then stale overrides
+    /// go. A weight already in the map is kept only by `set_weight` callers; this writes
+    /// `spec.green_weight`. A backend whose reply entry is `SHARED` keeps it (the daemon writes
+    /// those: `Maps::set_replies`).
     pub fn install_service(&mut self, spec: &ServiceSpec) -> Result<(), DataplaneError> {
         let service_addr = addr_of(&spec.address);
         let family = service_addr.1;
@@ -132,20 +157,28 @@ impl Maps {
                         service_id: spec.id,
                     },
                 )?;
-                self.set_backend_reverse(
-                    &BackendKey {
-                        addr,
-                        port: backend.address.port().to_be(),
-                        protocol: spec.protocol.number(),
-                        family: family as u8,
-                    },
-                    &ReverseValue {
-                        service_addr: service_addr.0,
-                        service_port: spec.address.port().to_be(),
-                        _pad: [0; 2],
-                        backend_id: backend.id,
-                    },
-                )?;
+                let reverse_key = BackendKey {
+                    addr,
+                    port: backend.address.port().to_be(),
+                    protocol: spec.protocol.number(),
+                    family: family as u8,
+                };
+                let shared = self
+                    .backend_reverse
+                    .get(&reverse_key, 0)
+                    .is_ok_and(|reverse| reverse.flags & reverse_flags::SHARED != 0);
+                if !shared {
+                    self.set_backend_reverse(
+                        &reverse_key,
+                        &ReverseValue {
+                            service_addr: service_addr.0,
+                            service_port: spec.address.port().to_be(),
+                            flags: 0,
+                            _pad: 0,
+                            backend_id: backend.id,
+                        },
+                    )?;
+                }
             }
         }
         let pools = self.write_pools(spec.first_slot, &spec.blue, &spec.green)?;
@@ -163,15 +196,17 @@ impl Maps {
             cohort: spec.cohort as u32,
             client_prefix_v4: spec.client_prefix_v4,
             client_prefix_v6: spec.client_prefix_v6,
-            flags: 0,
+            flags: spec.flags(),
             _pad: 0,
             blue: pools[Color::Blue as usize],
             green: pools[Color::Green as usize],
             miss_hold_ns: spec.miss_hold.as_nanos() as u64,
             history,
         };
+        self.add_overrides(spec.id, &spec.overrides)?;
         self.set_service(&key, &config)?;
-        self.set_service(&fragment_key(&spec.address, spec.protocol), &config)
+        self.set_service(&fragment_key(&spec.address, spec.protocol), &config)?;
+        self.remove_stale_overrides(spec.id, &spec.overrides)
     }
 
     /// Changes a service's green weight (parts per million) in one map write; the change goes
@@ -216,7 +251,13 @@ impl Maps {
         address: &SocketAddr,
         protocol: Protocol,
     ) -> Result<(), DataplaneError> {
-        self.remove_service(&service_key(address, protocol))?;
-        self.remove_service(&fragment_key(address, protocol))
+        let key = service_key(address, protocol);
+        let installed = self.service(&key)?;
+        self.remove_service(&key)?;
+        self.remove_service(&fragment_key(address, protocol))?;
+        match installed {
+            Some(config) => self.remove_stale_overrides(config.id, &[]),
+            None => Ok(()),
+        }
     }
 }

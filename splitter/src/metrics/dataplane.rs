@@ -26,6 +26,13 @@ struct ServiceLabels {
     service: String,
 }
 
+/// A preview address and the service it previews.
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct PreviewLabels {
+    service: String,
+    preview_of: String,
+}
+
 /// A service's color and the release it runs (`""` when the config names none).
 #[derive(Clone, Debug, EncodeLabelSet)]
 struct ReleaseLabels {
@@ -239,6 +246,7 @@ struct ServiceFamilies {
     flow_misses: Vec<(ServiceLabels, u64)>,
     stable: Vec<(ReleaseLabels, i64)>,
     ambiguous_misses: Vec<(ServiceLabels, u64)>,
+    previews: Vec<(PreviewLabels, i64)>,
 }
 
 impl ServiceFamilies {
@@ -279,6 +287,17 @@ impl ServiceFamilies {
                 .iter()
                 .map(|service| (labels(&service.name), service.ambiguous_misses))
                 .collect(),
+            previews: report
+                .services
+                .iter()
+                .filter_map(|service| {
+                    let labels = PreviewLabels {
+                        service: service.name.clone(),
+                        preview_of: service.preview_of.clone()?,
+                    };
+                    Some((labels, 1))
+                })
+                .collect(),
         }
     }
 
@@ -306,6 +325,12 @@ impl ServiceFamilies {
             "splitter_service_ambiguous_misses",
             "Mid-flow misses whose hash the weights of the miss_hold window disagree on (steered by the oldest)",
             &self.ambiguous_misses,
+        )?;
+        gauges(
+            encoder,
+            "splitter_service_preview",
+            "1 for a preview address (service = its own name, counted apart), preview_of = the service it previews",
+            &self.previews,
         )
     }
 }

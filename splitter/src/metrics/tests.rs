@@ -71,6 +71,7 @@ fn exposition_lines() {
     report.forwarding.insert("kernel".into(), 11);
     report.services.push(ServiceStatus {
         name: "web".into(),
+        preview_of: None,
         address: "198.18.100.10:80".parse().unwrap(),
         protocol: Protocol::Tcp,
         cohort: CohortSetting::Flow,

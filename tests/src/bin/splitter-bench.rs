@@ -2,7 +2,10 @@
 //! the README's table (Markdown) with ratios to the parse-only floor measured in the same run.
 
 use anyhow::Context as _;
-use splitter_tests::bench::{Family, Measurement, Options, Path, per_packet};
+use splitter_tests::{
+    bench::{Family, Measurement, Options, Path, per_packet},
+    bench_replies::{ReplyMeasurement, ReplyPath, reply_paths},
+};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -33,7 +36,35 @@ fn main() -> anyhow::Result<()> {
     );
     let results = per_packet(&options)?;
     print_table(&results);
+    // The reply path rewrites in place: runs of one packet each (see `bench_replies`).
+    let runs = repeat.min(20_000);
+    eprintln!(
+        "reply path (TC egress): BPF_PROG_TEST_RUN, {runs} runs of repeat 1, median of {rounds}"
+    );
+    let replies = reply_paths(runs, rounds)?;
+    print_replies(&replies);
     Ok(())
+}
+
+fn print_replies(results: &[ReplyMeasurement]) {
+    println!();
+    println!("| reply path (TC egress, runs of 1 packet) | family | ns/packet | − floor |");
+    println!("|---|---|---:|---:|");
+    for v6 in [false, true] {
+        let floor = results
+            .iter()
+            .find(|m| m.v6 == v6 && m.path == ReplyPath::Floor)
+            .map_or(f64::NAN, |m| m.ns_per_packet);
+        for m in results.iter().filter(|m| m.v6 == v6) {
+            println!(
+                "| {} | {} | {:.1} | {:+.1} |",
+                m.path.label(),
+                if v6 { "IPv6" } else { "IPv4" },
+                m.ns_per_packet,
+                m.ns_per_packet - floor
+            );
+        }
+    }
 }
 
 fn find(results: &[Measurement], path: Path, family: Family, flows: u32) -> Option<f64> {
