@@ -15,6 +15,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use splitter::dataplane::{
     Dataplane, LoadOptions,
     replies::Replies,
+    pools::slots_needed,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
 use splitter_common::{
@@ -80,10 +81,12 @@ fn install(dataplane: &mut Dataplane, v6: bool) -> anyhow::Result<(ServiceSpec, 
     let blue = BackendSpec {
         id: 1,
         address: SocketAddr::new(ip(v6, 11, 10), 8080),
+        weight: 1,
     };
     let green = BackendSpec {
         id: 2,
         address: SocketAddr::new(ip(v6, 12, 10), 8080),
+        weight: 1,
     };
     let main = ServiceSpec {
         id: 1,
@@ -93,6 +96,8 @@ fn install(dataplane: &mut Dataplane, v6: bool) -> anyhow::Result<(ServiceSpec, 
         green_weight: WEIGHT_SCALE / 10,
         blue: vec![blue],
         green: vec![green],
+        client_prefix_v4: 0,
+        client_prefix_v6: 0,
         first_slot: 0,
         miss_hold: Duration::from_secs(120),
         overrides: Vec::new(),
@@ -104,7 +109,7 @@ fn install(dataplane: &mut Dataplane, v6: bool) -> anyhow::Result<(ServiceSpec, 
         green_weight: WEIGHT_SCALE,
         blue: Vec::new(),
         green: vec![BackendSpec { id: 3, ..green }],
-        first_slot: 4,
+        first_slot: slots_needed(1, 1),
         preview: true,
         ..main.clone()
     };

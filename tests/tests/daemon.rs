@@ -1052,6 +1052,8 @@ fn predicted(
         client_prefix_v6: 0,
         first_slot: 0,
         miss_hold: Duration::ZERO,
+        overrides: Vec::new(),
+        preview: false,
     };
     let backend = spec
         .predict(&key, seed, weight_ppm)

@@ -64,6 +64,8 @@ fn predicted(blue: &[&str], i: u16) -> String {
         client_prefix_v6: 0,
         first_slot: 0,
         miss_hold: Duration::ZERO,
+        overrides: Vec::new(),
+        preview: false,
     };
     let (src, family) = addr_of(&SocketAddr::new(client(i), 40000));
     let key = FlowKey {
