@@ -115,9 +115,22 @@ impl ServiceSpec {
     }
 
     /// The backend the data plane gives a new flow `key` at `green_weight` with `seed`: the
-    /// contract's rule (`select::service_hash`, `select::choose_hashed`) over the tables this
-    /// spec installs. `None` when both colors are out of rotation.
+    /// contract's rule (`select::service_hash`, `select::choose_forced`) over the tables this
+    /// spec installs; a preview address forces green. `None` when both colors are out of
+    /// rotation. Source overrides are not applied here: see [`Self::predict_forced`].
     pub fn predict(&self, key: &FlowKey, seed: u32, green_weight: u32) -> Option<&BackendSpec> {
+        let forced = self.preview.then_some(Color::Green);
+        self.predict_forced(key, seed, green_weight, forced)
+    }
+
+    /// [`Self::predict`] with the color `forced` (what an override or a preview says).
+    pub fn predict_forced(
+        &self,
+        key: &FlowKey,
+        seed: u32,
+        green_weight: u32,
+        forced: Option<Color>,
+    ) -> Option<&BackendSpec> {
         let config = ServiceConfig {
             cohort: self.cohort as u32,
             client_prefix_v4: self.client_prefix_v4,
@@ -126,8 +139,13 @@ impl ServiceSpec {
         };
         let hash = select::service_hash(&config, key, seed);
         let [blue, green] = self.tables();
-        let choice =
-            select::choose_hashed(hash, green_weight, len32(blue.len()), len32(green.len()))?;
+        let choice = select::choose_forced(
+            hash,
+            green_weight,
+            forced,
+            len32(blue.len()),
+            len32(green.len()),
+        )?;
         let (table, pool) = match choice.color {
             Color::Blue => (blue, &self.blue),
             Color::Green => (green, &self.green),

@@ -7,7 +7,7 @@ use splitter::{
     color::ColorName,
     dataplane::{overrides::Prefix, replies::Replies},
 };
-use splitter_common::{reverse_flags, select};
+use splitter_common::reverse_flags;
 
 use super::*;
 
@@ -18,19 +18,8 @@ fn predict_forced<'a>(
     weight: u32,
     forced: Option<Color>,
 ) -> &'a BackendSpec {
-    let hash = select::cohort_hash(spec.cohort, key, SEED);
-    let choice = select::choose_forced(
-        hash,
-        weight,
-        forced,
-        spec.blue.len() as u32,
-        spec.green.len() as u32,
-    )
-    .expect("the chosen pool has backends");
-    match choice.color {
-        Color::Green => &spec.green[choice.index as usize],
-        Color::Blue => &spec.blue[choice.index as usize],
-    }
+    spec.predict_forced(key, SEED, weight, forced)
+        .expect("the chosen pool has backends")
 }
 
 fn prefix(text: &str) -> Prefix {
@@ -142,7 +131,7 @@ fn preview_of(spec: &ServiceSpec, address: SocketAddr) -> ServiceSpec {
                 ..*backend
             })
             .collect(),
-        first_slot: spec.first_slot + 1000,
+        first_slot: (spec.id + 100) * slots_needed(2, 2),
         preview: true,
         overrides: Vec::new(),
         ..spec.clone()
