@@ -94,11 +94,12 @@ pub enum Request {
 impl Request {
     /// Every value of [`Request::name`], in declaration order: the request counter has a zero
     /// series for each from the start.
-    pub const NAMES: [&'static str; 14] = [
+    pub const NAMES: [&'static str; 15] = [
         "status",
         "set-weight",
         "switch",
         "drain",
+        "what-if",
         "reload",
         "unload",
         "rollout-start",
