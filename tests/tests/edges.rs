@@ -237,3 +237,63 @@ fn an_internal_prefix_is_always_green_at_weight_zero() {
         "no overrides, weight 100: green"
     );
 }
+
+#[test]
+fn a_backend_leaving_one_of_its_services_keeps_that_services_connections() {
+    if !require_privileges("a_backend_leaving_one_of_its_services_keeps_that_services_connections")
+    {
+        return;
+    }
+    const API: &str = "198.18.100.12:80";
+    let mut lab = Lab::new("ert");
+    // BLUE[0] serves web and api: its replies are shared.
+    let config = |api_blue: &[&str]| {
+        format!(
+            "{}{}",
+            service("web", WEB, "tcp", "0", &BLUE[..1], &GREEN[..1], TCP_PORT),
+            service("api", API, "tcp", "0", api_blue, &GREEN[1..], TCP_PORT),
+        )
+    };
+    lab.write_config(&config(&BLUE));
+    lab.start_daemon();
+    // Open connections to api until a few land on the shared backend (the in-pool hash).
+    let shared = format!("{}:{TCP_PORT}", BLUE[0]);
+    let mut on_shared = Vec::new();
+    for _ in 0..40 {
+        let mut conversation = lab.connect(API);
+        if conversation.ask().expect("a first answer") == shared {
+            on_shared.push(conversation);
+        }
+        if on_shared.len() == 3 {
+            break;
+        }
+    }
+    assert!(
+        !on_shared.is_empty(),
+        "no api connection landed on {shared}"
+    );
+    // api gives the shared backend up; web keeps it. api's pinned connections go on to it and
+    // their replies must still leave from api's address (a retired candidate).
+    lab.write_config(&config(&BLUE[1..]));
+    lab.cli_ok(&["reload"]);
+    for round in 0..3 {
+        for conversation in &mut on_shared {
+            let answer = conversation.ask().unwrap_or_else(|error| {
+                panic!(
+                    "round {round}: {error}\nresets: {}",
+                    lab.explain_reset_of(conversation.local_addr())
+                )
+            });
+            assert_eq!(answer, shared, "pinned to its backend");
+        }
+    }
+    // New api connections avoid it; web's still use it, answered from web's address.
+    let answers = lab.requests(API, 20);
+    assert!(
+        answers
+            .iter()
+            .all(|answer| answer.as_deref() == Ok(&format!("{}:{TCP_PORT}", BLUE[1]))),
+        "{answers:?}"
+    );
+    assert_eq!(lab.split(WEB, 20), (20, 0));
+}

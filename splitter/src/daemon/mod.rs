@@ -31,7 +31,7 @@ use crate::{
     control::protocol::{ErrorKind, HashSeedSource, ReloadReport},
     dataplane::{
         Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
-        services::socket_addr,
+        overrides::of_family, services::socket_addr,
     },
     metrics::RolloutMetrics,
     state::{RandomSeed, ServiceState, State, StateError},
@@ -347,7 +347,8 @@ impl App {
     /// flows), services, the overrides of services left unchanged, removals, then the
     /// `SHARED_REVERSE` entries of backends no longer shared.
     fn write(&mut self, plan: &Plan, installs: &[Desired<'_>]) -> Result<(), AppError> {
-        let replies = replies::replies(installs, plan, &self.installed);
+        let current = self.dataplane.maps.reply_candidates()?;
+        let replies = replies::replies(installs, plan, &self.installed, &current);
         let maps = &mut self.dataplane.maps;
         maps.set_replies(&replies)?;
         for write in &plan.writes {
@@ -364,19 +365,15 @@ impl App {
             if let Some(current) = self.installed.get(&(service.address, service.protocol))
                 && plan.unchanged.contains(&service.name)
             {
-                maps.add_overrides(current.config.id, &service.overrides)?;
-                maps.remove_stale_overrides(current.config.id, &service.overrides)?;
+                let overrides = of_family(&service.overrides, &service.address);
+                maps.add_overrides(current.config.id, &overrides)?;
+                maps.remove_stale_overrides(current.config.id, &overrides)?;
             }
         }
         for (address, protocol) in &plan.removals {
             maps.remove_service_at(address, *protocol)?;
         }
-        let shared: Vec<BackendKey> = replies
-            .iter()
-            .filter(|reply| reply.candidates.len() > 1)
-            .map(|reply| reply.key)
-            .collect();
-        maps.remove_stale_shared(&shared)?;
+        maps.remove_stale_shared()?;
         Ok(())
     }
 
@@ -391,21 +388,29 @@ impl App {
         self.forget_backends(&orphans, &held)
     }
 
-    /// Reply-path entries of backends no service uses. The daemon scans the flow table for
-    /// them *without* the application lock (a reload of a big table must not stall control,
-    /// metrics and rollouts), then calls [`App::forget_backends`].
+    /// Reply-path entries of backends no service uses, with every backend id they answer for
+    /// (a shared one: each candidate's). The daemon scans the flow table for them *without*
+    /// the application lock (a reload of a big table must not stall control, metrics and
+    /// rollouts), then calls [`App::forget_backends`].
     pub fn orphan_backends(&self) -> Result<Vec<(BackendKey, u32)>, AppError> {
         let in_use = self.backends_in_use();
         Ok(self
             .dataplane
             .maps
-            .backend_reverse_entries()?
+            .reply_candidates()?
             .into_iter()
-            .filter(|(key, _)| {
+            .filter(|reply| {
+                let key = &reply.key;
                 let address = socket_addr(&key.addr, key.port, key.family);
                 !in_use.contains(&(address, key.protocol))
             })
-            .map(|(key, reverse)| (key, reverse.backend_id))
+            .flat_map(|reply| {
+                let key = reply.key;
+                reply
+                    .candidates
+                    .into_iter()
+                    .map(move |candidate| (key, candidate.backend_id))
+            })
             .collect())
     }
 
@@ -418,10 +423,17 @@ impl App {
         held: &std::collections::HashMap<u32, crate::dataplane::maps::StateCounts>,
     ) -> Result<(), AppError> {
         let in_use = self.backends_in_use();
-        for (key, backend_id) in orphans {
+        // A key stays while any of its ids is held (a shared backend lists several).
+        let held_keys: Vec<BackendKey> = orphans
+            .iter()
+            .filter(|(_, backend_id)| held.contains_key(backend_id))
+            .map(|(key, _)| *key)
+            .collect();
+        for (key, _) in orphans {
             let address = socket_addr(&key.addr, key.port, key.family);
-            if !in_use.contains(&(address, key.protocol)) && !held.contains_key(backend_id) {
+            if !in_use.contains(&(address, key.protocol)) && !held_keys.contains(key) {
                 self.dataplane.maps.remove_backend_reverse(key)?;
+                self.dataplane.maps.remove_shared(key)?;
             }
         }
         Ok(())

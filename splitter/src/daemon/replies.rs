@@ -2,11 +2,17 @@
 //! backend serving one service gets the plain, stateless reply entry; a shared one (a preview
 //! address, or two services on the same backends) lists every service, in config order, main
 //! services before previews, so the first (the fallback) is the first service of the file that
-//! uses it.
+//! uses it. A service that stops using a backend another service keeps (the backend moved out
+//! of its pools: its pinned flows still go there) stays on the list as a *retired* candidate
+//! while there is room, so its open connections keep their replies' address.
+//!
+//! Known limit: a retired candidate is not dropped when its last flow ends, only when its slot
+//! is needed by a configured service or when no configured service uses the backend any more
+//! (then the orphan sweep removes the whole entry once no flow holds any of its ids).
 
 use std::collections::BTreeMap;
 
-use splitter_common::{BackendKey, ReverseValue};
+use splitter_common::{BackendKey, MAX_SHARING, ReverseValue};
 
 use super::reconcile::{Desired, InstalledService, Plan, ServiceAddress};
 use crate::dataplane::{
@@ -14,11 +20,14 @@ use crate::dataplane::{
     services::{Protocol, addr_of},
 };
 
-/// The reply entries of every backend of `desired` once `plan` is written.
+/// The reply entries of every backend of `desired` once `plan` is written; `current`: the
+/// candidates each backend has now (`Maps::reply_candidates`), whose services no longer using
+/// it are kept after the configured ones while there is room.
 pub fn replies(
     desired: &[Desired<'_>],
     plan: &Plan,
     installed: &BTreeMap<ServiceAddress, InstalledService>,
+    current: &[Replies],
 ) -> Vec<Replies> {
     let mut order: Vec<(std::net::SocketAddr, Protocol)> = Vec::new();
     let mut groups: BTreeMap<(std::net::SocketAddr, Protocol), Replies> = BTreeMap::new();
@@ -65,8 +74,26 @@ pub fn replies(
             });
         }
     }
-    order
+    let mut replies: Vec<Replies> = order
         .into_iter()
         .filter_map(|key| groups.remove(&key))
-        .collect()
+        .collect();
+    for reply in &mut replies {
+        let Some(now) = current.iter().find(|now| now.key == reply.key) else {
+            continue;
+        };
+        for candidate in &now.candidates {
+            let configured = reply.candidates.iter().any(|wanted| {
+                wanted.service_addr == candidate.service_addr
+                    && wanted.service_port == candidate.service_port
+            });
+            if !configured && reply.candidates.len() < MAX_SHARING {
+                reply.candidates.push(ReverseValue {
+                    flags: 0,
+                    ..*candidate
+                });
+            }
+        }
+    }
+    replies
 }

@@ -92,6 +92,20 @@ impl Prefix {
     }
 }
 
+/// The overrides of a service at `address` that go into the trie: those of its family (its
+/// clients are of that family; the trie key does not tell the families apart, so a prefix of
+/// the other one could match a client it was not meant for).
+pub fn of_family(
+    overrides: &[(Prefix, ColorName)],
+    address: &std::net::SocketAddr,
+) -> Vec<(Prefix, ColorName)> {
+    overrides
+        .iter()
+        .filter(|(prefix, _)| prefix.addr.is_ipv4() == address.is_ipv4())
+        .copied()
+        .collect()
+}
+
 impl Maps {
     /// Writes the overrides of service `id` (new and changed entries); the stale ones stay
     /// until [`Maps::remove_stale_overrides`].

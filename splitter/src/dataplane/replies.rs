@@ -49,25 +49,54 @@ impl Maps {
         Ok(())
     }
 
-    /// Deletes the `SHARED_REVERSE` entries of backends not in `shared` (no longer shared:
-    /// their `BACKEND_REVERSE` entry was rewritten plain, or is an orphan whose fallback is its
-    /// first service).
-    pub fn remove_stale_shared(&mut self, shared: &[BackendKey]) -> Result<(), DataplaneError> {
-        let map = &mut self.shared_reverse;
+    /// Deletes the `SHARED_REVERSE` entries whose `BACKEND_REVERSE` entry is gone or no
+    /// longer says `SHARED` (rewritten plain by [`Maps::set_replies`]).
+    pub fn remove_stale_shared(&mut self) -> Result<(), DataplaneError> {
         let mut stale = Vec::new();
-        for key in map.keys() {
+        for key in self.shared_reverse.keys() {
             let key = key.map_err(map_error)?;
-            if !shared.contains(&key) {
+            let shared = self
+                .backend_reverse
+                .get(&key, 0)
+                .is_ok_and(|reverse| reverse.flags & reverse_flags::SHARED != 0);
+            if !shared {
                 stale.push(key);
             }
         }
         for key in &stale {
-            match map.remove(key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(source)),
-            }
+            self.remove_shared(key)?;
         }
         Ok(())
+    }
+
+    /// Removes one backend's `SHARED_REVERSE` entry (after its `BACKEND_REVERSE` entry).
+    pub fn remove_shared(&mut self, key: &BackendKey) -> Result<(), DataplaneError> {
+        match self.shared_reverse.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(map_error(source)),
+        }
+    }
+
+    /// What every backend's replies may answer for now: the plain entry, or a shared one's
+    /// candidates.
+    pub fn reply_candidates(&self) -> Result<Vec<Replies>, DataplaneError> {
+        let mut replies = Vec::new();
+        for (key, reverse) in self.backend_reverse_entries()? {
+            let candidates = if reverse.flags & reverse_flags::SHARED == 0 {
+                vec![reverse]
+            } else {
+                match self.shared_reverse.get(&key, 0) {
+                    Ok(shared) => {
+                        let count = (shared.count as usize).min(MAX_SHARING);
+                        shared.candidates[..count].to_vec()
+                    }
+                    Err(aya::maps::MapError::KeyNotFound) => vec![reverse],
+                    Err(source) => return Err(map_error(source)),
+                }
+            };
+            replies.push(Replies { key, candidates });
+        }
+        Ok(replies)
     }
 
     /// Every `SHARED_REVERSE` entry.

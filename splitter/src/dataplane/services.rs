@@ -81,6 +81,11 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// The overrides written to the trie (see [`super::overrides::of_family`]).
+    pub fn overrides_installed(&self) -> Vec<(Prefix, ColorName)> {
+        super::overrides::of_family(&self.overrides, &self.address)
+    }
+
     /// The [`service_flags`] of its `SERVICES` entry.
     pub fn flags(&self) -> u8 {
         flags(!self.overrides.is_empty(), self.preview)
@@ -203,10 +208,11 @@ impl Maps {
             miss_hold_ns: spec.miss_hold.as_nanos() as u64,
             history,
         };
-        self.add_overrides(spec.id, &spec.overrides)?;
+        let overrides = spec.overrides_installed();
+        self.add_overrides(spec.id, &overrides)?;
         self.set_service(&key, &config)?;
         self.set_service(&fragment_key(&spec.address, spec.protocol), &config)?;
-        self.remove_stale_overrides(spec.id, &spec.overrides)
+        self.remove_stale_overrides(spec.id, &overrides)
     }
 
     /// Changes a service's green weight (parts per million) in one map write; the change goes
