@@ -48,6 +48,8 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Host(String),
+    #[error(transparent)]
+    Fleet(#[from] super::fleet::FleetConfigError),
     #[error("{path}: {problem}")]
     Invalid {
         path: PathBuf,

@@ -3,6 +3,8 @@
 //! the status snapshot in `status.rs`). Everything here is synchronous; the
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
+// FLEET: `[fleet]` requests and the fleet's apply path.
+mod fleet;
 mod persist;
 pub mod reconcile;
 pub mod rollouts;

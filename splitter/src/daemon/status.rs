@@ -184,6 +184,8 @@ impl App {
             services,
             verdicts,
             forwarding,
+            // Filled in by `Shared::status` ([fleet]).
+            fleet: None,
         })
     }
 }
