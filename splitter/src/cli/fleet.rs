@@ -96,6 +96,9 @@ pub fn print_write(out: &mut impl Write, write: &FleetWrite) -> Result<(), Fleet
             "{}/{} hosts at revision {}",
             write.hosts_applied, write.hosts_live, write.revision
         )?;
+        for host in &write.left_alone {
+            writeln!(out, "left alone: {host}")?;
+        }
         Ok(())
     } else {
         Err(FleetCliError::Behind {

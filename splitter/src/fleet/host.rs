@@ -30,6 +30,21 @@ pub struct HostRecord {
     pub seed_agrees: bool,
 }
 
+impl HostRecord {
+    /// Why this host does not apply fleet changes of `service`, if it does not.
+    pub fn leaves_alone(&self, service: &str) -> Option<&'static str> {
+        if !self.seed_agrees {
+            Some("its hash seed differs from the fleet's")
+        } else if self.mismatched.iter().any(|name| name == service) {
+            Some("its definition of the service differs from the fleet's")
+        } else if self.overrides.iter().any(|name| name == service) {
+            Some("a local override is in force")
+        } else {
+            None
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }

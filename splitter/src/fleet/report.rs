@@ -70,4 +70,8 @@ pub struct FleetWrite {
     pub hosts_live: usize,
     /// Live hosts still behind when the wait ended (empty: all applied).
     pub behind: Vec<String>,
+    /// Live hosts that leave the service alone (definition or seed differs, local override):
+    /// `host: why`. Not waited for.
+    #[serde(default)]
+    pub left_alone: Vec<String>,
 }

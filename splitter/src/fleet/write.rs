@@ -72,17 +72,32 @@ impl Fleet {
             hosts_applied: 0,
             hosts_live: 0,
             behind: Vec::new(),
+            left_alone: Vec::new(),
         };
         let deadline = Instant::now() + self.config.wait;
         loop {
             let hosts = self.hosts(&mut client).await?;
             outcome.hosts_live = hosts.len();
+            outcome.left_alone = hosts
+                .iter()
+                .filter_map(|host| {
+                    host.leaves_alone(service)
+                        .map(|why| format!("{}: {why}", host.host))
+                })
+                .collect();
             outcome.behind = hosts
                 .iter()
-                .filter(|host| host.applied_revision < revision)
+                .filter(|host| {
+                    host.applied_revision < revision && host.leaves_alone(service).is_none()
+                })
                 .map(|host| host.host.clone())
                 .collect();
-            outcome.hosts_applied = hosts.len() - outcome.behind.len();
+            outcome.hosts_applied = hosts
+                .iter()
+                .filter(|host| {
+                    host.applied_revision >= revision && host.leaves_alone(service).is_none()
+                })
+                .count();
             if !wait || outcome.behind.is_empty() || Instant::now() >= deadline {
                 return Ok(outcome);
             }
