@@ -268,6 +268,10 @@ fn handle<T: Target>(
 async fn publish(fleet: &Fleet, client: &mut Client, session: &Session) -> Result<(), FleetError> {
     let record = {
         let status = fleet.lock();
+        fleet
+            .metrics
+            .mismatched
+            .set(i64::try_from(status.mismatched.len()).unwrap_or(i64::MAX));
         HostRecord {
             host: fleet.config.host.clone(),
             version: fleet.version.to_owned(),
