@@ -252,3 +252,92 @@ fn a_host_with_other_definitions_is_reported_and_left_alone() {
         "{table}"
     );
 }
+
+/// `cargo xtask bench --fleet`: time from `set-weight` (the CLI, waiting) to the last of three
+/// hosts applying it, against a local change on one host; etcd writes and watch events per
+/// change; reconvergence after etcd returns.
+#[test]
+#[ignore = "a measurement: cargo xtask bench --fleet"]
+fn measure_fleet() {
+    if !require_privileges("measure_fleet") {
+        return;
+    }
+    const CHANGES: usize = 100;
+    let mut etcd = Etcd::start("fb");
+    let labs = fleet("fb", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let counters = |etcd: &Etcd| {
+        let text = etcd
+            .ns
+            .exec(&["curl", "-sS", &format!("{}/metrics", etcd.endpoint)])
+            .stdout;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        (
+            metric(&text, "etcd_mvcc_put_total").unwrap_or(0.0)
+                + metric(&text, "etcd_mvcc_txn_total").unwrap_or(0.0),
+            metric(&text, "etcd_debugging_mvcc_events_total").unwrap_or(0.0),
+        )
+    };
+    let time = |lab: &Lab, args: &[&str]| {
+        let started = Instant::now();
+        let out = lab.cli_ok(args);
+        let took = started.elapsed();
+        (took, out)
+    };
+    let (writes_before, events_before) = counters(&etcd);
+    let mut fleet_times = Vec::new();
+    for change in 0..CHANGES {
+        let percent = if change % 2 == 0 { "10" } else { "20" };
+        let (took, out) = time(&labs[change % 3], &["set-weight", "web", percent]);
+        assert!(out.contains("3/3 hosts at revision"), "{out}");
+        fleet_times.push(took);
+    }
+    let (writes_after, events_after) = counters(&etcd);
+    let mut local_times = Vec::new();
+    for change in 0..CHANGES {
+        let color = if change % 2 == 0 { "blue" } else { "green" };
+        let (took, _) = time(&labs[0], &["switch", "web", color, "--local"]);
+        local_times.push(took);
+    }
+    labs[0].cli_ok(&["fleet", "clear-override", "web"]);
+    // Reconvergence: etcd down long enough for every host to notice, then back.
+    etcd.stop();
+    for lab in &labs {
+        eventually(lab, "disconnected", |status| {
+            status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
+        });
+    }
+    etcd.resume();
+    let back = Instant::now();
+    for lab in &labs {
+        connected(lab);
+    }
+    let reconverged = back.elapsed();
+    let quantiles = |times: &mut Vec<Duration>| {
+        times.sort();
+        (times[times.len() / 2], times[times.len() * 99 / 100])
+    };
+    let (fleet_median, fleet_p99) = quantiles(&mut fleet_times);
+    let (local_median, local_p99) = quantiles(&mut local_times);
+    println!(
+        "FLEET set-weight to the last of 3 hosts applied ({CHANGES} changes, CLI wall time): median {:.1} ms, p99 {:.1} ms",
+        fleet_median.as_secs_f64() * 1e3,
+        fleet_p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "FLEET one host, local change (switch --local, CLI wall time): median {:.1} ms, p99 {:.1} ms",
+        local_median.as_secs_f64() * 1e3,
+        local_p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "FLEET etcd writes (puts + txns) per change: {:.1}; watch events sent per change: {:.1}",
+        (writes_after - writes_before) / CHANGES as f64,
+        (events_after - events_before) / CHANGES as f64
+    );
+    println!(
+        "FLEET reconvergence after etcd answers again: {:.2} s (3 hosts connected and applied)",
+        reconverged.as_secs_f64()
+    );
+}
