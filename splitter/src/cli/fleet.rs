@@ -9,7 +9,7 @@ use crate::{
         client::{Client, ClientError},
         protocol::{Reply, Request},
     },
-    fleet::report::{FleetStatusReport, FleetWrite},
+    fleet::report::{FleetLocalStatus, FleetStatusReport, FleetWrite},
     units::ppm_to_percent,
 };
 
@@ -109,6 +109,42 @@ pub fn print_write(out: &mut impl Write, write: &FleetWrite) -> Result<(), Fleet
             behind: write.behind.join(", "),
         })
     }
+}
+
+/// The fleet line(s) of `status`: connected or fail-static, applied revision, overrides,
+/// mismatches.
+pub fn status_line(fleet: &FleetLocalStatus) -> String {
+    use std::fmt::Write as _;
+    let mut text = if fleet.connected {
+        format!(
+            "  fleet {} as {}: connected, desired state applied at revision {}\n",
+            fleet.fleet, fleet.host, fleet.applied_revision
+        )
+    } else {
+        format!(
+            "WARNING: fleet {} as {}: DISCONNECTED from etcd ({}): the state applied at revision {} stays in force\n",
+            fleet.fleet,
+            fleet.host,
+            fleet.last_error.as_deref().unwrap_or("no session"),
+            fleet.applied_revision
+        )
+    };
+    for (service, color) in &fleet.overrides {
+        let _ = writeln!(
+            text,
+            "  fleet: {service}: LOCAL OVERRIDE to {color} (`splitter fleet clear-override {service}` ends it)"
+        );
+    }
+    for service in fleet.mismatched.keys() {
+        let _ = writeln!(
+            text,
+            "WARNING: fleet: {service}: this host's definition differs from the fleet's: fleet changes are not applied"
+        );
+    }
+    if fleet.seed_mismatch {
+        text.push_str("WARNING: fleet: the data plane's hash seed differs from the fleet's: fleet changes are not applied\n");
+    }
+    text
 }
 
 /// The `fleet status` table.
