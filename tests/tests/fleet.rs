@@ -173,6 +173,8 @@ fn etcd_down_fails_static_local_override_then_reconverges() {
             Some(0.0)
         );
     }
+    let human = labs[1].cli_ok(&["status"]);
+    assert!(human.contains("DISCONNECTED from etcd"), "{human}");
     let refused = labs[1].cli(&["set-weight", "web", "0"]);
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(
@@ -192,6 +194,8 @@ fn etcd_down_fails_static_local_override_then_reconverges() {
         1,
         "override visible in status: {overrides:?}"
     );
+    let human = labs[0].cli_ok(&["status"]);
+    assert!(human.contains("web: LOCAL OVERRIDE to blue"), "{human}");
     etcd.resume();
     for lab in &labs {
         connected(lab);
