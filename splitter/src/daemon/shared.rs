@@ -197,6 +197,10 @@ impl Shared {
         let result = self.with_app(App::reload);
         self.metrics.reload(result.is_ok());
         let report = result?;
+        // FLEET: service definitions may have changed: the session agrees on them again.
+        if let Some(fleet) = &self.fleet {
+            fleet.reloaded();
+        }
         let orphans = self.with_app(|app| Ok((app.orphan_backends()?, app.flow_scan())));
         match orphans {
             Ok((orphans, _)) if orphans.is_empty() => {}

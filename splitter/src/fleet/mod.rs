@@ -237,6 +237,12 @@ impl Fleet {
         self.persist()
     }
 
+    /// The config was reloaded: the session agrees on the service definitions again and
+    /// reapplies the desired state.
+    pub fn reloaded(&self) {
+        self.resync.notify_one();
+    }
+
     /// Ends a local override: the fleet's desired state applies again (at once when connected,
     /// else at the reconnection).
     pub fn clear_override(&self, service: &str) -> Result<(), FleetError> {

@@ -64,7 +64,7 @@ async fn session<T: Target>(
         .lease_keep_alive(lease)
         .await
         .map_err(FleetError::store("renewing the host lease"))?;
-    let session = Session { definitions, lease };
+    let mut session = Session { definitions, lease };
     let revision = load(fleet, target, &mut client, &session).await?;
     fleet.lock().applied_revision = revision;
     fleet.persist()?;
@@ -123,6 +123,9 @@ async fn session<T: Target>(
                 publish(fleet, &mut client, &session).await?;
             }
             () = fleet.resync.notified() => {
+                // A reload may have changed the definitions; a cleared override wants the
+                // desired state again.
+                session.definitions = agree(fleet, target, &mut client).await?;
                 load(fleet, target, &mut client, &session).await?;
                 publish(fleet, &mut client, &session).await?;
             }
