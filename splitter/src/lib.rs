@@ -20,6 +20,7 @@ pub mod daemon;
     reason = "the data-plane folder predates the workspace lints; its pedantic clean-up is pending"
 )]
 pub mod dataplane;
+pub mod fleet;
 pub mod logging;
 pub mod metrics;
 pub mod rollout;

@@ -17,6 +17,7 @@ use splitter::{
     config::{Config, Validated},
     control::server::ControlServer,
     daemon::{App, AppError, shared::Shared},
+    fleet::Fleet,
     metrics::{self, DaemonMetrics, Metrics},
     state::{self, DaemonLock},
 };
@@ -91,7 +92,9 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut hangup = signal(SignalKind::hangup())?;
-        // 4. Data plane: adopt or load, attach, install the services.
+        // 4. Data plane: adopt or load, attach, install the services (a new fleet host
+        //    starts with the fleet's hash seed).
+        splitter::fleet::adopt_seed(config).await?;
         let bpffs = config.bpffs.clone();
         let app = match App::start(config_path, config.clone()) {
             Ok(app) => app,
@@ -101,8 +104,9 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
             }
         };
         let daemon_metrics = DaemonMetrics::default();
-        let metrics = Arc::new(Metrics::new(&daemon_metrics).with_rollouts(app.rollout_metrics()));
-        let shared = Arc::new(Shared::new(app, daemon_metrics));
+        let metrics = Metrics::new(&daemon_metrics).with_rollouts(app.rollout_metrics());
+        let (fleet, metrics, shared) = join_fleet(config, metrics, Shared::new(app, daemon_metrics))?;
+        let (metrics, shared) = (Arc::new(metrics), Arc::new(shared));
         tracing::info!(
             socket = %control.path().display(),
             metrics = %config.metrics,
@@ -131,6 +135,9 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         ));
         let sampler_task = tokio::spawn(sample(shared.clone()));
         let rollout_task = tokio::spawn(judge_rollouts(shared.clone()));
+        // The fleet's session: load, watch and apply the desired state, publish this host.
+        let fleet_task =
+            fleet.map(|fleet| tokio::spawn(splitter::fleet::run(fleet, shared.clone())));
         let unloaded = loop {
             tokio::select! {
                 _ = terminate.recv() => break false,
@@ -152,6 +159,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         metrics_task.abort();
         sampler_task.abort();
         rollout_task.abort();
+        fleet_task.inspect(tokio::task::JoinHandle::abort);
         let _ = std::fs::remove_file(&socket_path);
         if unloaded {
             tracing::info!("data plane unloaded; daemon stopped");
@@ -170,6 +178,27 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
     // not hold up the exit: the data plane is pinned, nothing else needs a clean stop.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// With `[fleet]`: the fleet membership, its metrics, and the shared state that answers for it.
+fn join_fleet(
+    config: &Validated,
+    metrics: Metrics,
+    shared: Shared,
+) -> anyhow::Result<(Option<Arc<Fleet>>, Metrics, Shared)> {
+    let Some(fleet_config) = &config.fleet else {
+        return Ok((None, metrics, shared));
+    };
+    let fleet = Fleet::new(
+        fleet_config.clone(),
+        config.state_dir.clone(),
+        splitter::cli::VERSION,
+    )?;
+    Ok((
+        Some(fleet.clone()),
+        metrics.with_fleet(fleet.metrics()),
+        shared.with_fleet(fleet),
+    ))
 }
 
 /// Samples the counters once a second (rates and measured shares for `status`).

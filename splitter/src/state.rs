@@ -184,8 +184,23 @@ fn read_nofollow(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Another JSON file of `dir` (the fleet's `fleet.json`): absent is the default value.
+pub(crate) fn read_optional<T: serde::de::DeserializeOwned + Default>(
+    dir: &Path,
+    name: &str,
+) -> Result<T, StateError> {
+    let path = dir.join(name);
+    match read_nofollow(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(source) => Err(StateError::Read { path, source }),
+    }
+}
+
 /// `dir/name` replaced by `text` atomically: temp file, fsync, rename, fsync of the directory.
-fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
+pub(crate) fn write_atomically(dir: &Path, name: &str, text: &str) -> Result<(), StateError> {
     let path = dir.join(name);
     let temp = dir.join(format!(".{name}.tmp"));
     let write_error = |path: &Path| -> Box<dyn Fn(std::io::Error) -> StateError> {

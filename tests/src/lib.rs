@@ -7,6 +7,7 @@ pub mod bench_replies;
 pub mod compare;
 pub mod daemon_harness;
 pub mod demo;
+pub mod etcd;
 pub mod netns;
 pub mod packet;
 pub mod prometheus;

@@ -4,6 +4,7 @@
 //! * `cargo xtask bench --compare`: the splitter against nftables, IPVS, HAProxy, plain routing
 //!   and a bare XDP forwarder on one namespace topology (packet rate, connections, scale);
 //!   `--update-readme` also writes the result into the README's "Benchmarks" section.
+//! * `cargo xtask bench --fleet`: the fleet over a real etcd (`tests/tests/fleet.rs`).
 
 use std::{path::Path, process::Command};
 
@@ -31,6 +32,10 @@ pub struct Options {
     /// With --compare: write the result into README.md's "Benchmarks" section.
     #[arg(long, requires = "compare")]
     pub update_readme: bool,
+    /// The fleet (`[fleet]`, real etcd, three hosts): change propagation, etcd writes per
+    /// change, reconvergence.
+    #[arg(long, conflicts_with = "compare")]
+    pub fleet: bool,
 }
 
 /// The README section the comparison owns, between these markers.
@@ -41,6 +46,22 @@ const END: &str = "<!-- bench-compare:end -->";
 pub fn run(options: &Options) -> anyhow::Result<()> {
     if options.compare {
         return compare(options);
+    }
+    if options.fleet {
+        setup::run(&setup::Options { test_deps: true })?;
+        return run_command(
+            Command::new("cargo")
+                .current_dir(workspace_root())
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "splitter-tests",
+                    "--test",
+                    "fleet",
+                ])
+                .args(["--", "--ignored", "measure_fleet", "--nocapture"]),
+        );
     }
     setup::run(&setup::Options::default())?;
     run_command(

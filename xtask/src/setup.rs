@@ -20,8 +20,14 @@ pub struct Options {
     pub test_deps: bool,
 }
 
+/// Debian packages the build needs: `protoc` for etcd-client's gRPC code (the fleet).
+const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+
 /// Debian packages used by tests, demo and benchmarks.
 const TEST_PACKAGES: &[&str] = &[
+    // tests/tests/fleet.rs and `cargo xtask bench fleet`: a real etcd 3.4 (server, etcdctl).
+    "etcd-server",
+    "etcd-client",
     "iproute2",
     "ethtool",
     "nftables",
@@ -46,12 +52,15 @@ const TEST_PACKAGES: &[&str] = &[
 pub fn run(options: &Options) -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_packages(BUILD_PACKAGES)?;
     check_privileges()?;
     check_bpffs()?;
     if options.test_deps {
         ensure_packages(TEST_PACKAGES)?;
     }
-    eprintln!("setup: ok (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, root, BPF, bpffs)");
+    eprintln!(
+        "setup: ok (nightly rust-src, bpf-linker {BPF_LINKER_VERSION}, protoc, root, BPF, bpffs)"
+    );
     Ok(())
 }
 

@@ -22,6 +22,7 @@ use crate::{
 };
 
 mod drain;
+mod fleet;
 pub mod rollout;
 mod status;
 mod whatif;
@@ -29,6 +30,7 @@ mod whatif;
 pub use self::status::render_status;
 use self::{
     drain::{DrainArgs, DrainCliError},
+    fleet::{FleetCliError, FleetCommand},
     rollout::{RolloutCliError, RolloutCommand},
 };
 
@@ -128,14 +130,28 @@ pub enum Command {
     },
     /// Send PERCENT of new flows of SERVICE to green (e.g. 12.5; up to 4 decimals).
     /// Established flows stay where they are.
+    /// With `[fleet]`: written to etcd, then waits until every live host applied it.
     SetWeight {
         service: String,
         #[arg(allow_hyphen_values = true)]
         percent: String,
+        /// With `[fleet]`: return once written, without waiting for the hosts.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Send every new flow of SERVICE to one color (cutover or instant rollback).
-    /// Established flows stay where they are.
-    Switch { service: String, color: ColorName },
+    /// Established flows stay where they are. With `[fleet]`: fleet-wide, as `set-weight`.
+    Switch {
+        service: String,
+        color: ColorName,
+        /// With `[fleet]`: return once written, without waiting for the hosts.
+        #[arg(long)]
+        no_wait: bool,
+        /// With `[fleet]`: this host only, without etcd (an emergency): held against the
+        /// fleet until `splitter fleet clear-override SERVICE`.
+        #[arg(long)]
+        local: bool,
+    },
     /// Drain COLOR of SERVICE: every new flow to the other color at once (one map write, as
     /// `switch`), then its live connections per backend; `--wait` until there are none.
     Drain(DrainArgs),
@@ -162,6 +178,11 @@ pub enum Command {
         /// for another host.
         #[arg(long)]
         no_host_checks: bool,
+    },
+    /// The fleet (`[fleet]`): status of every host, local overrides.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Canary rollouts: start, status, pause, resume, promote, abort.
     Rollout {
@@ -192,6 +213,8 @@ enum CliError {
     Rollout(RolloutCliError),
     #[error(transparent)]
     Drain(DrainCliError),
+    #[error(transparent)]
+    Fleet(FleetCliError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
@@ -229,6 +252,11 @@ impl CliError {
                 DrainCliError::Timeout(_) => Exit::Usage,
                 DrainCliError::NotDrained { .. } => Exit::Timeout,
                 DrainCliError::Stdout(_) => Exit::Failure,
+            },
+            CliError::Fleet(error) => match error {
+                FleetCliError::Client(client) => client_exit(client),
+                FleetCliError::Behind { .. } => Exit::Timeout,
+                FleetCliError::Stdout(_) => Exit::Failure,
             },
             CliError::Percent { .. } | CliError::Interval | CliError::UnknownService { .. } => {
                 Exit::Usage
@@ -323,7 +351,11 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 std::thread::sleep(Duration::from_secs_f64(interval));
             }
         }
-        Command::SetWeight { service, percent } => {
+        Command::SetWeight {
+            service,
+            percent,
+            no_wait,
+        } => {
             let green_weight = parse_percent(&percent).map_err(|problem| CliError::Percent {
                 value: percent.clone(),
                 problem,
@@ -333,14 +365,29 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 &Request::SetWeight {
                     service,
                     green_weight,
+                    no_wait,
                 },
             )?;
             print_weight(&mut out, reply)
         }
-        Command::Switch { service, color } => {
-            let reply = request(socket, &Request::Switch { service, color })?;
+        Command::Switch {
+            service,
+            color,
+            no_wait,
+            local,
+        } => {
+            let reply = request(
+                socket,
+                &Request::Switch {
+                    service,
+                    color,
+                    no_wait,
+                    local,
+                },
+            )?;
             print_weight(&mut out, reply)
         }
+        Command::Fleet { command } => fleet::execute(command, socket).map_err(CliError::Fleet),
         Command::Drain(args) => drain::execute(args, socket).map_err(CliError::Drain),
         Command::WhatIf {
             service,
@@ -471,8 +518,10 @@ fn write_frame(out: &mut impl std::io::Write, text: &str, watch: bool) -> std::i
 }
 
 fn print_weight(out: &mut impl std::io::Write, reply: Reply) -> Result<(), CliError> {
-    let Reply::Weight(change) = reply else {
-        unreachable!("weight commands answer a weight change");
+    let change = match reply {
+        Reply::Weight(change) => change,
+        Reply::Fleet(write) => return fleet::print_write(out, &write).map_err(CliError::Fleet),
+        _ => unreachable!("weight commands answer a weight change"),
     };
     writeln!(
         out,
@@ -519,6 +568,7 @@ mod tests {
             Command::SetWeight {
                 service: "web".into(),
                 percent: "150".into(),
+                no_wait: false,
             },
             Path::new("/nonexistent/splitter.sock"),
         )
@@ -529,6 +579,7 @@ mod tests {
             Command::SetWeight {
                 service: "web".into(),
                 percent: "abc".into(),
+                no_wait: false,
             },
             Path::new("/nonexistent/splitter.sock"),
         )
@@ -546,6 +597,8 @@ mod tests {
             Command::Switch {
                 service: "web".into(),
                 color: ColorName::Green,
+                no_wait: false,
+                local: false,
             },
             Path::new("/nonexistent/splitter.sock"),
         )

@@ -60,6 +60,9 @@ pub fn render_status(report: &StatusReport) -> String {
                 .unwrap_or("not saved yet")
         );
     }
+    if let Some(fleet) = &report.fleet {
+        text.push_str(&super::fleet::status_line(fleet));
+    }
     for service in &report.services {
         let measured = match service.measured_green_share {
             Some(share) => format!(

@@ -51,6 +51,8 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Host(String),
+    #[error(transparent)]
+    Fleet(#[from] super::fleet::FleetConfigError),
     #[error("{path}: {problem}")]
     Invalid {
         path: PathBuf,

@@ -28,6 +28,7 @@ use crate::{
 };
 
 mod error;
+pub mod fleet;
 pub mod host;
 pub mod pool;
 pub mod overrides;
@@ -85,6 +86,9 @@ pub struct Config {
     pub control: ControlSection,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceSection>,
+    /// `[fleet]`: runtime state shared through etcd (`fleet.rs`); absent: this host alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<fleet::FleetSection>,
 }
 
 /// `[dataplane]`: where the programs run and their load-time settings.
@@ -341,6 +345,8 @@ pub struct Validated {
     pub client_timeout: Duration,
     /// In file order.
     pub services: Vec<Service>,
+    /// `[fleet]`, when this host is part of one.
+    pub fleet: Option<fleet::Fleet>,
 }
 
 /// One validated service.

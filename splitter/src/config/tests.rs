@@ -94,7 +94,7 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
         (
             "unknown top-level key",
             format!("extra = 1\n{GOOD}"),
-            "test.toml: line 1, column 1: extra: unknown field `extra`, expected one of `dataplane`, `control`, `service`",
+            "test.toml: line 1, column 1: extra: unknown field `extra`, expected one of `dataplane`, `control`, `service`, `fleet`",
         ),
         (
             "unknown key in [dataplane]",

@@ -121,6 +121,12 @@ impl Config {
         }
         let client_timeout = validate_limits(control, &mut problems);
         let services = validate_services(&self.services, &mut problems);
+        let fleet = self.fleet.as_ref().and_then(|section| {
+            section
+                .validate(&super::fleet::hostname())
+                .map_err(|fleet| problems.extend(fleet.into_iter().map(ConfigError::Fleet)))
+                .ok()
+        });
         match (
             miss_hold,
             handshake_timeout,
@@ -152,6 +158,7 @@ impl Config {
                 metrics_max_connections: control.metrics_max_connections,
                 client_timeout,
                 services,
+                fleet,
             }),
             _ => Err(problems),
         }

@@ -30,11 +30,21 @@ pub enum Request {
     SetWeight {
         service: String,
         green_weight: u32,
+        /// With `[fleet]`: answer once written, without waiting for the hosts.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_wait: bool,
     },
     /// Every new flow to one color.
     Switch {
         service: String,
         color: ColorName,
+        /// With `[fleet]`: answer once written, without waiting for the hosts.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_wait: bool,
+        /// With `[fleet]`: on this host only, as an override that holds until
+        /// `fleet-clear-override` (works without etcd).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        local: bool,
     },
     /// Every new flow to the other color (one map write, as `switch`); `cut` also unpins the
     /// flows still pinned to `color`.
@@ -89,12 +99,18 @@ pub enum Request {
         service: String,
         cut: bool,
     },
+    /// `[fleet]`: every live host's record (`fleet status`).
+    FleetStatus,
+    /// `[fleet]`: end a `switch --local` override; the fleet's desired state applies again.
+    FleetClearOverride {
+        service: String,
+    },
 }
 
 impl Request {
     /// Every value of [`Request::name`], in declaration order: the request counter has a zero
     /// series for each from the start.
-    pub const NAMES: [&'static str; 15] = [
+    pub const NAMES: [&'static str; 17] = [
         "status",
         "set-weight",
         "switch",
@@ -110,6 +126,8 @@ impl Request {
         "rollout-resume",
         "rollout-promote",
         "rollout-abort",
+        "fleet-status",
+        "fleet-clear-override",
     ];
 
     /// The `command` label of the daemon's request counter.
@@ -130,6 +148,8 @@ impl Request {
             Request::RolloutResume { .. } => "rollout-resume",
             Request::RolloutPromote { .. } => "rollout-promote",
             Request::RolloutAbort { .. } => "rollout-abort",
+            Request::FleetStatus => "fleet-status",
+            Request::FleetClearOverride { .. } => "fleet-clear-override",
         }
     }
 }
@@ -153,6 +173,10 @@ pub enum Reply {
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
     Rollouts(Vec<RolloutReport>),
+    /// A fleet-wide `set-weight`/`switch`: written to etcd, applied by how many hosts.
+    Fleet(crate::fleet::report::FleetWrite),
+    FleetStatus(Box<crate::fleet::report::FleetStatusReport>),
+    FleetLocal(Box<crate::fleet::report::FleetLocalStatus>),
 }
 
 /// Where a rollout stands: `rollout status` and every `rollout` command's answer.
@@ -293,6 +317,9 @@ pub struct StatusReport {
     pub verdicts: BTreeMap<String, u64>,
     /// Rewritten packets per forwarding path (`xdp_redirect`, `kernel`).
     pub forwarding: BTreeMap<String, u64>,
+    /// `[fleet]`: this host's view of the fleet (connected, applied revision, overrides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::report::FleetLocalStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,6 +550,7 @@ mod tests {
         let request = Request::SetWeight {
             service: "web".into(),
             green_weight: 125_000,
+            no_wait: false,
         };
         assert_eq!(
             serde_json::to_string(&request).unwrap(),
@@ -535,7 +563,9 @@ mod tests {
             switch,
             Request::Switch {
                 service: "web".into(),
-                color: ColorName::Green
+                color: ColorName::Green,
+                no_wait: false,
+                local: false,
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"rollout-start"}"#).is_err());

@@ -3,6 +3,8 @@
 //! the status snapshot in `status.rs`). Everything here is synchronous; the
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
+// FLEET: `[fleet]` requests and the fleet's apply path.
+mod fleet;
 mod persist;
 pub mod reconcile;
 mod replies;
@@ -514,6 +516,15 @@ impl App {
         const UNLOAD: &str = "the pinned data plane keeps it until `splitter unload` (drops pinned flows) and a restart";
         const RESTART: &str = "restart the daemon to apply it (the data plane keeps running)";
         let old = &self.config;
+        // FLEET: the fleet session is built from `[fleet]` at start.
+        if old.fleet != new.fleet {
+            return Err(AppError::RestartRequired {
+                setting: "fleet",
+                from: format!("{:?}", old.fleet.as_ref().map(|fleet| &fleet.name)),
+                to: format!("{:?}", new.fleet.as_ref().map(|fleet| &fleet.name)),
+                remedy: RESTART,
+            });
+        }
         let show = |path: &Path| path.display().to_string();
         let checks: [(&'static str, String, String, &'static str); 10] = [
             (

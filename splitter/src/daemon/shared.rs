@@ -38,6 +38,8 @@ pub struct Shared {
     pub metrics: DaemonMetrics,
     /// Raised after `unload`: the daemon exits.
     pub stop: Notify,
+    /// FLEET: `[fleet]` membership (`daemon/fleet.rs`); `None`: this host alone.
+    pub(super) fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +48,22 @@ pub enum SharedError {
     App(#[from] AppError),
     #[error("the data plane was unloaded; the daemon is stopping")]
     Unloaded,
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error("this host is not part of a fleet (no [fleet] in its config)")]
+    NoFleet,
 }
 
 impl SharedError {
     fn kind(&self) -> ErrorKind {
         match self {
             SharedError::App(error) => error.kind(),
-            SharedError::Unloaded => ErrorKind::Runtime,
+            SharedError::Fleet(
+                crate::fleet::FleetError::Mismatch { .. }
+                | crate::fleet::FleetError::NoOverride { .. },
+            )
+            | SharedError::NoFleet => ErrorKind::InvalidArgument,
+            SharedError::Unloaded | SharedError::Fleet(_) => ErrorKind::Runtime,
         }
     }
 }
@@ -64,7 +75,14 @@ impl Shared {
             live: tokio::sync::Mutex::new(None),
             metrics,
             stop: Notify::new(),
+            fleet: None,
         }
+    }
+
+    /// FLEET: this host is part of `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// The lock and the work under it (map writes, fsync of the state file, flow scans of a
@@ -77,7 +95,7 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn with_app<T>(
+    pub(super) fn with_app<T>(
         &self,
         f: impl FnOnce(&mut App) -> Result<T, AppError>,
     ) -> Result<T, SharedError> {
@@ -96,15 +114,34 @@ impl Shared {
                 .status()
                 .await
                 .map(|report| Reply::Status(Box::new(report))),
+            // FLEET: with `[fleet]`, weight commands go to etcd (`daemon/fleet.rs`).
             Request::SetWeight {
                 service,
                 green_weight,
-            } => self
-                .with_app(|app| app.set_weight(&service, green_weight))
-                .map(Reply::Weight),
-            Request::Switch { service, color } => self
-                .with_app(|app| app.switch(&service, color))
-                .map(Reply::Weight),
+                no_wait,
+            } => match &self.fleet {
+                Some(fleet) => {
+                    let desired = crate::fleet::Desired::weight(green_weight);
+                    self.fleet_write(fleet, &service, desired, no_wait).await
+                }
+                None => self
+                    .with_app(|app| app.set_weight(&service, green_weight))
+                    .map(Reply::Weight),
+            },
+            Request::Switch {
+                service,
+                color,
+                no_wait,
+                local,
+            } => match &self.fleet {
+                Some(fleet) if !local => {
+                    let desired = crate::fleet::Desired::switch(color);
+                    self.fleet_write(fleet, &service, desired, no_wait).await
+                }
+                _ => self.local_switch(&service, color),
+            },
+            Request::FleetStatus => self.fleet_status().await,
+            Request::FleetClearOverride { service } => self.fleet_clear_override(&service),
             Request::Drain {
                 service,
                 color,
@@ -177,6 +214,10 @@ impl Shared {
         let result = self.with_app(App::reload);
         self.metrics.reload(result.is_ok());
         let report = result?;
+        // FLEET: service definitions may have changed: the session agrees on them again.
+        if let Some(fleet) = &self.fleet {
+            fleet.reloaded();
+        }
         let orphans = self.with_app(|app| Ok((app.orphan_backends()?, app.flow_scan())));
         match orphans {
             Ok((orphans, _)) if orphans.is_empty() => {}
@@ -234,7 +275,9 @@ impl Shared {
     /// A snapshot for `status` and the metrics endpoint.
     pub async fn status(&self) -> Result<StatusReport, SharedError> {
         let census = self.census().await?;
-        self.with_app(|app| app.status(&census))
+        let mut report = self.with_app(|app| app.status(&census))?;
+        report.fleet = self.fleet.as_ref().map(|fleet| fleet.local_status());
+        Ok(report)
     }
 
     /// Flows per backend id and state, table fill (see [`SLOW_SCAN`]). The scan runs on a

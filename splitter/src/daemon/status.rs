@@ -198,6 +198,8 @@ impl App {
             services,
             verdicts,
             forwarding,
+            // Filled in by `Shared::status` ([fleet]).
+            fleet: None,
         })
     }
 }

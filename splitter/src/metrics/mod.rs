@@ -71,6 +71,12 @@ impl Metrics {
         self
     }
 
+    /// `splitter_fleet_*` (with `[fleet]`).
+    pub fn with_fleet(mut self, fleet: &crate::fleet::FleetMetrics) -> Self {
+        fleet.register(&mut self.registry);
+        self
+    }
+
     /// The Prometheus text exposition of `report` and the daemon's counters.
     pub fn render(&self, report: StatusReport) -> String {
         self.render_as(report, Format::Prometheus)

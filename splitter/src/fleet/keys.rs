@@ -1,0 +1,86 @@
+//! Where the fleet keeps things in etcd: every key of a fleet is under `/<fleet>/`.
+//!
+//! ```text
+//! /<fleet>/seed                          the split hash seed every host must run (decimal)
+//! /<fleet>/services/<service>/desired    the desired state: JSON `Desired` (weight, stable color)
+//! /<fleet>/services/<service>/definition the fleet's hash of the service's definition
+//! /<fleet>/hosts/<host>                  each live host's record: JSON `HostRecord`, under a lease
+//! ```
+
+/// The keys of one fleet.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    root: String,
+}
+
+/// What a key under `/<fleet>/services/` is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKey<'a> {
+    Desired(&'a str),
+    Definition(&'a str),
+}
+
+impl Keys {
+    pub fn new(fleet: &str) -> Self {
+        Self {
+            root: format!("/{fleet}/"),
+        }
+    }
+
+    pub fn seed(&self) -> String {
+        format!("{}seed", self.root)
+    }
+
+    /// Prefix of every service key (the desired state the daemons watch).
+    pub fn services(&self) -> String {
+        format!("{}services/", self.root)
+    }
+
+    pub fn desired(&self, service: &str) -> String {
+        format!("{}{service}/desired", self.services())
+    }
+
+    pub fn definition(&self, service: &str) -> String {
+        format!("{}{service}/definition", self.services())
+    }
+
+    /// Prefix of the host records.
+    pub fn hosts(&self) -> String {
+        format!("{}hosts/", self.root)
+    }
+
+    pub fn host(&self, host: &str) -> String {
+        format!("{}{host}", self.hosts())
+    }
+
+    /// Which service key `key` is (`None`: not one of ours).
+    pub fn parse_service_key<'a>(&self, key: &'a str) -> Option<ServiceKey<'a>> {
+        let rest = key
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("services/")?;
+        let (service, leaf) = rest.split_once('/')?;
+        match leaf {
+            "desired" => Some(ServiceKey::Desired(service)),
+            "definition" => Some(ServiceKey::Definition(service)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let keys = Keys::new("edge");
+        assert_eq!(keys.desired("web"), "/edge/services/web/desired");
+        assert_eq!(keys.host("a"), "/edge/hosts/a");
+        assert_eq!(
+            keys.parse_service_key("/edge/services/web/definition"),
+            Some(ServiceKey::Definition("web"))
+        );
+        assert_eq!(keys.parse_service_key("/edge2/services/web/desired"), None);
+        assert_eq!(keys.parse_service_key("/edge/services/web/other"), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The CLI's side: a fleet-wide change is one etcd write, then (by default) a wait until every
+//! live host has applied its revision; and `fleet status`, read from the host records.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+
+use super::{
+    Desired, Fleet, FleetError,
+    host::{HostRecord, definition_hash, unix_ms},
+    keys::ServiceKey,
+    report::{FleetHost, FleetStatusReport, FleetWrite},
+};
+use crate::config::Service;
+
+/// How often the writer reads the host records while it waits.
+const POLL: Duration = Duration::from_millis(5);
+
+impl Fleet {
+    /// Writes `desired` for `service` (defined as `definition` on this host), and with `wait`
+    /// waits up to `[fleet] wait` for every live host to apply it.
+    pub async fn write(
+        &self,
+        definition: &Service,
+        desired: Desired,
+        wait: bool,
+    ) -> Result<FleetWrite, FleetError> {
+        let mut client = self.client()?;
+        let service = definition.name.as_str();
+        if let Some((local, fleet)) = self.lock().mismatched.get(service) {
+            return Err(FleetError::Mismatch {
+                service: service.to_owned(),
+                local: local.clone(),
+                fleet: fleet.clone(),
+            });
+        }
+        // The fleet's definition is written by the first host that knows the service.
+        let local = definition_hash(definition);
+        let fleet_hash =
+            super::watch::create_or_get(&mut client, self.keys.definition(service), local.clone())
+                .await?;
+        if fleet_hash != local {
+            return Err(FleetError::Mismatch {
+                service: service.to_owned(),
+                local,
+                fleet: fleet_hash,
+            });
+        }
+        let response = client
+            .put(
+                self.keys.desired(service),
+                serde_json::to_vec(&desired).expect("serializes"),
+                None,
+            )
+            .await
+            .map_err(FleetError::store("writing the desired state"))?;
+        let revision = response
+            .header()
+            .map_or(0, etcd_client::ResponseHeader::revision);
+        tracing::info!(
+            service,
+            revision,
+            green_weight = desired.green_weight,
+            "fleet: desired state written"
+        );
+        let mut outcome = FleetWrite {
+            service: service.to_owned(),
+            green_weight: desired.green_weight,
+            stable: desired.stable,
+            revision,
+            waited: wait,
+            hosts_applied: 0,
+            hosts_live: 0,
+            behind: Vec::new(),
+            left_alone: Vec::new(),
+        };
+        let deadline = Instant::now() + self.config.wait;
+        loop {
+            let hosts = self.hosts(&mut client).await?;
+            outcome.hosts_live = hosts.len();
+            outcome.left_alone = hosts
+                .iter()
+                .filter_map(|host| {
+                    host.leaves_alone(service)
+                        .map(|why| format!("{}: {why}", host.host))
+                })
+                .collect();
+            outcome.behind = hosts
+                .iter()
+                .filter(|host| {
+                    host.applied_revision < revision && host.leaves_alone(service).is_none()
+                })
+                .map(|host| host.host.clone())
+                .collect();
+            outcome.hosts_applied = hosts
+                .iter()
+                .filter(|host| {
+                    host.applied_revision >= revision && host.leaves_alone(service).is_none()
+                })
+                .count();
+            if !wait || outcome.behind.is_empty() || Instant::now() >= deadline {
+                return Ok(outcome);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Every live host's record.
+    async fn hosts(&self, client: &mut Client) -> Result<Vec<HostRecord>, FleetError> {
+        let response = client
+            .get(self.keys.hosts(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(FleetError::store("reading the host records"))?;
+        response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
+                    key: kv.key_str().unwrap_or_default().to_owned(),
+                    problem: error.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// `fleet status`: the live hosts, their versions, definitions, applied revisions, lag
+    /// and heartbeats.
+    pub async fn status(&self) -> Result<FleetStatusReport, FleetError> {
+        let mut client = self.client()?;
+        let services = client
+            .get(self.keys.services(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(FleetError::store("reading the desired state"))?;
+        let mut desired_revision = 0;
+        let mut definitions = std::collections::BTreeMap::new();
+        for kv in services.kvs() {
+            match self
+                .keys
+                .parse_service_key(kv.key_str().unwrap_or_default())
+            {
+                Some(ServiceKey::Desired(_)) => {
+                    desired_revision = desired_revision.max(kv.mod_revision());
+                }
+                Some(ServiceKey::Definition(service)) => {
+                    definitions.insert(
+                        service.to_owned(),
+                        kv.value_str().unwrap_or_default().to_owned(),
+                    );
+                }
+                None => {}
+            }
+        }
+        let now = unix_ms();
+        let hosts = self
+            .hosts(&mut client)
+            .await?
+            .into_iter()
+            .map(|record| FleetHost {
+                lag: (desired_revision - record.applied_revision).max(0),
+                heartbeat_age_ms: now.saturating_sub(record.heartbeat_unix_ms),
+                record,
+            })
+            .collect();
+        Ok(FleetStatusReport {
+            fleet: self.config.name.clone(),
+            host: self.config.host.clone(),
+            desired_revision,
+            definitions,
+            hosts,
+        })
+    }
+
+    /// The fleet's seed, if one was written (read before the data plane is opened, so a new
+    /// host can start with it).
+    pub async fn seed(config: &crate::config::fleet::Fleet) -> Result<Option<u32>, FleetError> {
+        let mut client = super::store::connect(config).await?;
+        let key = super::keys::Keys::new(&config.name).seed();
+        let response = client
+            .get(key.clone(), None)
+            .await
+            .map_err(FleetError::store("reading the fleet's seed"))?;
+        response
+            .kvs()
+            .first()
+            .map(|kv| {
+                kv.value_str()
+                    .ok()
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(|| FleetError::BadValue {
+                        key: key.clone(),
+                        problem: "not a u32".to_owned(),
+                    })
+            })
+            .transpose()
+    }
+}

@@ -1,0 +1,347 @@
+//! The fleet (`[fleet]`, issue 15) end to end: a real etcd (Debian etcd-server 3.4) in its own
+//! namespace, several splitter hosts (each a lab: client, router running the real daemon,
+//! blue and green backends), real TCP clients, the real CLI.
+//!
+//! Run: `cargo test --release -p splitter-tests --test fleet -- --test-threads=1`
+
+use std::time::{Duration, Instant};
+
+use splitter::fleet::report::FleetStatusReport;
+use splitter_tests::{
+    daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, color_of, metric, service},
+    etcd::Etcd,
+    require_privileges,
+};
+
+const WEB: &str = "198.18.100.10:80";
+const FLEET: &str = "edge";
+
+fn web(weight: &str) -> String {
+    service("web", WEB, "tcp", weight, &BLUE, &GREEN, TCP_PORT)
+}
+
+/// `count` hosts named a, b, c... in fleet [`FLEET`], each serving `services(host index)`.
+fn fleet(tag: &str, etcd: &mut Etcd, services: &[String]) -> Vec<Lab> {
+    services
+        .iter()
+        .enumerate()
+        .map(|(index, services)| {
+            let host = ["a", "b", "c"][index];
+            let mut lab = Lab::new(&format!("{tag}{host}"));
+            etcd.connect(&lab.topology.router);
+            lab.write_config(&format!("{services}{}", etcd.fleet_section(FLEET, host)));
+            lab.start_daemon();
+            lab
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `check` holds for the lab's status.
+fn eventually(
+    lab: &Lab,
+    what: &str,
+    check: impl Fn(&splitter::control::protocol::StatusReport) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = lab.status();
+        if check(&status) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within 20 s; status: {:?}\ndaemon log:\n{}",
+            status.fleet,
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn connected(lab: &Lab) {
+    eventually(lab, "connected to etcd", |status| {
+        status.fleet.as_ref().is_some_and(|fleet| fleet.connected)
+    });
+}
+
+/// New connections through `lab`: (blue, green) answers; any failure panics.
+fn split(lab: &Lab) -> (usize, usize) {
+    lab.split(WEB, 20)
+}
+
+fn fleet_status(lab: &Lab) -> FleetStatusReport {
+    serde_json::from_str(&lab.cli_ok(&["fleet", "status", "--json"])).expect("fleet status JSON")
+}
+
+#[test]
+fn a_weight_set_on_one_host_is_in_force_on_all_three() {
+    if !require_privileges("a_weight_set_on_one_host_is_in_force_on_all_three") {
+        return;
+    }
+    let mut etcd = Etcd::start("fw");
+    let labs = fleet("fw", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+        assert_eq!(split(lab), (20, 0), "all on blue at first");
+    }
+    let out = labs[0].cli_ok(&["set-weight", "web", "100"]);
+    let revision = out
+        .lines()
+        .find_map(|line| line.strip_prefix("3/3 hosts at revision "))
+        .unwrap_or_else(|| panic!("`3/3 hosts at revision N` in: {out}"));
+    for (index, lab) in labs.iter().enumerate() {
+        assert_eq!(
+            split(lab),
+            (0, 20),
+            "host {index}: all on green after the fleet write"
+        );
+    }
+    // A switch from another host: every host, and the stable color with it.
+    let out = labs[1].cli_ok(&["switch", "web", "blue"]);
+    assert!(out.contains("3/3 hosts at revision"), "{out}");
+    for (index, lab) in labs.iter().enumerate() {
+        assert_eq!(
+            split(lab),
+            (20, 0),
+            "host {index}: all on blue after the switch"
+        );
+        let status = lab.status();
+        let service = status.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(service.green_weight, 0);
+    }
+    let report = fleet_status(&labs[2]);
+    assert_eq!(report.hosts.len(), 3, "{report:?}");
+    for host in &report.hosts {
+        assert_eq!(host.lag, 0, "{report:?}");
+        assert!(host.record.applied_revision > revision.parse::<i64>().unwrap());
+        assert!(host.heartbeat_age_ms < 5_000, "{report:?}");
+        assert_eq!(
+            host.record.definitions, report.definitions,
+            "same definitions"
+        );
+    }
+    let table = labs[0].cli_ok(&["fleet", "status"]);
+    assert!(table.starts_with("fleet edge: 3 live hosts"), "{table}");
+    let metrics = labs[0].metrics();
+    assert_eq!(
+        metric(&metrics, "splitter_fleet_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // --no-wait returns at once, the hosts still follow.
+    let out = labs[2].cli_ok(&["set-weight", "web", "100", "--no-wait"]);
+    assert!(!out.contains("hosts at revision"), "{out}");
+    for lab in &labs {
+        eventually(lab, "green after --no-wait", |status| {
+            status
+                .services
+                .iter()
+                .any(|s| s.name == "web" && s.green_weight == 1_000_000)
+        });
+    }
+}
+
+#[test]
+fn etcd_down_fails_static_local_override_then_reconverges() {
+    if !require_privileges("etcd_down_fails_static_local_override_then_reconverges") {
+        return;
+    }
+    let mut etcd = Etcd::start("fd");
+    let labs = fleet("fd", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    labs[0].cli_ok(&["set-weight", "web", "100"]);
+    // A long-lived connection on each host, opened before etcd goes away.
+    let mut conversations: Vec<_> = labs
+        .iter()
+        .map(|lab| {
+            let mut conversation = lab.connect(WEB);
+            let first = conversation.ask().expect("first answer");
+            (conversation, first)
+        })
+        .collect();
+    etcd.stop();
+    for lab in &labs {
+        eventually(lab, "disconnected", |status| {
+            status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
+        });
+        // Traffic untouched: every new connection answered, on the last applied weight.
+        assert_eq!(split(lab), (0, 20), "fail static: still all on green");
+        assert_eq!(
+            metric(&lab.metrics(), "splitter_fleet_connected"),
+            Some(0.0)
+        );
+    }
+    let human = labs[1].cli_ok(&["status"]);
+    assert!(human.contains("DISCONNECTED from etcd"), "{human}");
+    let refused = labs[1].cli(&["set-weight", "web", "0"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not connected to the fleet's etcd")
+            && refused.stderr.contains("--local"),
+        "{}",
+        refused.stderr
+    );
+    // The emergency: this host only, without etcd.
+    let out = labs[0].cli_ok(&["switch", "web", "blue", "--local"]);
+    assert!(out.contains("-> 0%"), "{out}");
+    assert_eq!(split(&labs[0]), (20, 0), "host a: local override to blue");
+    assert_eq!(split(&labs[1]), (0, 20), "host b: unchanged");
+    let overrides = labs[0].status().fleet.unwrap().overrides;
+    assert_eq!(
+        overrides.len(),
+        1,
+        "override visible in status: {overrides:?}"
+    );
+    let human = labs[0].cli_ok(&["status"]);
+    assert!(human.contains("web: LOCAL OVERRIDE to blue"), "{human}");
+    etcd.resume();
+    for lab in &labs {
+        connected(lab);
+    }
+    // The override holds against the fleet until cleared.
+    assert_eq!(split(&labs[0]), (20, 0), "host a: override still in force");
+    assert_eq!(split(&labs[2]), (0, 20), "host c: the fleet's weight");
+    labs[0].cli_ok(&["fleet", "clear-override", "web"]);
+    eventually(&labs[0], "back to the fleet's weight", |status| {
+        status
+            .services
+            .iter()
+            .any(|s| s.name == "web" && s.green_weight == 1_000_000)
+    });
+    assert_eq!(split(&labs[0]), (0, 20), "host a: the fleet's weight again");
+    // The long-lived connections never moved.
+    for (index, (conversation, first)) in conversations.iter_mut().enumerate() {
+        let answer = conversation
+            .ask()
+            .unwrap_or_else(|error| panic!("host {index}: long-lived connection broken: {error}"));
+        assert_eq!(&answer, first, "host {index}: same backend throughout");
+        assert_eq!(color_of(&answer), "green");
+    }
+}
+
+#[test]
+fn a_host_with_other_definitions_is_reported_and_left_alone() {
+    if !require_privileges("a_host_with_other_definitions_is_reported_and_left_alone") {
+        return;
+    }
+    let mut etcd = Etcd::start("fm");
+    let other = service("web", WEB, "tcp", "0", &BLUE[..1], &GREEN, TCP_PORT);
+    let labs = fleet("fm", &mut etcd, &[web("0"), other]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let status = labs[1].status().fleet.unwrap();
+    assert!(status.mismatched.contains_key("web"), "{status:?}");
+    assert_eq!(
+        metric(&labs[1].metrics(), "splitter_fleet_mismatched_services"),
+        Some(1.0)
+    );
+    let out = labs[0].cli_ok(&["set-weight", "web", "100"]);
+    assert!(out.contains("1/2 hosts at revision"), "{out}");
+    assert!(out.contains("left alone: b: its definition"), "{out}");
+    assert_eq!(split(&labs[0]), (0, 20), "host a follows the fleet");
+    assert_eq!(split(&labs[1]), (20, 0), "host b is left alone");
+    let refused = labs[1].cli(&["set-weight", "web", "50"]);
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("differs from the fleet's"),
+        "{}",
+        refused.stderr
+    );
+    let table = labs[0].cli_ok(&["fleet", "status"]);
+    assert!(
+        table.contains("web: definition differs, not applied"),
+        "{table}"
+    );
+}
+
+/// `cargo xtask bench --fleet`: time from `set-weight` (the CLI, waiting) to the last of three
+/// hosts applying it, against a local change on one host; etcd writes and watch events per
+/// change; reconvergence after etcd returns.
+#[test]
+#[ignore = "a measurement: cargo xtask bench --fleet"]
+fn measure_fleet() {
+    if !require_privileges("measure_fleet") {
+        return;
+    }
+    const CHANGES: usize = 100;
+    let mut etcd = Etcd::start("fb");
+    let labs = fleet("fb", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let counters = |etcd: &Etcd| {
+        let text = etcd
+            .ns
+            .exec(&["curl", "-sS", &format!("{}/metrics", etcd.endpoint)])
+            .stdout;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        (
+            metric(&text, "etcd_mvcc_put_total").unwrap_or(0.0)
+                + metric(&text, "etcd_mvcc_txn_total").unwrap_or(0.0),
+            metric(&text, "etcd_debugging_mvcc_events_total").unwrap_or(0.0),
+        )
+    };
+    let time = |lab: &Lab, args: &[&str]| {
+        let started = Instant::now();
+        let out = lab.cli_ok(args);
+        let took = started.elapsed();
+        (took, out)
+    };
+    let (writes_before, events_before) = counters(&etcd);
+    let mut fleet_times = Vec::new();
+    for change in 0..CHANGES {
+        let percent = if change % 2 == 0 { "10" } else { "20" };
+        let (took, out) = time(&labs[change % 3], &["set-weight", "web", percent]);
+        assert!(out.contains("3/3 hosts at revision"), "{out}");
+        fleet_times.push(took);
+    }
+    let (writes_after, events_after) = counters(&etcd);
+    let mut local_times = Vec::new();
+    for change in 0..CHANGES {
+        let color = if change % 2 == 0 { "blue" } else { "green" };
+        let (took, _) = time(&labs[0], &["switch", "web", color, "--local"]);
+        local_times.push(took);
+    }
+    labs[0].cli_ok(&["fleet", "clear-override", "web"]);
+    // Reconvergence: etcd down long enough for every host to notice, then back.
+    etcd.stop();
+    for lab in &labs {
+        eventually(lab, "disconnected", |status| {
+            status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
+        });
+    }
+    etcd.resume();
+    let back = Instant::now();
+    for lab in &labs {
+        connected(lab);
+    }
+    let reconverged = back.elapsed();
+    let quantiles = |times: &mut Vec<Duration>| {
+        times.sort();
+        (times[times.len() / 2], times[times.len() * 99 / 100])
+    };
+    let (fleet_median, fleet_p99) = quantiles(&mut fleet_times);
+    let (local_median, local_p99) = quantiles(&mut local_times);
+    println!(
+        "FLEET set-weight to the last of 3 hosts applied ({CHANGES} changes, CLI wall time): median {:.1} ms, p99 {:.1} ms",
+        fleet_median.as_secs_f64() * 1e3,
+        fleet_p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "FLEET one host, local change (switch --local, CLI wall time): median {:.1} ms, p99 {:.1} ms",
+        local_median.as_secs_f64() * 1e3,
+        local_p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "FLEET etcd writes (puts + txns) per change: {:.1}; watch events sent per change: {:.1}",
+        (writes_after - writes_before) / CHANGES as f64,
+        (events_after - events_before) / CHANGES as f64
+    );
+    println!(
+        "FLEET reconvergence after etcd answers again: {:.2} s (3 hosts connected and applied)",
+        reconverged.as_secs_f64()
+    );
+}
