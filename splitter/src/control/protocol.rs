@@ -572,10 +572,10 @@ mod tests {
         // `name()` is the wire tag, and `NAMES` lists every one.
         for name in Request::NAMES {
             let json = match name {
-                "status" | "reload" | "unload" | "rollout-list" => {
+                "status" | "reload" | "unload" | "rollout-list" | "fleet-status" => {
                     format!(r#"{{"command":"{name}"}}"#)
                 }
-                "set-weight" => {
+                "set-weight" | "what-if" => {
                     format!(r#"{{"command":"{name}","service":"web","green_weight":0}}"#)
                 }
                 "switch" | "drain" => {
