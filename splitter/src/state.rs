@@ -39,6 +39,11 @@ pub struct State {
     /// (also from older state files): blue. A completed rollout makes its canary stable.
     #[serde(default)]
     pub stable: BTreeMap<String, crate::color::ColorName>,
+    /// The operator's word on backends (`backend disable|drain`) by service name and backend
+    /// address; a backend absent here is ready (written only when there is one, so an older
+    /// daemon still reads a file without any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BTreeMap<std::net::SocketAddr, crate::health::Admin>>,
 }
 
 /// One service's runtime weight.

@@ -148,6 +148,7 @@ fn backends(family: Family, base: u32, count: u32, port: u16) -> Vec<BackendSpec
                     port,
                 ),
             },
+            active: true,
         })
         .collect()
 }
@@ -437,6 +438,7 @@ fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Resul
                 IpAddr::V4(Ipv4Addr::new(198, 19, octet(i), 10 + j as u8)),
                 8080,
             ),
+            active: true,
         };
         let spec = ServiceSpec {
             id: 16 + i,

@@ -332,6 +332,7 @@ impl Topology {
             let spec = BackendSpec {
                 id: id * 100 + i as u32,
                 address: SocketAddr::new(backend.addr(family), BACKEND_PORT),
+                active: true,
             };
             match backend.color {
                 Color::Blue => blue.push(spec),

@@ -93,6 +93,7 @@ fn service(
     let backend = |n: u32, host_id: u16, port: u16| BackendSpec {
         id: id * 10 + n,
         address: SocketAddr::new(host(v6, net, host_id), port),
+        active: true,
     };
     ServiceSpec {
         id,

@@ -28,6 +28,7 @@ use crate::{
 };
 
 mod error;
+pub mod health;
 pub mod host;
 #[cfg(test)]
 mod tests;
@@ -220,6 +221,12 @@ pub struct ServiceSection {
     /// The service's rollout plan (`splitter rollout start` flags override each field).
     #[serde(default)]
     pub rollout: Option<RolloutSection>,
+    /// Active checks (`[service.health]`); absent: none.
+    #[serde(default)]
+    pub health: Option<health::HealthSection>,
+    /// Passive ejection (`[service.outlier]`); absent: none.
+    #[serde(default)]
+    pub outlier: Option<health::OutlierSection>,
 }
 /// `[service.rollout]`: steps, step duration and the thresholds green is judged by (the
 /// threshold keys and their defaults are [`Thresholds`]'s).
@@ -348,6 +355,9 @@ pub struct Service {
     pub green_release: Option<String>,
     /// The default rollout plan (`[service.rollout]`, or the documented defaults).
     pub rollout: Plan,
+    /// Active checks and passive ejection of its backends (`health.rs`).
+    pub health: Option<health::HealthCheck>,
+    pub outlier: Option<health::Outlier>,
 }
 
 impl Service {

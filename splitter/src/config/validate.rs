@@ -431,6 +431,10 @@ fn validate_service_fields(
             service: name.clone(),
             source: Box::new(source),
         })?;
+    let (health, outlier) = validate_health(section).map_err(|source| ConfigError::Health {
+        service: name.clone(),
+        source,
+    })?;
     Ok(Service {
         name: name.clone(),
         address,
@@ -442,5 +446,19 @@ fn validate_service_fields(
         blue_release: section.blue_release.clone(),
         green_release: section.green_release.clone(),
         rollout,
+        health,
+        outlier,
     })
+}
+
+type HealthSettings = (
+    Option<super::health::HealthCheck>,
+    Option<super::health::Outlier>,
+);
+
+fn validate_health(section: &ServiceSection) -> Result<HealthSettings, super::health::HealthError> {
+    Ok((
+        section.health.as_ref().map(|h| h.validate()).transpose()?,
+        section.outlier.as_ref().map(|o| o.validate()).transpose()?,
+    ))
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{CohortSetting, ColorName},
+    health::BackendState,
     dataplane::{Origin, Unloaded, services::Protocol},
 };
 
@@ -43,6 +44,13 @@ pub enum Request {
         color: ColorName,
         #[serde(default)]
         cut: bool,
+    },
+    /// `backend disable|enable|drain`: the operator's word on one backend (`backend` as
+    /// written in the config, `IP:port`).
+    Backend {
+        service: String,
+        backend: String,
+        admin: crate::health::Admin,
     },
     /// Re-read the config file and apply the difference.
     Reload,
@@ -94,6 +102,7 @@ impl Request {
             Request::SetWeight { .. } => "set-weight",
             Request::Switch { .. } => "switch",
             Request::Drain { .. } => "drain",
+            Request::Backend { .. } => "backend",
             Request::Reload => "reload",
             Request::Unload => "unload",
             Request::RolloutStart { .. } => "rollout-start",
@@ -122,6 +131,7 @@ pub enum Reply {
     Status(Box<StatusReport>),
     Weight(WeightChange),
     Drained(DrainReport),
+    Backend(BackendReport),
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
@@ -420,6 +430,30 @@ pub struct BackendStatus {
     pub to_client: Traffic,
     /// TCP handshakes and resets measured in the kernel (rollout signals).
     pub signals: Signals,
+    /// Whether it takes new flows, and why (`health`): up, down, ejected, draining, disabled.
+    #[serde(default)]
+    pub state: BackendState,
+    #[serde(default)]
+    pub state_reason: String,
+    /// When it entered `state` (Unix ms; the daemon's start for a backend never changed).
+    #[serde(default)]
+    pub state_since_unix_ms: u64,
+    /// Transitions into each state since the daemon started.
+    #[serde(default)]
+    pub transitions: BTreeMap<BackendState, u64>,
+}
+
+/// The answer to `backend disable|enable|drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendReport {
+    pub service: String,
+    pub backend: SocketAddr,
+    pub color: ColorName,
+    /// Its counters' id (None if the service is not installed).
+    pub id: Option<u32>,
+    pub admin: crate::health::Admin,
+    pub previous: BackendState,
+    pub state: BackendState,
 }
 
 /// A backend's TCP handshakes (SYN → SYN-ACK) and resets.

@@ -36,9 +36,12 @@ pub struct InstalledService {
     pub address: SocketAddr,
     pub protocol: Protocol,
     pub config: ServiceConfig,
-    /// (backend id, address), in pool order.
+    /// (backend id, address), in pool order: the backends in the new-flow table.
     pub blue: Vec<(u32, SocketAddr)>,
     pub green: Vec<(u32, SocketAddr)>,
+    /// Backends whose reply mapping names this service but that are in neither pool: out of
+    /// rotation (disabled, draining, down, ejected) or removed with flows still pinned.
+    pub others: Vec<(u32, SocketAddr)>,
 }
 
 impl InstalledService {
@@ -55,6 +58,25 @@ impl InstalledService {
         first..first + self.config.blue.len + self.config.green.len
     }
 
+    /// The id of a backend of the service, in rotation or not.
+    pub fn id_of(&self, address: &SocketAddr) -> Option<u32> {
+        self.blue
+            .iter()
+            .chain(&self.green)
+            .chain(&self.others)
+            .find(|(_, installed)| installed == address)
+            .map(|(id, _)| *id)
+    }
+
+    /// `configured` (the config's backends of one color, in file order) with their ids: the
+    /// color's backends whatever their state.
+    pub fn members(&self, configured: &[SocketAddr]) -> Vec<(u32, SocketAddr)> {
+        configured
+            .iter()
+            .filter_map(|address| self.id_of(address).map(|id| (id, *address)))
+            .collect()
+    }
+
     fn addresses(&self, color: ColorName) -> Vec<SocketAddr> {
         self.pool(color)
             .iter()
@@ -68,6 +90,7 @@ pub fn installed(
     maps: &Maps,
 ) -> Result<BTreeMap<ServiceAddress, InstalledService>, DataplaneError> {
     let mut services = BTreeMap::new();
+    let reverse = maps.backend_reverse_entries()?;
     for (key, config) in maps.service_entries()? {
         let Some(protocol) = Protocol::from_number(key.protocol) else {
             continue;
@@ -85,6 +108,25 @@ pub fn installed(
             }
         }
         let [blue, green] = pools;
+        let others = reverse
+            .iter()
+            .filter(|(backend, value)| {
+                backend.protocol == key.protocol
+                    && backend.family == key.family
+                    && value.service_addr == key.addr
+                    && value.service_port == key.port
+                    && !blue
+                        .iter()
+                        .chain(&green)
+                        .any(|(id, _)| *id == value.backend_id)
+            })
+            .map(|(backend, value)| {
+                (
+                    value.backend_id,
+                    socket_addr(&backend.addr, backend.port, backend.family),
+                )
+            })
+            .collect();
         services.insert(
             (address, protocol),
             InstalledService {
@@ -93,6 +135,7 @@ pub fn installed(
                 config,
                 blue,
                 green,
+                others,
             },
         );
     }
@@ -105,6 +148,8 @@ pub struct Desired<'a> {
     pub service: &'a Service,
     /// The weight to run with (runtime weight or the file's, see `State::initial_weight`).
     pub green_weight: u32,
+    /// Backends out of the new-flow table (disabled, draining, down, ejected).
+    pub inactive: BTreeSet<SocketAddr>,
 }
 
 /// One service to write.
@@ -162,7 +207,7 @@ pub fn plan(
             let same = current.config.green_weight == wanted.green_weight
                 && current.config.cohort == service.cohort.cohort() as u32
                 && current.config.miss_hold_ns == miss_hold_ns
-                && same_pools(current, service);
+                && same_pools(current, wanted);
             if same {
                 plan.unchanged.push(service.name.clone());
                 continue;
@@ -176,13 +221,7 @@ pub fn plan(
         let mut pools = [Vec::new(), Vec::new()];
         for (pool, color) in pools.iter_mut().zip(ColorName::BOTH) {
             for address in service.pool(color) {
-                let kept = current.and_then(|current| {
-                    current
-                        .pool(color)
-                        .iter()
-                        .find(|(_, installed)| installed == address)
-                        .map(|(id, _)| *id)
-                });
+                let kept = current.and_then(|current| current.id_of(address));
                 let id = if let Some(id) = kept {
                     id
                 } else {
@@ -193,11 +232,12 @@ pub fn plan(
                 pool.push(BackendSpec {
                     id,
                     address: *address,
+                    active: !wanted.inactive.contains(address),
                 });
             }
         }
         let first_slot = match current {
-            Some(current) if same_pools(current, service) => current.config.blue.first_slot,
+            Some(current) if same_pools(current, wanted) => current.config.blue.first_slot,
             _ => {
                 let needed = u32::try_from(service.blue.len() + service.green.len())
                     .expect("validate() bounds a service's pools by POOL_SLOTS");
@@ -240,9 +280,18 @@ pub fn plan(
     Ok(plan)
 }
 
-fn same_pools(current: &InstalledService, service: &Service) -> bool {
-    current.addresses(ColorName::Blue) == service.blue
-        && current.addresses(ColorName::Green) == service.green
+/// Whether the kernel's new-flow pools are the service's backends in rotation, in file order.
+fn same_pools(current: &InstalledService, wanted: &Desired<'_>) -> bool {
+    ColorName::BOTH.into_iter().all(|color| {
+        let active: Vec<SocketAddr> = wanted
+            .service
+            .pool(color)
+            .iter()
+            .filter(|address| !wanted.inactive.contains(address))
+            .copied()
+            .collect();
+        current.addresses(color) == active
+    })
 }
 
 /// Hands out ids and slot runs not used by any installed service nor by earlier writes of
@@ -266,6 +315,8 @@ impl Allocator {
                 this.backend_ids
                     .extend(service.pool(color).iter().map(|(id, _)| *id));
             }
+            this.backend_ids
+                .extend(service.others.iter().map(|(id, _)| *id));
             this.slots.push(service.slots());
         }
         this
@@ -329,6 +380,8 @@ mod tests {
             blue_release: None,
             green_release: None,
             rollout: crate::config::RolloutSection::default().plan().unwrap(),
+            health: None,
+            outlier: None,
         }
     }
 
@@ -340,7 +393,7 @@ mod tests {
     fn apply(installed: &mut BTreeMap<ServiceAddress, InstalledService>, plan: &Plan) {
         for write in &plan.writes {
             let spec = &write.spec;
-            let blue_len = spec.blue.len() as u32;
+            let blue_len = spec.blue.iter().filter(|b| b.active).count() as u32;
             installed.insert(
                 (spec.address, spec.protocol),
                 InstalledService {
@@ -356,13 +409,30 @@ mod tests {
                         },
                         green: Pool {
                             first_slot: spec.first_slot + blue_len,
-                            len: spec.green.len() as u32,
+                            len: spec.green.iter().filter(|b| b.active).count() as u32,
                         },
                         miss_hold_ns: crate::units::nanos(spec.miss_hold),
                         ..ServiceConfig::default()
                     },
-                    blue: spec.blue.iter().map(|b| (b.id, b.address)).collect(),
-                    green: spec.green.iter().map(|b| (b.id, b.address)).collect(),
+                    blue: spec
+                        .blue
+                        .iter()
+                        .filter(|b| b.active)
+                        .map(|b| (b.id, b.address))
+                        .collect(),
+                    green: spec
+                        .green
+                        .iter()
+                        .filter(|b| b.active)
+                        .map(|b| (b.id, b.address))
+                        .collect(),
+                    others: spec
+                        .blue
+                        .iter()
+                        .chain(&spec.green)
+                        .filter(|b| !b.active)
+                        .map(|b| (b.id, b.address))
+                        .collect(),
                 },
             );
         }
@@ -379,6 +449,7 @@ mod tests {
             .map(|service| Desired {
                 service,
                 green_weight: weight,
+                inactive: BTreeSet::new(),
             })
             .collect()
     }
@@ -498,5 +569,38 @@ mod tests {
         assert_eq!(allocator.slots(2), Some(0));
         assert_eq!(allocator.slots(1), Some(4));
         assert_eq!(allocator.slots(POOL_SLOTS), None);
+    }
+
+    #[test]
+    fn a_backend_out_of_rotation_keeps_its_id_and_leaves_the_pool_only() {
+        let services = [service(
+            "web",
+            80,
+            &["10.1.0.10:80"],
+            &["10.2.0.10:80", "10.2.0.11:80"],
+        )];
+        let mut installed = BTreeMap::new();
+        let first = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        apply(&mut installed, &first);
+
+        let mut wanted = desired(&services, 0);
+        wanted[0].inactive.insert("10.2.0.10:80".parse().unwrap());
+        let out = plan(&wanted, HOLD, &installed, &mut |_| true).unwrap();
+        let spec = &out.writes[0].spec;
+        assert!(out.writes[0].fresh_backend_ids.is_empty(), "no new id");
+        assert_eq!(
+            spec.green.iter().map(|b| (b.id, b.active)).collect::<Vec<_>>(),
+            [(1, false), (2, true)]
+        );
+        assert_eq!(spec.first_slot, 3, "a changed pool takes fresh slots");
+        apply(&mut installed, &out);
+        let again = plan(&wanted, HOLD, &installed, &mut |_| true).unwrap();
+        assert!(again.writes.is_empty(), "nothing to do: {again:?}");
+
+        let back = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        let spec = &back.writes[0].spec;
+        assert!(back.writes[0].fresh_backend_ids.is_empty());
+        assert!(spec.green.iter().all(|b| b.active));
+        assert_eq!(spec.green[0].id, 1, "back with its id and counters");
     }
 }

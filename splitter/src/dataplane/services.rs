@@ -51,6 +51,9 @@ impl Protocol {
 pub struct BackendSpec {
     pub id: u32,
     pub address: SocketAddr,
+    /// In the new-flow table (false: disabled, draining, down or ejected). Every backend keeps
+    /// its `BACKENDS` entry, reply mapping and counters whatever this says: pinned flows go on.
+    pub active: bool,
 }
 
 /// Everything the data plane needs to know about one service. Ids and slots are allocated by
@@ -65,7 +68,8 @@ pub struct ServiceSpec {
     pub green_weight: u32,
     pub blue: Vec<BackendSpec>,
     pub green: Vec<BackendSpec>,
-    /// First of `blue.len() + green.len()` consecutive pool slots: blue first, then green.
+    /// First of `blue.len() + green.len()` consecutive pool slots: blue first, then green (only
+    /// the active backends use theirs; a color with none has an empty pool).
     pub first_slot: u32,
     /// The window of the weight history that steers TCP mid-flow misses.
     pub miss_hold: Duration,
@@ -119,7 +123,7 @@ impl Maps {
         for (color, backends) in [(Color::Blue, &spec.blue), (Color::Green, &spec.green)] {
             pools[color as usize] = Pool {
                 first_slot: slot,
-                len: backends.len() as u32,
+                len: backends.iter().filter(|backend| backend.active).count() as u32,
             };
             for backend in backends {
                 let (addr, _) = addr_of(&backend.address);
@@ -147,8 +151,10 @@ impl Maps {
                         backend_id: backend.id,
                     },
                 )?;
-                self.set_pool(slot, &[backend.id])?;
-                slot += 1;
+                if backend.active {
+                    self.set_pool(slot, &[backend.id])?;
+                    slot += 1;
+                }
             }
         }
         let key = service_key(&spec.address, spec.protocol);
