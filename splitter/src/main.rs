@@ -131,6 +131,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         ));
         let sampler_task = tokio::spawn(sample(shared.clone()));
         let rollout_task = tokio::spawn(judge_rollouts(shared.clone()));
+        let checks_task = tokio::spawn(splitter::daemon::checks::run(shared.clone()));
         let unloaded = loop {
             tokio::select! {
                 _ = terminate.recv() => break false,
@@ -152,6 +153,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         metrics_task.abort();
         sampler_task.abort();
         rollout_task.abort();
+        checks_task.abort();
         let _ = std::fs::remove_file(&socket_path);
         if unloaded {
             tracing::info!("data plane unloaded; daemon stopped");

@@ -21,6 +21,7 @@ use crate::{
     units::{PercentError, parse_percent, ppm_to_percent},
 };
 
+mod backend;
 mod drain;
 pub mod rollout;
 mod status;
@@ -138,6 +139,12 @@ pub enum Command {
     /// Drain COLOR of SERVICE: every new flow to the other color at once (one map write, as
     /// `switch`), then its live connections per backend; `--wait` until there are none.
     Drain(DrainArgs),
+    /// One backend in or out of rotation without editing the file (persisted):
+    /// `disable` (maintenance), `enable`, `drain` (`--wait` until its connections close).
+    Backend {
+        #[command(subcommand)]
+        command: backend::BackendCommand,
+    },
     /// Re-read the config file and apply the difference (same as SIGHUP).
     Reload,
     /// Validate a config file without a daemon: syntax, values (every problem, not just the
@@ -181,6 +188,8 @@ enum CliError {
     #[error(transparent)]
     Drain(DrainCliError),
     #[error(transparent)]
+    Backend(backend::BackendCliError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
     Percent {
@@ -217,6 +226,12 @@ impl CliError {
                 DrainCliError::Timeout(_) => Exit::Usage,
                 DrainCliError::NotDrained { .. } => Exit::Timeout,
                 DrainCliError::Stdout(_) => Exit::Failure,
+            },
+            CliError::Backend(error) => match error {
+                backend::BackendCliError::Client(client) => client_exit(client),
+                backend::BackendCliError::Timeout(_) => Exit::Usage,
+                backend::BackendCliError::NotDrained { .. } => Exit::Timeout,
+                backend::BackendCliError::Stdout(_) => Exit::Failure,
             },
             CliError::Percent { .. } | CliError::Interval | CliError::UnknownService { .. } => {
                 Exit::Usage
@@ -330,6 +345,9 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
             print_weight(&mut out, reply)
         }
         Command::Drain(args) => drain::execute(args, socket).map_err(CliError::Drain),
+        Command::Backend { command } => {
+            backend::execute(command, socket).map_err(CliError::Backend)
+        }
         Command::Reload => {
             let Reply::Reloaded(report) = request(socket, &Request::Reload)? else {
                 unreachable!("reload answers a reload report");
