@@ -6,6 +6,7 @@ pub mod bench;
 pub mod compare;
 pub mod daemon_harness;
 pub mod demo;
+pub mod health;
 pub mod netns;
 pub mod packet;
 pub mod resets;
