@@ -306,18 +306,20 @@ impl App {
         if state.backends.get(name).is_some_and(BTreeMap::is_empty) {
             state.backends.remove(name);
         }
-        let after = if admin == Admin::Ready {
-            self.save_before(state)?;
-            None
+        let toward_safety = admin != Admin::Ready;
+        if toward_safety {
+            // In memory now, on disk after the kernel (a rollout aborted meanwhile is part of
+            // the state saved then).
+            self.state = state;
         } else {
-            Some(state)
-        };
+            self.save_before(state)?;
+        }
         if let Some(entry) = self.health.entries.get_mut(&(name.to_owned(), parsed)) {
             entry.health.admin = admin;
         }
         let result = self.settle(name, Instant::now());
-        if let Some(state) = after {
-            self.save_after(state);
+        if toward_safety {
+            self.save_after(self.state.clone());
         }
         result?;
         let id = self
