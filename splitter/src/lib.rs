@@ -14,13 +14,13 @@ pub mod color;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod health;
 #[allow(
     clippy::pedantic,
     unused_qualifications,
     reason = "the data-plane folder predates the workspace lints; its pedantic clean-up is pending"
 )]
 pub mod dataplane;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod rollout;

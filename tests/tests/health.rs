@@ -93,7 +93,9 @@ fn kill_and_restart(tag: &str, check: &str) {
         "before the kill: {answers:?}"
     );
     assert!(
-        answers.iter().any(|a| a.as_deref() == Ok(&dead.to_string())),
+        answers
+            .iter()
+            .any(|a| a.as_deref() == Ok(&dead.to_string())),
         "{dead} takes new flows before the kill: {answers:?}"
     );
     let load = Load::start(&lab, WEB, Duration::from_millis(5), Duration::from_secs(60));
@@ -126,10 +128,7 @@ fn kill_and_restart(tag: &str, check: &str) {
         lab.daemon_log()
     );
     let down = row(&lab, dead);
-    assert!(
-        down.state_reason.starts_with("health check: "),
-        "{down:#?}"
-    );
+    assert!(down.state_reason.starts_with("health check: "), "{down:#?}");
     let metrics = lab.metrics();
     let labels = format!("service=\"web\",color=\"green\",backend=\"{dead}\"");
     assert_eq!(
@@ -160,7 +159,9 @@ fn kill_and_restart(tag: &str, check: &str) {
     let answers = lab.requests(WEB, 40);
     assert!(answers.iter().all(Result::is_ok), "{answers:?}");
     assert!(
-        answers.iter().any(|a| a.as_deref() == Ok(&dead.to_string())),
+        answers
+            .iter()
+            .any(|a| a.as_deref() == Ok(&dead.to_string())),
         "{dead} takes new flows again: {answers:?}"
     );
 }
@@ -200,8 +201,18 @@ fn a_backend_refusing_handshakes_is_ejected_passively() {
     lab.start_daemon();
     let refusing = address(GREEN[1]);
     assert_eq!(row(&lab, refusing).state, BackendState::Up);
-    let load = Load::start(&lab, WEB, Duration::from_millis(10), Duration::from_secs(60));
-    let ejected_after = wait_state(&lab, refusing, BackendState::Ejected, Duration::from_secs(10));
+    let load = Load::start(
+        &lab,
+        WEB,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
+    let ejected_after = wait_state(
+        &lab,
+        refusing,
+        BackendState::Ejected,
+        Duration::from_secs(10),
+    );
     let ejected = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let outcomes = load.finish();
@@ -345,7 +356,10 @@ fn a_rollout_aborts_when_green_has_no_healthy_backend() {
         return;
     }
     let (mut lab, _servers) = lab("hroll");
-    lab.write_config(&web("0", "[service.rollout]\nsteps = [10, 50, 100]\nevery = \"60s\"\n"));
+    lab.write_config(&web(
+        "0",
+        "[service.rollout]\nsteps = [10, 50, 100]\nevery = \"60s\"\n",
+    ));
     lab.start_daemon();
     lab.cli_ok(&["rollout", "start", "web"]);
     for host in GREEN {

@@ -1,5 +1,5 @@
 //! `splitter backend disable|enable|drain SERVICE BACKEND`: the operator's word on one
-//! backend (HAProxy's maint / ready / drain), without editing the file; persisted by the
+//! backend (`HAProxy`'s maint / ready / drain), without editing the file; persisted by the
 //! daemon. `drain --wait` watches the backend's live connections until they are zero.
 
 use std::{

@@ -148,8 +148,7 @@ pub fn render_status(report: &StatusReport) -> String {
                     continue;
                 }
                 let since = humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH
-                        + Duration::from_millis(backend.state_since_unix_ms),
+                    std::time::UNIX_EPOCH + Duration::from_millis(backend.state_since_unix_ms),
                 );
                 let _ = writeln!(
                     text,

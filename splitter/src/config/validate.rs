@@ -458,7 +458,15 @@ type HealthSettings = (
 
 fn validate_health(section: &ServiceSection) -> Result<HealthSettings, super::health::HealthError> {
     Ok((
-        section.health.as_ref().map(|h| h.validate()).transpose()?,
-        section.outlier.as_ref().map(|o| o.validate()).transpose()?,
+        section
+            .health
+            .as_ref()
+            .map(super::health::HealthSection::validate)
+            .transpose()?,
+        section
+            .outlier
+            .as_ref()
+            .map(super::health::OutlierSection::validate)
+            .transpose()?,
     ))
 }

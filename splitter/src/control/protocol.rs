@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{CohortSetting, ColorName},
-    health::BackendState,
     dataplane::{Origin, Unloaded, services::Protocol},
+    health::BackendState,
 };
 
 /// What the CLI asks.

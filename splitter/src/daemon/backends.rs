@@ -187,11 +187,7 @@ impl App {
         backend: SocketAddr,
         result: Result<(), ProbeError>,
     ) {
-        let Some(entry) = self
-            .health
-            .entries
-            .get_mut(&(service.to_owned(), backend))
-        else {
+        let Some(entry) = self.health.entries.get_mut(&(service.to_owned(), backend)) else {
             return; // removed by a reload meanwhile
         };
         let Some(counter) = entry.health.check.as_mut() else {
@@ -265,16 +261,14 @@ impl App {
         admin: Admin,
     ) -> Result<BackendReport, AppError> {
         let address = self.service_address(name)?;
-        let service = self
-            .config
-            .service(name)
-            .expect("service_address found it");
-        let parsed: SocketAddr = backend
-            .trim()
-            .parse()
-            .map_err(|_| BackendError::NotAnAddress {
-                value: backend.to_owned(),
-            })?;
+        let service = self.config.service(name).expect("service_address found it");
+        let parsed: SocketAddr =
+            backend
+                .trim()
+                .parse()
+                .map_err(|_| BackendError::NotAnAddress {
+                    value: backend.to_owned(),
+                })?;
         let Some(color) = ColorName::BOTH
             .into_iter()
             .find(|color| service.pool(*color).contains(&parsed))
@@ -393,9 +387,12 @@ impl App {
             inactive: self.inactive_of(&service),
         }];
         let maps = &self.dataplane.maps;
-        let plan = reconcile::plan(&desired, self.config.miss_hold, &self.installed, &mut |id| {
-            maps.backend(id).is_ok_and(|backend| backend.family == 0)
-        })?;
+        let plan = reconcile::plan(
+            &desired,
+            self.config.miss_hold,
+            &self.installed,
+            &mut |id| maps.backend(id).is_ok_and(|backend| backend.family == 0),
+        )?;
         // Only this service: the others are not in `desired`, not removed.
         self.write(&Plan {
             writes: plan.writes,
@@ -419,7 +416,11 @@ impl App {
                 .collect();
             if !ids.is_empty() {
                 let unpinned = self.dataplane.maps.unpin_backends(&ids)?;
-                tracing::info!(service = name, unpinned, "flows of backends out of rotation unpinned (on_down = \"cut\")");
+                tracing::info!(
+                    service = name,
+                    unpinned,
+                    "flows of backends out of rotation unpinned (on_down = \"cut\")"
+                );
             }
         }
         let empty = ColorName::BOTH.into_iter().find(|color| {

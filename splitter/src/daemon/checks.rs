@@ -29,10 +29,9 @@ pub async fn run(shared: Arc<Shared>) {
             keep
         });
         for target in wanted {
-            if !running.contains_key(&target) {
-                let task = tokio::spawn(check(shared.clone(), target.clone()));
-                running.insert(target, task);
-            }
+            running
+                .entry(target.clone())
+                .or_insert_with(|| tokio::spawn(check(shared.clone(), target)));
         }
     }
 }

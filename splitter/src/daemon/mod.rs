@@ -199,6 +199,10 @@ impl App {
 
     /// Brings interfaces, services and the state file to `config`. Everything that can fail
     /// for a config reason fails before the first change.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the reconcile's steps in order; each step's work is in a helper"
+    )]
     fn apply(&mut self, config: Validated) -> Result<ReloadReport, AppError> {
         let desired: Vec<Desired<'_>> = config
             .services

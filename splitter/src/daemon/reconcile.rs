@@ -589,7 +589,10 @@ mod tests {
         let spec = &out.writes[0].spec;
         assert!(out.writes[0].fresh_backend_ids.is_empty(), "no new id");
         assert_eq!(
-            spec.green.iter().map(|b| (b.id, b.active)).collect::<Vec<_>>(),
+            spec.green
+                .iter()
+                .map(|b| (b.id, b.active))
+                .collect::<Vec<_>>(),
             [(1, false), (2, true)]
         );
         assert_eq!(spec.first_slot, 3, "a changed pool takes fresh slots");

@@ -85,7 +85,7 @@ impl App {
             };
             // Every backend of the color, in rotation or not: a backend taken out keeps the
             // counts it had (the window is the color's, not the pool's).
-            let configured = self.config.service(name).map(|s| s.pool(color)).unwrap_or(&[]);
+            let configured = self.config.service(name).map_or(&[][..], |s| s.pool(color));
             for (id, _) in &installed.members(configured) {
                 let counters = self.dataplane.maps.backend_counters(*id)?;
                 sums.add(counters.new_flows, &counters.signals);
@@ -352,7 +352,7 @@ impl App {
         let Some(installed) = self.installed.get(&address) else {
             return Ok(0);
         };
-        let configured = self.config.service(name).map(|s| s.pool(color)).unwrap_or(&[]);
+        let configured = self.config.service(name).map_or(&[][..], |s| s.pool(color));
         let ids: Vec<u32> = installed
             .members(configured)
             .iter()

@@ -225,7 +225,12 @@ impl Shared {
 
     /// The active checks to run (`checks.rs`).
     pub fn check_targets(&self) -> Vec<super::backends::CheckTarget> {
-        blocking(|| self.app().as_ref().map(App::check_targets).unwrap_or_default())
+        blocking(|| {
+            self.app()
+                .as_ref()
+                .map(App::check_targets)
+                .unwrap_or_default()
+        })
     }
 
     /// One active check's result.

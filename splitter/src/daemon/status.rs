@@ -38,18 +38,18 @@ impl App {
                 .chain(installed.pool(ColorName::Green))
                 .chain(&installed.others)
             {
-                    if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
-                        new_flows.insert(
-                            *id,
-                            Sample {
-                                new_flows: counters.new_flows,
-                                to_backend_packets: counters.to_backend.packets,
-                                to_backend_bytes: counters.to_backend.bytes,
-                                to_client_packets: counters.to_client.packets,
-                                to_client_bytes: counters.to_client.bytes,
-                            },
-                        );
-                    }
+                if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
+                    new_flows.insert(
+                        *id,
+                        Sample {
+                            new_flows: counters.new_flows,
+                            to_backend_packets: counters.to_backend.packets,
+                            to_backend_bytes: counters.to_backend.bytes,
+                            to_client_packets: counters.to_client.packets,
+                            to_client_bytes: counters.to_client.bytes,
+                        },
+                    );
+                }
             }
         }
         self.sampler.record(now, new_flows);

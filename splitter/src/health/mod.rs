@@ -1,5 +1,5 @@
 //! Whether a backend takes new flows: the operator's word (`backend disable|enable|drain`),
-//! the active checks (`probe.rs`, HAProxy's rise/fall), the passive ejection (`outlier.rs`,
+//! the active checks (`probe.rs`, `HAProxy`'s rise/fall), the passive ejection (`outlier.rs`,
 //! from the kernel's handshake signals). One rule decides the state from the three
 //! ([`BackendHealth::settle`]); only `up` is in the new-flow table. Pinned flows are never
 //! touched by a state (unless a check says `on_down = "cut"`, decided by the daemon).
@@ -17,7 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// The operator's word on a backend (HAProxy's ready / maint / drain), persisted in the state
+/// The operator's word on a backend (`HAProxy`'s ready / maint / drain), persisted in the state
 /// file.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -93,8 +93,8 @@ impl std::fmt::Display for BackendState {
     }
 }
 
-/// HAProxy's check counter: `health` runs 0..=rise+fall-1, a backend is up while it is at
-/// least `rise`. It starts at `rise` (HAProxy's `init-state up`: up, but the first failed
+/// `HAProxy`'s check counter: `health` runs 0..=rise+fall-1, a backend is up while it is at
+/// least `rise`. It starts at `rise` (`HAProxy`'s `init-state up`: up, but the first failed
 /// check takes it down): a daemon (re)start or reload never takes a serving backend out of
 /// rotation before a check says so, and a dead one goes at the first failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +234,7 @@ impl BackendHealth {
 pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| crate::units::millis(elapsed))
+        .map_or(0, crate::units::millis)
 }
 
 #[cfg(test)]
@@ -246,7 +246,10 @@ mod tests {
         let mut check = CheckCounter::new(2, 3);
         assert!(check.up(), "starts up");
         check.record(false);
-        assert!(!check.up(), "the first failure of a fresh backend takes it down");
+        assert!(
+            !check.up(),
+            "the first failure of a fresh backend takes it down"
+        );
         check.record(true);
         assert!(!check.up(), "one pass of rise = 2");
         check.record(true);
@@ -271,7 +274,10 @@ mod tests {
         backend.check.as_mut().unwrap().record(false);
         backend.check_error = Some("connection refused".into());
         let change = backend.settle(now).unwrap();
-        assert_eq!((change.from, change.to), (BackendState::Up, BackendState::Down));
+        assert_eq!(
+            (change.from, change.to),
+            (BackendState::Up, BackendState::Down)
+        );
         assert_eq!(change.reason, "health check: connection refused");
         backend.admin = Admin::Disabled;
         assert_eq!(backend.settle(now).unwrap().to, BackendState::Disabled);

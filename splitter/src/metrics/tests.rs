@@ -55,13 +55,22 @@ fn backend(address: &str, id: u32, n: u64) -> BackendStatus {
         state_since_unix_ms: 0,
         transitions: BackendState::ALL
             .iter()
-            .map(|state| (*state, u64::from(id == 1 && *state == BackendState::Draining)))
+            .map(|state| {
+                (
+                    *state,
+                    u64::from(id == 1 && *state == BackendState::Draining),
+                )
+            })
             .collect(),
     }
 }
 
 /// The exact lines dashboards rely on.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one expected exposition line per line"
+)]
 fn exposition_lines() {
     let daemon = DaemonMetrics::default();
     let metrics = Metrics::new(&daemon);
