@@ -165,7 +165,12 @@ impl App {
         self.health.entries = next;
         // A check removed or restarted by the reload may change a state at once (a `down`
         // backend whose service has no check any more is back up).
-        let names: Vec<String> = self.config.services.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = self
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
         for name in names {
             let _ = self.settle(&name, Instant::now());
         }

@@ -17,31 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// The operator's word on a backend (`HAProxy`'s ready / maint / drain), persisted in the state
-/// file.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Admin {
-    /// In rotation if healthy.
-    #[default]
-    Ready,
-    /// Out of rotation (maintenance); pinned flows stay.
-    Disabled,
-    /// Out of rotation until its pinned flows end (`status` shows them); then as disabled.
-    Draining,
-}
-
-impl Admin {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Admin::Ready => "ready",
-            Admin::Disabled => "disabled",
-            Admin::Draining => "draining",
-        }
-    }
-}
+pub use crate::state::Admin;
 
 /// Where a backend stands, in order of precedence (the operator first).
 #[derive(
