@@ -2,7 +2,7 @@
 //! use the same code paths.
 //!
 //! One module per concern: `config` (the file), `state` (persisted weights), `dataplane`
-//! (loading, pinning, maps), `daemon` (the application and its reconcile), `control` (the Unix
+//! (loading, pinning, maps), `daemon` (the application and its reconcile), `health` (backend states: operator, checks, ejection), `control` (the Unix
 //! socket API), `metrics` (Prometheus), `rollout` (canary plans and analysis), `cli`
 //! (arguments, exit codes, client commands), `logging` (log formats), `units` (percent and duration conversions); `sys`
 //! holds every raw system call, the crate's only `unsafe` code.
@@ -21,6 +21,7 @@ pub mod daemon;
 )]
 pub mod dataplane;
 pub mod fleet;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod rollout;

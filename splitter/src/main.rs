@@ -138,6 +138,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         // The fleet's session: load, watch and apply the desired state, publish this host.
         let fleet_task =
             fleet.map(|fleet| tokio::spawn(splitter::fleet::run(fleet, shared.clone())));
+        let checks_task = tokio::spawn(splitter::daemon::checks::run(shared.clone()));
         let unloaded = loop {
             tokio::select! {
                 _ = terminate.recv() => break false,
@@ -160,6 +161,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         sampler_task.abort();
         rollout_task.abort();
         fleet_task.inspect(tokio::task::JoinHandle::abort);
+        checks_task.abort();
         let _ = std::fs::remove_file(&socket_path);
         if unloaded {
             tracing::info!("data plane unloaded; daemon stopped");

@@ -39,6 +39,37 @@ pub struct State {
     /// (also from older state files): blue. A completed rollout makes its canary stable.
     #[serde(default)]
     pub stable: BTreeMap<String, crate::color::ColorName>,
+    /// The operator's word on backends (`backend disable|drain`) by service name and backend
+    /// address; a backend absent here is ready (written only when there is one, so an older
+    /// daemon still reads a file without any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BTreeMap<std::net::SocketAddr, Admin>>,
+}
+
+/// The operator's word on a backend (`HAProxy`'s ready / maint / drain), persisted here;
+/// `crate::health` decides what it means with the checks.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    /// In rotation if healthy.
+    #[default]
+    Ready,
+    /// Out of rotation (maintenance); pinned flows stay.
+    Disabled,
+    /// Out of rotation until its pinned flows end (`status` shows them); then as disabled.
+    Draining,
+}
+
+impl Admin {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Admin::Ready => "ready",
+            Admin::Disabled => "disabled",
+            Admin::Draining => "draining",
+        }
+    }
 }
 
 /// One service's runtime weight.

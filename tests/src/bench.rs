@@ -153,6 +153,7 @@ fn backends(family: Family, base: u32, count: u32, port: u16) -> Vec<BackendSpec
                 ),
             },
             weight: 1,
+            active: true,
         })
         .collect()
 }
@@ -521,6 +522,7 @@ fn install_more_services(dataplane: &mut Dataplane, count: u32) -> anyhow::Resul
                 8080,
             ),
             weight: 1,
+            active: true,
         };
         let spec = ServiceSpec {
             id: 16 + i,

@@ -82,11 +82,13 @@ fn install(dataplane: &mut Dataplane, v6: bool) -> anyhow::Result<(ServiceSpec, 
         id: 1,
         address: SocketAddr::new(ip(v6, 11, 10), 8080),
         weight: 1,
+        active: true,
     };
     let green = BackendSpec {
         id: 2,
         address: SocketAddr::new(ip(v6, 12, 10), 8080),
         weight: 1,
+        active: true,
     };
     let main = ServiceSpec {
         id: 1,

@@ -334,6 +334,7 @@ impl Topology {
                 id: id * 100 + i as u32,
                 address: SocketAddr::new(backend.addr(family), BACKEND_PORT),
                 weight: 1,
+                active: true,
             };
             match backend.color {
                 Color::Blue => blue.push(spec),

@@ -1037,6 +1037,7 @@ fn predicted(
                 id,
                 address: format!("{host}:{TCP_PORT}").parse().unwrap(),
                 weight: 1,
+                active: true,
             })
             .collect()
     };

@@ -94,6 +94,7 @@ fn service(
         id: id * 10 + n,
         address: SocketAddr::new(host(v6, net, host_id), port),
         weight: 1,
+        active: true,
     };
     ServiceSpec {
         id,

@@ -57,6 +57,7 @@ fn predicted(blue: &[&str], i: u16) -> String {
                 id,
                 address: format!("{host}:{TCP_PORT}").parse().unwrap(),
                 weight: 1,
+                active: true,
             })
             .collect(),
         green: Vec::new(),

@@ -21,6 +21,7 @@ use crate::{
     units::{PercentError, parse_percent, ppm_to_percent},
 };
 
+mod backend;
 mod drain;
 mod fleet;
 pub mod rollout;
@@ -166,6 +167,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One backend in or out of rotation without editing the file (persisted):
+    /// `disable` (maintenance), `enable`, `drain` (`--wait` until its connections close).
+    Backend {
+        #[command(subcommand)]
+        command: backend::BackendCommand,
+    },
     /// Re-read the config file and apply the difference (same as SIGHUP).
     Reload,
     /// Validate a config file without a daemon: syntax, values (every problem, not just the
@@ -216,6 +223,8 @@ enum CliError {
     #[error(transparent)]
     Fleet(FleetCliError),
     #[error(transparent)]
+    Backend(backend::BackendCliError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("`{value}` {problem}")]
     Percent {
@@ -257,6 +266,12 @@ impl CliError {
                 FleetCliError::Client(client) => client_exit(client),
                 FleetCliError::Behind { .. } => Exit::Timeout,
                 FleetCliError::Stdout(_) => Exit::Failure,
+            },
+            CliError::Backend(error) => match error {
+                backend::BackendCliError::Client(client) => client_exit(client),
+                backend::BackendCliError::Timeout(_) => Exit::Usage,
+                backend::BackendCliError::NotDrained { .. } => Exit::Timeout,
+                backend::BackendCliError::Stdout(_) => Exit::Failure,
             },
             CliError::Percent { .. } | CliError::Interval | CliError::UnknownService { .. } => {
                 Exit::Usage
@@ -418,6 +433,9 @@ fn execute(command: Command, socket: &Path) -> Result<(), CliError> {
                 out.write_all(whatif::render(&report).as_bytes())?;
             }
             Ok(())
+        }
+        Command::Backend { command } => {
+            backend::execute(command, socket).map_err(CliError::Backend)
         }
         Command::Reload => {
             let Reply::Reloaded(report) = request(socket, &Request::Reload)? else {

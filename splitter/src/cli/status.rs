@@ -1,6 +1,6 @@
 //! `splitter status`: the human view of a status snapshot.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
 use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, presets::NOTHING};
 
@@ -144,6 +144,26 @@ pub fn render_status(report: &StatusReport) -> String {
         for line in table.lines() {
             let _ = writeln!(text, "  {}", line.trim_end());
         }
+        // Backends out of rotation: what, why, since when (up ones need no line).
+        for color in &service.colors {
+            for backend in &color.backends {
+                if backend.state.in_rotation() {
+                    continue;
+                }
+                let since = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(backend.state_since_unix_ms),
+                );
+                let _ = writeln!(
+                    text,
+                    "  {} {} {} since {since}: {} ({} live)",
+                    color.color.name(),
+                    backend.address,
+                    backend.state.name().to_uppercase(),
+                    backend.state_reason,
+                    backend.live_flows,
+                );
+            }
+        }
     }
     text
 }
@@ -203,6 +223,10 @@ mod tests {
             to_backend: Traffic::default(),
             to_client: Traffic::default(),
             signals: Signals::default(),
+            state: crate::health::BackendState::Up,
+            state_reason: String::new(),
+            state_since_unix_ms: 0,
+            transitions: std::collections::BTreeMap::new(),
         }
     }
 

@@ -131,6 +131,11 @@ pub enum ConfigError {
         service: String,
         source: Box<PlanError>,
     },
+    #[error("service `{service}`: {source}")]
+    Health {
+        service: String,
+        source: super::health::HealthError,
+    },
     #[error("service `{service}`: {color} has no backend (each color needs at least one)")]
     EmptyPool { service: String, color: ColorName },
     #[error("service `{service}`: {field} {backend} is the service address itself")]

@@ -29,6 +29,7 @@ use crate::{
 
 mod error;
 pub mod fleet;
+pub mod health;
 pub mod host;
 pub mod pool;
 pub mod overrides;
@@ -235,6 +236,12 @@ pub struct ServiceSection {
     /// `[service.overrides]`: client prefixes always sent to green or kept on blue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<OverridesSection>,
+    /// Active checks (`[service.health]`); absent: none.
+    #[serde(default)]
+    pub health: Option<health::HealthSection>,
+    /// Passive ejection (`[service.outlier]`); absent: none.
+    #[serde(default)]
+    pub outlier: Option<health::OutlierSection>,
 }
 /// `[service.rollout]`: steps, step duration and the thresholds green is judged by (the
 /// threshold keys and their defaults are [`Thresholds`]'s).
@@ -373,6 +380,9 @@ pub struct Service {
     pub preview: Option<SocketAddr>,
     /// `[service.overrides]`, sorted by prefix.
     pub overrides: Vec<(Prefix, ColorName)>,
+    /// Active checks and passive ejection of its backends (`health.rs`).
+    pub health: Option<health::HealthCheck>,
+    pub outlier: Option<health::Outlier>,
 }
 
 impl Service {

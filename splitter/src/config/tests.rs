@@ -107,7 +107,7 @@ fn bad_files_are_refused_with_a_message_naming_the_field() {
         (
             "unknown key in a service (typo)",
             edit("green_weight = 10", "green_weight = 10\ngreen_wieght = 20"),
-            "test.toml: line 9, column 1: service[0].green_wieght: unknown field `green_wieght`, expected one of `name`, `address`, `protocol`, `green_weight`, `cohort`, `client_prefix`, `blue`, `green`, `blue_release`, `green_release`, `rollout`, `preview`, `overrides`",
+            "test.toml: line 9, column 1: service[0].green_wieght: unknown field `green_wieght`, expected one of `name`, `address`, `protocol`, `green_weight`, `cohort`, `client_prefix`, `blue`, `green`, `blue_release`, `green_release`, `rollout`, `preview`, `overrides`, `health`, `outlier`",
         ),
         (
             "rollout steps not increasing",

@@ -488,6 +488,10 @@ fn validate_service_fields(
             service: name.clone(),
             source: Box::new(source),
         })?;
+    let (health, outlier) = validate_health(section).map_err(|source| ConfigError::Health {
+        service: name.clone(),
+        source,
+    })?;
     Ok(Service {
         name: name.clone(),
         address,
@@ -508,5 +512,27 @@ fn validate_service_fields(
             problems,
         ),
         overrides: super::overrides::validate(name, section.overrides.as_ref(), problems),
+        health,
+        outlier,
     })
+}
+
+type HealthSettings = (
+    Option<super::health::HealthCheck>,
+    Option<super::health::Outlier>,
+);
+
+fn validate_health(section: &ServiceSection) -> Result<HealthSettings, super::health::HealthError> {
+    Ok((
+        section
+            .health
+            .as_ref()
+            .map(super::health::HealthSection::validate)
+            .transpose()?,
+        section
+            .outlier
+            .as_ref()
+            .map(super::health::OutlierSection::validate)
+            .transpose()?,
+    ))
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{CohortSetting, ColorName},
     dataplane::{Origin, Unloaded, services::Protocol},
+    health::BackendState,
 };
 
 /// What the CLI asks.
@@ -58,6 +59,13 @@ pub enum Request {
     WhatIf {
         service: String,
         green_weight: u32,
+    },
+    /// `backend disable|enable|drain`: the operator's word on one backend (`backend` as
+    /// written in the config, `IP:port`).
+    Backend {
+        service: String,
+        backend: String,
+        admin: crate::health::Admin,
     },
     /// Re-read the config file and apply the difference.
     Reload,
@@ -110,12 +118,13 @@ pub enum Request {
 impl Request {
     /// Every value of [`Request::name`], in declaration order: the request counter has a zero
     /// series for each from the start.
-    pub const NAMES: [&'static str; 17] = [
+    pub const NAMES: [&'static str; 18] = [
         "status",
         "set-weight",
         "switch",
         "drain",
         "what-if",
+        "backend",
         "reload",
         "unload",
         "rollout-start",
@@ -138,6 +147,7 @@ impl Request {
             Request::Switch { .. } => "switch",
             Request::Drain { .. } => "drain",
             Request::WhatIf { .. } => "what-if",
+            Request::Backend { .. } => "backend",
             Request::Reload => "reload",
             Request::Unload => "unload",
             Request::RolloutStart { .. } => "rollout-start",
@@ -169,6 +179,7 @@ pub enum Reply {
     Weight(WeightChange),
     Drained(DrainReport),
     WhatIf(WhatIfReport),
+    Backend(BackendReport),
     Reloaded(ReloadReport),
     Unloaded(Unloaded),
     Rollout(Box<RolloutReport>),
@@ -508,6 +519,30 @@ pub struct BackendStatus {
     pub to_client: Traffic,
     /// TCP handshakes and resets measured in the kernel (rollout signals).
     pub signals: Signals,
+    /// Whether it takes new flows, and why (`health`): up, down, ejected, draining, disabled.
+    #[serde(default)]
+    pub state: BackendState,
+    #[serde(default)]
+    pub state_reason: String,
+    /// When it entered `state` (Unix ms; the daemon's start for a backend never changed).
+    #[serde(default)]
+    pub state_since_unix_ms: u64,
+    /// Transitions into each state since the daemon started.
+    #[serde(default)]
+    pub transitions: BTreeMap<BackendState, u64>,
+}
+
+/// The answer to `backend disable|enable|drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendReport {
+    pub service: String,
+    pub backend: SocketAddr,
+    pub color: ColorName,
+    /// Its counters' id (None if the service is not installed).
+    pub id: Option<u32>,
+    pub admin: crate::health::Admin,
+    pub previous: BackendState,
+    pub state: BackendState,
 }
 
 /// A backend's TCP handshakes (SYN → SYN-ACK) and resets.
@@ -575,6 +610,9 @@ mod tests {
                 "status" | "reload" | "unload" | "rollout-list" | "fleet-status" => {
                     format!(r#"{{"command":"{name}"}}"#)
                 }
+                "backend" => format!(
+                    r#"{{"command":"{name}","service":"web","backend":"198.18.0.1:80","admin":"draining"}}"#
+                ),
                 "set-weight" | "what-if" => {
                     format!(r#"{{"command":"{name}","service":"web","green_weight":0}}"#)
                 }

@@ -5,6 +5,8 @@
 
 // FLEET: `[fleet]` requests and the fleet's apply path.
 mod fleet;
+mod backends;
+pub mod checks;
 mod persist;
 pub mod reconcile;
 mod replies;
@@ -52,6 +54,8 @@ pub enum AppError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Rollout(Box<rollouts::RolloutError>),
+    #[error(transparent)]
+    Backend(#[from] backends::BackendError),
     #[error("no service `{name}` (configured: {known})")]
     UnknownService { name: String, known: String },
     #[error("green weight {ppm} parts per million is outside 0..={WEIGHT_SCALE}")]
@@ -78,7 +82,9 @@ impl AppError {
         match self {
             AppError::Config(_) | AppError::Plan(_) => ErrorKind::InvalidConfig,
             AppError::UnknownService { .. } => ErrorKind::UnknownService,
-            AppError::WeightRange { .. } | AppError::Rollout(_) => ErrorKind::InvalidArgument,
+            AppError::WeightRange { .. } | AppError::Rollout(_) | AppError::Backend(_) => {
+                ErrorKind::InvalidArgument
+            }
             AppError::RestartRequired { .. } => ErrorKind::RestartRequired,
             AppError::State(_) | AppError::Dataplane(_) => ErrorKind::Runtime,
         }
@@ -102,6 +108,8 @@ pub struct App {
     hash_seed_source: HashSeedSource,
     /// Rollout step, phase and decisions per service (`rollouts.rs` keeps them current).
     rollout_metrics: RolloutMetrics,
+    /// Each configured backend's state (`backends.rs`): operator, checks, ejection.
+    health: backends::Backends,
 }
 
 /// Opens the data plane with the configured hash seed, or else the random one of `state_dir`
@@ -166,6 +174,7 @@ impl App {
             tick_errors: crate::control::limits::RateLimit::default(),
             hash_seed_source,
             rollout_metrics: RolloutMetrics::default(),
+            health: backends::Backends::default(),
         };
         let report = app.apply(config)?;
         app.forget_removed_backends()?;
@@ -194,6 +203,10 @@ impl App {
 
     /// Brings interfaces, services and the state file to `config`. Everything that can fail
     /// for a config reason fails before the first change.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the reconcile's steps in order; each step's work is in a helper"
+    )]
     fn apply(&mut self, config: Validated) -> Result<ReloadReport, AppError> {
         let desired: Vec<Desired<'_>> = config
             .services
@@ -208,6 +221,7 @@ impl App {
                         .map(|installed| installed.config.green_weight),
                 ),
                 preview: false,
+                inactive: self.inactive_of(service),
             })
             .collect();
         self.warn_lower_kernel_weights(&desired);
@@ -253,6 +267,8 @@ impl App {
                 .filter(|(name, _)| desired.iter().any(|d| &d.service.name == *name))
                 .map(|(name, color)| (name.clone(), *color))
                 .collect(),
+            // And the operator's word on the backends still configured.
+            backends: self.carried_backends(&config),
         };
         for wanted in &desired {
             state.services.insert(
@@ -284,6 +300,7 @@ impl App {
         report.removed = self.removed_names(&plan);
         self.config = config;
         self.installed = reconcile::installed(&self.dataplane.maps)?;
+        self.sync_health();
         if !plan.writes.is_empty() || !plan.removals.is_empty() {
             self.sampler.clear();
         }
@@ -441,7 +458,16 @@ impl App {
         Ok(())
     }
 
+    /// The backends of installed services: in their pools, or configured and out of rotation.
     fn backends_in_use(&self) -> std::collections::BTreeSet<(SocketAddr, u8)> {
+        let configured = self.config.services.iter().flat_map(|service| {
+            ColorName::BOTH.into_iter().flat_map(move |color| {
+                service
+                    .pool(color)
+                    .iter()
+                    .map(move |address| (*address, service.protocol.number()))
+            })
+        });
         self.installed
             .values()
             .flat_map(|service| {
@@ -452,6 +478,7 @@ impl App {
                         .map(move |(_, address)| (*address, service.protocol.number()))
                 })
             })
+            .chain(configured)
             .collect()
     }
 

@@ -37,13 +37,18 @@ pub struct InstalledService {
     pub address: SocketAddr,
     pub protocol: Protocol,
     pub config: ServiceConfig,
-    /// (backend id, address), in pool order.
+    /// (backend id, address), in config order: every member of the pool, in rotation or not.
     pub blue: Vec<(u32, SocketAddr)>,
     pub green: Vec<(u32, SocketAddr)>,
     /// Every member's Maglev weight.
     pub weights: BTreeMap<SocketAddr, u32>,
+    /// Members out of the new-flow table (disabled, draining, down, ejected).
+    pub inactive: BTreeSet<SocketAddr>,
     /// One past the service's last pool slot (`dataplane::pools`).
     pub end_slot: u32,
+    /// Backends whose reply mapping names this service but that are members of neither pool:
+    /// removed from the config with flows still pinned.
+    pub others: Vec<(u32, SocketAddr)>,
 }
 
 impl InstalledService {
@@ -59,6 +64,25 @@ impl InstalledService {
         self.config.blue.first_slot..self.end_slot
     }
 
+    /// The id of a backend of the service, in rotation or not.
+    pub fn id_of(&self, address: &SocketAddr) -> Option<u32> {
+        self.blue
+            .iter()
+            .chain(&self.green)
+            .chain(&self.others)
+            .find(|(_, installed)| installed == address)
+            .map(|(id, _)| *id)
+    }
+
+    /// `configured` (the config's backends of one color, in file order) with their ids: the
+    /// color's backends whatever their state.
+    pub fn members(&self, configured: &[SocketAddr]) -> Vec<(u32, SocketAddr)> {
+        configured
+            .iter()
+            .filter_map(|address| self.id_of(address).map(|id| (id, *address)))
+            .collect()
+    }
+
     fn addresses(&self, color: ColorName) -> Vec<SocketAddr> {
         self.pool(color)
             .iter()
@@ -72,6 +96,7 @@ pub fn installed(
     maps: &Maps,
 ) -> Result<BTreeMap<ServiceAddress, InstalledService>, DataplaneError> {
     let mut services = BTreeMap::new();
+    let reverse = maps.backend_reverse_entries()?;
     for (key, config) in maps.service_entries()? {
         let Some(protocol) = Protocol::from_number(key.protocol) else {
             continue;
@@ -86,8 +111,33 @@ pub fn installed(
             .flatten()
             .map(|member| (member.address, member.weight))
             .collect();
+        let inactive = members
+            .iter()
+            .flatten()
+            .filter(|member| !member.active)
+            .map(|member| member.address)
+            .collect();
         let [blue, green] =
             members.map(|pool| pool.iter().map(|m| (m.id, m.address)).collect::<Vec<_>>());
+        let others = reverse
+            .iter()
+            .filter(|(backend, value)| {
+                backend.protocol == key.protocol
+                    && backend.family == key.family
+                    && value.service_addr == key.addr
+                    && value.service_port == key.port
+                    && !blue
+                        .iter()
+                        .chain(&green)
+                        .any(|(id, _)| *id == value.backend_id)
+            })
+            .map(|(backend, value)| {
+                (
+                    value.backend_id,
+                    socket_addr(&backend.addr, backend.port, backend.family),
+                )
+            })
+            .collect();
         services.insert(
             (address, protocol),
             InstalledService {
@@ -97,7 +147,9 @@ pub fn installed(
                 blue,
                 green,
                 weights,
+                inactive,
                 end_slot,
+                others,
             },
         );
     }
@@ -110,6 +162,8 @@ pub struct Desired<'a> {
     pub service: &'a Service,
     /// The weight to run with (runtime weight or the file's, see `State::initial_weight`).
     pub green_weight: u32,
+    /// Backends out of the new-flow table (disabled, draining, down, ejected).
+    pub inactive: BTreeSet<SocketAddr>,
     /// The service is another one's preview address (`Service::preview_service`).
     pub preview: bool,
 }
@@ -132,6 +186,12 @@ pub fn with_previews<'a>(desired: &[Desired<'a>], previews: &'a [Service]) -> Ve
             service,
             green_weight: service.green_weight,
             preview: true,
+            // A preview's green backends are its service's: out of rotation there, out here.
+            inactive: desired
+                .iter()
+                .find(|main| main.service.preview == Some(service.address))
+                .map(|main| main.inactive.clone())
+                .unwrap_or_default(),
         }))
         .collect()
 }
@@ -193,7 +253,7 @@ pub fn plan(
                 && current.config.miss_hold_ns == miss_hold_ns
                 && current.config.flags
                     == services::flags(!service.overrides.is_empty(), wanted.preview)
-                && same_pools(current, service);
+                && same_pools(current, wanted);
             if same {
                 plan.unchanged.push(service.name.clone());
                 continue;
@@ -207,13 +267,7 @@ pub fn plan(
         let mut pools = [Vec::new(), Vec::new()];
         for (pool, color) in pools.iter_mut().zip(ColorName::BOTH) {
             for address in service.pool(color) {
-                let kept = current.and_then(|current| {
-                    current
-                        .pool(color)
-                        .iter()
-                        .find(|(_, installed)| installed == address)
-                        .map(|(id, _)| *id)
-                });
+                let kept = current.and_then(|current| current.id_of(address));
                 let id = if let Some(id) = kept {
                     id
                 } else {
@@ -225,11 +279,12 @@ pub fn plan(
                     id,
                     address: *address,
                     weight: service.weight(address),
+                    active: !wanted.inactive.contains(address),
                 });
             }
         }
         let first_slot = match current {
-            Some(current) if same_pools(current, service) => current.config.blue.first_slot,
+            Some(current) if same_pools(current, wanted) => current.config.blue.first_slot,
             _ => {
                 let needed = slots_needed(service.blue.len(), service.green.len());
                 allocator
@@ -275,15 +330,25 @@ pub fn plan(
     Ok(plan)
 }
 
-/// Same members in the same order with the same weights and client prefix: the tables in the
-/// kernel are the ones the config builds (`dataplane::pools`).
-fn same_pools(current: &InstalledService, service: &Service) -> bool {
+/// Same members in the same order with the same weights, the same members out of rotation and
+/// the same client prefix: the tables in the kernel are the ones the config builds
+/// (`dataplane::pools`).
+fn same_pools(current: &InstalledService, wanted: &Desired<'_>) -> bool {
+    let service = wanted.service;
+    let configured: BTreeSet<&SocketAddr> = service.blue.iter().chain(&service.green).collect();
+    let inactive: BTreeSet<SocketAddr> = wanted
+        .inactive
+        .iter()
+        .filter(|address| configured.contains(address))
+        .copied()
+        .collect();
     current.addresses(ColorName::Blue) == service.blue
         && current.addresses(ColorName::Green) == service.green
         && current
             .weights
             .iter()
             .all(|(address, weight)| service.weight(address) == *weight)
+        && current.inactive == inactive
         && current.config.client_prefix_v4 == service.client_prefix.v4
         && current.config.client_prefix_v6 == service.client_prefix.v6
 }
@@ -309,6 +374,8 @@ impl Allocator {
                 this.backend_ids
                     .extend(service.pool(color).iter().map(|(id, _)| *id));
             }
+            this.backend_ids
+                .extend(service.others.iter().map(|(id, _)| *id));
             this.slots.push(service.slots());
         }
         this
@@ -376,6 +443,8 @@ mod tests {
             rollout: crate::config::RolloutSection::default().plan().unwrap(),
             preview: None,
             overrides: Vec::new(),
+            health: None,
+            outlier: None,
         }
     }
 
@@ -387,7 +456,7 @@ mod tests {
     fn apply(installed: &mut BTreeMap<ServiceAddress, InstalledService>, plan: &Plan) {
         for write in &plan.writes {
             let spec = &write.spec;
-            let blue_len = spec.blue.len() as u32;
+            let blue_len = spec.blue.iter().filter(|b| b.active).count() as u32;
             installed.insert(
                 (spec.address, spec.protocol),
                 InstalledService {
@@ -403,7 +472,7 @@ mod tests {
                         },
                         green: Pool {
                             first_slot: spec.first_slot + blue_len,
-                            len: spec.green.len() as u32,
+                            len: spec.green.iter().filter(|b| b.active).count() as u32,
                         },
                         miss_hold_ns: crate::units::nanos(spec.miss_hold),
                         flags: spec.flags(),
@@ -417,7 +486,15 @@ mod tests {
                         .chain(&spec.green)
                         .map(|b| (b.address, b.weight))
                         .collect(),
+                    inactive: spec
+                        .blue
+                        .iter()
+                        .chain(&spec.green)
+                        .filter(|b| !b.active)
+                        .map(|b| b.address)
+                        .collect(),
                     end_slot: spec.first_slot + slots_needed(spec.blue.len(), spec.green.len()),
+                    others: Vec::new(),
                 },
             );
         }
@@ -435,6 +512,7 @@ mod tests {
                 service,
                 green_weight: weight,
                 preview: false,
+                inactive: BTreeSet::new(),
             })
             .collect()
     }
@@ -572,5 +650,41 @@ mod tests {
         assert_eq!(allocator.slots(2), Some(0));
         assert_eq!(allocator.slots(1), Some(4));
         assert_eq!(allocator.slots(POOL_SLOTS), None);
+    }
+
+    #[test]
+    fn a_backend_out_of_rotation_keeps_its_id_and_leaves_the_pool_only() {
+        let services = [service(
+            "web",
+            80,
+            &["10.1.0.10:80"],
+            &["10.2.0.10:80", "10.2.0.11:80"],
+        )];
+        let mut installed = BTreeMap::new();
+        let first = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        apply(&mut installed, &first);
+
+        let mut wanted = desired(&services, 0);
+        wanted[0].inactive.insert("10.2.0.10:80".parse().unwrap());
+        let out = plan(&wanted, HOLD, &installed, &mut |_| true).unwrap();
+        let spec = &out.writes[0].spec;
+        assert!(out.writes[0].fresh_backend_ids.is_empty(), "no new id");
+        assert_eq!(
+            spec.green
+                .iter()
+                .map(|b| (b.id, b.active))
+                .collect::<Vec<_>>(),
+            [(1, false), (2, true)]
+        );
+        assert_eq!(spec.first_slot, 3, "a changed pool takes fresh slots");
+        apply(&mut installed, &out);
+        let again = plan(&wanted, HOLD, &installed, &mut |_| true).unwrap();
+        assert!(again.writes.is_empty(), "nothing to do: {again:?}");
+
+        let back = plan(&desired(&services, 0), HOLD, &installed, &mut |_| true).unwrap();
+        let spec = &back.writes[0].spec;
+        assert!(back.writes[0].fresh_backend_ids.is_empty());
+        assert!(spec.green.iter().all(|b| b.active));
+        assert_eq!(spec.green[0].id, 1, "back with its id and counters");
     }
 }

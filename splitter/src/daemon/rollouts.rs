@@ -83,7 +83,10 @@ impl App {
                 ColorName::Blue => &mut window.blue,
                 ColorName::Green => &mut window.green,
             };
-            for (id, _) in installed.pool(color) {
+            // Every backend of the color, in rotation or not: a backend taken out keeps the
+            // counts it had (the window is the color's, not the pool's).
+            let configured = self.config.service(name).map_or(&[][..], |s| s.pool(color));
+            for (id, _) in &installed.members(configured) {
                 let counters = self.dataplane.maps.backend_counters(*id)?;
                 sums.add(counters.new_flows, &counters.signals);
             }
@@ -94,7 +97,12 @@ impl App {
     /// Applies an engine action and persists the rollout with it (a raise of the weight is
     /// saved first and refused if it cannot be; anything else is saved after, see
     /// `persist.rs`); logs its new decisions.
-    fn commit(&mut self, rollout: &Rollout, action: Action, logged: usize) -> Result<(), AppError> {
+    pub(super) fn commit(
+        &mut self,
+        rollout: &Rollout,
+        action: Action,
+        logged: usize,
+    ) -> Result<(), AppError> {
         let mut state = self.state.clone();
         state
             .rollouts
@@ -344,7 +352,12 @@ impl App {
         let Some(installed) = self.installed.get(&address) else {
             return Ok(0);
         };
-        let ids: Vec<u32> = installed.pool(color).iter().map(|(id, _)| *id).collect();
+        let configured = self.config.service(name).map_or(&[][..], |s| s.pool(color));
+        let ids: Vec<u32> = installed
+            .members(configured)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
         let removed = self.dataplane.maps.unpin_backends(&ids)?;
         self.dataplane
             .maps

@@ -153,6 +153,13 @@ impl Shared {
                 service,
                 green_weight,
             } => self.what_if(&service, green_weight).map(Reply::WhatIf),
+            Request::Backend {
+                service,
+                backend,
+                admin,
+            } => self
+                .with_app(|app| app.backend_command(&service, &backend, admin))
+                .map(Reply::Backend),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
             Request::RolloutStart {
@@ -266,8 +273,34 @@ impl Shared {
     pub fn sample(&self) {
         blocking(|| {
             if let Some(app) = self.app().as_mut() {
-                app.sample(Instant::now());
+                let now = Instant::now();
+                app.sample(now);
+                app.judge_outliers(now);
                 app.flush_state();
+            }
+        });
+    }
+
+    /// The active checks to run (`checks.rs`).
+    pub fn check_targets(&self) -> Vec<super::backends::CheckTarget> {
+        blocking(|| {
+            self.app()
+                .as_ref()
+                .map(App::check_targets)
+                .unwrap_or_default()
+        })
+    }
+
+    /// One active check's result.
+    pub fn check_result(
+        &self,
+        service: &str,
+        backend: std::net::SocketAddr,
+        result: Result<(), crate::health::probe::ProbeError>,
+    ) {
+        blocking(|| {
+            if let Some(app) = self.app().as_mut() {
+                app.check_result(service, backend, result);
             }
         });
     }

@@ -15,6 +15,7 @@ use crate::{
         BackendStatus, ColorStatus, DaemonStatus, FlowStates, FlowTables, ServiceStatus, Signals,
         StatusReport, Traffic, TrafficRate,
     },
+    health::BackendHealth,
     units::ppm_to_percent,
 };
 
@@ -30,20 +31,24 @@ impl App {
     pub fn sample(&mut self, now: Instant) {
         let mut new_flows = BTreeMap::new();
         for installed in self.installed.values() {
-            for color in ColorName::BOTH {
-                for (id, _) in installed.pool(color) {
-                    if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
-                        new_flows.insert(
-                            *id,
-                            Sample {
-                                new_flows: counters.new_flows,
-                                to_backend_packets: counters.to_backend.packets,
-                                to_backend_bytes: counters.to_backend.bytes,
-                                to_client_packets: counters.to_client.packets,
-                                to_client_bytes: counters.to_client.bytes,
-                            },
-                        );
-                    }
+            // Every backend with a reply mapping: in rotation or not.
+            for (id, _) in installed
+                .pool(ColorName::Blue)
+                .iter()
+                .chain(installed.pool(ColorName::Green))
+                .chain(&installed.others)
+            {
+                if let Ok(counters) = self.dataplane.maps.backend_counters(*id) {
+                    new_flows.insert(
+                        *id,
+                        Sample {
+                            new_flows: counters.new_flows,
+                            to_backend_packets: counters.to_backend.packets,
+                            to_backend_bytes: counters.to_backend.bytes,
+                            to_client_packets: counters.to_client.packets,
+                            to_client_bytes: counters.to_client.bytes,
+                        },
+                    );
                 }
             }
         }
@@ -82,8 +87,9 @@ impl App {
             for color in ColorName::BOTH {
                 let mut backends = Vec::new();
                 let mut color_live = 0;
-                for (id, address) in installed.pool(color) {
+                for (id, address) in &installed.members(service.pool(color)) {
                     let counters: BackendCounters = maps.backend_counters(*id)?;
+                    let health = self.health.get(&service.name, address);
                     let rate = self.sampler.rate(*id);
                     if let Some(share) = self.sampler.rate_since(*id, since) {
                         window[color as usize] += share.increase.new_flows;
@@ -132,6 +138,14 @@ impl App {
                                 .to_vec(),
                             handshake_latency_sum_ns: counters.signals.handshake_latency_sum_ns,
                         },
+                        state: health.map(BackendHealth::state).unwrap_or_default(),
+                        state_reason: health
+                            .map(|health| health.reason().to_owned())
+                            .unwrap_or_default(),
+                        state_since_unix_ms: health.map_or(0, BackendHealth::since_unix_ms),
+                        transitions: health
+                            .map(|health| health.transitions().clone())
+                            .unwrap_or_default(),
                     });
                 }
                 let green_percent = ppm_to_percent(green_weight);

@@ -8,8 +8,9 @@
 //!
 //! `ServiceConfig.blue = { first_slot, len }`, `green = { first_slot + blue.len, len }`; a table
 //! entry is a backend id; a table's `len` is `maglev::table_size` of the color's backends, 0
-//! when none of them has a weight above 0. The members are in config order, with their ids and
-//! weights (a weight-0 member has no table entry but keeps its id and counters).
+//! when none of them is in rotation with a weight above 0. The members are in config order,
+//! with their ids and weights, [`OUT_OF_ROTATION`] set on the weight of a member that is not
+//! `active` (a weight-0 or inactive member has no table entry but keeps its id and counters).
 
 use std::net::SocketAddr;
 
@@ -27,12 +28,16 @@ pub fn slots_needed(blue: usize, green: usize) -> u32 {
     maglev::table_size(blue) + maglev::table_size(green) + 2 + 2 * members
 }
 
+/// The bit of a member's stored weight that says it is out of rotation (weights are ≤ 256).
+pub const OUT_OF_ROTATION: u32 = 1 << 31;
+
 /// A color's table: backend ids, `maglev::table_size(backends.len())` of them, or none when no
-/// backend has a weight above 0.
+/// backend is in rotation with a weight above 0. The size counts every configured backend, in
+/// rotation or not, so taking one out moves only its own cohorts.
 pub fn table(backends: &[BackendSpec]) -> Vec<u32> {
     let members: Vec<(SocketAddr, u32)> = backends
         .iter()
-        .map(|backend| (backend.address, backend.weight))
+        .map(|backend| (backend.address, if backend.active { backend.weight } else { 0 }))
         .collect();
     maglev::build(&members, maglev::table_size(backends.len()))
         .into_iter()
@@ -40,12 +45,13 @@ pub fn table(backends: &[BackendSpec]) -> Vec<u32> {
         .collect()
 }
 
-/// A pool member as read back: id, address, weight.
+/// A pool member as read back: id, address, weight, in rotation or not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
     pub id: u32,
     pub address: SocketAddr,
     pub weight: u32,
+    pub active: bool,
 }
 
 fn len32(len: usize) -> u32 {
@@ -78,7 +84,13 @@ impl Maps {
         let mut members = vec![len32(blue.len()), len32(green.len())];
         for backends in [blue, green] {
             members.extend(backends.iter().map(|backend| backend.id));
-            members.extend(backends.iter().map(|backend| backend.weight));
+            members.extend(backends.iter().map(|backend| {
+                if backend.active {
+                    backend.weight
+                } else {
+                    backend.weight | OUT_OF_ROTATION
+                }
+            }));
         }
         self.set_pool(pools[1].first_slot + pools[1].len, &members)?;
         Ok(pools)
@@ -94,12 +106,13 @@ impl Maps {
         for (members, count) in colors.iter_mut().zip(counts) {
             for i in 0..count {
                 let id = self.pool_slot(slot + i)?;
-                let weight = self.pool_slot(slot + count + i)?;
+                let stored = self.pool_slot(slot + count + i)?;
                 let backend = self.backend(id)?;
                 members.push(Member {
                     id,
                     address: socket_addr(&backend.addr, backend.port, backend.family),
-                    weight,
+                    weight: stored & !OUT_OF_ROTATION,
+                    active: stored & OUT_OF_ROTATION == 0,
                 });
             }
             slot += 2 * count;

@@ -53,6 +53,9 @@ pub struct BackendSpec {
     pub address: SocketAddr,
     /// Maglev weight (turns per round when the table is filled); 0: no new flows.
     pub weight: u32,
+    /// In the new-flow table (false: disabled, draining, down or ejected). Every backend keeps
+    /// its `BACKENDS` entry, reply mapping and counters whatever this says: pinned flows go on.
+    pub active: bool,
 }
 
 /// Everything the data plane needs to know about one service. Ids and slots are allocated by

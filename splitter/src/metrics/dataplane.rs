@@ -16,7 +16,10 @@ use prometheus_client::{
 };
 use splitter_common::{WEIGHT_SCALE, signals::HANDSHAKE_BUCKETS_US};
 
-use crate::control::protocol::{Signals, StatusReport};
+use crate::{
+    control::protocol::{Signals, StatusReport},
+    health::BackendState,
+};
 
 /// The label set of a family without labels.
 type Unlabelled = [(&'static str, &'static str); 0];
@@ -81,6 +84,22 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, EncodeLabelSet)]
+struct RotationLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// `up`, `down`, `ejected`, `draining` or `disabled`.
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
+struct TransitionLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// The state entered.
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, EncodeLabelSet)]
 struct TableLabels {
     /// `flows` (verified flows) or `pending` (handshakes, unverified misses, UDP).
     table: &'static str,
@@ -109,6 +128,9 @@ struct BackendFamilies {
     handshake_failures: Vec<(FailureLabels, u64)>,
     established_resets: Vec<(BackendLabels, u64)>,
     handshake_seconds: Vec<(BackendLabels, Signals)>,
+    up: Vec<(BackendLabels, i64)>,
+    rotation: Vec<(RotationLabels, i64)>,
+    transitions: Vec<(TransitionLabels, u64)>,
 }
 
 impl BackendFamilies {
@@ -174,6 +196,25 @@ impl BackendFamilies {
                     families
                         .established_resets
                         .push((labels.clone(), signals.established_resets));
+                    families
+                        .up
+                        .push((labels.clone(), i64::from(backend.state.in_rotation())));
+                    for state in BackendState::ALL {
+                        families.rotation.push((
+                            RotationLabels {
+                                backend: labels.clone(),
+                                state: state.name(),
+                            },
+                            i64::from(backend.state == state),
+                        ));
+                        families.transitions.push((
+                            TransitionLabels {
+                                backend: labels.clone(),
+                                to: state.name(),
+                            },
+                            backend.transitions.get(&state).copied().unwrap_or(0),
+                        ));
+                    }
                     families.handshake_seconds.push((labels, signals.clone()));
                 }
             }
@@ -235,6 +276,24 @@ impl BackendFamilies {
             "splitter_backend_established_resets",
             "RSTs from the backend on flows past their handshake",
             &self.established_resets,
+        )?;
+        gauges(
+            encoder,
+            "splitter_backend_up",
+            "1 if the backend takes new flows (in the new-flow table), 0 if not",
+            &self.up,
+        )?;
+        gauges(
+            encoder,
+            "splitter_backend_state",
+            "1 for the backend's state: up, down (active checks), ejected (passive), draining or disabled (operator)",
+            &self.rotation,
+        )?;
+        counters(
+            encoder,
+            "splitter_backend_transitions",
+            "Backend state changes since the daemon started, by the state entered",
+            &self.transitions,
         )?;
         handshake_seconds(encoder, &self.handshake_seconds)
     }

@@ -6,6 +6,7 @@ use crate::{
         Traffic,
     },
     dataplane::services::Protocol,
+    health::BackendState,
 };
 
 fn backend(address: &str, id: u32, n: u64) -> BackendStatus {
@@ -44,11 +45,32 @@ fn backend(address: &str, id: u32, n: u64) -> BackendStatus {
             handshake_latency_sum_ns: 5_000_000,
             ..Signals::default()
         },
+        // Backend 1 is draining (one transition), backend 0 up.
+        state: if id == 1 {
+            BackendState::Draining
+        } else {
+            BackendState::Up
+        },
+        state_reason: String::new(),
+        state_since_unix_ms: 0,
+        transitions: BackendState::ALL
+            .iter()
+            .map(|state| {
+                (
+                    *state,
+                    u64::from(id == 1 && *state == BackendState::Draining),
+                )
+            })
+            .collect(),
     }
 }
 
 /// The exact lines dashboards rely on.
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one expected exposition line per line"
+)]
 fn exposition_lines() {
     let daemon = DaemonMetrics::default();
     let metrics = Metrics::new(&daemon);
@@ -113,6 +135,14 @@ fn exposition_lines() {
         r#"splitter_backend_new_flows_total{service="web",color="green",backend="198.18.2.10:8080"} 4"#,
         r#"splitter_backend_tcp_resets_total{service="web",color="blue",backend="198.18.1.10:8080",direction="to_backend"} 1"#,
         r#"splitter_backend_tcp_resets_total{service="web",color="blue",backend="198.18.1.10:8080",direction="to_client"} 0"#,
+        "# TYPE splitter_backend_up gauge",
+        r#"splitter_backend_up{service="web",color="blue",backend="198.18.1.10:8080"} 1"#,
+        r#"splitter_backend_up{service="web",color="green",backend="198.18.2.10:8080"} 0"#,
+        r#"splitter_backend_state{service="web",color="green",backend="198.18.2.10:8080",state="draining"} 1"#,
+        r#"splitter_backend_state{service="web",color="green",backend="198.18.2.10:8080",state="up"} 0"#,
+        "# TYPE splitter_backend_transitions_total counter",
+        r#"splitter_backend_transitions_total{service="web",color="green",backend="198.18.2.10:8080",to="draining"} 1"#,
+        r#"splitter_backend_transitions_total{service="web",color="blue",backend="198.18.1.10:8080",to="down"} 0"#,
         "# TYPE splitter_backend_live_flows gauge",
         r#"splitter_backend_live_flows{service="web",color="green",backend="198.18.2.10:8080"} 2"#,
         r#"splitter_service_green_weight_ratio{service="web"} 0.125"#,
