@@ -61,6 +61,20 @@ fn daemon(config_path: &Path) -> Exit {
     }
 }
 
+/// The daemon's background work: counter samples, rollout judgement, health checks, and the
+/// fleet's session (load, watch and apply the desired state, publish this host).
+fn spawn_workers(shared: &Arc<Shared>, fleet: Option<Arc<Fleet>>) -> Vec<tokio::task::AbortHandle> {
+    let mut workers = vec![
+        tokio::spawn(sample(shared.clone())).abort_handle(),
+        tokio::spawn(judge_rollouts(shared.clone())).abort_handle(),
+        tokio::spawn(splitter::daemon::checks::run(shared.clone())).abort_handle(),
+    ];
+    if let Some(fleet) = fleet {
+        workers.push(tokio::spawn(splitter::fleet::run(fleet, shared.clone())).abort_handle());
+    }
+    workers
+}
+
 fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
     // 2. The host: descriptors for every connection the caps allow, a bpffs that is one,
     //    directories nobody else controls; then claim the state directory (one daemon per
@@ -133,12 +147,7 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
                 timeout: config.client_timeout,
             },
         ));
-        let sampler_task = tokio::spawn(sample(shared.clone()));
-        let rollout_task = tokio::spawn(judge_rollouts(shared.clone()));
-        // The fleet's session: load, watch and apply the desired state, publish this host.
-        let fleet_task =
-            fleet.map(|fleet| tokio::spawn(splitter::fleet::run(fleet, shared.clone())));
-        let checks_task = tokio::spawn(splitter::daemon::checks::run(shared.clone()));
+        let workers = spawn_workers(&shared, fleet);
         let unloaded = loop {
             tokio::select! {
                 _ = terminate.recv() => break false,
@@ -158,10 +167,9 @@ fn run_daemon(config_path: &Path, config: &Validated) -> anyhow::Result<()> {
         notify_systemd(sd_notify::NotifyState::Stopping);
         control_task.abort();
         metrics_task.abort();
-        sampler_task.abort();
-        rollout_task.abort();
-        fleet_task.inspect(tokio::task::JoinHandle::abort);
-        checks_task.abort();
+        for worker in workers {
+            worker.abort();
+        }
         let _ = std::fs::remove_file(&socket_path);
         if unloaded {
             tracing::info!("data plane unloaded; daemon stopped");

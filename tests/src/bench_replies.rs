@@ -14,8 +14,8 @@ use std::{
 use aya::programs::{TestRun, TestRunOptions};
 use splitter::dataplane::{
     Dataplane, LoadOptions,
-    replies::Replies,
     pools::slots_needed,
+    replies::Replies,
     services::{BackendSpec, Protocol, ServiceSpec, addr_of},
 };
 use splitter_common::{

@@ -31,8 +31,8 @@ mod error;
 pub mod fleet;
 pub mod health;
 pub mod host;
-pub mod pool;
 pub mod overrides;
+pub mod pool;
 #[cfg(test)]
 mod tests;
 mod validate;

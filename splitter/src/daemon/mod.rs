@@ -4,9 +4,9 @@
 //! async parts (socket, metrics endpoint, signals) live in `control`, `metrics` and `main.rs`.
 
 // FLEET: `[fleet]` requests and the fleet's apply path.
-mod fleet;
 mod backends;
 pub mod checks;
+mod fleet;
 mod persist;
 pub mod reconcile;
 mod replies;
@@ -203,10 +203,6 @@ impl App {
 
     /// Brings interfaces, services and the state file to `config`. Everything that can fail
     /// for a config reason fails before the first change.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "the reconcile's steps in order; each step's work is in a helper"
-    )]
     fn apply(&mut self, config: Validated) -> Result<ReloadReport, AppError> {
         let desired: Vec<Desired<'_>> = config
             .services

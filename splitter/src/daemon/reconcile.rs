@@ -182,16 +182,18 @@ pub fn with_previews<'a>(desired: &[Desired<'a>], previews: &'a [Service]) -> Ve
     desired
         .iter()
         .cloned()
-        .chain(previews.iter().map(|service| Desired {
-            service,
-            green_weight: service.green_weight,
-            preview: true,
-            // A preview's green backends are its service's: out of rotation there, out here.
-            inactive: desired
-                .iter()
-                .find(|main| main.service.preview == Some(service.address))
-                .map(|main| main.inactive.clone())
-                .unwrap_or_default(),
+        .chain(previews.iter().map(|service| {
+            Desired {
+                service,
+                green_weight: service.green_weight,
+                preview: true,
+                // A preview's green backends are its service's: out of rotation there, out here.
+                inactive: desired
+                    .iter()
+                    .find(|main| main.service.preview == Some(service.address))
+                    .map(|main| main.inactive.clone())
+                    .unwrap_or_default(),
+            }
         }))
         .collect()
 }
@@ -676,7 +678,11 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(1, false), (2, true)]
         );
-        assert_eq!(spec.first_slot, 3, "a changed pool takes fresh slots");
+        assert_eq!(
+            spec.first_slot,
+            slots_needed(1, 2),
+            "a changed pool takes fresh slots"
+        );
         apply(&mut installed, &out);
         let again = plan(&wanted, HOLD, &installed, &mut |_| true).unwrap();
         assert!(again.writes.is_empty(), "nothing to do: {again:?}");

@@ -37,7 +37,12 @@ pub const OUT_OF_ROTATION: u32 = 1 << 31;
 pub fn table(backends: &[BackendSpec]) -> Vec<u32> {
     let members: Vec<(SocketAddr, u32)> = backends
         .iter()
-        .map(|backend| (backend.address, if backend.active { backend.weight } else { 0 }))
+        .map(|backend| {
+            (
+                backend.address,
+                if backend.active { backend.weight } else { 0 },
+            )
+        })
         .collect();
     maglev::build(&members, maglev::table_size(backends.len()))
         .into_iter()
