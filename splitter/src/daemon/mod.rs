@@ -7,6 +7,7 @@
 mod backends;
 pub mod checks;
 mod fleet;
+mod orphans;
 mod persist;
 pub mod reconcile;
 mod replies;
@@ -19,23 +20,22 @@ pub mod whatif;
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use splitter_common::{BackendKey, WEIGHT_SCALE};
+use splitter_common::WEIGHT_SCALE;
 
 use self::{
     reconcile::{Desired, InstalledService, Plan, PlanError, ServiceAddress},
     sampler::Sampler,
 };
 use crate::{
-    config::{ColorName, Config, ConfigError, Validated},
+    config::{Config, ConfigError, Validated},
     control::protocol::{ErrorKind, HashSeedSource, ReloadReport},
     dataplane::{
         Attachment, Dataplane, DataplaneError, LoadOptions, PinPolicy, Unloaded, maps::FlowScan,
-        overrides::of_family, services::socket_addr,
+        overrides::of_family,
     },
     metrics::RolloutMetrics,
     state::{RandomSeed, ServiceState, State, StateError},
@@ -390,92 +390,6 @@ impl App {
         }
         maps.remove_stale_shared()?;
         Ok(())
-    }
-
-    /// Removes the reply-path entries of backends no service uses any more, once no pinned
-    /// flow goes to them (until then their replies must still be rewritten).
-    fn forget_removed_backends(&mut self) -> Result<(), AppError> {
-        let orphans = self.orphan_backends()?;
-        if orphans.is_empty() {
-            return Ok(());
-        }
-        let held = self.flow_scan().census()?.backends;
-        self.forget_backends(&orphans, &held)
-    }
-
-    /// Reply-path entries of backends no service uses, with every backend id they answer for
-    /// (a shared one: each candidate's). The daemon scans the flow table for them *without*
-    /// the application lock (a reload of a big table must not stall control, metrics and
-    /// rollouts), then calls [`App::forget_backends`].
-    pub fn orphan_backends(&self) -> Result<Vec<(BackendKey, u32)>, AppError> {
-        let in_use = self.backends_in_use();
-        Ok(self
-            .dataplane
-            .maps
-            .reply_candidates()?
-            .into_iter()
-            .filter(|reply| {
-                let key = &reply.key;
-                let address = socket_addr(&key.addr, key.port, key.family);
-                !in_use.contains(&(address, key.protocol))
-            })
-            .flat_map(|reply| {
-                let key = reply.key;
-                reply
-                    .candidates
-                    .into_iter()
-                    .map(move |candidate| (key, candidate.backend_id))
-            })
-            .collect())
-    }
-
-    /// Removes the orphans no flow entry uses (`held`: backend ids with an entry in either
-    /// table, closed ones too: their last segments still need the mapping; from a scan made
-    /// after [`App::orphan_backends`]); a backend a service took back since is kept.
-    pub fn forget_backends(
-        &mut self,
-        orphans: &[(BackendKey, u32)],
-        held: &std::collections::HashMap<u32, crate::dataplane::maps::StateCounts>,
-    ) -> Result<(), AppError> {
-        let in_use = self.backends_in_use();
-        // A key stays while any of its ids is held (a shared backend lists several).
-        let held_keys: Vec<BackendKey> = orphans
-            .iter()
-            .filter(|(_, backend_id)| held.contains_key(backend_id))
-            .map(|(key, _)| *key)
-            .collect();
-        for (key, _) in orphans {
-            let address = socket_addr(&key.addr, key.port, key.family);
-            if !in_use.contains(&(address, key.protocol)) && !held_keys.contains(key) {
-                self.dataplane.maps.remove_backend_reverse(key)?;
-                self.dataplane.maps.remove_shared(key)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The backends of installed services: in their pools, or configured and out of rotation.
-    fn backends_in_use(&self) -> std::collections::BTreeSet<(SocketAddr, u8)> {
-        let configured = self.config.services.iter().flat_map(|service| {
-            ColorName::BOTH.into_iter().flat_map(move |color| {
-                service
-                    .pool(color)
-                    .iter()
-                    .map(move |address| (*address, service.protocol.number()))
-            })
-        });
-        self.installed
-            .values()
-            .flat_map(|service| {
-                ColorName::BOTH.into_iter().flat_map(move |color| {
-                    service
-                        .pool(color)
-                        .iter()
-                        .map(move |(_, address)| (*address, service.protocol.number()))
-                })
-            })
-            .chain(configured)
-            .collect()
     }
 
     /// The names of the services a plan removes (from the config in force before it).
