@@ -22,14 +22,14 @@ use aya::{
 use splitter::dataplane::{
     Dataplane, LoadOptions,
     pools::slots_needed,
-    services::{BackendSpec, Protocol, ServiceSpec, addr_of},
+    services::{BackendSpec, Protocol, ServiceSpec, addr_of, service_key},
 };
 use splitter_bench_common::bench::{
     BENCH_PACKET, BENCH_PACKET_MAX, BENCH_PARSE_PROGRAM, BENCH_PASS_PROGRAM, BENCH_RESTORE_PROGRAM,
     BENCH_SEQ, BENCH_TARGET, BenchPacket,
 };
 use splitter_common::{
-    Addr, Cohort, FlowKey, FlowState, FlowValue, Reason, WEIGHT_SCALE,
+    Addr, Cohort, FlowKey, FlowState, FlowValue, Pool, Reason, WEIGHT_SCALE,
     maps::DEFAULT_FLOW_TABLE_SIZE,
 };
 
@@ -76,6 +76,9 @@ pub enum Path {
     NewFlow,
     /// A new flow to a service with `[service.overrides]` (the LPM trie looked up).
     NewFlowOverride,
+    /// A new flow to the same service laid out as before the Maglev tables: each color's pool
+    /// is its backends' ids, the in-pool index `pool_index(hash, backends)` (a modulo choice).
+    NewFlowModulo,
     Miss,
 }
 
@@ -89,6 +92,7 @@ impl Path {
             Path::Spread => "established, spread over every pinned flow",
             Path::NewFlow => "new flow",
             Path::NewFlowOverride => "new flow, service with 16 overrides (LPM lookup)",
+            Path::NewFlowModulo => "new flow, pool of backend ids (before Maglev)",
             Path::Miss => "miss (TCP ACK, no flow)",
         }
     }
@@ -237,15 +241,54 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         address: SocketAddr::new(vip(family).ip(), OVERRIDE_PORT),
         blue: backends(family, base + 4, 2, 8080),
         green: backends(family, base + 6, 1, 8080),
-        first_slot: base * 4 + 12,
+        first_slot: (base + 1) * slots_needed(2, 1),
         overrides,
-        ..spec
+        ..spec.clone()
     };
     dataplane
         .maps
         .install_service(&with_overrides)
         .expect("install the service with overrides");
+    // The same service on MODULO_PORT, then its pools rewritten to the layout before Maglev:
+    // each color a run of its backends' ids (the data plane's lookup is the same code, over a
+    // pool of N slots instead of a Maglev table).
+    let modulo = ServiceSpec {
+        id: base + 2,
+        address: SocketAddr::new(vip(family).ip(), MODULO_PORT),
+        blue: backends(family, base + 8, 2, 8080),
+        green: backends(family, base + 9, 1, 8080),
+        first_slot: (base + 2) * slots_needed(2, 1),
+        ..spec
+    };
+    dataplane
+        .maps
+        .install_service(&modulo)
+        .expect("install the modulo-layout service");
+    let key = service_key(&modulo.address, Protocol::Tcp);
+    let mut config = dataplane
+        .maps
+        .service(&key)
+        .expect("read the service")
+        .expect("the service is installed");
+    let first = (base + 3) * slots_needed(2, 1);
+    let ids: Vec<u32> = modulo.blue.iter().chain(&modulo.green).map(|b| b.id).collect();
+    dataplane.maps.set_pool(first, &ids).expect("write the pool");
+    config.blue = Pool {
+        first_slot: first,
+        len: modulo.blue.len() as u32,
+    };
+    config.green = Pool {
+        first_slot: first + modulo.blue.len() as u32,
+        len: modulo.green.len() as u32,
+    };
+    dataplane
+        .maps
+        .set_service(&key, &config)
+        .expect("rewrite the pools");
 }
+
+/// The port of the bench service laid out as before the Maglev tables.
+const MODULO_PORT: u16 = 83;
 
 /// The port of the bench service that has overrides.
 const OVERRIDE_PORT: u16 = 82;
@@ -290,6 +333,7 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
         Path::Miss | Path::Established | Path::Spread => (TCP_ACK, 80),
         Path::NotService => (TCP_SYN, 81),
         Path::NewFlowOverride => (TCP_SYN, OVERRIDE_PORT),
+        Path::NewFlowModulo => (TCP_SYN, MODULO_PORT),
         _ => (TCP_SYN, 80),
     };
     let client = match path {
@@ -336,7 +380,7 @@ fn measure(
     anyhow::ensure!(input.len() <= BENCH_PACKET_MAX, "bench packet too long");
     let vary = matches!(
         path,
-        Path::NewFlow | Path::NewFlowOverride | Path::Miss | Path::Spread
+        Path::NewFlow | Path::NewFlowOverride | Path::NewFlowModulo | Path::Miss | Path::Spread
     );
     let mut saved = BenchPacket {
         len: input.len() as u32,
@@ -446,7 +490,12 @@ fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow:
         Path::PassFloor | Path::ParseFloor | Path::NotService => {
             anyhow::ensure!(out == input, "{path:?}: the packet must pass untouched")
         }
-        Path::Established | Path::Spread | Path::NewFlow | Path::NewFlowOverride | Path::Miss => {
+        Path::Established
+        | Path::Spread
+        | Path::NewFlow
+        | Path::NewFlowOverride
+        | Path::NewFlowModulo
+        | Path::Miss => {
             anyhow::ensure!(dst != vip.as_slice(), "{path:?}: destination not rewritten");
         }
     }
@@ -468,6 +517,7 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
                 Path::NotService,
                 Path::Established,
                 Path::NewFlow,
+                Path::NewFlowModulo,
                 Path::NewFlowOverride,
                 Path::Miss,
             ] {
