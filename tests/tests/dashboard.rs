@@ -30,7 +30,8 @@ fn repository() -> &'static Path {
 }
 
 /// The metric families of the README's metrics table (first column, every backticked name),
-/// each with whether it exists only with `[fleet]` (its description starts with `[fleet]`).
+/// each with whether it exists only with some configuration: `[fleet]`, or a service's
+/// `preview` (its description starts with that key).
 fn documented_families() -> Vec<(String, bool)> {
     let readme = std::fs::read_to_string(repository().join("README.md")).expect("README.md");
     let section = readme
@@ -44,10 +45,10 @@ fn documented_families() -> Vec<(String, bool)> {
         .filter(|line| line.starts_with("| `splitter_"))
     {
         let first_cell = line.split('|').nth(1).unwrap_or_default();
-        let fleet_only = line
-            .split('|')
-            .nth(3)
-            .is_some_and(|cell| cell.trim_start().starts_with("`[fleet]`"));
+        let fleet_only = line.split('|').nth(3).is_some_and(|cell| {
+            let cell = cell.trim_start();
+            cell.starts_with("`[fleet]`") || cell.starts_with("`preview`")
+        });
         families.extend(
             first_cell
                 .split('`')
@@ -123,7 +124,8 @@ fn every_documented_family_is_present_on_a_fresh_daemon() {
     let documented = documented_families();
     for (family, fleet_only) in &documented {
         if *fleet_only {
-            // Served only by a daemon with `[fleet]` (tests/tests/fleet.rs scrapes those).
+            // Served only with `[fleet]` (tests/tests/fleet.rs scrapes those) or a preview
+            // address (tests/tests/edges.rs).
             continue;
         }
         let present = [

@@ -454,7 +454,7 @@ impl App {
         let empty = ColorName::BOTH.into_iter().find(|color| {
             self.installed
                 .get(&address)
-                .is_some_and(|installed| installed.pool(*color).is_empty())
+                .is_some_and(|installed| !installed.takes_new_flows(*color))
         });
         if let Some(color) = empty {
             tracing::warn!(service = name, %color, "no backend in rotation: new flows of this color go to the other one");

@@ -59,6 +59,14 @@ impl InstalledService {
         }
     }
 
+    /// Whether `color`'s Maglev table has entries: some member in rotation with a weight.
+    pub fn takes_new_flows(&self, color: ColorName) -> bool {
+        match color {
+            ColorName::Blue => self.config.blue.len > 0,
+            ColorName::Green => self.config.green.len > 0,
+        }
+    }
+
     /// The pool slots the service uses (tables then members, contiguous).
     fn slots(&self) -> Range<u32> {
         self.config.blue.first_slot..self.end_slot
