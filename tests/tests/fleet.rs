@@ -258,6 +258,71 @@ fn a_host_with_other_definitions_is_reported_and_left_alone() {
     );
 }
 
+/// `backend disable|enable` with `[fleet]` is fleet state: written once (on any host), applied
+/// by every host through the `backend` command's own path; a host that was away when a
+/// backend was enabled again brings it back when it reconnects.
+#[test]
+fn a_backend_disabled_on_one_host_is_out_of_rotation_on_all_three() {
+    if !require_privileges("a_backend_disabled_on_one_host_is_out_of_rotation_on_all_three") {
+        return;
+    }
+    let mut etcd = Etcd::start("fk");
+    let labs = fleet("fk", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let disabled = format!("{}:{TCP_PORT}", BLUE[0]);
+    let answers = |lab: &Lab| -> Vec<String> {
+        lab.requests(WEB, 20)
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|error| panic!("request failed: {error}")))
+            .collect()
+    };
+    for (index, lab) in labs.iter().enumerate() {
+        assert!(
+            answers(lab).contains(&disabled),
+            "host {index}: {disabled} takes new flows at first"
+        );
+    }
+    let out = labs[0].cli_ok(&["backend", "disable", "web", &disabled]);
+    assert!(out.contains("disabled"), "{out}");
+    for (index, lab) in labs.iter().enumerate() {
+        let answers = answers(lab);
+        assert!(
+            !answers.contains(&disabled) && answers.iter().all(|a| color_of(a) == "blue"),
+            "host {index}: no new flow to {disabled}, all on the other blue: {answers:?}\n{}",
+            lab.daemon_log()
+        );
+    }
+    assert!(
+        etcd.ctl(&["get", "--prefix", "/edge/services/web/backends/"])
+            .contains("\"disabled\""),
+        "the state is in etcd"
+    );
+    // Host c misses the enable (etcd unreachable for it); it catches up when it reconnects.
+    labs[2].topology.router.ip(&["link", "set", "fleet0", "down"]);
+    eventually(&labs[2], "c disconnected", |status| {
+        status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
+    });
+    labs[1].cli_ok(&["backend", "enable", "web", &disabled]);
+    for (index, lab) in labs[..2].iter().enumerate() {
+        assert!(
+            answers(lab).contains(&disabled),
+            "host {index}: {disabled} back in rotation"
+        );
+    }
+    assert!(
+        !answers(&labs[2]).contains(&disabled),
+        "host c, away: still as it last applied"
+    );
+    labs[2].topology.router.ip(&["link", "set", "fleet0", "up"]);
+    connected(&labs[2]);
+    assert!(
+        answers(&labs[2]).contains(&disabled),
+        "host c after reconnecting: {disabled} back in rotation"
+    );
+}
+
 /// ECMP moves a long-lived connection from host a to host b mid-connection (the client's route
 /// to the service changes, and so does each backend's route back: see `fleet_topology.rs`).
 /// Host b has no pin for it: the packet is a mid-flow miss, steered by b's weight history,
@@ -368,7 +433,7 @@ fn a_restart_without_etcd_starts_from_the_local_files() {
     assert_eq!(web.green_weight, 1_000_000, "the fleet's weight, from the state file");
     assert_eq!(split(lab), (0, 20), "restarted without etcd: still all on green");
     assert!(
-        lab.daemon_log().contains("origin=loaded"),
+        lab.daemon_log().contains("origin=\"loaded\""),
         "the data plane was loaded anew:\n{}",
         lab.daemon_log()
     );

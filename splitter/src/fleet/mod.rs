@@ -98,6 +98,14 @@ pub trait Target: Send + Sync + 'static {
     fn hash_seed(&self) -> Result<u32, Self::Error>;
     /// Brings `service` to `desired` (the `set-weight`/`switch` path); `false`: already there.
     fn apply(&self, service: &str, desired: &Desired) -> Result<bool, Self::Error>;
+    /// Brings a backend of `service` to the operator state `admin` (the `backend
+    /// disable|enable|drain` path); `false`: already there.
+    fn apply_backend(
+        &self,
+        service: &str,
+        backend: std::net::SocketAddr,
+        admin: crate::state::Admin,
+    ) -> Result<bool, Self::Error>;
 }
 
 /// The fleet's gauges (`splitter_fleet_*`).
