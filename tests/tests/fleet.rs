@@ -300,7 +300,10 @@ fn a_backend_disabled_on_one_host_is_out_of_rotation_on_all_three() {
         "the state is in etcd"
     );
     // Host c misses the enable (etcd unreachable for it); it catches up when it reconnects.
-    labs[2].topology.router.ip(&["link", "set", "fleet0", "down"]);
+    labs[2]
+        .topology
+        .router
+        .ip(&["link", "set", "fleet0", "down"]);
     eventually(&labs[2], "c disconnected", |status| {
         status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
     });
@@ -349,7 +352,10 @@ fn a_flow_moved_to_another_host_mid_connection_keeps_its_backend() {
     }
     for lab in &ecmp.hosts {
         let fleet = lab.status().fleet.expect("fleet status");
-        assert!(!fleet.seed_mismatch, "both hosts run the fleet's seed: {fleet:?}");
+        assert!(
+            !fleet.seed_mismatch,
+            "both hosts run the fleet's seed: {fleet:?}"
+        );
     }
     let (a, b) = (&ecmp.hosts[0], &ecmp.hosts[1]);
     let mut conversations: Vec<_> = (0..CONNECTIONS)
@@ -430,8 +436,15 @@ fn a_restart_without_etcd_starts_from_the_local_files() {
     assert!(!fleet.connected, "etcd is down: {fleet:?}");
     assert_eq!(fleet.applied_revision, revision, "{fleet:?}");
     let web = status.services.iter().find(|s| s.name == "web").unwrap();
-    assert_eq!(web.green_weight, 1_000_000, "the fleet's weight, from the state file");
-    assert_eq!(split(lab), (0, 20), "restarted without etcd: still all on green");
+    assert_eq!(
+        web.green_weight, 1_000_000,
+        "the fleet's weight, from the state file"
+    );
+    assert_eq!(
+        split(lab),
+        (0, 20),
+        "restarted without etcd: still all on green"
+    );
     assert!(
         lab.daemon_log().contains("origin=\"loaded\""),
         "the data plane was loaded anew:\n{}",

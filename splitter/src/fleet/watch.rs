@@ -192,8 +192,9 @@ async fn load<T: Target>(
     let mut out_of_rotation = BTreeSet::new();
     for kv in response.kvs() {
         handle(fleet, target, session, kv)?;
-        if let Some(ServiceKey::Backend(service, backend)) =
-            fleet.keys.parse_service_key(kv.key_str().unwrap_or_default())
+        if let Some(ServiceKey::Backend(service, backend)) = fleet
+            .keys
+            .parse_service_key(kv.key_str().unwrap_or_default())
         {
             out_of_rotation.insert((service.to_owned(), backend.to_owned()));
         }
@@ -304,7 +305,15 @@ fn handle<T: Target>(
             let backend: SocketAddr = backend.parse().map_err(|_| bad("not IP:port"))?;
             let admin =
                 backend_state(kv.value()).ok_or_else(|| bad("not \"disabled\" or \"draining\""))?;
-            apply_backend(fleet, target, session, service, backend, admin, kv.mod_revision())
+            apply_backend(
+                fleet,
+                target,
+                session,
+                service,
+                backend,
+                admin,
+                kv.mod_revision(),
+            )
         }
         None => Ok(()),
     }

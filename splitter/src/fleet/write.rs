@@ -138,11 +138,7 @@ impl Fleet {
         client: &mut Client,
         outcome: &mut FleetWrite,
     ) -> Result<(), FleetError> {
-        let (service, revision, wait) = (
-            outcome.service.clone(),
-            outcome.revision,
-            outcome.waited,
-        );
+        let (service, revision, wait) = (outcome.service.clone(), outcome.revision, outcome.waited);
         let service = service.as_str();
         let deadline = Instant::now() + self.config.wait;
         loop {
