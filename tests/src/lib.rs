@@ -8,6 +8,7 @@ pub mod compare;
 pub mod daemon_harness;
 pub mod demo;
 pub mod etcd;
+pub mod fleet_topology;
 pub mod health;
 pub mod netns;
 pub mod packet;

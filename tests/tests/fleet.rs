@@ -10,6 +10,7 @@ use splitter::fleet::report::FleetStatusReport;
 use splitter_tests::{
     daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, color_of, metric, service},
     etcd::Etcd,
+    fleet_topology::Ecmp,
     require_privileges,
 };
 
@@ -255,6 +256,205 @@ fn a_host_with_other_definitions_is_reported_and_left_alone() {
         table.contains("web: definition differs, not applied"),
         "{table}"
     );
+}
+
+/// `backend disable|enable` with `[fleet]` is fleet state: written once (on any host), applied
+/// by every host through the `backend` command's own path; a host that was away when a
+/// backend was enabled again brings it back when it reconnects.
+#[test]
+fn a_backend_disabled_on_one_host_is_out_of_rotation_on_all_three() {
+    if !require_privileges("a_backend_disabled_on_one_host_is_out_of_rotation_on_all_three") {
+        return;
+    }
+    let mut etcd = Etcd::start("fk");
+    let labs = fleet("fk", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let disabled = format!("{}:{TCP_PORT}", BLUE[0]);
+    let answers = |lab: &Lab| -> Vec<String> {
+        lab.requests(WEB, 20)
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|error| panic!("request failed: {error}")))
+            .collect()
+    };
+    for (index, lab) in labs.iter().enumerate() {
+        assert!(
+            answers(lab).contains(&disabled),
+            "host {index}: {disabled} takes new flows at first"
+        );
+    }
+    let out = labs[0].cli_ok(&["backend", "disable", "web", &disabled]);
+    assert!(out.contains("disabled"), "{out}");
+    for (index, lab) in labs.iter().enumerate() {
+        let answers = answers(lab);
+        assert!(
+            !answers.contains(&disabled) && answers.iter().all(|a| color_of(a) == "blue"),
+            "host {index}: no new flow to {disabled}, all on the other blue: {answers:?}\n{}",
+            lab.daemon_log()
+        );
+    }
+    assert!(
+        etcd.ctl(&["get", "--prefix", "/edge/services/web/backends/"])
+            .contains("\"disabled\""),
+        "the state is in etcd"
+    );
+    // Host c misses the enable (etcd unreachable for it); it catches up when it reconnects.
+    labs[2]
+        .topology
+        .router
+        .ip(&["link", "set", "fleet0", "down"]);
+    eventually(&labs[2], "c disconnected", |status| {
+        status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
+    });
+    labs[1].cli_ok(&["backend", "enable", "web", &disabled]);
+    for (index, lab) in labs[..2].iter().enumerate() {
+        assert!(
+            answers(lab).contains(&disabled),
+            "host {index}: {disabled} back in rotation"
+        );
+    }
+    assert!(
+        !answers(&labs[2]).contains(&disabled),
+        "host c, away: still as it last applied"
+    );
+    labs[2].topology.router.ip(&["link", "set", "fleet0", "up"]);
+    connected(&labs[2]);
+    assert!(
+        answers(&labs[2]).contains(&disabled),
+        "host c after reconnecting: {disabled} back in rotation"
+    );
+}
+
+/// ECMP moves a long-lived connection from host a to host b mid-connection (the client's route
+/// to the service changes, and so does each backend's route back: see `fleet_topology.rs`).
+/// Host b has no pin for it: the packet is a mid-flow miss, steered by b's weight history,
+/// which matches a's because both applied the same fleet changes in the same order, within
+/// `miss_hold` (30 s). The connection was opened at 0 % green, the fleet then moved to 100 %
+/// (every new flow green, on both hosts): the history says the flow began at 0 %, so b sends it
+/// to the same blue backend (same seed, same pools, same in-pool choice). Host a is taken off
+/// both segments after the switch, so every packet of the conversation and of its replies
+/// passes host b.
+#[test]
+fn a_flow_moved_to_another_host_mid_connection_keeps_its_backend() {
+    if !require_privileges("a_flow_moved_to_another_host_mid_connection_keeps_its_backend") {
+        return;
+    }
+    const CONNECTIONS: usize = 8;
+    let mut etcd = Etcd::start("fe");
+    let mut ecmp = Ecmp::new("fe");
+    for (lab, host) in ecmp.hosts.iter_mut().zip(["a", "b"]) {
+        etcd.connect(&lab.topology.router);
+        lab.write_config(&format!("{}{}", web("0"), etcd.fleet_section(FLEET, host)));
+        lab.start_daemon();
+        // b starts once a has written its seed to etcd: b starts with the fleet's.
+        connected(lab);
+    }
+    for lab in &ecmp.hosts {
+        let fleet = lab.status().fleet.expect("fleet status");
+        assert!(
+            !fleet.seed_mismatch,
+            "both hosts run the fleet's seed: {fleet:?}"
+        );
+    }
+    let (a, b) = (&ecmp.hosts[0], &ecmp.hosts[1]);
+    let mut conversations: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut conversation = a.connect(WEB);
+            let first = conversation.ask().expect("first answer, through host a");
+            assert_eq!(color_of(&first), "blue", "0 % green: {first}");
+            (conversation, first)
+        })
+        .collect();
+    let out = a.cli_ok(&["set-weight", "web", "100"]);
+    assert!(out.contains("2/2 hosts at revision"), "{out}");
+    ecmp.route_via(1);
+    ecmp.isolate(0);
+    let misses_before = |name: &str| metric(&b.metrics(), name).unwrap_or(0.0);
+    let flow_misses = r#"splitter_service_flow_misses_total{service="web"}"#;
+    let ambiguous = r#"splitter_service_ambiguous_misses_total{service="web"}"#;
+    let (misses, ambiguous_before) = (misses_before(flow_misses), misses_before(ambiguous));
+    for (index, (conversation, first)) in conversations.iter_mut().enumerate() {
+        let client = conversation.local_addr();
+        let answer = conversation.ask().unwrap_or_else(|error| {
+            panic!(
+                "connection {index} ({client}) broken after the move to host b: {error}\n\
+                 resets: {}\nhost b's log:\n{}",
+                ecmp.hosts[0].resets.explain(&ecmp.roles(), Some(client)),
+                ecmp.hosts[1].daemon_log()
+            )
+        });
+        assert_eq!(
+            &answer, first,
+            "connection {index} ({client}): the same backend through host b"
+        );
+    }
+    let b_metrics = b.metrics();
+    let steered = metric(&b_metrics, flow_misses).unwrap_or(0.0) - misses;
+    assert!(
+        steered >= CONNECTIONS as f64,
+        "host b steered each moved connection as a mid-flow miss: {steered}\n{b_metrics}"
+    );
+    // 0 % then 100 % within the hold: every hash is in the ambiguous band, the older weight
+    // decides.
+    let band = metric(&b_metrics, ambiguous).unwrap_or(0.0) - ambiguous_before;
+    assert!(band >= CONNECTIONS as f64, "{band}\n{b_metrics}");
+    // New flows through host b follow the fleet's weight.
+    assert_eq!(b.split(WEB, 20), (0, 20), "new flows through b: green");
+    let resets = ecmp.hosts[0].resets.resets(&ecmp.roles());
+    assert!(resets.is_empty(), "no resets: {}", ecmp.explain_resets());
+}
+
+/// A host restarted while etcd is unreachable starts from its local files: the weights the
+/// fleet had set (state file), the applied revision (`fleet.json`), even with the data plane
+/// reloaded from scratch (`splitter unload` first: nothing pinned to adopt). When etcd
+/// returns, the host connects and stays where it is.
+#[test]
+fn a_restart_without_etcd_starts_from_the_local_files() {
+    if !require_privileges("a_restart_without_etcd_starts_from_the_local_files") {
+        return;
+    }
+    let mut etcd = Etcd::start("fr");
+    let mut labs = fleet("fr", &mut etcd, &[web("0")]);
+    let lab = &mut labs[0];
+    connected(lab);
+    let out = lab.cli_ok(&["set-weight", "web", "100"]);
+    assert!(out.contains("1/1 hosts at revision"), "{out}");
+    let revision = lab.status().fleet.expect("fleet").applied_revision;
+    etcd.stop();
+    eventually(lab, "disconnected", |status| {
+        status.fleet.as_ref().is_some_and(|fleet| !fleet.connected)
+    });
+    lab.cli_ok(&["unload"]);
+    let code = lab.daemon.as_mut().unwrap().wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "the daemon stops after unload");
+    lab.daemon = None;
+    // The config still says 0 %: only the local files know the fleet's 100 %.
+    lab.start_daemon();
+    let status = lab.status();
+    let fleet = status.fleet.as_ref().expect("fleet");
+    assert!(!fleet.connected, "etcd is down: {fleet:?}");
+    assert_eq!(fleet.applied_revision, revision, "{fleet:?}");
+    let web = status.services.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!(
+        web.green_weight, 1_000_000,
+        "the fleet's weight, from the state file"
+    );
+    assert_eq!(
+        split(lab),
+        (0, 20),
+        "restarted without etcd: still all on green"
+    );
+    assert!(
+        lab.daemon_log().contains("origin=\"loaded\""),
+        "the data plane was loaded anew:\n{}",
+        lab.daemon_log()
+    );
+    etcd.resume();
+    connected(lab);
+    assert_eq!(split(lab), (0, 20), "etcd back: unchanged");
+    let fleet = lab.status().fleet.expect("fleet");
+    assert!(fleet.applied_revision >= revision, "{fleet:?}");
 }
 
 /// `cargo xtask bench --fleet`: time from `set-weight` (the CLI, waiting) to the last of three

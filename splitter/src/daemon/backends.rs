@@ -89,7 +89,7 @@ impl App {
             .collect()
     }
 
-    fn admin_of(&self, service: &str, address: &SocketAddr) -> Admin {
+    pub(super) fn admin_of(&self, service: &str, address: &SocketAddr) -> Admin {
         self.state
             .backends
             .get(service)
@@ -262,16 +262,13 @@ impl App {
         }
     }
 
-    /// `backend disable|enable|drain`. Out of rotation (disable, drain) is a move toward
-    /// safety: in the kernel first, saved after (a full disk does not stop it); back into
-    /// rotation (enable) is saved first and refused when it cannot be.
-    pub fn backend_command(
-        &mut self,
+    /// A backend of `name` as the operator wrote it (`IP:port`), and its color.
+    pub(super) fn resolve_backend(
+        &self,
         name: &str,
         backend: &str,
-        admin: Admin,
-    ) -> Result<BackendReport, AppError> {
-        let address = self.service_address(name)?;
+    ) -> Result<(SocketAddr, ColorName), AppError> {
+        self.service_address(name)?;
         let service = self.config.service(name).expect("service_address found it");
         let parsed: SocketAddr =
             backend
@@ -297,6 +294,20 @@ impl App {
             }
             .into());
         };
+        Ok((parsed, color))
+    }
+
+    /// `backend disable|enable|drain`. Out of rotation (disable, drain) is a move toward
+    /// safety: in the kernel first, saved after (a full disk does not stop it); back into
+    /// rotation (enable) is saved first and refused when it cannot be.
+    pub fn backend_command(
+        &mut self,
+        name: &str,
+        backend: &str,
+        admin: Admin,
+    ) -> Result<BackendReport, AppError> {
+        let address = self.service_address(name)?;
+        let (parsed, color) = self.resolve_backend(name, backend)?;
         let previous = self
             .health
             .get(name, &parsed)

@@ -3,7 +3,7 @@
 //! control requests that go to the fleet (`set-weight`/`switch` with `[fleet]`, `switch
 //! --local`, `fleet status`, `fleet clear-override`) are answered here.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use super::{
     App, AppError,
@@ -14,6 +14,7 @@ use crate::{
     config::Service,
     control::protocol::Reply,
     fleet::{Desired, Fleet, Target},
+    state::Admin,
 };
 
 impl App {
@@ -42,6 +43,21 @@ impl App {
         }
     }
 
+    /// Brings a backend to the fleet's operator state with the `backend` command's own path.
+    /// `false`: it was there already.
+    pub fn apply_backend_state(
+        &mut self,
+        service: &str,
+        backend: SocketAddr,
+        admin: Admin,
+    ) -> Result<bool, AppError> {
+        if self.admin_of(service, &backend) == admin {
+            return Ok(false);
+        }
+        self.backend_command(service, &backend.to_string(), admin)?;
+        Ok(true)
+    }
+
     /// The definition of a configured service.
     fn definition(&self, service: &str) -> Result<Service, AppError> {
         self.service_address(service)?;
@@ -67,6 +83,15 @@ impl Target for Shared {
     fn apply(&self, service: &str, desired: &Desired) -> Result<bool, SharedError> {
         self.with_app(|app| app.apply_desired(service, desired))
     }
+
+    fn apply_backend(
+        &self,
+        service: &str,
+        backend: SocketAddr,
+        admin: Admin,
+    ) -> Result<bool, SharedError> {
+        self.with_app(|app| app.apply_backend_state(service, backend, admin))
+    }
 }
 
 impl Shared {
@@ -87,6 +112,29 @@ impl Shared {
         Ok(Reply::Fleet(
             fleet.write(&definition, desired, !no_wait).await?,
         ))
+    }
+
+    /// `backend disable|enable|drain` with `[fleet]`: the backend is checked here, its state
+    /// written to etcd, and once every live host applied it (or `[fleet] wait` passed) the
+    /// answer is this host's view of the backend (applied by the fleet's watch; applied again
+    /// here if the watch was slower: `previous` is then the state already applied).
+    pub(super) async fn fleet_backend(
+        &self,
+        fleet: &Fleet,
+        service: &str,
+        backend: &str,
+        admin: Admin,
+    ) -> Result<Reply, SharedError> {
+        let (definition, address) = self.with_app(|app| {
+            let (address, _) = app.resolve_backend(service, backend)?;
+            Ok((app.definition(service)?, address))
+        })?;
+        let outcome = fleet.write_backend(&definition, address, admin).await?;
+        if !outcome.behind.is_empty() {
+            tracing::warn!(service, %address, revision = outcome.revision, behind = ?outcome.behind, "fleet: backend state not applied by every host within [fleet] wait");
+        }
+        let report = self.with_app(|app| app.backend_command(service, backend, admin))?;
+        Ok(Reply::Backend(report))
     }
 
     /// `switch --local`: this host only, held against the fleet until cleared.

@@ -153,13 +153,17 @@ impl Shared {
                 service,
                 green_weight,
             } => self.what_if(&service, green_weight).map(Reply::WhatIf),
+            // FLEET: with `[fleet]`, backend states go to etcd (`daemon/fleet.rs`).
             Request::Backend {
                 service,
                 backend,
                 admin,
-            } => self
-                .with_app(|app| app.backend_command(&service, &backend, admin))
-                .map(Reply::Backend),
+            } => match &self.fleet {
+                Some(fleet) => self.fleet_backend(fleet, &service, &backend, admin).await,
+                None => self
+                    .with_app(|app| app.backend_command(&service, &backend, admin))
+                    .map(Reply::Backend),
+            },
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
             Request::RolloutStart {

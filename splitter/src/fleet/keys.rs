@@ -4,6 +4,9 @@
 //! /<fleet>/seed                          the split hash seed every host must run (decimal)
 //! /<fleet>/services/<service>/desired    the desired state: JSON `Desired` (weight, stable color)
 //! /<fleet>/services/<service>/definition the fleet's hash of the service's definition
+//! /<fleet>/services/<service>/backends/<IP:port>  a backend out of rotation: "disabled" or
+//!                                        "draining" (no key: ready); one key per backend, so
+//!                                        weight and backend writes never overwrite each other
 //! /<fleet>/hosts/<host>                  each live host's record: JSON `HostRecord`, under a lease
 //! ```
 
@@ -18,6 +21,8 @@ pub struct Keys {
 pub enum ServiceKey<'a> {
     Desired(&'a str),
     Definition(&'a str),
+    /// A backend's operator state: (service, backend as `IP:port`).
+    Backend(&'a str, &'a str),
 }
 
 impl Keys {
@@ -44,6 +49,11 @@ impl Keys {
         format!("{}{service}/definition", self.services())
     }
 
+    /// The operator state of `backend` of `service`.
+    pub fn backend(&self, service: &str, backend: &std::net::SocketAddr) -> String {
+        format!("{}{service}/backends/{backend}", self.services())
+    }
+
     /// Prefix of the host records.
     pub fn hosts(&self) -> String {
         format!("{}hosts/", self.root)
@@ -62,7 +72,9 @@ impl Keys {
         match leaf {
             "desired" => Some(ServiceKey::Desired(service)),
             "definition" => Some(ServiceKey::Definition(service)),
-            _ => None,
+            _ => leaf
+                .strip_prefix("backends/")
+                .map(|backend| ServiceKey::Backend(service, backend)),
         }
     }
 }
@@ -79,6 +91,15 @@ mod tests {
         assert_eq!(
             keys.parse_service_key("/edge/services/web/definition"),
             Some(ServiceKey::Definition("web"))
+        );
+        let backend = "[fd00:1::10]:8080".parse().unwrap();
+        assert_eq!(
+            keys.backend("web", &backend),
+            "/edge/services/web/backends/[fd00:1::10]:8080"
+        );
+        assert_eq!(
+            keys.parse_service_key(&keys.backend("web", &backend)),
+            Some(ServiceKey::Backend("web", "[fd00:1::10]:8080"))
         );
         assert_eq!(keys.parse_service_key("/edge2/services/web/desired"), None);
         assert_eq!(keys.parse_service_key("/edge/services/web/other"), None);

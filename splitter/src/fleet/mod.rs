@@ -1,10 +1,10 @@
 //! The fleet: hosts that share their runtime state through etcd (`[fleet]`).
 //!
 //! The services and pools stay in each host's file; the desired runtime state (weights, stable
-//! colors) lives in etcd (`keys.rs`). Every daemon loads it, watches it and applies each change
+//! colors, backends out of rotation) lives in etcd (`keys.rs`). Every daemon loads it, watches it and applies each change
 //! through the same code path as a local command ([`Target`], implemented by the daemon); it
-//! publishes its own record under a lease (`host.rs`). The CLI's `set-weight`/`switch` on any
-//! host write to etcd and wait until every live host has applied the revision (`write.rs`).
+//! publishes its own record under a lease (`host.rs`). The CLI's `set-weight`/`switch`/`backend`
+//! on any host write to etcd and wait until every live host has applied the revision (`write.rs`).
 //!
 //! Fail static: without etcd a host keeps what it applied last (its state file) and says so
 //! (`status`, `splitter_fleet_connected 0`); `switch --local` is an override that stays in
@@ -98,6 +98,14 @@ pub trait Target: Send + Sync + 'static {
     fn hash_seed(&self) -> Result<u32, Self::Error>;
     /// Brings `service` to `desired` (the `set-weight`/`switch` path); `false`: already there.
     fn apply(&self, service: &str, desired: &Desired) -> Result<bool, Self::Error>;
+    /// Brings a backend of `service` to the operator state `admin` (the `backend
+    /// disable|enable|drain` path); `false`: already there.
+    fn apply_backend(
+        &self,
+        service: &str,
+        backend: std::net::SocketAddr,
+        admin: crate::state::Admin,
+    ) -> Result<bool, Self::Error>;
 }
 
 /// The fleet's gauges (`splitter_fleet_*`).

@@ -5,7 +5,13 @@
 //! applied (fail static), says it is disconnected, and starts a new session a second later,
 //! which loads everything again (reconvergence needs no operator).
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
@@ -14,9 +20,11 @@ use etcd_client::{
 
 use super::{
     Desired, Fleet, FleetError, Target,
+    desired::backend_state,
     host::{HostRecord, definition_hash, unix_ms},
     keys::ServiceKey,
 };
+use crate::state::Admin;
 
 /// The host record's lease: a host that stops renewing it leaves the fleet's live set this
 /// long after its last renewal.
@@ -101,8 +109,9 @@ async fn session<T: Target>(
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
                     newest = newest.max(Some(kv.mod_revision()));
-                    if event.event_type() == EventType::Put {
-                        handle(fleet, target, &session, kv)?;
+                    match event.event_type() {
+                        EventType::Put => handle(fleet, target, &session, kv)?,
+                        EventType::Delete => deleted(fleet, target, &session, kv)?,
                     }
                 }
                 if let Some(newest) = newest {
@@ -180,12 +189,37 @@ async fn load<T: Target>(
         .get(fleet.keys.services(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(FleetError::store("loading the desired state"))?;
+    let mut out_of_rotation = BTreeSet::new();
     for kv in response.kvs() {
         handle(fleet, target, session, kv)?;
+        if let Some(ServiceKey::Backend(service, backend)) = fleet
+            .keys
+            .parse_service_key(kv.key_str().unwrap_or_default())
+        {
+            out_of_rotation.insert((service.to_owned(), backend.to_owned()));
+        }
     }
-    Ok(response
+    // A backend without a key is ready: one the fleet enabled while this host was away (or
+    // that this host had disabled on its own before it joined) comes back into rotation.
+    let revision = response
         .header()
-        .map_or(0, etcd_client::ResponseHeader::revision))
+        .map_or(0, etcd_client::ResponseHeader::revision);
+    for service in target.services().map_err(apply_error("definitions"))? {
+        for backend in service.blue.iter().chain(&service.green) {
+            if !out_of_rotation.contains(&(service.name.clone(), backend.to_string())) {
+                apply_backend(
+                    fleet,
+                    target,
+                    session,
+                    &service.name,
+                    *backend,
+                    Admin::Ready,
+                    revision,
+                )?;
+            }
+        }
+    }
+    Ok(revision)
 }
 
 /// One key of the desired state: a service's desired state is applied (unless this host
@@ -263,7 +297,94 @@ fn handle<T: Target>(
             }
             Ok(())
         }
+        Some(ServiceKey::Backend(service, backend)) => {
+            let bad = |problem: &str| FleetError::BadValue {
+                key: key.to_owned(),
+                problem: problem.to_owned(),
+            };
+            let backend: SocketAddr = backend.parse().map_err(|_| bad("not IP:port"))?;
+            let admin =
+                backend_state(kv.value()).ok_or_else(|| bad("not \"disabled\" or \"draining\""))?;
+            apply_backend(
+                fleet,
+                target,
+                session,
+                service,
+                backend,
+                admin,
+                kv.mod_revision(),
+            )
+        }
         None => Ok(()),
+    }
+}
+
+/// A deleted key: a backend key gone is that backend ready again.
+fn deleted<T: Target>(
+    fleet: &Fleet,
+    target: &T,
+    session: &Session,
+    kv: &KeyValue,
+) -> Result<(), FleetError> {
+    let key = kv.key_str().unwrap_or_default();
+    if let Some(ServiceKey::Backend(service, backend)) = fleet.keys.parse_service_key(key)
+        && let Ok(backend) = backend.parse()
+    {
+        apply_backend(
+            fleet,
+            target,
+            session,
+            service,
+            backend,
+            Admin::Ready,
+            kv.mod_revision(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Brings a backend to the fleet's operator state through the `backend` command's path,
+/// unless this host does not serve the service or disagrees on its definition or the seed (a
+/// local override holds the weight only: backend states still apply).
+fn apply_backend<T: Target>(
+    fleet: &Fleet,
+    target: &T,
+    session: &Session,
+    service: &str,
+    backend: SocketAddr,
+    admin: Admin,
+    revision: i64,
+) -> Result<(), FleetError> {
+    if !session.definitions.contains_key(service) {
+        return Ok(());
+    }
+    let skip = {
+        let status = fleet.lock();
+        if status.seed_mismatch {
+            Some("the hash seed differs from the fleet's")
+        } else if status.mismatched.contains_key(service) {
+            Some("its definition differs from the fleet's")
+        } else {
+            None
+        }
+    };
+    if let Some(reason) = skip {
+        tracing::warn!(service, %backend, revision, reason, "fleet: backend state not applied on this host");
+        return Ok(());
+    }
+    match target.apply_backend(service, backend, admin) {
+        Ok(true) => {
+            tracing::info!(service, %backend, admin = admin.name(), revision, "fleet: backend state applied");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(error) => {
+            tracing::error!(service, %backend, %error, "fleet: could not apply the backend state");
+            Err(FleetError::Apply {
+                service: service.to_owned(),
+                message: error.to_string(),
+            })
+        }
     }
 }
 

@@ -25,27 +25,8 @@ impl Fleet {
         desired: Desired,
         wait: bool,
     ) -> Result<FleetWrite, FleetError> {
-        let mut client = self.client()?;
         let service = definition.name.as_str();
-        if let Some((local, fleet)) = self.lock().mismatched.get(service) {
-            return Err(FleetError::Mismatch {
-                service: service.to_owned(),
-                local: local.clone(),
-                fleet: fleet.clone(),
-            });
-        }
-        // The fleet's definition is written by the first host that knows the service.
-        let local = definition_hash(definition);
-        let fleet_hash =
-            super::watch::create_or_get(&mut client, self.keys.definition(service), local.clone())
-                .await?;
-        if fleet_hash != local {
-            return Err(FleetError::Mismatch {
-                service: service.to_owned(),
-                local,
-                fleet: fleet_hash,
-            });
-        }
+        let mut client = self.writable(definition).await?;
         let response = client
             .put(
                 self.keys.desired(service),
@@ -74,9 +55,94 @@ impl Fleet {
             behind: Vec::new(),
             left_alone: Vec::new(),
         };
+        self.await_hosts(&mut client, &mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// `backend disable|enable|drain SERVICE BACKEND` with `[fleet]`: the operator state of
+    /// one backend, written to its own key (ready: the key deleted), then a wait up to
+    /// `[fleet] wait` for every live host to apply it. The outcome's weight fields are those
+    /// of no weight change (0, no stable color).
+    pub async fn write_backend(
+        &self,
+        definition: &Service,
+        backend: std::net::SocketAddr,
+        admin: crate::state::Admin,
+    ) -> Result<FleetWrite, FleetError> {
+        let service = definition.name.as_str();
+        let mut client = self.writable(definition).await?;
+        let key = self.keys.backend(service, &backend);
+        let header = if admin == crate::state::Admin::Ready {
+            client
+                .delete(key, None)
+                .await
+                .map_err(FleetError::store("writing the backend state"))?
+                .header()
+                .cloned()
+        } else {
+            client
+                .put(key, super::desired::backend_value(admin), None)
+                .await
+                .map_err(FleetError::store("writing the backend state"))?
+                .header()
+                .cloned()
+        };
+        let revision = header.map_or(0, |header| header.revision());
+        tracing::info!(service, %backend, admin = admin.name(), revision, "fleet: backend state written");
+        let mut outcome = FleetWrite {
+            service: service.to_owned(),
+            green_weight: 0,
+            stable: None,
+            revision,
+            waited: true,
+            hosts_applied: 0,
+            hosts_live: 0,
+            behind: Vec::new(),
+            left_alone: Vec::new(),
+        };
+        self.await_hosts(&mut client, &mut outcome).await?;
+        Ok(outcome)
+    }
+
+    /// The client for a write of `definition`'s state: refused when this host's definition
+    /// differs from the fleet's (the fleet's is written by the first host that knows it).
+    async fn writable(&self, definition: &Service) -> Result<Client, FleetError> {
+        let mut client = self.client()?;
+        let service = definition.name.as_str();
+        if let Some((local, fleet)) = self.lock().mismatched.get(service) {
+            return Err(FleetError::Mismatch {
+                service: service.to_owned(),
+                local: local.clone(),
+                fleet: fleet.clone(),
+            });
+        }
+        // The fleet's definition is written by the first host that knows the service.
+        let local = definition_hash(definition);
+        let fleet_hash =
+            super::watch::create_or_get(&mut client, self.keys.definition(service), local.clone())
+                .await?;
+        if fleet_hash != local {
+            return Err(FleetError::Mismatch {
+                service: service.to_owned(),
+                local,
+                fleet: fleet_hash,
+            });
+        }
+        Ok(client)
+    }
+
+    /// Fills in which live hosts applied `outcome.revision`, waiting (with `outcome.waited`)
+    /// up to `[fleet] wait` until none is behind.
+    async fn await_hosts(
+        &self,
+        client: &mut Client,
+        outcome: &mut FleetWrite,
+    ) -> Result<(), FleetError> {
+        let (service, revision, wait) = (outcome.service.clone(), outcome.revision, outcome.waited);
+        let service = service.as_str();
         let deadline = Instant::now() + self.config.wait;
         loop {
-            let hosts = self.hosts(&mut client).await?;
+            let hosts = self.hosts(client).await?;
             outcome.hosts_live = hosts.len();
             outcome.left_alone = hosts
                 .iter()
@@ -99,7 +165,7 @@ impl Fleet {
                 })
                 .count();
             if !wait || outcome.behind.is_empty() || Instant::now() >= deadline {
-                return Ok(outcome);
+                return Ok(());
             }
             tokio::time::sleep(POLL).await;
         }
@@ -138,7 +204,7 @@ impl Fleet {
                 .keys
                 .parse_service_key(kv.key_str().unwrap_or_default())
             {
-                Some(ServiceKey::Desired(_)) => {
+                Some(ServiceKey::Desired(_) | ServiceKey::Backend(..)) => {
                     desired_revision = desired_revision.max(kv.mod_revision());
                 }
                 Some(ServiceKey::Definition(service)) => {
