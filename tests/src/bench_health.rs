@@ -133,6 +133,7 @@ fn haproxy_config(check: CheckKind, per_color: u16) -> String {
         "global\n\tmaxconn 5000\n\
          defaults\n\tmode tcp\n\ttimeout connect 1s\n\ttimeout check 1s\n\
          \ttimeout client 30s\n\ttimeout server 30s\n\
+         frontend service\n\tbind 127.0.0.1:8080\n\tdefault_backend pool\n\
          backend pool\n\tbalance roundrobin\n",
     );
     if check == CheckKind::Http {
@@ -179,10 +180,13 @@ fn round(
             .arg(&path),
         &log,
     )?;
-    haproxy.ensure_running().map_err(|error| {
-        let output = std::fs::read_to_string(&log).unwrap_or_default();
-        anyhow::anyhow!("HAProxy did not start: {error}\n{output}")
-    })?;
+    let running = |haproxy: &mut Process| {
+        haproxy.ensure_running().map_err(|error| {
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            anyhow::anyhow!("HAProxy: {error}\n{output}")
+        })
+    };
+    running(&mut haproxy)?;
 
     std::thread::sleep(options.warmup);
     let up = backends_up(lab);
@@ -192,7 +196,7 @@ fn round(
         options.warmup,
         lab.daemon_log()
     );
-    haproxy.ensure_running()?;
+    running(&mut haproxy)?;
 
     let counters = [&lab.topology.blue, &lab.topology.green];
     let syns_before = SynCounters::read_all(&counters)?;
@@ -204,7 +208,7 @@ fn round(
     let haproxy_after = cpu_time(haproxy.pid())?;
     let elapsed = started.elapsed();
     let syns_after = SynCounters::read_all(&counters)?;
-    haproxy.ensure_running()?;
+    running(&mut haproxy)?;
     // HAProxy logs a server it takes down ("is DOWN"): every one must have stayed up.
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     anyhow::ensure!(
@@ -216,7 +220,10 @@ fn round(
         up == usize::from(backends),
         "after the window, the splitter has {up} of {backends} backends up"
     );
-    lab.stop_daemon();
+    // SIGKILL, not SIGTERM: the bench blocks the termination signals in every thread (its
+    // Ctrl-C clean-up) and the daemon inherits that mask. The next round's daemon adopts the
+    // pinned data plane; the work directory unloads it at the end.
+    lab.kill_daemon();
     drop(haproxy);
 
     let seconds = elapsed.as_secs_f64();
