@@ -82,8 +82,18 @@ pub fn measure(options: &Options) -> anyhow::Result<Vec<Figure>> {
         lab.topology.router.addr(dev, &format!("{address}/24"));
     }
     let colors = [
-        (&lab.topology.blue, BLUE[0], SPLITTER_SOURCE[0], HAPROXY_SOURCE[0]),
-        (&lab.topology.green, GREEN[0], SPLITTER_SOURCE[1], HAPROXY_SOURCE[1]),
+        (
+            &lab.topology.blue,
+            BLUE[0],
+            SPLITTER_SOURCE[0],
+            HAPROXY_SOURCE[0],
+        ),
+        (
+            &lab.topology.green,
+            GREEN[0],
+            SPLITTER_SOURCE[1],
+            HAPROXY_SOURCE[1],
+        ),
     ];
     let mut nginx = Vec::new();
     for (ns, address, splitter_source, haproxy_source) in colors {
@@ -306,7 +316,8 @@ impl SynCounters {
              \t}}\n\
              }}\n"
         );
-        let file = std::env::temp_dir().join(format!("splhc-{}-{}.nft", ns.name, std::process::id()));
+        let file =
+            std::env::temp_dir().join(format!("splhc-{}-{}.nft", ns.name, std::process::id()));
         std::fs::write(&file, ruleset)?;
         let out = ns
             .command("nft")
@@ -358,7 +369,11 @@ struct Nginx {
 
 impl Nginx {
     fn start(ns: &Netns, address: Ipv4Addr, count: u16) -> anyhow::Result<Self> {
-        let dir = ScratchDir::new(&format!("splcmp-hc-nginx-{}-{}", ns.name, std::process::id()))?;
+        let dir = ScratchDir::new(&format!(
+            "splcmp-hc-nginx-{}-{}",
+            ns.name,
+            std::process::id()
+        ))?;
         let listen: String = (0..count)
             .map(|i| format!("\t\tlisten {address}:{};\n", PORT_BASE + i))
             .collect();

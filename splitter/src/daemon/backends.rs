@@ -89,6 +89,24 @@ impl App {
             .collect()
     }
 
+    /// When no backend of `service`'s `color` is in rotation: each one with its state and why
+    /// (`198.18.2.10:8080 down (health check: ...)`), for an error that says what to fix.
+    pub(super) fn out_of_rotation(&self, service: &Service, color: ColorName) -> Option<String> {
+        let inactive = self.inactive_of(service);
+        let pool = service.pool(color);
+        if pool.iter().any(|address| !inactive.contains(address)) {
+            return None;
+        }
+        let states: Vec<String> = pool
+            .iter()
+            .map(|address| match self.health.get(&service.name, address) {
+                Some(health) => format!("{address} {} ({})", health.state(), health.reason()),
+                None => format!("{address} {}", self.admin_of(&service.name, address).name()),
+            })
+            .collect();
+        Some(states.join(", "))
+    }
+
     fn admin_of(&self, service: &str, address: &SocketAddr) -> Admin {
         self.state
             .backends
@@ -364,11 +382,12 @@ impl App {
         now: Instant,
     ) -> Result<(), AppError> {
         let mut changed = Vec::new();
-        for ((service, backend), entry) in self
-            .health
-            .entries
-            .range_mut((name.to_owned(), only.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))))..)
-        {
+        for ((service, backend), entry) in self.health.entries.range_mut(
+            (
+                name.to_owned(),
+                only.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            )..,
+        ) {
             if service != name || only.is_some_and(|only| only != *backend) {
                 break;
             }
@@ -464,10 +483,15 @@ impl App {
                 );
             }
         }
+        // A pool lists every member, in rotation or not (the Maglev table keeps their places):
+        // a color is empty when all of its members are inactive.
         let empty = ColorName::BOTH.into_iter().find(|color| {
-            self.installed
-                .get(&address)
-                .is_some_and(|installed| installed.pool(*color).is_empty())
+            self.installed.get(&address).is_some_and(|installed| {
+                installed
+                    .pool(*color)
+                    .iter()
+                    .all(|(_, member)| installed.inactive.contains(member))
+            })
         });
         if let Some(color) = empty {
             tracing::warn!(service = name, %color, "no backend in rotation: new flows of this color go to the other one");
