@@ -73,7 +73,7 @@ pub struct Figure {
 /// Runs one round per check kind, tcp then http, in one lab.
 pub fn measure(options: &Options) -> anyhow::Result<Vec<Figure>> {
     anyhow::ensure!(
-        options.backends >= 2 && options.backends % 2 == 0,
+        options.backends >= 2 && options.backends.is_multiple_of(2),
         "--backends must be even (half blue, half green)"
     );
     let per_color = options.backends / 2;
