@@ -3,6 +3,7 @@
 //! that needs root calls [`require_privileges`].
 
 pub mod bench;
+pub mod bench_health;
 pub mod bench_replies;
 pub mod compare;
 pub mod daemon_harness;

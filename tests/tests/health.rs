@@ -385,3 +385,56 @@ fn a_rollout_aborts_when_green_has_no_healthy_backend() {
         "{answers:?}"
     );
 }
+
+/// `rollout start` refuses when the color it would canary has no backend in rotation, naming
+/// each backend's state and why; it starts once one is back.
+#[test]
+fn rollout_start_refuses_when_the_canary_color_has_no_backend_in_rotation() {
+    if !require_privileges("rollout_start_refuses_when_the_canary_color_has_no_backend_in_rotation")
+    {
+        return;
+    }
+    let (mut lab, mut servers) = lab("hrefuse");
+    lab.write_config(&web(
+        "0",
+        "[service.health]\ncheck = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"250ms\"\n\
+         rise = 1\nfall = 1\n[service.rollout]\nsteps = [10, 50, 100]\nevery = \"60s\"\n",
+    ));
+    lab.start_daemon();
+    let (dead, disabled) = (address(GREEN[0]), address(GREEN[1]));
+    servers[1].take(); // green[0] refuses connections: its check takes it down
+    wait_state(&lab, dead, BackendState::Down, Duration::from_secs(5));
+    lab.cli_ok(&["backend", "disable", "web", &disabled.to_string()]);
+
+    let refused = lab.cli(&["rollout", "start", "web"]);
+    assert_eq!(refused.code, 2, "a usage error: {refused:?}");
+    for expected in [
+        "green has no backend in rotation".to_owned(),
+        format!("{dead} down (health check: connect:"),
+        format!("{disabled} disabled (backend disable)"),
+        "splitter backend enable web".to_owned(),
+    ] {
+        assert!(
+            refused.stderr.contains(&expected),
+            "the refusal says {expected:?}: {refused:?}"
+        );
+    }
+    let out = lab.cli(&["rollout", "status", "web", "--json"]);
+    assert_ne!(
+        out.code, 0,
+        "no rollout was recorded by the refusal: {out:?}"
+    );
+    assert_eq!(
+        row(&lab, disabled).state,
+        BackendState::Disabled,
+        "nothing changed"
+    );
+
+    // One green backend back in rotation: the rollout starts.
+    lab.cli_ok(&["backend", "enable", "web", &disabled.to_string()]);
+    wait_state(&lab, disabled, BackendState::Up, Duration::from_secs(5));
+    lab.cli_ok(&["rollout", "start", "web"]);
+    let out = lab.cli_ok(&["rollout", "status", "web", "--json"]);
+    let report: RolloutReport = serde_json::from_str(&out).expect("rollout status JSON");
+    assert_eq!(report.phase, Phase::Running, "{report:#?}");
+}

@@ -5,6 +5,8 @@
 //!   and a bare XDP forwarder on one namespace topology (packet rate, connections, scale);
 //!   `--update-readme` also writes the result into the README's "Benchmarks" section.
 //! * `cargo xtask bench --fleet`: the fleet over a real etcd (`tests/tests/fleet.rs`).
+//! * `cargo xtask bench --health`: health-check CPU of the daemon beside HAProxy, 1 000
+//!   backends checked every second (`tests/src/bench_health.rs`).
 
 use std::{path::Path, process::Command};
 
@@ -36,6 +38,13 @@ pub struct Options {
     /// change, reconvergence.
     #[arg(long, conflicts_with = "compare")]
     pub fleet: bool,
+    /// Health-check CPU: the daemon and HAProxy each checking the same 1 000 backends every
+    /// second (tcp, then http), side by side; CPU % of one core and the ratio.
+    #[arg(long, conflicts_with_all = ["compare", "fleet"])]
+    pub health: bool,
+    /// With --health: the measured window in seconds (after a 10 s warm-up).
+    #[arg(long, default_value_t = 30, requires = "health")]
+    pub window: u64,
 }
 
 /// The README section the comparison owns, between these markers.
@@ -46,6 +55,24 @@ const END: &str = "<!-- bench-compare:end -->";
 pub fn run(options: &Options) -> anyhow::Result<()> {
     if options.compare {
         return compare(options);
+    }
+    if options.health {
+        // nginx, HAProxy and nftables.
+        setup::run(&setup::Options { test_deps: true })?;
+        return run_command(
+            Command::new("cargo")
+                .current_dir(workspace_root())
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "splitter-tests",
+                    "--bin",
+                    "splitter-bench-health",
+                    "--",
+                ])
+                .args(["--window", &options.window.to_string()]),
+        );
     }
     if options.fleet {
         setup::run(&setup::Options { test_deps: true })?;

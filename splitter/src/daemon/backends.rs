@@ -89,6 +89,24 @@ impl App {
             .collect()
     }
 
+    /// When no backend of `service`'s `color` is in rotation: each one with its state and why
+    /// (`198.18.2.10:8080 down (health check: ...)`), for an error that says what to fix.
+    pub(super) fn out_of_rotation(&self, service: &Service, color: ColorName) -> Option<String> {
+        let inactive = self.inactive_of(service);
+        let pool = service.pool(color);
+        if pool.iter().any(|address| !inactive.contains(address)) {
+            return None;
+        }
+        let states: Vec<String> = pool
+            .iter()
+            .map(|address| match self.health.get(&service.name, address) {
+                Some(health) => format!("{address} {} ({})", health.state(), health.reason()),
+                None => format!("{address} {}", self.admin_of(&service.name, address).name()),
+            })
+            .collect();
+        Some(states.join(", "))
+    }
+
     pub(super) fn admin_of(&self, service: &str, address: &SocketAddr) -> Admin {
         self.state
             .backends
@@ -208,8 +226,11 @@ impl App {
         if let Err(error) = result {
             entry.health.check_error = Some(error.to_string());
         }
-        // An error is logged by `settle`: a check has no one to answer.
-        let _ = self.settle(service, Instant::now());
+        // Only this backend's inputs changed: settling the whole service per result cost
+        // O(backends) per check, a third of a core at 1 000 backends every second
+        // (`cargo xtask bench --health`). Ejections that end are settled by `judge_outliers`.
+        // An error is logged by `settle_backends`: a check has no one to answer.
+        let _ = self.settle_backends(service, Some(backend), Instant::now());
     }
 
     /// Feeds every backend's handshake counters to its service's passive detection, ends
@@ -361,13 +382,24 @@ impl App {
     /// when the set in rotation changed. Errors are logged (a check or a sample has no one to
     /// answer) and returned (a command does).
     fn settle(&mut self, name: &str, now: Instant) -> Result<(), AppError> {
+        self.settle_backends(name, None, now)
+    }
+
+    /// [`Self::settle`] for one backend of `name` (`only`), or all of them (`None`).
+    fn settle_backends(
+        &mut self,
+        name: &str,
+        only: Option<SocketAddr>,
+        now: Instant,
+    ) -> Result<(), AppError> {
         let mut changed = Vec::new();
-        for ((service, backend), entry) in self
-            .health
-            .entries
-            .range_mut((name.to_owned(), SocketAddr::from(([0, 0, 0, 0], 0)))..)
-        {
-            if service != name {
+        for ((service, backend), entry) in self.health.entries.range_mut(
+            (
+                name.to_owned(),
+                only.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            )..,
+        ) {
+            if service != name || only.is_some_and(|only| only != *backend) {
                 break;
             }
             if let Some(transition) = entry.health.settle(now) {
@@ -462,6 +494,8 @@ impl App {
                 );
             }
         }
+        // A pool lists every member, in rotation or not (the Maglev table keeps their places):
+        // a color is empty when all of its members are inactive.
         let empty = ColorName::BOTH.into_iter().find(|color| {
             self.installed
                 .get(&address)

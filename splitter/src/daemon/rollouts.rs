@@ -40,6 +40,14 @@ pub enum RolloutError {
         phase: &'static str,
         weight: String,
     },
+    #[error(
+        "service `{service}`: {color} has no backend in rotation ({backends}): a rollout would judge a canary that takes no flow; bring one back (`splitter backend enable {service} ADDRESS`, or fix what its health check reports) and start again"
+    )]
+    NoBackendInRotation {
+        service: String,
+        color: ColorName,
+        backends: String,
+    },
     #[error(transparent)]
     Plan(#[from] crate::rollout::PlanError),
     #[error("service `{service}`: {source}")]
@@ -239,9 +247,20 @@ impl App {
             .iter()
             .find(|((a, _), _)| *a == address)
             .map_or(0, |(_, installed)| installed.config.green_weight);
+        let canary = self.state.stable_color(name).other();
+        if let Some(service) = self.config.service(name)
+            && let Some(backends) = self.out_of_rotation(service, canary)
+        {
+            return Err(RolloutError::NoBackendInRotation {
+                service: name.to_owned(),
+                color: canary,
+                backends,
+            }
+            .into());
+        }
         let counters = self.color_window(name)?;
         let start = Start {
-            canary: self.state.stable_color(name).other(),
+            canary,
             current_weight: current,
             from_current,
         };
