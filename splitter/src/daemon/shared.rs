@@ -60,7 +60,10 @@ impl SharedError {
             SharedError::App(error) => error.kind(),
             SharedError::Fleet(
                 crate::fleet::FleetError::Mismatch { .. }
-                | crate::fleet::FleetError::NoOverride { .. },
+                | crate::fleet::FleetError::NoOverride { .. }
+                | crate::fleet::FleetError::NoRollout { .. }
+                | crate::fleet::FleetError::RolloutBusy { .. }
+                | crate::fleet::FleetError::NotForFleet { .. },
             )
             | SharedError::NoFleet => ErrorKind::InvalidArgument,
             SharedError::Unloaded | SharedError::Fleet(_) => ErrorKind::Runtime,
@@ -162,6 +165,19 @@ impl Shared {
                 .map(Reply::Backend),
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
+            // FLEET: with `[fleet]`, rollouts are the fleet's (`daemon/fleet.rs`).
+            request @ (Request::RolloutStart { .. }
+            | Request::RolloutRetry { .. }
+            | Request::RolloutList
+            | Request::RolloutStatus { .. }
+            | Request::RolloutPause { .. }
+            | Request::RolloutResume { .. }
+            | Request::RolloutPromote { .. }
+            | Request::RolloutAbort { .. })
+                if self.fleet.is_some() =>
+            {
+                self.fleet_rollout(request).await
+            }
             Request::RolloutStart {
                 service,
                 overrides,
