@@ -55,6 +55,21 @@ impl App {
     }
 }
 
+/// The `rollout` commands: with `[fleet]` they act on the fleet's rollout.
+pub(super) const fn is_rollout(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::RolloutStart { .. }
+            | Request::RolloutRetry { .. }
+            | Request::RolloutList
+            | Request::RolloutStatus { .. }
+            | Request::RolloutPause { .. }
+            | Request::RolloutResume { .. }
+            | Request::RolloutPromote { .. }
+            | Request::RolloutAbort { .. }
+    )
+}
+
 impl Target for Shared {
     type Error = SharedError;
 
@@ -179,7 +194,10 @@ impl Shared {
                     })
                     .await?
             }
-            Request::RolloutAbort { service, cut: false } => {
+            Request::RolloutAbort {
+                service,
+                cut: false,
+            } => {
                 fleet
                     .change_rollout(&service, |rollout| {
                         rollout.abort(now_unix_ms(), "aborted by the operator")
@@ -193,10 +211,7 @@ impl Shared {
                 .into());
             }
             other => {
-                return Err(FleetError::NotForFleet {
-                    what: other.name(),
-                }
-                .into());
+                return Err(FleetError::NotForFleet { what: other.name() }.into());
             }
         };
         let report = self.with_app(|app| Ok(app.rollout_report(&rollout)))?;

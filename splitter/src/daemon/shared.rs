@@ -166,16 +166,7 @@ impl Shared {
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
             // FLEET: with `[fleet]`, rollouts are the fleet's (`daemon/fleet.rs`).
-            request @ (Request::RolloutStart { .. }
-            | Request::RolloutRetry { .. }
-            | Request::RolloutList
-            | Request::RolloutStatus { .. }
-            | Request::RolloutPause { .. }
-            | Request::RolloutResume { .. }
-            | Request::RolloutPromote { .. }
-            | Request::RolloutAbort { .. })
-                if self.fleet.is_some() =>
-            {
+            request if self.fleet.is_some() && super::fleet::is_rollout(&request) => {
                 self.fleet_rollout(request).await
             }
             Request::RolloutStart {

@@ -109,7 +109,10 @@ mod tests {
         assert_eq!(keys.host_signals("a"), "/edge/signals/a");
         // The rollout key is under the watched prefix but is not desired state.
         assert_eq!(keys.parse_service_key("/edge/services/web/rollout"), None);
-        assert_eq!(keys.parse_rollout_key("/edge/services/web/rollout"), Some("web"));
+        assert_eq!(
+            keys.parse_rollout_key("/edge/services/web/rollout"),
+            Some("web")
+        );
         assert_eq!(keys.parse_rollout_key("/edge/services/web/desired"), None);
         assert_eq!(
             keys.parse_service_key("/edge/services/web/definition"),

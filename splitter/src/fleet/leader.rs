@@ -188,8 +188,11 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
             running.push((stored.rollout, kv.mod_revision()));
         }
     }
-    term.judged
-        .retain(|service, _| running.iter().any(|(rollout, _)| &rollout.service == service));
+    term.judged.retain(|service, _| {
+        running
+            .iter()
+            .any(|(rollout, _)| &rollout.service == service)
+    });
     if running.is_empty() {
         return Ok(());
     }
