@@ -208,9 +208,10 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
             }
             Some(judged) if judged.revision == revision => {
                 let why = format!(
-                    "the hosts judged changed ({} -> {}): fresh window",
-                    judged.hosts.join(","),
-                    hosts.join(",")
+                    "the hosts judged changed: fresh window on the signals summed over {} hosts ({}), was {}",
+                    hosts.len(),
+                    hosts.join(","),
+                    judged.hosts.join(",")
                 );
                 rollout.resume(now, counters, &why)
             }
