@@ -169,25 +169,7 @@ async fn campaign(fleet: &Fleet, client: &mut Client, lease: i64) -> Result<bool
 
 /// One judgement of every running rollout.
 async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<(), FleetError> {
-    let response = client
-        .get(fleet.keys.services(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(FleetError::store("reading the rollouts"))?;
-    let mut running = Vec::new();
-    for kv in response.kvs() {
-        let key = kv.key_str().unwrap_or_default();
-        if fleet.keys.parse_rollout_key(key).is_none() {
-            continue;
-        }
-        let stored: FleetRollout =
-            serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
-                key: key.to_owned(),
-                problem: error.to_string(),
-            })?;
-        if stored.rollout.phase == Phase::Running {
-            running.push((stored.rollout, kv.mod_revision()));
-        }
-    }
+    let running = read_running(fleet, client).await?;
     term.judged.retain(|service, _| {
         running
             .iter()
@@ -236,21 +218,7 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
         if let Some(written) =
             write_rollout(fleet, client, guard, &rollout, desired.as_ref()).await?
         {
-            for decision in rollout.history.iter().skip(logged) {
-                tracing::info!(
-                    service = %service,
-                    action = %decision.action,
-                    from = %ppm_to_percent(decision.from_weight),
-                    to = %ppm_to_percent(decision.to_weight),
-                    reason = %decision.reason,
-                    revision = written,
-                    green_flows = decision.green.new_flows,
-                    green_failure_ratio = decision.green.failure_ratio,
-                    blue_flows = decision.blue.new_flows,
-                    blue_failure_ratio = decision.blue.failure_ratio,
-                    "fleet rollout"
-                );
-            }
+            log_decisions(&rollout, logged, written);
             term.judged.insert(
                 service,
                 Judged {
@@ -270,6 +238,52 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
         }
     }
     Ok(())
+}
+
+/// One log line per new decision, with the numbers behind it.
+fn log_decisions(rollout: &crate::rollout::Rollout, logged: usize, revision: i64) {
+    for decision in rollout.history.iter().skip(logged) {
+        tracing::info!(
+            service = %rollout.service,
+            action = %decision.action,
+            from = %ppm_to_percent(decision.from_weight),
+            to = %ppm_to_percent(decision.to_weight),
+            reason = %decision.reason,
+            revision,
+            green_flows = decision.green.new_flows,
+            green_failure_ratio = decision.green.failure_ratio,
+            blue_flows = decision.blue.new_flows,
+            blue_failure_ratio = decision.blue.failure_ratio,
+            "fleet rollout"
+        );
+    }
+}
+
+/// The running rollouts of the fleet and the revision each was written at.
+async fn read_running(
+    fleet: &Fleet,
+    client: &mut Client,
+) -> Result<Vec<(crate::rollout::Rollout, i64)>, FleetError> {
+    let response = client
+        .get(fleet.keys.services(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(FleetError::store("reading the rollouts"))?;
+    let mut running = Vec::new();
+    for kv in response.kvs() {
+        let key = kv.key_str().unwrap_or_default();
+        if fleet.keys.parse_rollout_key(key).is_none() {
+            continue;
+        }
+        let stored: FleetRollout =
+            serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
+                key: key.to_owned(),
+                problem: error.to_string(),
+            })?;
+        if stored.rollout.phase == Phase::Running {
+            running.push((stored.rollout, kv.mod_revision()));
+        }
+    }
+    Ok(running)
 }
 
 /// Whether the leader key is still held under `lease`.
