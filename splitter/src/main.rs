@@ -62,7 +62,8 @@ fn daemon(config_path: &Path) -> Exit {
 }
 
 /// The daemon's background work: counter samples, rollout judgement, health checks, and the
-/// fleet's session (load, watch and apply the desired state, publish this host).
+/// fleet's session (load, watch and apply the desired state, publish this host) and its
+/// rollout leadership (publish the signals, judge the fleet's rollouts while leading).
 fn spawn_workers(shared: &Arc<Shared>, fleet: Option<Arc<Fleet>>) -> Vec<tokio::task::AbortHandle> {
     let mut workers = vec![
         tokio::spawn(sample(shared.clone())).abort_handle(),
@@ -70,6 +71,9 @@ fn spawn_workers(shared: &Arc<Shared>, fleet: Option<Arc<Fleet>>) -> Vec<tokio::
         tokio::spawn(splitter::daemon::checks::run(shared.clone())).abort_handle(),
     ];
     if let Some(fleet) = fleet {
+        workers.push(
+            tokio::spawn(splitter::fleet::lead(fleet.clone(), shared.clone())).abort_handle(),
+        );
         workers.push(tokio::spawn(splitter::fleet::run(fleet, shared.clone())).abort_handle());
     }
     workers

@@ -271,8 +271,16 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         .expect("read the service")
         .expect("the service is installed");
     let first = (base + 3) * slots_needed(2, 1);
-    let ids: Vec<u32> = modulo.blue.iter().chain(&modulo.green).map(|b| b.id).collect();
-    dataplane.maps.set_pool(first, &ids).expect("write the pool");
+    let ids: Vec<u32> = modulo
+        .blue
+        .iter()
+        .chain(&modulo.green)
+        .map(|b| b.id)
+        .collect();
+    dataplane
+        .maps
+        .set_pool(first, &ids)
+        .expect("write the pool");
     config.blue = Pool {
         first_slot: first,
         len: modulo.blue.len() as u32,

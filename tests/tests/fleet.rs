@@ -4,11 +4,22 @@
 //!
 //! Run: `cargo test --release -p splitter-tests --test fleet -- --test-threads=1`
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
-use splitter::fleet::report::FleetStatusReport;
+use splitter::{
+    config::ColorName, control::protocol::RolloutReport, fleet::report::FleetStatusReport,
+    rollout::Phase,
+};
 use splitter_tests::{
-    daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, color_of, metric, service},
+    daemon_harness::{BLUE, GREEN, Lab, TCP_PORT, color_of, metric, request, service},
     etcd::Etcd,
     fleet_topology::Ecmp,
     require_privileges,
@@ -544,4 +555,276 @@ fn measure_fleet() {
         "FLEET reconvergence after etcd answers again: {:.2} s (3 hosts connected and applied)",
         reconverged.as_secs_f64()
     );
+}
+
+// ---- One rollout for the fleet (issue 15, step 6) ----
+
+/// `web` with a rollout plan.
+fn web_rollout(plan: &str) -> String {
+    format!("{}[service.rollout]\n{plan}\n", web("0"))
+}
+
+/// The most a client runs, whatever happens.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A client through one host: a connection (one request) every 10 ms from the lab's client
+/// namespace, counting answers per color and failures; bounded by [`CLIENT_DEADLINE`].
+struct Client {
+    stop: Arc<AtomicBool>,
+    /// (blue, green, failures)
+    tally: Arc<Mutex<(usize, usize, Vec<String>)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(lab: &Lab) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Mutex::new((0, 0, Vec::new())));
+        let vip: SocketAddr = WEB.parse().unwrap();
+        let (stop_in, tally_in) = (stop.clone(), tally.clone());
+        let thread = lab.topology.client.spawn(move || {
+            let started = Instant::now();
+            while !stop_in.load(Ordering::Relaxed) && started.elapsed() < CLIENT_DEADLINE {
+                let result = request(vip);
+                let mut tally = tally_in.lock().unwrap();
+                match result.as_deref().map(color_of) {
+                    Ok("blue") => tally.0 += 1,
+                    Ok(_) => tally.1 += 1,
+                    Err(error) => tally.2.push(error.clone()),
+                }
+                drop(tally);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            stop,
+            tally,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the client; (blue, green, failures).
+    fn finish(mut self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("client thread");
+        }
+        self.tally.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn rollout_status(lab: &Lab) -> RolloutReport {
+    serde_json::from_str(&lab.cli_ok(&["rollout", "status", "web", "--json"]))
+        .expect("rollout status JSON")
+}
+
+/// Waits (bounded) until the fleet's rollout, read through `lab`, satisfies `done`.
+fn rollout_until(
+    lab: &Lab,
+    limit: Duration,
+    done: impl Fn(&RolloutReport) -> bool,
+) -> RolloutReport {
+    let deadline = Instant::now() + limit;
+    loop {
+        let report = rollout_status(lab);
+        if done(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet's rollout did not get there in {limit:?}: {report:#?}\ndaemon log:\n{}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every host in `labs` runs `web` at `green_weight` with `stable` as its stable color.
+fn all_at(labs: &[&Lab], green_weight: u32, stable: ColorName) {
+    for (index, lab) in labs.iter().enumerate() {
+        eventually(lab, "the fleet's rollout decision applied", |status| {
+            status
+                .services
+                .iter()
+                .any(|s| s.name == "web" && s.green_weight == green_weight && s.stable == stable)
+        });
+        let (blue, green) = split(lab);
+        let expected = if green_weight == 0 { (20, 0) } else { (0, 20) };
+        assert_eq!((blue, green), expected, "host {index}: new connections");
+    }
+}
+
+/// The host holding the rollout leadership (`/<fleet>/leader`).
+fn leader(etcd: &Etcd) -> String {
+    etcd.ctl(&["get", &format!("/{FLEET}/leader"), "--print-value-only"])
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_fleet_rollout_of_a_healthy_green_completes_on_every_host() {
+    if !require_privileges("a_fleet_rollout_of_a_healthy_green_completes_on_every_host") {
+        return;
+    }
+    let mut etcd = Etcd::start("fr");
+    let plan = web_rollout("steps = [20, 50, 100]\nevery = \"1s\"\nmin_flows = 5");
+    let labs = fleet("fr", &mut etcd, &[plan.clone(), plan.clone(), plan]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let clients: Vec<Client> = labs.iter().map(Client::start).collect();
+    // Started on a host that need not be the leader: the rollout is the fleet's.
+    let out = labs[2].cli(&["rollout", "start", "web", "--wait"]);
+    assert_eq!(
+        out.code,
+        0,
+        "completed: {}{}\nleader log:\n{}",
+        out.stdout,
+        out.stderr,
+        labs[0].daemon_log()
+    );
+    let report = rollout_status(&labs[1]);
+    assert_eq!(report.phase, Phase::Completed, "{report:#?}");
+    assert!(
+        report
+            .history
+            .iter()
+            .any(|decision| decision.reason.contains("summed over 3 hosts (a,b,c)")),
+        "judged on every host's signals: {report:#?}"
+    );
+    assert!(
+        report
+            .history
+            .iter()
+            .filter(|d| d.action == "advance")
+            .count()
+            == 2,
+        "every step passed: {report:#?}"
+    );
+    all_at(
+        &labs.iter().collect::<Vec<_>>(),
+        1_000_000,
+        ColorName::Green,
+    );
+    for (index, client) in clients.into_iter().enumerate() {
+        let (blue, green, failed) = client.finish();
+        assert!(
+            blue > 0 && green > 0 && failed.is_empty(),
+            "client through host {index}: {blue} blue, {green} green, failed {failed:?}\nresets: {}",
+            labs[index].explain_resets()
+        );
+    }
+}
+
+#[test]
+fn a_fleet_rollout_of_a_refusing_green_is_aborted_on_every_host() {
+    if !require_privileges("a_fleet_rollout_of_a_refusing_green_is_aborted_on_every_host") {
+        return;
+    }
+    let mut etcd = Etcd::start("fa");
+    let plan = web_rollout("steps = [20, 50, 100]\nevery = \"2s\"\nmin_flows = 5");
+    let mut labs = fleet("fa", &mut etcd, &[plan.clone(), plan.clone(), plan]);
+    for lab in &mut labs {
+        connected(lab);
+        // Green is deployed broken on every host: nothing listens, every SYN gets a RST.
+        lab.servers.remove(1);
+    }
+    let _clients: Vec<Client> = labs.iter().map(Client::start).collect();
+    let out = labs[0].cli(&["rollout", "start", "web", "--wait"]);
+    assert_eq!(
+        out.code, 6,
+        "--wait exits 6 on rollback: {}{}",
+        out.stdout, out.stderr
+    );
+    let report = rollout_status(&labs[2]);
+    assert_eq!(report.phase, Phase::Aborted, "{report:#?}");
+    let last = report.last.clone().unwrap();
+    assert_eq!(last.action, "abort");
+    assert!(last.reason.contains("failure ratio"), "{}", last.reason);
+    assert_eq!(report.step, 1, "rolled back at the first step");
+    all_at(&labs.iter().collect::<Vec<_>>(), 0, ColorName::Blue);
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_the_rollout_finishes() {
+    if !require_privileges("a_killed_leader_is_replaced_and_the_rollout_finishes") {
+        return;
+    }
+    let mut etcd = Etcd::start("fk");
+    let plan = web_rollout("steps = [10, 20, 30, 50, 100]\nevery = \"2s\"\nmin_flows = 5");
+    let mut labs = fleet("fk", &mut etcd, &[plan.clone(), plan.clone(), plan]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let clients: Vec<Client> = labs.iter().map(Client::start).collect();
+    labs[0].cli_ok(&["rollout", "start", "web"]);
+    // Mid-rollout: past the first step.
+    let before = rollout_until(&labs[0], Duration::from_secs(30), |report| report.step >= 2);
+    let name = leader(&etcd);
+    let killed = ["a", "b", "c"]
+        .iter()
+        .position(|host| *host == name)
+        .unwrap_or_else(|| panic!("leader `{name}` is one of the hosts"));
+    let step = before.step;
+    let killed_at = splitter::fleet::host::unix_ms();
+    labs[killed].kill_daemon();
+    let survivor = (killed + 1) % 3;
+    let taken_over = rollout_until(&labs[survivor], Duration::from_secs(30), |report| {
+        report
+            .history
+            .iter()
+            .any(|d| d.at_unix_ms > killed_at && d.reason.contains("leads the fleet's rollout"))
+    });
+    let first = taken_over
+        .history
+        .iter()
+        .find(|d| d.at_unix_ms > killed_at && d.reason.contains("leads the fleet's rollout"))
+        .unwrap();
+    let failover_ms = first.at_unix_ms - killed_at;
+    let new_leader = leader(&etcd);
+    assert_ne!(new_leader, name, "another host leads");
+    assert!(
+        first.reason.contains(&format!("host {new_leader} leads")),
+        "{}",
+        first.reason
+    );
+    assert!(
+        taken_over.step >= step,
+        "resumed at the same step (or later): {step} then {taken_over:#?}"
+    );
+    println!(
+        "FLEET leader failover (leader SIGKILLed -> new leader's first decision written): {:.2} s",
+        failover_ms as f64 / 1e3
+    );
+    assert!(
+        failover_ms < 10_000,
+        "failover within a few seconds: {failover_ms} ms"
+    );
+    let done = rollout_until(&labs[survivor], Duration::from_secs(60), |report| {
+        report.phase != Phase::Running
+    });
+    assert_eq!(done.phase, Phase::Completed, "{done:#?}");
+    let live: Vec<&Lab> = labs
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != killed)
+        .map(|(_, lab)| lab)
+        .collect();
+    all_at(&live, 1_000_000, ColorName::Green);
+    for (index, client) in clients.into_iter().enumerate() {
+        let (blue, green, failed) = client.finish();
+        assert!(
+            index == killed || (blue > 0 && green > 0 && failed.is_empty()),
+            "client through host {index}: {blue} blue, {green} green, failed {failed:?}"
+        );
+    }
 }

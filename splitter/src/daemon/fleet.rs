@@ -3,17 +3,19 @@
 //! control requests that go to the fleet (`set-weight`/`switch` with `[fleet]`, `switch
 //! --local`, `fleet status`, `fleet clear-override`) are answered here.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use super::{
     App, AppError,
+    rollouts::{RolloutError, now_unix_ms},
     shared::{Shared, SharedError},
 };
 use crate::{
     color::ColorName,
     config::Service,
-    control::protocol::Reply,
-    fleet::{Desired, Fleet, Target},
+    control::protocol::{Reply, Request},
+    fleet::{Desired, Fleet, FleetError, Target},
+    rollout::{Phase, Window},
     state::Admin,
 };
 
@@ -69,6 +71,21 @@ impl App {
     }
 }
 
+/// The `rollout` commands: with `[fleet]` they act on the fleet's rollout.
+pub(super) const fn is_rollout(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::RolloutStart { .. }
+            | Request::RolloutRetry { .. }
+            | Request::RolloutList
+            | Request::RolloutStatus { .. }
+            | Request::RolloutPause { .. }
+            | Request::RolloutResume { .. }
+            | Request::RolloutPromote { .. }
+            | Request::RolloutAbort { .. }
+    )
+}
+
 impl Target for Shared {
     type Error = SharedError;
 
@@ -91,6 +108,16 @@ impl Target for Shared {
         admin: Admin,
     ) -> Result<bool, SharedError> {
         self.with_app(|app| app.apply_backend_state(service, backend, admin))
+    }
+
+    fn signals(&self) -> Result<BTreeMap<String, Window>, SharedError> {
+        self.with_app(|app| {
+            let names: Vec<String> = app.config.services.iter().map(|s| s.name.clone()).collect();
+            names
+                .into_iter()
+                .map(|name| Ok((name.clone(), app.color_window(&name)?)))
+                .collect()
+        })
     }
 }
 
@@ -149,6 +176,94 @@ impl Shared {
             tracing::warn!(service, %color, "fleet: local override in force until `splitter fleet clear-override`");
         }
         Ok(Reply::Weight(change))
+    }
+
+    /// The `rollout` commands with `[fleet]`: the rollout is the fleet's, in etcd (started
+    /// from this host's plan and weight in force, judged by the leader, `fleet/leader.rs`).
+    pub(super) async fn fleet_rollout(&self, request: Request) -> Result<Reply, SharedError> {
+        let fleet = self.fleet()?;
+        let rollout = match request {
+            Request::RolloutStart {
+                service,
+                overrides,
+                from_current,
+            } => {
+                let (definition, (rollout, action)) = self.with_app(|app| {
+                    Ok((
+                        app.definition(&service)?,
+                        app.rollout_draft(&service, &overrides, from_current)?,
+                    ))
+                })?;
+                fleet
+                    .start_rollout(&definition, &rollout, action, true)
+                    .await?;
+                rollout
+            }
+            Request::RolloutRetry { service } => {
+                let last = fleet.rollout(&service).await?.rollout;
+                if last.phase != Phase::Aborted {
+                    return Err(AppError::from(RolloutError::NothingToRetry {
+                        service,
+                        phase: super::rollouts::phase_name(last.phase),
+                    })
+                    .into());
+                }
+                let (definition, (rollout, action)) = self.with_app(|app| {
+                    Ok((
+                        app.definition(&service)?,
+                        app.draft_plan(&service, last.plan, last.from_current)?,
+                    ))
+                })?;
+                fleet
+                    .start_rollout(&definition, &rollout, action, true)
+                    .await?;
+                rollout
+            }
+            Request::RolloutStatus { service } => fleet.rollout(&service).await?.rollout,
+            Request::RolloutPause { service } => {
+                fleet
+                    .change_rollout(&service, |rollout| {
+                        rollout.pause(now_unix_ms(), "paused by the operator")
+                    })
+                    .await?
+            }
+            // The leader starts a fresh window on the fleet's sums at its next tick.
+            Request::RolloutResume { service } => {
+                fleet
+                    .change_rollout(&service, |rollout| {
+                        rollout.resume(now_unix_ms(), Window::default(), "resumed by the operator")
+                    })
+                    .await?
+            }
+            Request::RolloutPromote { service, full } => {
+                fleet
+                    .change_rollout(&service, |rollout| {
+                        rollout.promote(now_unix_ms(), Window::default(), full)
+                    })
+                    .await?
+            }
+            Request::RolloutAbort {
+                service,
+                cut: false,
+            } => {
+                fleet
+                    .change_rollout(&service, |rollout| {
+                        rollout.abort(now_unix_ms(), "aborted by the operator")
+                    })
+                    .await?
+            }
+            Request::RolloutAbort { cut: true, .. } => {
+                return Err(FleetError::NotForFleet {
+                    what: "`rollout abort --cut`",
+                }
+                .into());
+            }
+            other => {
+                return Err(FleetError::NotForFleet { what: other.name() }.into());
+            }
+        };
+        let report = self.with_app(|app| Ok(app.rollout_report(&rollout)))?;
+        Ok(Reply::Rollout(Box::new(report)))
     }
 
     pub(super) async fn fleet_status(&self) -> Result<Reply, SharedError> {

@@ -69,7 +69,7 @@ pub enum RolloutError {
     None { service: String },
 }
 
-fn phase_name(phase: Phase) -> &'static str {
+pub(super) fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Running => "running",
         Phase::Paused => "paused",
@@ -80,7 +80,7 @@ fn phase_name(phase: Phase) -> &'static str {
 
 impl App {
     /// The service's counters per color, summed over its backends (absolute).
-    fn color_window(&self, name: &str) -> Result<Window, AppError> {
+    pub(super) fn color_window(&self, name: &str) -> Result<Window, AppError> {
         let address = self.service_address(name)?;
         let mut window = Window::default();
         let Some(installed) = self.installed.get(&address) else {
@@ -190,16 +190,9 @@ impl App {
         overrides: &Overrides,
         from_current: bool,
     ) -> Result<RolloutReport, AppError> {
-        let configured = self
-            .config
-            .service(name)
-            .map(|service| service.rollout.clone());
-        let Some(configured) = configured else {
-            self.service_address(name)?;
-            unreachable!("service_address refuses unknown services");
-        };
-        let plan = overrides.apply(&configured).map_err(RolloutError::Plan)?;
-        self.start_plan(name, plan, from_current)
+        let (rollout, action) = self.rollout_draft(name, overrides, from_current)?;
+        self.commit(&rollout, action, 0)?;
+        self.rollout_status(name)
     }
 
     /// Starts the plan of the service's last aborted rollout again, from the stable color.
@@ -231,6 +224,39 @@ impl App {
         plan: crate::rollout::Plan,
         from_current: bool,
     ) -> Result<RolloutReport, AppError> {
+        let (rollout, action) = self.draft_plan(name, plan, from_current)?;
+        self.commit(&rollout, action, 0)?;
+        self.rollout_status(name)
+    }
+
+    /// A new rollout of `name` with the service's configured plan and `overrides`, from the
+    /// weight in force, not committed yet (FLEET: the fleet writes it to etcd instead).
+    pub(super) fn rollout_draft(
+        &self,
+        name: &str,
+        overrides: &Overrides,
+        from_current: bool,
+    ) -> Result<(Rollout, Action), AppError> {
+        let configured = self
+            .config
+            .service(name)
+            .map(|service| service.rollout.clone());
+        let Some(configured) = configured else {
+            self.service_address(name)?;
+            unreachable!("service_address refuses unknown services");
+        };
+        let plan = overrides.apply(&configured).map_err(RolloutError::Plan)?;
+        self.draft_plan(name, plan, from_current)
+    }
+
+    /// A rollout of `plan` from this host's weight in force and stable color; refused while
+    /// one runs here.
+    pub(super) fn draft_plan(
+        &self,
+        name: &str,
+        plan: crate::rollout::Plan,
+        from_current: bool,
+    ) -> Result<(Rollout, Action), AppError> {
         let (address, _) = self.service_address(name)?;
         if let Some(existing) = self.state.rollouts.get(name)
             && matches!(existing.phase, Phase::Running | Phase::Paused)
@@ -264,13 +290,14 @@ impl App {
             current_weight: current,
             from_current,
         };
-        let (rollout, action) = Rollout::start(name, plan, start, now_unix_ms(), counters)
-            .map_err(|source| RolloutError::Start {
-                service: name.to_owned(),
-                source,
-            })?;
-        self.commit(&rollout, action, 0)?;
-        self.rollout_status(name)
+        Ok(
+            Rollout::start(name, plan, start, now_unix_ms(), counters).map_err(|source| {
+                RolloutError::Start {
+                    service: name.to_owned(),
+                    source,
+                }
+            })?,
+        )
     }
 
     /// One analysis tick of every running rollout. `checks` holds the external checks'
@@ -387,8 +414,14 @@ impl App {
 
     pub fn rollout_status(&self, name: &str) -> Result<RolloutReport, AppError> {
         let rollout = self.rollout(name)?;
+        Ok(self.rollout_report(&rollout))
+    }
+
+    /// Where `rollout` stands (this host's rollout, or the fleet's).
+    pub(super) fn rollout_report(&self, rollout: &Rollout) -> RolloutReport {
+        let name = rollout.service.as_str();
         let now = now_unix_ms();
-        Ok(RolloutReport {
+        RolloutReport {
             service: name.to_owned(),
             phase: rollout.phase,
             canary: rollout.canary,
@@ -412,7 +445,7 @@ impl App {
             blue: (&rollout.window.blue).into(),
             last: rollout.last_decision().cloned(),
             history: rollout.history.clone(),
-        })
+        }
     }
 
     /// After a restart: running rollouts go on at their step with a fresh window — unless

@@ -60,7 +60,10 @@ impl SharedError {
             SharedError::App(error) => error.kind(),
             SharedError::Fleet(
                 crate::fleet::FleetError::Mismatch { .. }
-                | crate::fleet::FleetError::NoOverride { .. },
+                | crate::fleet::FleetError::NoOverride { .. }
+                | crate::fleet::FleetError::NoRollout { .. }
+                | crate::fleet::FleetError::RolloutBusy { .. }
+                | crate::fleet::FleetError::NotForFleet { .. },
             )
             | SharedError::NoFleet => ErrorKind::InvalidArgument,
             SharedError::Unloaded | SharedError::Fleet(_) => ErrorKind::Runtime,
@@ -166,6 +169,10 @@ impl Shared {
             },
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Unload => self.unload().map(Reply::Unloaded),
+            // FLEET: with `[fleet]`, rollouts are the fleet's (`daemon/fleet.rs`).
+            request if self.fleet.is_some() && super::fleet::is_rollout(&request) => {
+                self.fleet_rollout(request).await
+            }
             Request::RolloutStart {
                 service,
                 overrides,

@@ -8,6 +8,9 @@
 //!                                        "draining" (no key: ready); one key per backend, so
 //!                                        weight and backend writes never overwrite each other
 //! /<fleet>/hosts/<host>                  each live host's record: JSON `HostRecord`, under a lease
+//! /<fleet>/services/<service>/rollout    the fleet's rollout of the service: JSON `FleetRollout`
+//! /<fleet>/leader                        the rollout leader's host name, under its lease
+//! /<fleet>/signals/<host>                each live host's rollout signals: JSON `HostSignals`
 //! ```
 
 /// The keys of one fleet.
@@ -54,6 +57,24 @@ impl Keys {
         format!("{}{service}/backends/{backend}", self.services())
     }
 
+    pub fn rollout(&self, service: &str) -> String {
+        format!("{}{service}/rollout", self.services())
+    }
+
+    /// The rollout leadership (created under the leader's lease, gone when it lapses).
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.root)
+    }
+
+    /// Prefix of the hosts' published rollout signals.
+    pub fn signals(&self) -> String {
+        format!("{}signals/", self.root)
+    }
+
+    pub fn host_signals(&self, host: &str) -> String {
+        format!("{}{host}", self.signals())
+    }
+
     /// Prefix of the host records.
     pub fn hosts(&self) -> String {
         format!("{}hosts/", self.root)
@@ -61,6 +82,13 @@ impl Keys {
 
     pub fn host(&self, host: &str) -> String {
         format!("{}{host}", self.hosts())
+    }
+
+    /// The service whose rollout `key` holds (`None`: not a rollout key).
+    pub fn parse_rollout_key<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.services().as_str())?
+            .strip_suffix("/rollout")
+            .filter(|service| !service.contains('/'))
     }
 
     /// Which service key `key` is (`None`: not one of ours).
@@ -88,6 +116,16 @@ mod tests {
         let keys = Keys::new("edge");
         assert_eq!(keys.desired("web"), "/edge/services/web/desired");
         assert_eq!(keys.host("a"), "/edge/hosts/a");
+        assert_eq!(keys.rollout("web"), "/edge/services/web/rollout");
+        assert_eq!(keys.leader(), "/edge/leader");
+        assert_eq!(keys.host_signals("a"), "/edge/signals/a");
+        // The rollout key is under the watched prefix but is not desired state.
+        assert_eq!(keys.parse_service_key("/edge/services/web/rollout"), None);
+        assert_eq!(
+            keys.parse_rollout_key("/edge/services/web/rollout"),
+            Some("web")
+        );
+        assert_eq!(keys.parse_rollout_key("/edge/services/web/desired"), None);
         assert_eq!(
             keys.parse_service_key("/edge/services/web/definition"),
             Some(ServiceKey::Definition("web"))

@@ -14,13 +14,25 @@
 //! - `keys.rs` the key layout, `desired.rs` the desired state of a service, `host.rs` the
 //!   host record and the definition hash, `local.rs` what is kept in `state_dir`,
 //!   `store.rs` the etcd connection, `watch.rs` the session (load, watch, apply, publish),
-//!   `write.rs` the CLI's writes and `fleet status`, `report.rs` what the control API returns.
+//!   `write.rs` the CLI's writes and `fleet status`, `report.rs` what the control API returns,
+//!   `rollout.rs` the fleet's rollouts in etcd (start, abort, ...), `leader.rs` the rollout
+//!   leadership (election under a lease) and the leader's judging, `signals.rs` what each
+//!   host publishes for it and the sum over the live hosts.
+//!
+//! One rollout for the fleet: `rollout start` on any host writes the rollout to etcd; the one
+//! daemon that holds the leadership (a key created under its lease, `leader.rs`) judges it on
+//! the signals summed over every live host and writes each decision as desired state, which
+//! every host applies like any fleet write. When the leader dies its lease lapses, another
+//! daemon wins the key and resumes at the same step with a fresh window.
 
 pub mod desired;
 pub mod host;
 pub mod keys;
+mod leader;
 mod local;
 pub mod report;
+pub mod rollout;
+pub mod signals;
 mod store;
 mod watch;
 mod write;
@@ -33,7 +45,7 @@ use std::{
 
 use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 
-pub use self::{desired::Desired, watch::run};
+pub use self::{desired::Desired, leader::lead, watch::run};
 use self::{keys::Keys, local::LocalFleet, report::FleetLocalStatus};
 use crate::{
     color::ColorName,
@@ -71,12 +83,28 @@ pub enum FleetError {
     BadValue { key: String, problem: String },
     #[error("the watch of the fleet's desired state ended")]
     WatchEnded,
+    #[error("the rollout leadership lease expired")]
+    LeaseLost,
     #[error("applying the fleet's desired state of `{service}`: {message}")]
     Apply { service: String, message: String },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("no local override on service `{service}`")]
     NoOverride { service: String },
+    #[error(
+        "service `{service}` already has a running or paused fleet rollout (last written by host `{host}`): abort it or let it finish first"
+    )]
+    RolloutBusy { service: String, host: String },
+    #[error(
+        "service `{service}` has no fleet rollout (start one with `splitter rollout start {service}`)"
+    )]
+    NoRollout { service: String },
+    #[error(
+        "service `{service}`: the fleet's rollout changed while this command wrote it: run it again"
+    )]
+    RolloutConflict { service: String },
+    #[error("{what} is not available for fleet rollouts yet")]
+    NotForFleet { what: &'static str },
 }
 
 impl FleetError {
@@ -106,6 +134,10 @@ pub trait Target: Send + Sync + 'static {
         backend: std::net::SocketAddr,
         admin: crate::state::Admin,
     ) -> Result<bool, Self::Error>;
+
+    /// Each service's rollout signals per color, absolute (what this host publishes for the
+    /// fleet's rollouts).
+    fn signals(&self) -> Result<BTreeMap<String, crate::rollout::Window>, Self::Error>;
 }
 
 /// The fleet's gauges (`splitter_fleet_*`).
@@ -166,6 +198,7 @@ impl Fleet {
             overrides: local.overrides,
             mismatched: BTreeMap::new(),
             seed_mismatch: false,
+            rollout_leader: false,
             last_error: Some("not connected yet".to_owned()),
         };
         let metrics = FleetMetrics::default();
@@ -211,6 +244,10 @@ impl Fleet {
                 .clone()
                 .unwrap_or_else(|| "no session".to_owned()),
         })
+    }
+
+    fn set_leading(&self, leading: bool) {
+        self.lock().rollout_leader = leading;
     }
 
     fn set_connected(&self, client: Option<etcd_client::Client>, error: Option<String>) {

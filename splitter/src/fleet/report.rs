@@ -25,6 +25,9 @@ pub struct FleetLocalStatus {
     /// The fleet's seed differs from the one this data plane runs: fleet changes are not
     /// applied at all.
     pub seed_mismatch: bool,
+    /// This host holds the rollout leadership (it judges and decides the fleet's rollouts).
+    #[serde(default)]
+    pub rollout_leader: bool,
     /// Why the host is disconnected, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

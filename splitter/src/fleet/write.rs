@@ -44,6 +44,49 @@ impl Fleet {
             green_weight = desired.green_weight,
             "fleet: desired state written"
         );
+        self.wait_applied(&mut client, service, &desired, revision, wait)
+            .await
+    }
+
+    /// Refuses a fleet write of a service whose definition here differs from the fleet's (the
+    /// fleet's definition is written by the first host that knows the service).
+    pub(super) async fn agree_on_definition(
+        &self,
+        client: &mut Client,
+        definition: &Service,
+    ) -> Result<(), FleetError> {
+        let service = definition.name.as_str();
+        if let Some((local, fleet)) = self.lock().mismatched.get(service) {
+            return Err(FleetError::Mismatch {
+                service: service.to_owned(),
+                local: local.clone(),
+                fleet: fleet.clone(),
+            });
+        }
+        let local = definition_hash(definition);
+        let fleet_hash =
+            super::watch::create_or_get(client, self.keys.definition(service), local.clone())
+                .await?;
+        if fleet_hash != local {
+            return Err(FleetError::Mismatch {
+                service: service.to_owned(),
+                local,
+                fleet: fleet_hash,
+            });
+        }
+        Ok(())
+    }
+
+    /// With `wait`, waits up to `[fleet] wait` until every live host applied `revision`;
+    /// says which hosts did, which are behind and which leave the service alone.
+    pub(super) async fn wait_applied(
+        &self,
+        client: &mut Client,
+        service: &str,
+        desired: &Desired,
+        revision: i64,
+        wait: bool,
+    ) -> Result<FleetWrite, FleetError> {
         let mut outcome = FleetWrite {
             service: service.to_owned(),
             green_weight: desired.green_weight,
@@ -55,7 +98,7 @@ impl Fleet {
             behind: Vec::new(),
             left_alone: Vec::new(),
         };
-        self.await_hosts(&mut client, &mut outcome).await?;
+        self.await_hosts(client, &mut outcome).await?;
         Ok(outcome)
     }
 
@@ -108,26 +151,7 @@ impl Fleet {
     /// differs from the fleet's (the fleet's is written by the first host that knows it).
     async fn writable(&self, definition: &Service) -> Result<Client, FleetError> {
         let mut client = self.client()?;
-        let service = definition.name.as_str();
-        if let Some((local, fleet)) = self.lock().mismatched.get(service) {
-            return Err(FleetError::Mismatch {
-                service: service.to_owned(),
-                local: local.clone(),
-                fleet: fleet.clone(),
-            });
-        }
-        // The fleet's definition is written by the first host that knows the service.
-        let local = definition_hash(definition);
-        let fleet_hash =
-            super::watch::create_or_get(&mut client, self.keys.definition(service), local.clone())
-                .await?;
-        if fleet_hash != local {
-            return Err(FleetError::Mismatch {
-                service: service.to_owned(),
-                local,
-                fleet: fleet_hash,
-            });
-        }
+        self.agree_on_definition(&mut client, definition).await?;
         Ok(client)
     }
 
