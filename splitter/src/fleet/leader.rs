@@ -274,11 +274,7 @@ async fn read_running(
         if fleet.keys.parse_rollout_key(key).is_none() {
             continue;
         }
-        let stored: FleetRollout =
-            serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
-                key: key.to_owned(),
-                problem: error.to_string(),
-            })?;
+        let stored: FleetRollout = super::store::decode(kv)?;
         if stored.rollout.phase == Phase::Running {
             running.push((stored.rollout, kv.mod_revision()));
         }
@@ -297,18 +293,10 @@ async fn leads(fleet: &Fleet, client: &mut Client, lease: i64) -> Result<bool, F
 
 /// The live hosts' published signals.
 async fn read_signals(fleet: &Fleet, client: &mut Client) -> Result<Vec<HostSignals>, FleetError> {
-    let response = client
-        .get(fleet.keys.signals(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(FleetError::store("reading the hosts' rollout signals"))?;
-    response
-        .kvs()
-        .iter()
-        .map(|kv| {
-            serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
-                key: kv.key_str().unwrap_or_default().to_owned(),
-                problem: error.to_string(),
-            })
-        })
-        .collect()
+    super::store::read_prefix(
+        client,
+        fleet.keys.signals(),
+        "reading the hosts' rollout signals",
+    )
+    .await
 }

@@ -87,14 +87,7 @@ impl Fleet {
         response
             .kvs()
             .first()
-            .map(|kv| {
-                serde_json::from_slice(kv.value())
-                    .map(|stored| (stored, kv.mod_revision()))
-                    .map_err(|error| FleetError::BadValue {
-                        key: key.clone(),
-                        problem: error.to_string(),
-                    })
-            })
+            .map(|kv| super::store::decode(kv).map(|stored| (stored, kv.mod_revision())))
             .transpose()
     }
 

@@ -50,3 +50,24 @@ pub async fn connect(config: &FleetConfig) -> Result<Client, FleetError> {
         .map_err(FleetError::store("reaching"))?;
     Ok(client)
 }
+
+/// A stored JSON value, or [`FleetError::BadValue`] naming its key.
+pub fn decode<T: serde::de::DeserializeOwned>(kv: &etcd_client::KeyValue) -> Result<T, FleetError> {
+    serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
+        key: kv.key_str().unwrap_or_default().to_owned(),
+        problem: error.to_string(),
+    })
+}
+
+/// Every JSON value under `prefix` (`what` names them in the error).
+pub async fn read_prefix<T: serde::de::DeserializeOwned>(
+    client: &mut Client,
+    prefix: String,
+    what: &'static str,
+) -> Result<Vec<T>, FleetError> {
+    let response = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .map_err(FleetError::store(what))?;
+    response.kvs().iter().map(decode).collect()
+}

@@ -251,23 +251,8 @@ fn handle<T: Target>(
             if !session.definitions.contains_key(service) {
                 return Ok(());
             }
-            let desired: Desired =
-                serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
-                    key: key.to_owned(),
-                    problem: error.to_string(),
-                })?;
-            let skip = {
-                let status = fleet.lock();
-                if status.seed_mismatch {
-                    Some("the hash seed differs from the fleet's")
-                } else if status.overrides.contains_key(service) {
-                    Some("a local override is in force (`splitter fleet clear-override`)")
-                } else if status.mismatched.contains_key(service) {
-                    Some("its definition differs from the fleet's")
-                } else {
-                    None
-                }
-            };
+            let desired: Desired = super::store::decode(kv)?;
+            let skip = not_applied(&fleet.lock(), service, true);
             if let Some(reason) = skip {
                 tracing::warn!(
                     service,
@@ -358,16 +343,7 @@ fn apply_backend<T: Target>(
     if !session.definitions.contains_key(service) {
         return Ok(());
     }
-    let skip = {
-        let status = fleet.lock();
-        if status.seed_mismatch {
-            Some("the hash seed differs from the fleet's")
-        } else if status.mismatched.contains_key(service) {
-            Some("its definition differs from the fleet's")
-        } else {
-            None
-        }
-    };
+    let skip = not_applied(&fleet.lock(), service, false);
     if let Some(reason) = skip {
         tracing::warn!(service, %backend, revision, reason, "fleet: backend state not applied on this host");
         return Ok(());
@@ -452,5 +428,24 @@ fn apply_error<E: std::error::Error>(what: &'static str) -> impl Fn(E) -> FleetE
     move |error| FleetError::Apply {
         service: what.to_owned(),
         message: error.to_string(),
+    }
+}
+
+/// Why a fleet change of `service` is not applied on this host, if it is not: another hash
+/// seed, a definition that differs from the fleet's, or (for weights and colors, when
+/// `overrides_count`) a `switch --local` override in force.
+fn not_applied(
+    status: &super::report::FleetLocalStatus,
+    service: &str,
+    overrides_count: bool,
+) -> Option<&'static str> {
+    if status.seed_mismatch {
+        Some("the hash seed differs from the fleet's")
+    } else if overrides_count && status.overrides.contains_key(service) {
+        Some("a local override is in force (`splitter fleet clear-override`)")
+    } else if status.mismatched.contains_key(service) {
+        Some("its definition differs from the fleet's")
+    } else {
+        None
     }
 }

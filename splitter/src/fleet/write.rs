@@ -197,20 +197,7 @@ impl Fleet {
 
     /// Every live host's record.
     async fn hosts(&self, client: &mut Client) -> Result<Vec<HostRecord>, FleetError> {
-        let response = client
-            .get(self.keys.hosts(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(FleetError::store("reading the host records"))?;
-        response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                serde_json::from_slice(kv.value()).map_err(|error| FleetError::BadValue {
-                    key: kv.key_str().unwrap_or_default().to_owned(),
-                    problem: error.to_string(),
-                })
-            })
-            .collect()
+        super::store::read_prefix(client, self.keys.hosts(), "reading the host records").await
     }
 
     /// `fleet status`: the live hosts, their versions, definitions, applied revisions, lag
