@@ -10,7 +10,9 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use splitter_common::{BackendKey, Family, MAX_SHARING, Reason, ReverseValue, reverse_flags};
+use splitter_common::{
+    BackendKey, Family, FlowState, MAX_SHARING, Reason, ReverseValue, reverse_flags,
+};
 
 use crate::{
     counters::{self, Direction},
@@ -82,13 +84,17 @@ pub fn handle(ctx: &TcContext) {
 }
 
 /// The service a shared backend's reply answers for: the candidate whose client flow (`FLOWS`,
-/// then `PENDING`) is pinned to this backend; none (evicted, or begun on another host): the
-/// first candidate, `first` (the first service of the config that uses the backend).
+/// then `PENDING`) is pinned to this backend, an open flow before a closed one; none (evicted,
+/// or begun on another host): the first candidate, `first` (the first service of the config
+/// that uses the backend).
 #[inline(always)]
 fn shared_service(key: &BackendKey, packet: &Packet, first: ReverseValue) -> ReverseValue {
     let Some(shared) = (unsafe { SHARED_REVERSE.get(key) }) else {
         return first;
     };
+    // A closed flow of another service on the same client port (Linux reuses a source port
+    // toward another destination) answers only when no open flow does.
+    let mut closed = None;
     let mut index = 0;
     // Bounded by MAX_SHARING (the verifier sees a constant bound), then by `count`.
     while index < MAX_SHARING {
@@ -100,11 +106,16 @@ fn shared_service(key: &BackendKey, packet: &Packet, first: ReverseValue) -> Rev
             && flow.backend_addr == packet.ip.src
             && flow.backend_port == packet.src_port
         {
-            return candidate;
+            if flow.state != FlowState::Closed as u8 {
+                return candidate;
+            }
+            if closed.is_none() {
+                closed = Some(candidate);
+            }
         }
         index += 1;
     }
-    first
+    closed.unwrap_or(first)
 }
 
 /// SNAT back to the service: source address and port, L4 checksum (pseudo-header included),
