@@ -26,7 +26,10 @@ pub use backend::{
 pub use counters::{
     BackendCounters, DirectionCounters, Forwarding, Reason, ServiceCounters, Signals,
 };
-pub use flow::{FlowKey, FlowState, FlowValue, flow_flags};
+pub use flow::{
+    FlowEntry, FlowEntry4, FlowEntry6, FlowKey, FlowKey4, FlowKey6, FlowState, FlowValue,
+    PendingEntry, PendingEntry4, PendingEntry6, TableAddr, TableKey, flow_flags,
+};
 pub use select::Choice;
 pub use service::{
     Cohort, OverrideKey, OverrideValue, Pool, ServiceConfig, ServiceKey, WEIGHT_HISTORY,
@@ -49,7 +52,12 @@ pod!(
     WeightChange,
     Backend,
     FlowKey,
-    FlowValue,
+    FlowKey4,
+    FlowKey6,
+    FlowEntry4,
+    FlowEntry6,
+    PendingEntry4,
+    PendingEntry6,
     ReverseValue,
     BackendKey,
     BackendCounters,
@@ -79,7 +87,12 @@ size_is!(
     OverrideKey => 20,
     OverrideValue => 4,
     FlowKey => 40,
-    FlowValue => 40,
+    FlowKey4 => 16,
+    FlowKey6 => 40,
+    FlowEntry4 => 16,
+    FlowEntry6 => 28,
+    PendingEntry4 => 24,
+    PendingEntry6 => 36,
     DirectionCounters => 40,
     BackendCounters => 256,
     ServiceCounters => 16,

@@ -7,12 +7,16 @@ pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
 /// `POOLS`: pool slot → backend id.
 pub const POOLS: &str = "POOLS";
-/// `FLOWS` (LRU): verified flows, [`crate::FlowKey`] → [`crate::FlowValue`] (states
+/// `FLOWS` (LRU): verified IPv4 flows, [`crate::FlowKey4`] → [`crate::FlowEntry4`] (states
 /// `Established`, `Closing`, `Closed`). Only a promotion from `PENDING` inserts here.
 pub const FLOWS: &str = "FLOWS";
-/// `PENDING` (LRU): unverified flows, [`crate::FlowKey`] → [`crate::FlowValue`] (states
-/// `Pending`, `SynAcked`, `Unverified`, `Udp`): what spoofed traffic can fill.
+/// `FLOWS6` (LRU): verified IPv6 flows, [`crate::FlowKey6`] → [`crate::FlowEntry6`].
+pub const FLOWS6: &str = "FLOWS6";
+/// `PENDING` (LRU): unverified IPv4 flows, [`crate::FlowKey4`] → [`crate::PendingEntry4`]
+/// (states `Pending`, `SynAcked`, `Unverified`, `Udp`): what spoofed traffic can fill.
 pub const PENDING: &str = "PENDING";
+/// `PENDING6` (LRU): unverified IPv6 flows, [`crate::FlowKey6`] → [`crate::PendingEntry6`].
+pub const PENDING6: &str = "PENDING6";
 /// `UNVERIFIED_SINCE[0]`: `bpf_ktime_get_ns` of the last `Unverified` insert into `PENDING`;
 /// the egress program looks up `PENDING` for a data reply only shortly after one.
 pub const UNVERIFIED_SINCE: &str = "UNVERIFIED_SINCE";
@@ -42,12 +46,14 @@ pub const FORWARDING: &str = "FORWARDING";
 
 /// Every map of the data plane, in the order they are pinned and opened: the daemon pins
 /// exactly these (and the read-only globals), nothing else of the object.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 17] = [
     SERVICES,
     BACKENDS,
     POOLS,
     FLOWS,
+    FLOWS6,
     PENDING,
+    PENDING6,
     UNVERIFIED_SINCE,
     BACKEND_REVERSE,
     BACKEND_COUNTERS,
@@ -81,10 +87,11 @@ pub const MAX_REDIRECT_PORTS: u32 = 64;
 pub const MAX_SHARED_BACKENDS: u32 = 1024;
 /// Capacity of `OVERRIDES` (prefixes over all services).
 pub const MAX_OVERRIDES: u32 = 16_384;
-/// Default capacity of `FLOWS` (the config's `flow_table_size`).
+/// Default capacity of `FLOWS` and of `FLOWS6` (the config's `flow_table_size`: each family's
+/// table holds that many flows).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
-/// Default capacity of `PENDING` (the config's `pending_table_size`): a quarter of the flow
-/// table's default.
+/// Default capacity of `PENDING` and of `PENDING6` (the config's `pending_table_size`): a
+/// quarter of the flow table's default.
 pub const DEFAULT_PENDING_TABLE_SIZE: u32 = DEFAULT_FLOW_TABLE_SIZE / 4;
 /// A UDP flow idle this long is gone: its next packet is chosen afresh (`udp_idle_timeout`).
 pub const DEFAULT_UDP_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;

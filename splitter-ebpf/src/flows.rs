@@ -1,4 +1,5 @@
-//! The flow state machine (see `splitter_common::flow`). `FLOWS` holds verified flows only and
+//! The flow state machine (see `splitter_common::flow`), written once for both families'
+//! tables (`tables.rs`). `FLOWS` holds verified flows only and
 //! only a promotion from `PENDING` inserts there: the client's ACK of the backend's SYN-ACK
 //! (ingress), or a non-RST answer of the backend to an unverified mid-flow flow (egress).
 //! Spoofed packets can fill `PENDING`, never displace an established flow, and never re-pin
@@ -14,16 +15,19 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use splitter_common::{
-    FlowKey, FlowState, FlowValue, Reason, ReverseValue, ServiceConfig,
+    Addr, Family, FlowEntry, FlowKey, FlowState, PendingEntry, Reason, ReverseValue,
+    ServiceConfig, TableAddr, TableKey,
+    flow::{fine_stamp, stamp, stamp_age_ns},
     flow_flags::{BACKEND_FIN, CLIENT_FIN, RESET},
 };
 
 use crate::{
     counters,
-    maps::{FLOWS, PENDING, UNVERIFIED_SINCE},
+    maps::UNVERIFIED_SINCE,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     select::{self, Start},
     signals,
+    tables::{Tables, V4, V6},
 };
 
 /// Set by the daemon at load time (`UDP_IDLE_TIMEOUT_GLOBAL`).
@@ -33,6 +37,25 @@ static UDP_IDLE_TIMEOUT_NS: u64 = splitter_common::maps::DEFAULT_UDP_IDLE_TIMEOU
 /// How long after the last unverified insert the egress program looks for unverified flows to
 /// promote on plain data replies (FIN, RST and SYN-ACK replies always look).
 pub const UNVERIFIED_GATE_NS: u64 = 10_000_000_000;
+
+/// What the packet paths need of a flow: where it goes, and where it stands.
+#[derive(Clone, Copy)]
+pub struct Pin {
+    pub backend_addr: Addr,
+    pub backend_port: u16,
+    pub backend_id: u32,
+    pub state: u8,
+}
+
+#[inline(always)]
+fn pin<A: TableAddr>(entry: &FlowEntry<A>) -> Pin {
+    Pin {
+        backend_addr: entry.backend_addr.addr(),
+        backend_port: entry.backend_port,
+        backend_id: entry.backend_id as u32,
+        state: entry.state,
+    }
+}
 
 #[inline(always)]
 const fn is_syn(flags: u8) -> bool {
@@ -52,7 +75,7 @@ fn state_of_fins(flags: u8) -> u8 {
 
 /// Ingress, a client's FIN or RST on a verified flow that is not closed.
 #[inline(always)]
-fn client_closes(flow: &mut FlowValue, tcp_flags: u8) {
+fn client_closes<A>(flow: &mut FlowEntry<A>, tcp_flags: u8) {
     if tcp_flags & TCP_RST != 0 {
         // The pin stays: a forged RST must not re-route the real flow (see `RESET`).
         flow.state = FlowState::Closed as u8;
@@ -71,19 +94,32 @@ pub fn tcp(
     config: &ServiceConfig,
     key: &FlowKey,
     packet: &Packet,
-) -> Result<(Reason, FlowValue), Reason> {
+) -> Result<(Reason, Pin), Reason> {
+    match packet.ip.family {
+        Family::Ipv4 => tcp_in::<V4>(config, key, packet),
+        Family::Ipv6 => tcp_in::<V6>(config, key, packet),
+    }
+}
+
+#[inline(always)]
+fn tcp_in<T: Tables>(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    packet: &Packet,
+) -> Result<(Reason, Pin), Reason> {
     let flags = packet.tcp_flags;
-    if let Some(pinned) = FLOWS.get_ptr_mut(key) {
+    let table_key = T::key(key);
+    if let Some(pinned) = T::flows().get_ptr_mut(&table_key) {
         let pinned = unsafe { &mut *pinned };
         if pinned.state != FlowState::Closed as u8 {
             if flags & (TCP_FIN | TCP_RST) != 0 {
                 client_closes(pinned, flags);
             }
-            return Ok((Reason::Established, *pinned));
+            return Ok((Reason::Established, pin(pinned)));
         }
         if !is_syn(flags) {
             // The ACK completing a new handshake on this reused tuple moves the pin.
-            if let Some(flow) = complete(key, packet) {
+            if let Some(flow) = complete::<T>(&table_key, packet) {
                 return Ok((Reason::Established, flow));
             }
             if flags & TCP_RST == 0 && pinned.flags & RESET != 0 {
@@ -92,76 +128,91 @@ pub fn tcp(
                 pinned.state = FlowState::Established as u8;
                 client_closes(pinned, flags);
             }
-            return Ok((Reason::Established, *pinned));
+            return Ok((Reason::Established, pin(pinned)));
         }
         // A SYN on a closed flow: a new connection on the reused tuple, chosen afresh below.
     }
-    unverified(config, key, packet)
+    unverified::<T>(config, key, &table_key, packet)
+}
+
+#[inline(always)]
+fn pending_entry<A>(flow: FlowEntry<A>) -> PendingEntry<A> {
+    PendingEntry {
+        flow,
+        synack_seq: 0,
+        handshake: fine_stamp(unsafe { bpf_ktime_get_ns() }),
+    }
 }
 
 /// `PENDING`, then a new choice: handshakes, mid-flow misses.
 #[inline(always)]
-fn unverified(
+fn unverified<T: Tables>(
     config: &ServiceConfig,
     key: &FlowKey,
+    table_key: &TableKey<T::A>,
     packet: &Packet,
-) -> Result<(Reason, FlowValue), Reason> {
+) -> Result<(Reason, Pin), Reason> {
     let flags = packet.tcp_flags;
     let syn = is_syn(flags);
-    if syn && let Ok((_, flow)) = new_flow(config, key, Start::Now, FlowState::Pending) {
+    if syn && let Ok((_, flow)) = new_flow::<T::A>(config, key, Start::Now, FlowState::Pending) {
         // The common SYN opens a handshake: one insert that fails if the tuple is held already
         // (a retransmission), instead of a lookup before every insert.
-        if PENDING.insert(key, flow, BPF_NOEXIST as u64).is_ok() {
-            return Ok((Reason::NewFlow, flow));
+        if T::pending()
+            .insert(table_key, pending_entry(flow), BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return Ok((Reason::NewFlow, pin(&flow)));
         }
     }
-    if let Some(entry) = PENDING.get_ptr_mut(key) {
+    if let Some(entry) = T::pending().get_ptr_mut(table_key) {
         let entry = unsafe { &mut *entry };
-        if let Some(flow) = complete_entry(key, entry, packet) {
+        if let Some(flow) = complete_entry::<T>(table_key, entry, packet) {
             return Ok((Reason::Established, flow));
         }
-        if syn && entry.state == FlowState::Pending as u8 {
+        if syn && entry.flow.state == FlowState::Pending as u8 {
             signals::syn_retransmitted(entry);
         }
-        return Ok((Reason::Established, *entry));
+        return Ok((Reason::Established, pin(&entry.flow)));
     }
     if syn {
         // Not held after all (the insert above failed for want of memory, or the pool is
         // empty): the flow goes unheld; its next packet takes the same choice again while the
         // weight is unchanged.
-        let flow = new_flow(config, key, Start::Now, FlowState::Pending)?.1;
-        let _ = PENDING.insert(key, flow, 0);
-        return Ok((Reason::NewFlow, flow));
+        let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Pending)?.1;
+        let _ = T::pending().insert(table_key, pending_entry(flow), 0);
+        return Ok((Reason::NewFlow, pin(&flow)));
     }
-    let (ambiguous, flow) = new_flow(config, key, Start::Earlier, FlowState::Unverified)?;
+    let (ambiguous, flow) =
+        new_flow::<T::A>(config, key, Start::Earlier, FlowState::Unverified)?;
     // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
     if flags & TCP_RST == 0 {
-        let _ = PENDING.insert(key, flow, 0);
+        let _ = T::pending().insert(table_key, pending_entry(flow), 0);
         unverified_inserted();
     }
     counters::flow_miss(config.id, ambiguous);
-    Ok((Reason::FlowMiss, flow))
+    Ok((Reason::FlowMiss, pin(&flow)))
 }
 
 /// A flow entry in `state` for a backend chosen now, and whether the choice was ambiguous.
 #[inline(always)]
-fn new_flow(
+fn new_flow<A: TableAddr>(
     config: &ServiceConfig,
     key: &FlowKey,
     start: Start,
     state: FlowState,
-) -> Result<(bool, FlowValue), Reason> {
+) -> Result<(bool, FlowEntry<A>), Reason> {
     let chosen = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
     Ok((
         chosen.ambiguous,
-        FlowValue {
-            backend_addr: chosen.backend.addr,
+        FlowEntry {
+            backend_addr: A::of(&chosen.backend.addr),
             backend_port: chosen.backend.port,
-            color: chosen.backend.color,
+            backend_id: chosen.backend_id as u16,
             state: state as u8,
-            backend_id: chosen.backend_id,
-            stamp_ns: unsafe { bpf_ktime_get_ns() },
-            ..FlowValue::default()
+            color: chosen.backend.color,
+            flags: 0,
+            _pad: 0,
+            stamp: stamp(unsafe { bpf_ktime_get_ns() }),
         },
     ))
 }
@@ -170,35 +221,42 @@ fn new_flow(
 /// promotes the flow to `FLOWS` (replacing a closed pin of the same tuple) and counts the
 /// handshake as completed.
 #[inline(always)]
-fn complete(key: &FlowKey, packet: &Packet) -> Option<FlowValue> {
+fn complete<T: Tables>(table_key: &TableKey<T::A>, packet: &Packet) -> Option<Pin> {
     if packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
         return None;
     }
-    complete_entry(key, unsafe { &*PENDING.get_ptr(key)? }, packet)
+    complete_entry::<T>(
+        table_key,
+        unsafe { &*T::pending().get_ptr(table_key)? },
+        packet,
+    )
 }
 
 /// [`complete`] with the `PENDING` entry at hand.
 #[inline(always)]
-fn complete_entry(key: &FlowKey, entry: &FlowValue, packet: &Packet) -> Option<FlowValue> {
+fn complete_entry<T: Tables>(
+    table_key: &TableKey<T::A>,
+    entry: &PendingEntry<T::A>,
+    packet: &Packet,
+) -> Option<Pin> {
     if packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK
-        || entry.state != FlowState::SynAcked as u8
+        || entry.flow.state != FlowState::SynAcked as u8
         || packet.ack != entry.synack_seq.wrapping_add(1)
     {
         return None;
     }
-    let latency = entry.stamp_ns;
-    let mut flow = FlowValue {
+    let latency = entry.handshake;
+    let mut flow = FlowEntry {
         state: FlowState::Established as u8,
         flags: 0,
-        synack_seq: 0,
-        stamp_ns: unsafe { bpf_ktime_get_ns() },
-        ..*entry
+        stamp: stamp(unsafe { bpf_ktime_get_ns() }),
+        ..entry.flow
     };
     client_closes(&mut flow, packet.tcp_flags);
-    FLOWS.insert(key, flow, 0).ok()?;
-    let _ = PENDING.remove(key);
-    signals::handshake_completed(flow.backend_id, latency);
-    Some(flow)
+    T::flows().insert(table_key, flow, 0).ok()?;
+    let _ = T::pending().remove(table_key);
+    signals::handshake_completed(flow.backend_id as u32, latency);
+    Some(pin(&flow))
 }
 
 /// Notes the time of an unverified insert (opens the egress gate), at most once a second.
@@ -217,31 +275,51 @@ fn unverified_inserted() {
 /// Ingress, a UDP packet to a service: active until idle for `UDP_IDLE_TIMEOUT_NS`, then gone
 /// (its next packet is chosen afresh with the weight in force).
 #[inline(always)]
-pub fn udp(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, FlowValue), Reason> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = PENDING.get_ptr_mut(key) {
-        let entry = unsafe { &mut *entry };
-        let idle = unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) };
-        if now.saturating_sub(entry.stamp_ns) < idle {
-            entry.stamp_ns = now;
-            return Ok((Reason::Established, *entry));
-        }
+pub fn udp(config: &ServiceConfig, key: &FlowKey, family: Family) -> Result<(Reason, Pin), Reason> {
+    match family {
+        Family::Ipv4 => udp_in::<V4>(config, key),
+        Family::Ipv6 => udp_in::<V6>(config, key),
     }
-    let flow = FlowValue {
-        stamp_ns: now,
-        ..new_flow(config, key, Start::Now, FlowState::Udp)?.1
-    };
-    let _ = PENDING.insert(key, flow, 0);
-    Ok((Reason::NewFlow, flow))
 }
 
-/// The flow an ICMP error is about, in either table.
 #[inline(always)]
-pub fn find(key: &FlowKey) -> Option<FlowValue> {
-    if let Some(flow) = unsafe { FLOWS.get(key) } {
-        return Some(*flow);
+fn udp_in<T: Tables>(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, Pin), Reason> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let table_key = T::key(key);
+    if let Some(entry) = T::pending().get_ptr_mut(&table_key) {
+        let entry = unsafe { &mut *entry };
+        let idle = unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) };
+        if stamp_age_ns(now, entry.flow.stamp) < idle {
+            // One write per time unit (1 ms), not one per packet.
+            let now = stamp(now);
+            if entry.flow.stamp != now {
+                entry.flow.stamp = now;
+            }
+            return Ok((Reason::Established, pin(&entry.flow)));
+        }
     }
-    unsafe { PENDING.get(key) }.copied()
+    let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Udp)?.1;
+    let _ = T::pending().insert(&table_key, pending_entry(flow), 0);
+    Ok((Reason::NewFlow, pin(&flow)))
+}
+
+/// The flow an ICMP error or a shared backend's reply is about, in either table.
+#[inline(always)]
+pub fn find(key: &FlowKey) -> Option<Pin> {
+    if key.family == Family::Ipv4 as u8 {
+        find_in::<V4>(key)
+    } else {
+        find_in::<V6>(key)
+    }
+}
+
+#[inline(always)]
+fn find_in<T: Tables>(key: &FlowKey) -> Option<Pin> {
+    let table_key = T::key(key);
+    if let Some(flow) = unsafe { T::flows().get(&table_key) } {
+        return Some(pin(flow));
+    }
+    unsafe { T::pending().get(&table_key) }.map(|entry| pin(&entry.flow))
 }
 
 /// The client's flow a backend's reply belongs to if it answers for `reverse`'s service:
@@ -267,15 +345,24 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
         return;
     }
     let key = reply_key(packet, reverse);
+    match packet.ip.family {
+        Family::Ipv4 => reply_in::<V4>(&V4::key(&key), packet, reverse.backend_id),
+        Family::Ipv6 => reply_in::<V6>(&V6::key(&key), packet, reverse.backend_id),
+    }
+}
+
+#[inline(always)]
+fn reply_in<T: Tables>(table_key: &TableKey<T::A>, packet: &Packet, backend_id: u32) {
+    let flags = packet.tcp_flags;
     if flags & TCP_RST != 0 {
-        backend_reset(&key, reverse.backend_id);
+        backend_reset::<T>(table_key, backend_id);
     } else if flags & TCP_SYN != 0 {
         if flags & TCP_ACK != 0 {
-            synack(&key, packet.seq);
+            synack::<T>(table_key, packet.seq);
         }
     } else {
         if flags & TCP_FIN != 0
-            && let Some(pinned) = FLOWS.get_ptr_mut(key)
+            && let Some(pinned) = T::flows().get_ptr_mut(table_key)
         {
             let pinned = unsafe { &mut *pinned };
             if pinned.state == FlowState::Established as u8
@@ -286,7 +373,7 @@ pub fn backend_reply(packet: &Packet, reverse: &ReverseValue) {
             }
             return;
         }
-        verified_by_backend(&key, flags);
+        verified_by_backend::<T>(table_key, flags);
     }
 }
 
@@ -303,57 +390,57 @@ fn unverified_recently() -> bool {
 /// The backend answered an unverified mid-flow flow with a non-RST segment: the connection is
 /// real (a spoofed bare ACK is answered with a RST), promote it to `FLOWS`.
 #[inline(always)]
-fn verified_by_backend(key: &FlowKey, tcp_flags: u8) {
-    let Some(entry) = PENDING.get_ptr(key) else {
+fn verified_by_backend<T: Tables>(table_key: &TableKey<T::A>, tcp_flags: u8) {
+    let Some(entry) = T::pending().get_ptr(table_key) else {
         return;
     };
     let entry = unsafe { &*entry };
-    if entry.state != FlowState::Unverified as u8 {
+    if entry.flow.state != FlowState::Unverified as u8 {
         return;
     }
-    let mut flow = FlowValue {
+    let mut flow = FlowEntry {
         state: FlowState::Established as u8,
         flags: 0,
-        stamp_ns: unsafe { bpf_ktime_get_ns() },
-        ..*entry
+        stamp: stamp(unsafe { bpf_ktime_get_ns() }),
+        ..entry.flow
     };
     if tcp_flags & TCP_FIN != 0 {
         flow.flags = BACKEND_FIN;
         flow.state = FlowState::Closing as u8;
     }
-    if FLOWS.insert(key, flow, 0).is_ok() {
-        let _ = PENDING.remove(key);
+    if T::flows().insert(table_key, flow, 0).is_ok() {
+        let _ = T::pending().remove(table_key);
     }
 }
 
 /// The backend's SYN-ACK for a pending handshake: its sequence number (the client's ACK of it
 /// completes the handshake) and the SYN → SYN-ACK latency are kept.
 #[inline(always)]
-fn synack(key: &FlowKey, seq: u32) {
-    let Some(entry) = PENDING.get_ptr_mut(key) else {
+fn synack<T: Tables>(table_key: &TableKey<T::A>, seq: u32) {
+    let Some(entry) = T::pending().get_ptr_mut(table_key) else {
         return;
     };
     let entry = unsafe { &mut *entry };
-    if entry.state != FlowState::Pending as u8 {
+    if entry.flow.state != FlowState::Pending as u8 {
         return;
     }
-    entry.state = FlowState::SynAcked as u8;
+    entry.flow.state = FlowState::SynAcked as u8;
     entry.synack_seq = seq;
-    entry.stamp_ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(entry.stamp_ns);
+    entry.handshake = fine_stamp(unsafe { bpf_ktime_get_ns() }).wrapping_sub(entry.handshake);
 }
 
 /// A backend's RST: a refusal of a pending handshake, a reset of an established flow, or (for
 /// an unverified flow, a spoofed packet's answer) nothing.
 #[inline(always)]
-fn backend_reset(key: &FlowKey, backend_id: u32) {
-    if let Some(entry) = PENDING.get_ptr(key) {
-        if unsafe { (*entry).state } == FlowState::Pending as u8 {
+fn backend_reset<T: Tables>(table_key: &TableKey<T::A>, backend_id: u32) {
+    if let Some(entry) = T::pending().get_ptr(table_key) {
+        if unsafe { (*entry).flow.state } == FlowState::Pending as u8 {
             signals::handshake_refused(backend_id);
         }
-        let _ = PENDING.remove(key);
+        let _ = T::pending().remove(table_key);
         return;
     }
-    let Some(pinned) = FLOWS.get_ptr_mut(key) else {
+    let Some(pinned) = T::flows().get_ptr_mut(table_key) else {
         // Not established here: counts nothing.
         return;
     };

@@ -73,7 +73,7 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
     let (reason, flow) = if ip.protocol == IPPROTO_TCP {
         flows::tcp(config, &flow_key, &packet)?
     } else {
-        flows::udp(config, &flow_key)?
+        flows::udp(config, &flow_key, ip.family)?
     };
     rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
     let bytes = (frame.len() - ip.l3_offset) as u64;

@@ -12,6 +12,7 @@ mod ingress;
 mod maps;
 mod select;
 mod signals;
+mod tables;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},

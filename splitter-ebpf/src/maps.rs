@@ -1,13 +1,14 @@
 //! Every map of the data plane. Names, key/value types and capacities come from
-//! `splitter_common::maps`; the daemon resizes `FLOWS` and `PENDING` at load time.
+//! `splitter_common::maps`; the daemon resizes the flow tables at load time.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, OverrideKey,
-    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
+    Backend, BackendCounters, BackendKey, FlowEntry4, FlowEntry6, FlowKey4, FlowKey6, Forwarding,
+    OverrideKey, OverrideValue, PendingEntry4, PendingEntry6, Reason, ReverseValue, ServiceConfig,
+    ServiceCounters, ServiceKey, SharedReverse,
     maps::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE, MAX_BACKENDS, MAX_OVERRIDES,
         MAX_REDIRECT_PORTS, MAX_SERVICES, MAX_SHARED_BACKENDS, POOL_SLOTS,
@@ -27,14 +28,25 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 pub static POOLS: Array<u32> = Array::with_max_entries(POOL_SLOTS, 0);
 
-/// Verified client flow (client → service) → the backend it is pinned to, and its state.
+/// Verified IPv4 client flow (client → service) → the backend it is pinned to, and its state.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+pub static FLOWS: LruHashMap<FlowKey4, FlowEntry4> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
-/// Unverified client flow (handshake in progress, mid-flow miss, UDP) → its backend and state.
+/// Verified IPv6 client flow → the backend it is pinned to, and its state.
 #[map]
-pub static PENDING: LruHashMap<FlowKey, FlowValue> =
+pub static FLOWS6: LruHashMap<FlowKey6, FlowEntry6> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+/// Unverified IPv4 client flow (handshake in progress, mid-flow miss, UDP) → its backend and
+/// state.
+#[map]
+pub static PENDING: LruHashMap<FlowKey4, PendingEntry4> =
+    LruHashMap::with_max_entries(DEFAULT_PENDING_TABLE_SIZE, 0);
+
+/// Unverified IPv6 client flow → its backend and state.
+#[map]
+pub static PENDING6: LruHashMap<FlowKey6, PendingEntry6> =
     LruHashMap::with_max_entries(DEFAULT_PENDING_TABLE_SIZE, 0);
 
 /// `[0]`: when the last `Unverified` flow went into `PENDING` (gates the egress lookup).

@@ -6,7 +6,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use splitter_common::{
-    FlowValue, Signals,
+    PendingEntry, Signals,
+    flow::{fine_ns, fine_stamp},
     flow_flags::TIMEOUT_COUNTED,
     signals::{DEFAULT_HANDSHAKE_TIMEOUT_NS, HANDSHAKE_BUCKETS, bucket},
 };
@@ -26,24 +27,27 @@ fn signals(backend_id: u32) -> Option<&'static mut Signals> {
 /// Ingress, a client SYN retransmitted for a `Pending` handshake (no SYN-ACK seen): after the
 /// timeout the backend did not answer in time (counted once per flow).
 #[inline(always)]
-pub fn syn_retransmitted(flow: &mut FlowValue) {
+pub fn syn_retransmitted<A>(entry: &mut PendingEntry<A>) {
+    let flow = &mut entry.flow;
     if flow.flags & TIMEOUT_COUNTED != 0 {
         return;
     }
     let timeout = unsafe { core::ptr::read_volatile(&HANDSHAKE_TIMEOUT_NS) };
-    if unsafe { bpf_ktime_get_ns() } < flow.stamp_ns + timeout {
+    let waited = fine_ns(fine_stamp(unsafe { bpf_ktime_get_ns() }).wrapping_sub(entry.handshake));
+    if waited < timeout {
         return;
     }
     flow.flags |= TIMEOUT_COUNTED;
-    if let Some(signals) = signals(flow.backend_id) {
+    if let Some(signals) = signals(flow.backend_id as u32) {
         signals.handshakes_timed_out += 1;
     }
 }
 
 /// Ingress, the client's ACK of the SYN-ACK: a completed handshake whose SYN → SYN-ACK time
-/// was `latency_ns`.
+/// was `latency` ([`splitter_common::flow::fine_stamp`] units).
 #[inline(always)]
-pub fn handshake_completed(backend_id: u32, latency_ns: u64) {
+pub fn handshake_completed(backend_id: u32, latency: u32) {
+    let latency_ns = fine_ns(latency);
     let Some(signals) = signals(backend_id) else {
         return;
     };

@@ -183,7 +183,7 @@ fn reply(
                 color: 1,
                 state: FlowState::Established as u8,
                 backend_id: preview.green[0].id,
-                stamp_ns: 1,
+                stamp: 1,
                 ..FlowValue::default()
             };
             dataplane.maps.flows.insert(key, value, 0)?;

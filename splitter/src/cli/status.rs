@@ -36,7 +36,7 @@ pub fn render_status(report: &StatusReport) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}\n  flow tables: verified {}/{}, pending {}/{}  hash seed {}",
+        "splitter {}  pid {}  up {}  data plane {} ({})  interfaces {}\n  flow tables: verified {}/{} (IPv6 {}/{}), pending {}/{} (IPv6 {}/{})  hash seed {}",
         daemon.version,
         daemon.pid,
         uptime(daemon.uptime_seconds),
@@ -45,8 +45,12 @@ pub fn render_status(report: &StatusReport) -> String {
         daemon.interfaces.join(","),
         daemon.flow_tables.flows.entries,
         daemon.flow_tables.flows.capacity,
+        daemon.flow_tables.flows6.entries,
+        daemon.flow_tables.flows6.capacity,
         daemon.flow_tables.pending.entries,
         daemon.flow_tables.pending.capacity,
+        daemon.flow_tables.pending6.entries,
+        daemon.flow_tables.pending6.capacity,
         daemon.hash_seed_source.name(),
     );
     if daemon.state_file.behind {

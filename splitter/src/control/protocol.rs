@@ -359,12 +359,29 @@ pub struct DaemonStatus {
     pub flow_tables: FlowTables,
 }
 
-/// The two flow tables: `flows` (verified flows: handshake seen, or answered by the backend)
-/// and `pending` (handshakes in progress, unverified mid-flow misses, UDP flows).
+/// The flow tables: `flows` (verified flows: handshake seen, or answered by the backend) and
+/// `pending` (handshakes in progress, unverified mid-flow misses, UDP flows), each with its
+/// IPv6 twin.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTables {
     pub flows: TableFill,
     pub pending: TableFill,
+    #[serde(default)]
+    pub flows6: TableFill,
+    #[serde(default)]
+    pub pending6: TableFill,
+}
+
+impl FlowTables {
+    /// `(label, fill)` per table, as the metrics name them.
+    pub fn labelled(&self) -> [(&'static str, TableFill); 4] {
+        [
+            ("flows", self.flows),
+            ("flows6", self.flows6),
+            ("pending", self.pending),
+            ("pending6", self.pending6),
+        ]
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -354,6 +354,16 @@ impl Shared {
 /// One scan of the flow tables, in the status report's terms.
 fn scan_census(scan: &FlowScan) -> Result<Census, DataplaneError> {
     let census = scan.census()?;
+    let fill = |table: usize, family: usize| TableFill {
+        entries: census.entries[table][family],
+        capacity: census.capacity[table][family],
+    };
+    let tables = FlowTables {
+        flows: fill(0, 0),
+        flows6: fill(0, 1),
+        pending: fill(1, 0),
+        pending6: fill(1, 1),
+    };
     Ok(Census {
         backends: census
             .backends
@@ -367,16 +377,7 @@ fn scan_census(scan: &FlowScan) -> Result<Census, DataplaneError> {
                 (id, states)
             })
             .collect(),
-        tables: FlowTables {
-            flows: TableFill {
-                entries: census.flows_entries,
-                capacity: census.flows_capacity,
-            },
-            pending: TableFill {
-                entries: census.pending_entries,
-                capacity: census.pending_capacity,
-            },
-        },
+        tables,
     })
 }
 

@@ -205,7 +205,7 @@ impl App {
                 flow_table_size: self.dataplane.loaded_with.flow_table_size,
                 hash_seed: self.dataplane.loaded_with.hash_seed,
                 hash_seed_source: self.hash_seed_source,
-                pinned_flows: census.tables.flows.entries,
+                pinned_flows: census.tables.flows.entries + census.tables.flows6.entries,
                 flow_tables: census.tables,
                 state_file: self.persist_status(),
             },

@@ -1,16 +1,14 @@
 //! Counting flows by state, off the daemon's runtime thread: a scan of two large LRU tables
 //! takes a while, and through its own handles it does not hold up the owner of `Maps`.
 
-use std::{
-    collections::HashMap,
-    os::fd::{AsFd as _, OwnedFd},
-    sync::Arc,
+use std::collections::HashMap;
+
+use splitter_common::{Family, FlowKey, FlowState, flow::stamp_age_ns};
+
+use super::{
+    DataplaneError,
+    flows::{FlowTable, TableFds, Unverified, Verified},
 };
-
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use splitter_common::{FlowKey, FlowState, FlowValue, maps as names};
-
-use super::DataplaneError;
 use crate::sys::monotonic_ns;
 
 /// One backend's flows by state. Live connections = `established + closing`.
@@ -35,71 +33,47 @@ impl StateCounts {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowCensus {
     pub backends: HashMap<u32, StateCounts>,
-    pub flows_entries: u64,
-    pub flows_capacity: u64,
-    pub pending_entries: u64,
-    pub pending_capacity: u64,
+    /// Entries of `[FLOWS, PENDING]`, each `[IPv4, IPv6]`.
+    pub entries: [[u64; 2]; 2],
+    /// Capacities, the same way.
+    pub capacity: [[u64; 2]; 2],
 }
 
-/// Independent handles on `FLOWS` and `PENDING` (see the module doc).
-pub struct FlowScan {
-    pub(super) flows_fd: Arc<OwnedFd>,
-    pub(super) pending_fd: Arc<OwnedFd>,
-    /// A UDP flow idle this long is gone (the programs' `UDP_IDLE_TIMEOUT_NS`).
-    pub(super) udp_idle_timeout_ns: u64,
-}
-
-/// The file descriptor of an opened hash map, cloned (for a [`FlowScan`]).
-pub(super) fn clone_fd(name: &'static str, map: Option<&Map>) -> Result<OwnedFd, DataplaneError> {
-    match map {
-        Some(Map::LruHashMap(data) | Map::HashMap(data)) => data
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| DataplaneError::MapHandle { name, source }),
-        _ => Err(DataplaneError::MissingMap { name }),
+impl FlowCensus {
+    /// Entries of `FLOWS` and `FLOWS6`: the verified flows.
+    pub fn verified(&self) -> u64 {
+        self.entries[0].iter().sum()
     }
 }
 
-fn open(
-    name: &'static str,
-    fd: &OwnedFd,
-) -> Result<(BpfHashMap<MapData, FlowKey, FlowValue>, u64), DataplaneError> {
-    let fd = fd
-        .try_clone()
-        .map_err(|source| DataplaneError::MapHandle { name, source })?;
-    let data = MapData::from_fd(fd).map_err(|source| DataplaneError::Map { name, source })?;
-    let capacity = data
-        .info()
-        .map_err(|source| DataplaneError::Map { name, source })?
-        .max_entries();
-    let map = Map::from_map_data(data)
-        .and_then(BpfHashMap::try_from)
-        .map_err(|source| DataplaneError::Map { name, source })?;
-    Ok((map, u64::from(capacity)))
+/// Independent handles on the flow tables (see the module doc).
+pub struct FlowScan {
+    pub(super) flows: TableFds,
+    pub(super) pending: TableFds,
+    /// A UDP flow idle this long is gone (the programs' `UDP_IDLE_TIMEOUT_NS`).
+    pub(super) udp_idle_timeout_ns: u64,
 }
 
 impl FlowScan {
     /// One pass over both tables.
     pub fn census(&self) -> Result<FlowCensus, DataplaneError> {
-        let (flows, flows_capacity) = open(names::FLOWS, &self.flows_fd)?;
-        let (pending, pending_capacity) = open(names::PENDING, &self.pending_fd)?;
+        let (flows, flows_capacity) = FlowTable::<Verified>::from_fds(&self.flows)?;
+        let (pending, pending_capacity) = FlowTable::<Unverified>::from_fds(&self.pending)?;
         let mut census = FlowCensus {
-            flows_capacity,
-            pending_capacity,
+            capacity: [flows_capacity, pending_capacity],
             ..FlowCensus::default()
         };
         let now = monotonic_ns();
-        for (table, is_pending) in [(&flows, false), (&pending, true)] {
-            for entry in table.iter() {
-                // An entry evicted between "next key" and "lookup" ends the walk early; fine for
-                // gauges (the next scan sees the table as it is then).
-                let Ok((_, flow)) = entry else { break };
-                if is_pending {
-                    census.pending_entries += 1;
-                } else {
-                    census.flows_entries += 1;
-                }
+        for (family, f) in [(Family::Ipv4, 0), (Family::Ipv6, 1)] {
+            let entries = flows
+                .iter_family(family)
+                .map(|entry| (entry, 0))
+                .chain(pending.iter_family(family).map(|entry| (entry, 1)));
+            for (entry, table) in entries {
+                // An entry evicted between "next key" and "lookup" is skipped (the next scan
+                // sees the table as it is then).
+                let Ok((_, flow)) = entry else { continue };
+                census.entries[table][f] += 1;
                 let counts = census.backends.entry(flow.backend_id).or_default();
                 match FlowState::from_raw(flow.state) {
                     Some(FlowState::Pending | FlowState::SynAcked | FlowState::Unverified) => {
@@ -108,7 +82,7 @@ impl FlowScan {
                     Some(FlowState::Established) => counts.established += 1,
                     Some(FlowState::Closing) => counts.closing += 1,
                     Some(FlowState::Udp)
-                        if now.saturating_sub(flow.stamp_ns) < self.udp_idle_timeout_ns =>
+                        if stamp_age_ns(now, flow.stamp) < self.udp_idle_timeout_ns =>
                     {
                         counts.established += 1;
                     }
@@ -127,18 +101,14 @@ impl FlowScan {
     ) -> Result<Vec<FlowKey>, DataplaneError> {
         let now = monotonic_ns();
         let mut keys = Vec::new();
-        for name in [names::FLOWS, names::PENDING] {
-            let fd = if name == names::FLOWS {
-                &self.flows_fd
-            } else {
-                &self.pending_fd
-            };
-            let (table, _) = open(name, fd)?;
-            for entry in table.iter() {
-                let Ok((key, flow)) = entry else { break };
+        let (flows, _) = FlowTable::<Verified>::from_fds(&self.flows)?;
+        let (pending, _) = FlowTable::<Unverified>::from_fds(&self.pending)?;
+        {
+            for entry in flows.iter().chain(pending.iter()) {
+                let Ok((key, flow)) = entry else { continue };
                 let pinned = match FlowState::from_raw(flow.state) {
                     Some(FlowState::Udp) => {
-                        now.saturating_sub(flow.stamp_ns) < self.udp_idle_timeout_ns
+                        stamp_age_ns(now, flow.stamp) < self.udp_idle_timeout_ns
                     }
                     Some(FlowState::Closed) | None => false,
                     Some(_) => true,
@@ -160,6 +130,6 @@ impl FlowScan {
             .iter()
             .map(|(id, counts)| (*id, counts.live()))
             .collect();
-        Ok((live, census.flows_entries))
+        Ok((live, census.verified()))
     }
 }

@@ -1,25 +1,32 @@
 //! Typed handles on every data-plane map, opened from a freshly loaded object or from the pins
 //! of a running data plane (adoption after a daemon restart).
 
-use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, FlowKey, FlowValue, Forwarding, OverrideKey,
+    Backend, BackendCounters, BackendKey, Forwarding, OverrideKey,
     OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
     maps as names,
 };
 
 pub use super::census::{FlowCensus, FlowScan, StateCounts};
-use super::{DataplaneError, census::clone_fd};
+use super::{
+    DataplaneError,
+    flows::{FlowTable, TableFds, Unverified, Verified},
+};
 
 /// All maps of the data plane (see `splitter_common::maps` for what each holds).
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceConfig>,
     pub backends: Array<MapData, Backend>,
     pub pools: Array<MapData, u32>,
-    pub flows: HashMap<MapData, FlowKey, FlowValue>,
-    pub pending: HashMap<MapData, FlowKey, FlowValue>,
+    /// `FLOWS` and `FLOWS6`.
+    pub flows: FlowTable<Verified>,
+    /// `PENDING` and `PENDING6`.
+    pub pending: FlowTable<Unverified>,
+    /// Second handles on the flow tables, for [`FlowScan`]s.
+    scan: (TableFds, TableFds),
     pub unverified_since: Array<MapData, u64>,
     pub backend_reverse: HashMap<MapData, BackendKey, ReverseValue>,
     pub backend_counters: PerCpuArray<MapData, BackendCounters>,
@@ -30,9 +37,6 @@ pub struct Maps {
     pub fast_path: Array<MapData, u32>,
     pub shared_reverse: HashMap<MapData, BackendKey, SharedReverse>,
     pub overrides: LpmTrie<MapData, OverrideKey, OverrideValue>,
-    /// Second handles on `FLOWS` and `PENDING`, for [`FlowScan`]s.
-    flows_fd: Arc<OwnedFd>,
-    pending_fd: Arc<OwnedFd>,
     /// The programs' UDP idle timeout (set by the loader): a [`FlowScan`] needs it.
     pub(super) udp_idle_timeout_ns: u64,
 }
@@ -51,19 +55,16 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
 impl Maps {
     /// Opens the maps through `take(name)` (from an `Ebpf` object or from pins).
     pub fn open(mut take: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
-        let flows = take(names::FLOWS);
-        let flows_fd = clone_fd(names::FLOWS, flows.as_ref())?;
-        let pending = take(names::PENDING);
-        let pending_fd = clone_fd(names::PENDING, pending.as_ref())?;
+        let flows = FlowTable::open(&mut take)?;
+        let pending = FlowTable::open(&mut take)?;
         Ok(Self {
-            flows_fd: Arc::new(flows_fd),
-            pending_fd: Arc::new(pending_fd),
+            scan: (flows.fds()?, pending.fds()?),
+            flows,
+            pending,
             udp_idle_timeout_ns: names::DEFAULT_UDP_IDLE_TIMEOUT_NS,
             services: typed(names::SERVICES, take(names::SERVICES))?,
             backends: typed(names::BACKENDS, take(names::BACKENDS))?,
             pools: typed(names::POOLS, take(names::POOLS))?,
-            flows: typed(names::FLOWS, flows)?,
-            pending: typed(names::PENDING, pending)?,
             unverified_since: typed(names::UNVERIFIED_SINCE, take(names::UNVERIFIED_SINCE))?,
             backend_reverse: typed(names::BACKEND_REVERSE, take(names::BACKEND_REVERSE))?,
             backend_counters: typed(names::BACKEND_COUNTERS, take(names::BACKEND_COUNTERS))?,
@@ -90,11 +91,11 @@ impl Maps {
         Self::open(|name| opened.remove(name))
     }
 
-    /// A handle that counts the flows of `FLOWS` and `PENDING` on any thread.
+    /// A handle that counts the flows of both tables on any thread.
     pub fn flow_scan(&self) -> FlowScan {
         FlowScan {
-            flows_fd: Arc::clone(&self.flows_fd),
-            pending_fd: Arc::clone(&self.pending_fd),
+            flows: self.scan.0.clone(),
+            pending: self.scan.1.clone(),
             udp_idle_timeout_ns: self.udp_idle_timeout_ns,
         }
     }
@@ -355,26 +356,28 @@ impl Maps {
     /// Unpins every flow pinned to one of `backend_ids` (both tables); returns how many were
     /// removed.
     pub fn unpin_backends(&mut self, backend_ids: &[u32]) -> Result<usize, DataplaneError> {
-        let mut removed = 0;
-        for (name, table) in [
-            (names::FLOWS, &mut self.flows),
-            (names::PENDING, &mut self.pending),
-        ] {
-            let mut doomed = Vec::new();
-            for entry in table.iter() {
-                let (key, flow) = entry.map_err(map_error(name))?;
-                if backend_ids.contains(&flow.backend_id) {
-                    doomed.push(key);
-                }
-            }
-            for key in &doomed {
-                match table.remove(key) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(source) => return Err(map_error(name)(source)),
-                }
-            }
-            removed += doomed.len();
-        }
-        Ok(removed)
+        Ok(unpin(&mut self.flows, backend_ids)? + unpin(&mut self.pending, backend_ids)?)
     }
+}
+
+/// [`Maps::unpin_backends`] for one table.
+fn unpin<S: super::flows::Stored>(
+    table: &mut FlowTable<S>,
+    backend_ids: &[u32],
+) -> Result<usize, DataplaneError> {
+    let name = S::NAMES[0];
+    let mut doomed = Vec::new();
+    for entry in table.iter() {
+        let (key, flow) = entry.map_err(map_error(name))?;
+        if backend_ids.contains(&flow.backend_id) {
+            doomed.push(key);
+        }
+    }
+    for key in &doomed {
+        match table.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error(name)(source)),
+        }
+    }
+    Ok(doomed.len())
 }

@@ -14,6 +14,7 @@
 mod attach;
 mod census;
 mod error;
+pub mod flows;
 mod loader;
 pub mod maps;
 mod object;

@@ -63,7 +63,9 @@ pub(super) fn load_object(options: &LoadOptions) -> Result<Ebpf, DataplaneError>
             true,
         )
         .map_max_entries(names::FLOWS, options.flow_table_size)
+        .map_max_entries(names::FLOWS6, options.flow_table_size)
         .map_max_entries(names::PENDING, options.pending_table_size)
+        .map_max_entries(names::PENDING6, options.pending_table_size)
         .load(EBPF_OBJECT)?;
     xdp(&mut ebpf)?
         .load()

@@ -407,7 +407,7 @@ struct ProgramFamilies {
 impl ProgramFamilies {
     fn new(report: &StatusReport) -> Self {
         let fill = report.daemon.flow_tables;
-        let tables = [("flows", fill.flows), ("pending", fill.pending)];
+        let tables = fill.labelled();
         Self {
             forwarded: report
                 .forwarding
@@ -453,7 +453,7 @@ impl ProgramFamilies {
         gauges(
             encoder,
             "splitter_flow_table_entries",
-            "Entries per flow table (flows: verified flows; pending: handshakes, unverified misses, UDP)",
+            "Entries per flow table (flows/flows6: verified IPv4/IPv6 flows; pending/pending6: handshakes, unverified misses, UDP)",
             &self.table_entries,
         )?;
         gauges(

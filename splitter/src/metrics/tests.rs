@@ -88,6 +88,14 @@ fn exposition_lines() {
             entries: 9,
             capacity: 256,
         },
+        flows6: TableFill {
+            entries: 1,
+            capacity: 1024,
+        },
+        pending6: TableFill {
+            entries: 0,
+            capacity: 256,
+        },
     };
     report.verdicts.insert("new_flow".into(), 7);
     report.forwarding.insert("kernel".into(), 11);
@@ -159,6 +167,8 @@ fn exposition_lines() {
         r#"splitter_flow_table_entries{table="pending"} 9"#,
         r#"splitter_flow_table_capacity{table="flows"} 1024"#,
         r#"splitter_flow_table_capacity{table="pending"} 256"#,
+        r#"splitter_flow_table_entries{table="flows6"} 1"#,
+        r#"splitter_flow_table_capacity{table="pending6"} 256"#,
         r#"splitter_backend_handshakes_total{service="web",color="blue",backend="198.18.1.10:8080",result="completed"} 3"#,
         r#"splitter_backend_handshakes_total{service="web",color="green",backend="198.18.2.10:8080",result="refused"} 2"#,
         r#"splitter_backend_handshake_failures_total{service="web",color="green",backend="198.18.2.10:8080",reason="refused"} 2"#,

@@ -250,7 +250,9 @@ fn handshakes_and_resets_are_counted_only_for_verified_traffic() {
             let key = flow.key();
             let pending = &mut harness.dataplane.maps.pending;
             let mut held = pending.get(&key, 0).expect("handshake held");
-            held.stamp_ns -= 2 * timeout;
+            held.handshake = held
+                .handshake
+                .wrapping_sub(splitter_common::flow::fine_stamp(2 * timeout));
             pending.insert(key, held, 0).expect("age the handshake");
         }
         let timed_out = state_value(&spec, b[2], FlowState::Pending, TIMEOUT_COUNTED);
@@ -807,12 +809,17 @@ fn the_census_counts_flows_by_state() {
     expected.entry(backend(3).id).or_default();
     assert_eq!(census.backends, expected, "states per backend");
     assert_eq!(
-        census.flows_entries, 4,
+        census.verified(),
+        4,
         "FLOWS: 2 established, 1 closing, 1 closed"
     );
-    assert_eq!(census.pending_entries, 2, "PENDING: a handshake and a miss");
-    assert_eq!(census.flows_capacity, 262_144);
-    assert_eq!(census.pending_capacity, 65_536);
+    assert_eq!(
+        census.entries[1].iter().sum::<u64>(),
+        2,
+        "PENDING: a handshake and a miss"
+    );
+    // Each family has its own maps of the configured sizes.
+    assert_eq!(census.capacity, [[262_144; 2], [65_536; 2]]);
     let (live, entries) = harness.dataplane.maps.flow_scan().count().unwrap();
     assert_eq!(
         live.values().sum::<u64>(),
