@@ -30,7 +30,7 @@ use splitter_bench_common::bench::{
 };
 use splitter_common::{
     Addr, Cohort, FlowKey, FlowState, FlowValue, Pool, Reason, WEIGHT_SCALE,
-    maps::DEFAULT_FLOW_TABLE_SIZE,
+    maps::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE},
 };
 
 use crate::packet::{Ip, Ipv4, Ipv6, Packet, TCP_ACK, TCP_SYN, Tcp};
@@ -73,7 +73,14 @@ pub enum Path {
     /// Established flows, every packet a different one of all the pinned flows (the table
     /// does not stay in cache the way one hot flow does).
     Spread,
+    /// A new flow (SYN) while `PENDING` holds few entries: the steady state of a table at
+    /// live-connection occupancy (handshakes complete and leave `PENDING`), where an insert
+    /// takes a free entry. Each round starts with `PENDING` empty and inserts at most half of
+    /// its capacity.
     NewFlow,
+    /// A new flow (SYN) while `PENDING` is full: every insert evicts (full churn, e.g. a SYN
+    /// flood).
+    NewFlowChurn,
     /// A new flow to a service with `[service.overrides]` (the LPM trie looked up).
     NewFlowOverride,
     /// A new flow to the same service laid out as before the Maglev tables: each color's pool
@@ -90,7 +97,8 @@ impl Path {
             Path::NotService => "not a service",
             Path::Established => "established flow",
             Path::Spread => "established, spread over every pinned flow",
-            Path::NewFlow => "new flow",
+            Path::NewFlow => "new flow, live occupancy (PENDING has room)",
+            Path::NewFlowChurn => "new flow, full churn (PENDING full: every insert evicts)",
             Path::NewFlowOverride => "new flow, service with 16 overrides (LPM lookup)",
             Path::NewFlowModulo => "new flow, pool of backend ids (before Maglev)",
             Path::Miss => "miss (TCP ACK, no flow)",
@@ -388,8 +396,20 @@ fn measure(
     anyhow::ensure!(input.len() <= BENCH_PACKET_MAX, "bench packet too long");
     let vary = matches!(
         path,
-        Path::NewFlow | Path::NewFlowOverride | Path::NewFlowModulo | Path::Miss | Path::Spread
+        Path::NewFlow
+            | Path::NewFlowChurn
+            | Path::NewFlowOverride
+            | Path::NewFlowModulo
+            | Path::Miss
+            | Path::Spread
     );
+    let repeat = match path {
+        Path::NewFlow => options.repeat.min(DEFAULT_PENDING_TABLE_SIZE / 2),
+        _ => options.repeat,
+    };
+    if path == Path::NewFlowChurn {
+        fill_pending(dataplane, family)?;
+    }
     let mut saved = BenchPacket {
         len: input.len() as u32,
         vary_offset: if vary { src_offset } else { 0 },
@@ -430,6 +450,9 @@ fn measure(
     }
     let mut samples = Vec::new();
     for _ in 0..options.rounds {
+        if path == Path::NewFlow {
+            clear_pending(dataplane)?;
+        }
         let established = dataplane.maps.verdict(Reason::Established)?;
         if path == Path::Spread {
             // Each round walks the prefilled flows from the first.
@@ -447,7 +470,7 @@ fn measure(
             xdp(&mut harness.ebpf, BENCH_RESTORE_PROGRAM),
             &input,
             &mut out,
-            options.repeat,
+            repeat,
         )?;
         anyhow::ensure!(
             verdict == XDP_PASS,
@@ -457,9 +480,8 @@ fn measure(
         if path == Path::Spread {
             let hits = dataplane.maps.verdict(Reason::Established)? - established;
             anyhow::ensure!(
-                hits == options.repeat as u64,
-                "{path:?}: {hits} of {} packets found their pinned flow (evicted?)",
-                options.repeat
+                hits == repeat as u64,
+                "{path:?}: {hits} of {repeat} packets found their pinned flow (evicted?)"
             );
         }
         samples.push(duration.as_nanos() as f64);
@@ -501,6 +523,7 @@ fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow:
         Path::Established
         | Path::Spread
         | Path::NewFlow
+        | Path::NewFlowChurn
         | Path::NewFlowOverride
         | Path::NewFlowModulo
         | Path::Miss => {
@@ -510,12 +533,51 @@ fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow:
     Ok(())
 }
 
-/// Runs every path for both families and each table size.
+/// Empties `PENDING` (both families).
+fn clear_pending(dataplane: &mut Dataplane) -> anyhow::Result<()> {
+    let pending = &mut dataplane.maps.pending;
+    for key in pending.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+        let _ = pending.remove(&key);
+    }
+    Ok(())
+}
+
+/// Fills `PENDING` to its capacity with handshakes of other clients (not the measured ones).
+fn fill_pending(dataplane: &mut Dataplane, family: Family) -> anyhow::Result<()> {
+    let (service, fam) = addr_of(&vip(family));
+    for i in 1..=DEFAULT_PENDING_TABLE_SIZE {
+        let src = match family {
+            Family::V4 => Addr::from_v4((0x0b00_0000u32 + i).to_be_bytes()),
+            Family::V6 => Addr::from_v6(((0xfd00_0003u128 << 96) + i as u128).to_be_bytes()),
+        };
+        let key = FlowKey {
+            src,
+            dst: service,
+            src_port: 40000u16.to_be(),
+            dst_port: 80u16.to_be(),
+            protocol: 6,
+            family: fam as u8,
+            _pad: [0; 2],
+        };
+        let value = FlowValue {
+            state: FlowState::Pending as u8,
+            ..FlowValue::default()
+        };
+        dataplane.maps.pending.insert(key, value, 0)?;
+    }
+    Ok(())
+}
+
+/// Runs every path for both families and each table size (the spread over the pinned flows
+/// for each size above 1).
 pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     let mut results = Vec::new();
     for &flows in &options.table_sizes {
         for family in [Family::V4, Family::V6] {
-            let mut dataplane = Dataplane::load(&LoadOptions::default())?;
+            let mut dataplane = Dataplane::load(&LoadOptions {
+                flow_table_size: table_size_for(flows),
+                ..LoadOptions::default()
+            })?;
             let mut harness = Harness::load()?;
             install(&mut dataplane, family);
             prefill(&mut dataplane, family, flows.saturating_sub(1));
@@ -524,12 +586,28 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
                 Path::ParseFloor,
                 Path::NotService,
                 Path::Established,
+                Path::Spread,
                 Path::NewFlow,
+                Path::NewFlowChurn,
                 Path::NewFlowModulo,
                 Path::NewFlowOverride,
                 Path::Miss,
             ] {
-                let ns_per_packet = measure(&mut dataplane, &mut harness, path, family, options)?;
+                if path == Path::Spread && flows < 2 {
+                    continue;
+                }
+                let spread = Options {
+                    repeat: options.repeat.min(flows.saturating_sub(1)),
+                    rounds: options.rounds,
+                    table_sizes: Vec::new(),
+                };
+                let path_options = if path == Path::Spread {
+                    &spread
+                } else {
+                    options
+                };
+                let ns_per_packet =
+                    measure(&mut dataplane, &mut harness, path, family, path_options)?;
                 results.push(Measurement {
                     path,
                     family,

@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
     let options = Options {
         repeat,
         rounds,
-        table_sizes: vec![1, 200_000],
+        table_sizes: vec![1, 200_000, 1_000_000],
     };
     eprintln!(
         "per-packet cost: BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds}, through the \
