@@ -15,8 +15,8 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use splitter_common::{
-    Addr, Family, FlowEntry, FlowKey, FlowState, PendingEntry, Reason, ReverseValue,
-    ServiceConfig, TableAddr, TableKey,
+    Addr, Family, FlowEntry, FlowKey, FlowState, PendingEntry, Reason, ReverseValue, ServiceConfig,
+    TableAddr, TableKey,
     flow::{fine_stamp, stamp, stamp_age_ns},
     flow_flags::{BACKEND_FIN, CLIENT_FIN, RESET},
 };
@@ -39,12 +39,60 @@ static UDP_IDLE_TIMEOUT_NS: u64 = splitter_common::maps::DEFAULT_UDP_IDLE_TIMEOU
 pub const UNVERIFIED_GATE_NS: u64 = 10_000_000_000;
 
 /// What the packet paths need of a flow: where it goes, and where it stands.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Pin {
     pub backend_addr: Addr,
     pub backend_port: u16,
     pub backend_id: u32,
     pub state: u8,
+}
+
+/// What the established path found in `FLOWS` for a client TCP packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// An open pinned flow (its FIN or RST, if any, already recorded).
+    Open(Pin),
+    /// A closed pin: the full path decides (a new handshake on the reused tuple, or the last
+    /// segments of the closed one).
+    Closed,
+    /// No entry.
+    Absent,
+    /// Not looked up.
+    Unknown,
+}
+
+/// Ingress, the established path: a client TCP packet of an open pinned flow, from the packet
+/// alone (no service lookup, no `FlowKey`).
+#[inline(always)]
+pub fn established(packet: &Packet) -> Pinned {
+    match packet.ip.family {
+        Family::Ipv4 => established_in::<V4>(packet),
+        Family::Ipv6 => established_in::<V6>(packet),
+    }
+}
+
+#[inline(always)]
+fn established_in<T: Tables>(packet: &Packet) -> Pinned {
+    let key = TableKey::<T::A> {
+        src: T::A::of(&packet.ip.src),
+        dst: T::A::of(&packet.ip.dst),
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        protocol: packet.ip.protocol,
+        _pad: [0; 3],
+    };
+    let Some(pinned) = T::flows().get_ptr_mut(&key) else {
+        return Pinned::Absent;
+    };
+    let pinned = unsafe { &mut *pinned };
+    if pinned.state == FlowState::Closed as u8 {
+        return Pinned::Closed;
+    }
+    let flags = packet.tcp_flags;
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        client_closes(pinned, flags);
+    }
+    Pinned::Open(pin(pinned))
 }
 
 #[inline(always)]
@@ -88,16 +136,18 @@ fn client_closes<A>(flow: &mut FlowEntry<A>, tcp_flags: u8) {
     flow.state = state_of_fins(flow.flags);
 }
 
-/// Ingress, a client TCP packet to a service: its flow and why.
+/// Ingress, a client TCP packet to a service: its flow and why. `pinned`: what the established
+/// path found (`FLOWS` is not looked up again for an absent flow).
 #[inline(always)]
 pub fn tcp(
     config: &ServiceConfig,
     key: &FlowKey,
     packet: &Packet,
+    pinned: Pinned,
 ) -> Result<(Reason, Pin), Reason> {
     match packet.ip.family {
-        Family::Ipv4 => tcp_in::<V4>(config, key, packet),
-        Family::Ipv6 => tcp_in::<V6>(config, key, packet),
+        Family::Ipv4 => tcp_in::<V4>(config, key, packet, pinned),
+        Family::Ipv6 => tcp_in::<V6>(config, key, packet, pinned),
     }
 }
 
@@ -106,10 +156,16 @@ fn tcp_in<T: Tables>(
     config: &ServiceConfig,
     key: &FlowKey,
     packet: &Packet,
+    seen: Pinned,
 ) -> Result<(Reason, Pin), Reason> {
     let flags = packet.tcp_flags;
     let table_key = T::key(key);
-    if let Some(pinned) = T::flows().get_ptr_mut(&table_key) {
+    if let Pinned::Open(flow) = seen {
+        return Ok((Reason::Established, flow));
+    }
+    if seen != Pinned::Absent
+        && let Some(pinned) = T::flows().get_ptr_mut(&table_key)
+    {
         let pinned = unsafe { &mut *pinned };
         if pinned.state != FlowState::Closed as u8 {
             if flags & (TCP_FIN | TCP_RST) != 0 {
@@ -182,8 +238,7 @@ fn unverified<T: Tables>(
         let _ = T::pending().insert(table_key, pending_entry(flow), 0);
         return Ok((Reason::NewFlow, pin(&flow)));
     }
-    let (ambiguous, flow) =
-        new_flow::<T::A>(config, key, Start::Earlier, FlowState::Unverified)?;
+    let (ambiguous, flow) = new_flow::<T::A>(config, key, Start::Earlier, FlowState::Unverified)?;
     // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
     if flags & TCP_RST == 0 {
         let _ = T::pending().insert(table_key, pending_entry(flow), 0);

@@ -6,7 +6,7 @@ use splitter_common::{Addr, Cohort, Family, FlowKey, Reason, ServiceKey};
 use crate::{
     checksum::Delta,
     counters::{self, Direction},
-    flows,
+    flows::{self, Pin, Pinned},
     maps::SERVICES,
     parse::{
         self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
@@ -54,6 +54,17 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         return later_fragment(frame, ip).map(|reason| (reason, None));
     }
     let packet = parse::ports(frame, ip)?;
+    // The established path: the pinned flow says everything (backend, state), so the service
+    // is not looked up. A removed service's flows leave the table with it (the daemon unpins
+    // them), and a closed or missing pin takes the path below.
+    let pinned = if ip.protocol == IPPROTO_TCP && ip.fragment == Fragment::None {
+        match flows::established(&packet) {
+            Pinned::Open(flow) => return Ok(forward(frame, &packet, Reason::Established, flow)),
+            other => other,
+        }
+    } else {
+        Pinned::Unknown
+    };
     let key = service_key(ip.dst, packet.dst_port, ip.protocol, ip.family);
     let config = unsafe { SERVICES.get(key) }.ok_or(Reason::NotService)?;
     if ip.fragment == Fragment::First && config.cohort != Cohort::Client as u32 {
@@ -71,11 +82,22 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         _pad: [0; 2],
     };
     let (reason, flow) = if ip.protocol == IPPROTO_TCP {
-        flows::tcp(config, &flow_key, &packet)?
+        flows::tcp(config, &flow_key, &packet, pinned)?
     } else {
         flows::udp(config, &flow_key, ip.family)?
     };
-    rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
+    if ip.fragment == Fragment::First {
+        count(frame, &packet, reason, &flow);
+        rewrite_destination(frame, &packet, &flow.backend_addr, flow.backend_port);
+        return Ok((Reason::FragmentSteered, None));
+    }
+    Ok(forward(frame, &packet, reason, flow))
+}
+
+/// Counts a client packet rewritten to `flow`'s backend.
+#[inline(always)]
+fn count(frame: &Frame, packet: &Packet, reason: Reason, flow: &Pin) {
+    let ip = &packet.ip;
     let bytes = (frame.len() - ip.l3_offset) as u64;
     // A stray RST is forwarded but not held (see `flows`): no new flow to count.
     let rst = ip.protocol == IPPROTO_TCP && packet.tcp_flags & TCP_RST != 0;
@@ -88,16 +110,20 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         packet.tcp_flags,
         new,
     );
-    if ip.fragment == Fragment::First {
-        return Ok((Reason::FragmentSteered, None));
-    }
-    Ok((
+}
+
+/// DNAT to `flow`'s backend, counted; the new IP header data for the forwarding step.
+#[inline(always)]
+fn forward(frame: &Frame, packet: &Packet, reason: Reason, flow: Pin) -> (Reason, Option<Ip>) {
+    count(frame, packet, reason, &flow);
+    rewrite_destination(frame, packet, &flow.backend_addr, flow.backend_port);
+    (
         reason,
         Some(Ip {
             dst: flow.backend_addr,
-            ..ip
+            ..packet.ip
         }),
-    ))
+    )
 }
 
 /// A non-first fragment: no ports. The daemon keys a port-0 entry per service address and

@@ -435,6 +435,20 @@ fn reload_applies_only_the_difference_and_a_bad_file_changes_nothing() {
         "reloaded: added -; changed -; removed api; unchanged web; attached -; detached -\n"
     );
     assert!(lab.status().services.iter().all(|s| s.name != "api"));
+    // Its pinned flows leave with it (the established path forwards a pinned flow without
+    // looking its service up): the open connection's packets are no longer rewritten.
+    let api_flows = Maps::from_pins(&maps_dir)
+        .unwrap()
+        .flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(key, _)| key.dst == api_key.addr && key.dst_port == api_key.port)
+        .count();
+    assert_eq!(api_flows, 0, "the removed service's flows are unpinned");
+    assert!(
+        api_conversation.ask().is_err(),
+        "the removed service's connection is not forwarded any more"
+    );
 }
 
 #[test]

@@ -177,6 +177,7 @@ impl App {
             health: backends::Backends::default(),
         };
         let report = app.apply(config)?;
+        app.unpin_removed_services()?;
         app.forget_removed_backends()?;
         log_report(&report, "configuration applied");
         app.resume_rollouts_after_restart();

@@ -1,20 +1,43 @@
 //! Reply-path entries of backends no service uses any more: removed once no pinned flow goes
-//! to them (until then their replies must still be rewritten).
+//! to them (until then their replies must still be rewritten). And the pinned flows of removed
+//! services, which leave at once.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     net::SocketAddr,
 };
 
-use splitter_common::BackendKey;
+use splitter_common::{BackendKey, ServiceKey};
 
 use super::{App, AppError};
 use crate::{
     config::ColorName,
-    dataplane::{maps::StateCounts, services::socket_addr},
+    dataplane::{
+        maps::StateCounts,
+        services::{service_key, socket_addr},
+    },
 };
 
 impl App {
+    /// The `SERVICES` keys of the installed services: a verified flow to anything else is
+    /// unpinned ([`crate::dataplane::maps::FlowScan::unpin_unserved`]).
+    pub fn served(&self) -> HashSet<ServiceKey> {
+        self.installed
+            .keys()
+            .map(|(address, protocol)| service_key(address, *protocol))
+            .collect()
+    }
+
+    /// Unpins the flows of services that are not installed any more (after a start; a reload
+    /// does it off the lock, see `Shared::reload`).
+    pub(super) fn unpin_removed_services(&self) -> Result<(), AppError> {
+        let removed = self.flow_scan().unpin_unserved(&self.served())?;
+        if removed > 0 {
+            tracing::info!(flows = removed, "unpinned the flows of removed services");
+        }
+        Ok(())
+    }
+
     /// Removes the reply-path entries of backends no service uses any more, once no pinned
     /// flow goes to them (until then their replies must still be rewritten).
     pub(super) fn forget_removed_backends(&mut self) -> Result<(), AppError> {

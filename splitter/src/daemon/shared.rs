@@ -236,6 +236,19 @@ impl Shared {
         if let Some(fleet) = &self.fleet {
             fleet.reloaded();
         }
+        // The established path does not look services up: a removed service's flows go now.
+        let unserved = self
+            .with_app(|app| Ok((app.served(), app.flow_scan())))
+            .and_then(|(served, scan)| {
+                blocking(|| scan.unpin_unserved(&served))
+                    .map_err(AppError::from)
+                    .map_err(SharedError::from)
+            });
+        match unserved {
+            Ok(0) => {}
+            Ok(flows) => tracing::info!(flows, "unpinned the flows of removed services"),
+            Err(error) => tracing::warn!(%error, "could not unpin the flows of removed services"),
+        }
         let orphans = self.with_app(|app| Ok((app.orphan_backends()?, app.flow_scan())));
         match orphans {
             Ok((orphans, _)) if orphans.is_empty() => {}

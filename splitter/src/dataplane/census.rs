@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use splitter_common::{Family, FlowKey, FlowState, flow::stamp_age_ns};
+use splitter_common::{Family, FlowKey, FlowState, ServiceKey, flow::stamp_age_ns};
 
 use super::{
     DataplaneError,
@@ -119,6 +119,35 @@ impl FlowScan {
             }
         }
         Ok(keys)
+    }
+
+    /// Unpins the verified flows of services not in `served` (keys as in `SERVICES`), and
+    /// returns how many. The established path forwards a pinned flow without looking its
+    /// service up, so a removed service's flows must leave `FLOWS` with it. Runs on these
+    /// handles, off the daemon's lock; a flow of a service installed during the walk could go
+    /// too: its next packet is then a miss, steered by the weight history and re-verified.
+    pub fn unpin_unserved(
+        &self,
+        served: &std::collections::HashSet<ServiceKey>,
+    ) -> Result<usize, DataplaneError> {
+        let (mut flows, _) = FlowTable::<Verified>::from_fds(&self.flows)?;
+        let doomed: Vec<FlowKey> = flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| {
+                !served.contains(&ServiceKey {
+                    addr: key.dst,
+                    port: key.dst_port,
+                    protocol: key.protocol,
+                    family: key.family,
+                })
+            })
+            .collect();
+        for key in &doomed {
+            // Gone already (evicted, or closed and replaced): nothing to do.
+            let _ = flows.remove(key);
+        }
+        Ok(doomed.len())
     }
 
     /// Live connections (established + closing) per backend id, and the entries of `FLOWS`

@@ -105,7 +105,9 @@ pub struct TableFds(std::sync::Arc<[OwnedFd; 2]>);
 
 impl<S: Stored> FlowTable<S> {
     /// Opens the table's two maps through `take(name)`.
-    pub fn open(take: &mut impl FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
+    pub fn open(
+        take: &mut impl FnMut(&'static str) -> Option<Map>,
+    ) -> Result<Self, DataplaneError> {
         let [v4, v6] = S::NAMES;
         Ok(Self {
             v4: typed(v4, take(v4))?,

@@ -5,9 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use splitter_common::{
-    Backend, BackendCounters, BackendKey, Forwarding, OverrideKey,
-    OverrideValue, Reason, ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse,
-    maps as names,
+    Backend, BackendCounters, BackendKey, Forwarding, OverrideKey, OverrideValue, Reason,
+    ReverseValue, ServiceConfig, ServiceCounters, ServiceKey, SharedReverse, maps as names,
 };
 
 pub use super::census::{FlowCensus, FlowScan, StateCounts};
