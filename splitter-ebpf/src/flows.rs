@@ -191,12 +191,13 @@ fn tcp_in<T: Tables>(
     unverified::<T>(config, key, &table_key, packet)
 }
 
+/// A `PENDING` entry for `flow`, chosen at `now` (ns).
 #[inline(always)]
-fn pending_entry<A>(flow: FlowEntry<A>) -> PendingEntry<A> {
+fn pending_entry<A>(flow: FlowEntry<A>, now: u64) -> PendingEntry<A> {
     PendingEntry {
         flow,
         synack_seq: 0,
-        handshake: fine_stamp(unsafe { bpf_ktime_get_ns() }),
+        handshake: fine_stamp(now),
     }
 }
 
@@ -210,11 +211,14 @@ fn unverified<T: Tables>(
 ) -> Result<(Reason, Pin), Reason> {
     let flags = packet.tcp_flags;
     let syn = is_syn(flags);
-    if syn && let Ok((_, flow)) = new_flow::<T::A>(config, key, Start::Now, FlowState::Pending) {
+    // One clock read per packet (a helper call, not free in a VM).
+    let now = unsafe { bpf_ktime_get_ns() };
+    if syn && let Ok((_, flow)) = new_flow::<T::A>(config, key, Start::Now, FlowState::Pending, now)
+    {
         // The common SYN opens a handshake: one insert that fails if the tuple is held already
         // (a retransmission), instead of a lookup before every insert.
         if T::pending()
-            .insert(table_key, pending_entry(flow), BPF_NOEXIST as u64)
+            .insert(table_key, pending_entry(flow, now), BPF_NOEXIST as u64)
             .is_ok()
         {
             return Ok((Reason::NewFlow, pin(&flow)));
@@ -234,27 +238,30 @@ fn unverified<T: Tables>(
         // Not held after all (the insert above failed for want of memory, or the pool is
         // empty): the flow goes unheld; its next packet takes the same choice again while the
         // weight is unchanged.
-        let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Pending)?.1;
-        let _ = T::pending().insert(table_key, pending_entry(flow), 0);
+        let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Pending, now)?.1;
+        let _ = T::pending().insert(table_key, pending_entry(flow, now), 0);
         return Ok((Reason::NewFlow, pin(&flow)));
     }
-    let (ambiguous, flow) = new_flow::<T::A>(config, key, Start::Earlier, FlowState::Unverified)?;
+    let (ambiguous, flow) =
+        new_flow::<T::A>(config, key, Start::Earlier, FlowState::Unverified, now)?;
     // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
     if flags & TCP_RST == 0 {
-        let _ = T::pending().insert(table_key, pending_entry(flow), 0);
+        let _ = T::pending().insert(table_key, pending_entry(flow, now), 0);
         unverified_inserted();
     }
     counters::flow_miss(config.id, ambiguous);
     Ok((Reason::FlowMiss, pin(&flow)))
 }
 
-/// A flow entry in `state` for a backend chosen now, and whether the choice was ambiguous.
+/// A flow entry in `state` for a backend chosen at `now` (ns), and whether the choice was
+/// ambiguous.
 #[inline(always)]
 fn new_flow<A: TableAddr>(
     config: &ServiceConfig,
     key: &FlowKey,
     start: Start,
     state: FlowState,
+    now: u64,
 ) -> Result<(bool, FlowEntry<A>), Reason> {
     let chosen = select::choose(config, key, start).ok_or(Reason::NoBackend)?;
     Ok((
@@ -267,7 +274,7 @@ fn new_flow<A: TableAddr>(
             color: chosen.backend.color,
             flags: 0,
             _pad: 0,
-            stamp: stamp(unsafe { bpf_ktime_get_ns() }),
+            stamp: stamp(now),
         },
     ))
 }
@@ -353,8 +360,8 @@ fn udp_in<T: Tables>(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, P
             return Ok((Reason::Established, pin(&entry.flow)));
         }
     }
-    let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Udp)?.1;
-    let _ = T::pending().insert(&table_key, pending_entry(flow), 0);
+    let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Udp, now)?.1;
+    let _ = T::pending().insert(&table_key, pending_entry(flow, now), 0);
     Ok((Reason::NewFlow, pin(&flow)))
 }
 
