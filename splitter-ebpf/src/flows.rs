@@ -47,13 +47,13 @@ pub struct Pin {
     pub state: u8,
 }
 
-/// What the established path found in `FLOWS` for a client TCP packet.
+/// What the established path found for a client packet (`FLOWS` for TCP, `PENDING` for UDP).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Pinned {
     /// An open pinned flow (its FIN or RST, if any, already recorded).
     Open(Pin),
-    /// A closed pin: the full path decides (a new handshake on the reused tuple, or the last
-    /// segments of the closed one).
+    /// A closed pin (or an idle UDP flow): the full path decides (a new handshake on the
+    /// reused tuple, or the last segments of the closed one).
     Closed,
     /// No entry.
     Absent,
@@ -71,17 +71,22 @@ pub fn established(packet: &Packet) -> Pinned {
     }
 }
 
+/// The table key of a client packet (client → service).
 #[inline(always)]
-fn established_in<T: Tables>(packet: &Packet) -> Pinned {
-    let key = TableKey::<T::A> {
+fn packet_key<T: Tables>(packet: &Packet) -> TableKey<T::A> {
+    TableKey {
         src: T::A::of(&packet.ip.src),
         dst: T::A::of(&packet.ip.dst),
         src_port: packet.src_port,
         dst_port: packet.dst_port,
         protocol: packet.ip.protocol,
         _pad: [0; 3],
-    };
-    let Some(pinned) = T::flows().get_ptr_mut(&key) else {
+    }
+}
+
+#[inline(always)]
+fn established_in<T: Tables>(packet: &Packet) -> Pinned {
+    let Some(pinned) = T::flows().get_ptr_mut(packet_key::<T>(packet)) else {
         return Pinned::Absent;
     };
     let pinned = unsafe { &mut *pinned };
@@ -334,34 +339,70 @@ fn unverified_inserted() {
     }
 }
 
-/// Ingress, a UDP packet to a service: active until idle for `UDP_IDLE_TIMEOUT_NS`, then gone
-/// (its next packet is chosen afresh with the weight in force).
+/// Ingress, the established path of UDP: a client datagram of an active flow (not idle for
+/// `UDP_IDLE_TIMEOUT_NS`), from the packet alone. An idle flow is `Closed`: chosen afresh.
 #[inline(always)]
-pub fn udp(config: &ServiceConfig, key: &FlowKey, family: Family) -> Result<(Reason, Pin), Reason> {
-    match family {
-        Family::Ipv4 => udp_in::<V4>(config, key),
-        Family::Ipv6 => udp_in::<V6>(config, key),
+pub fn udp_active(packet: &Packet) -> Pinned {
+    match packet.ip.family {
+        Family::Ipv4 => udp_active_in::<V4>(packet),
+        Family::Ipv6 => udp_active_in::<V6>(packet),
     }
 }
 
 #[inline(always)]
-fn udp_in<T: Tables>(config: &ServiceConfig, key: &FlowKey) -> Result<(Reason, Pin), Reason> {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let table_key = T::key(key);
-    if let Some(entry) = T::pending().get_ptr_mut(&table_key) {
-        let entry = unsafe { &mut *entry };
-        let idle = unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) };
-        if stamp_age_ns(now, entry.flow.stamp) < idle {
-            // One write per time unit (1 ms), not one per packet.
-            let now = stamp(now);
-            if entry.flow.stamp != now {
-                entry.flow.stamp = now;
-            }
-            return Ok((Reason::Established, pin(&entry.flow)));
-        }
+fn udp_active_in<T: Tables>(packet: &Packet) -> Pinned {
+    let Some(entry) = T::pending().get_ptr_mut(packet_key::<T>(packet)) else {
+        return Pinned::Absent;
+    };
+    let entry = unsafe { &mut *entry };
+    // The coarse clock (a tick, a few ms) is plenty for an idle timeout of 100 ms or more, and
+    // much cheaper than a precise read on every datagram.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let idle = unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) };
+    if entry.flow.state != FlowState::Udp as u8 || stamp_age_ns(now, entry.flow.stamp) >= idle {
+        return Pinned::Closed;
     }
+    // One write per time unit (1 ms), not one per datagram.
+    let now = stamp(now);
+    if entry.flow.stamp != now {
+        entry.flow.stamp = now;
+    }
+    Pinned::Open(pin(&entry.flow))
+}
+
+/// Ingress, a UDP datagram to a service that [`udp_active`] did not place (`seen`: what it
+/// found; `Unknown` for a first fragment, looked up here): a new flow (or an idle one chosen
+/// afresh) with the weight in force.
+#[inline(always)]
+pub fn udp(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    packet: &Packet,
+    seen: Pinned,
+) -> Result<(Reason, Pin), Reason> {
+    match packet.ip.family {
+        Family::Ipv4 => udp_in::<V4>(config, key, packet, seen),
+        Family::Ipv6 => udp_in::<V6>(config, key, packet, seen),
+    }
+}
+
+#[inline(always)]
+fn udp_in<T: Tables>(
+    config: &ServiceConfig,
+    key: &FlowKey,
+    packet: &Packet,
+    seen: Pinned,
+) -> Result<(Reason, Pin), Reason> {
+    let seen = match seen {
+        Pinned::Unknown => udp_active_in::<T>(packet),
+        other => other,
+    };
+    if let Pinned::Open(flow) = seen {
+        return Ok((Reason::Established, flow));
+    }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Udp, now)?.1;
-    let _ = T::pending().insert(&table_key, pending_entry(flow, now), 0);
+    let _ = T::pending().insert(T::key(key), pending_entry(flow, now), 0);
     Ok((Reason::NewFlow, pin(&flow)))
 }
 

@@ -55,16 +55,16 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
     }
     let packet = parse::ports(frame, ip)?;
     // The established path: the pinned flow says everything (backend, state), so the service
-    // is not looked up. A removed service's flows leave the table with it (the daemon unpins
-    // them), and a closed or missing pin takes the path below.
-    let pinned = if ip.protocol == IPPROTO_TCP && ip.fragment == Fragment::None {
-        match flows::established(&packet) {
-            Pinned::Open(flow) => return Ok(forward(frame, &packet, Reason::Established, flow)),
-            other => other,
-        }
-    } else {
-        Pinned::Unknown
+    // is not looked up. A removed service's flows leave the tables with it (the daemon unpins
+    // them); a closed, idle or missing pin takes the path below.
+    let pinned = match (ip.fragment, ip.protocol) {
+        (Fragment::None, IPPROTO_TCP) => flows::established(&packet),
+        (Fragment::None, _) => flows::udp_active(&packet),
+        _ => Pinned::Unknown,
     };
+    if let Pinned::Open(flow) = pinned {
+        return Ok(forward(frame, &packet, Reason::Established, flow));
+    }
     let key = service_key(ip.dst, packet.dst_port, ip.protocol, ip.family);
     let config = unsafe { SERVICES.get(key) }.ok_or(Reason::NotService)?;
     if ip.fragment == Fragment::First && config.cohort != Cohort::Client as u32 {
@@ -84,7 +84,7 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
     let (reason, flow) = if ip.protocol == IPPROTO_TCP {
         flows::tcp(config, &flow_key, &packet, pinned)?
     } else {
-        flows::udp(config, &flow_key, ip.family)?
+        flows::udp(config, &flow_key, &packet, pinned)?
     };
     if ip.fragment == Fragment::First {
         count(frame, &packet, reason, &flow);

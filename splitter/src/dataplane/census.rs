@@ -7,7 +7,7 @@ use splitter_common::{Family, FlowKey, FlowState, ServiceKey, flow::stamp_age_ns
 
 use super::{
     DataplaneError,
-    flows::{FlowTable, TableFds, Unverified, Verified},
+    flows::{FlowTable, Stored, TableFds, Unverified, Verified},
 };
 use crate::sys::monotonic_ns;
 
@@ -121,33 +121,19 @@ impl FlowScan {
         Ok(keys)
     }
 
-    /// Unpins the verified flows of services not in `served` (keys as in `SERVICES`), and
-    /// returns how many. The established path forwards a pinned flow without looking its
-    /// service up, so a removed service's flows must leave `FLOWS` with it. Runs on these
-    /// handles, off the daemon's lock; a flow of a service installed during the walk could go
-    /// too: its next packet is then a miss, steered by the weight history and re-verified.
+    /// Unpins the flows of services not in `served` (keys as in `SERVICES`) from both tables,
+    /// and returns how many. The established path forwards a pinned flow (TCP in `FLOWS`, UDP
+    /// in `PENDING`) without looking its service up, so a removed service's flows must leave
+    /// with it. Runs on these handles, off the daemon's lock; a flow of a service installed
+    /// during the walk could go too: its next packet is then a miss, steered by the weight
+    /// history and re-verified (TCP) or chosen afresh (UDP).
     pub fn unpin_unserved(
         &self,
         served: &std::collections::HashSet<ServiceKey>,
     ) -> Result<usize, DataplaneError> {
         let (mut flows, _) = FlowTable::<Verified>::from_fds(&self.flows)?;
-        let doomed: Vec<FlowKey> = flows
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| {
-                !served.contains(&ServiceKey {
-                    addr: key.dst,
-                    port: key.dst_port,
-                    protocol: key.protocol,
-                    family: key.family,
-                })
-            })
-            .collect();
-        for key in &doomed {
-            // Gone already (evicted, or closed and replaced): nothing to do.
-            let _ = flows.remove(key);
-        }
-        Ok(doomed.len())
+        let (mut pending, _) = FlowTable::<Unverified>::from_fds(&self.pending)?;
+        Ok(unserved(&mut flows, served) + unserved(&mut pending, served))
     }
 
     /// Live connections (established + closing) per backend id, and the entries of `FLOWS`
@@ -161,4 +147,28 @@ impl FlowScan {
             .collect();
         Ok((live, census.verified()))
     }
+}
+
+/// [`FlowScan::unpin_unserved`] on one table.
+fn unserved<S: Stored>(
+    table: &mut FlowTable<S>,
+    served: &std::collections::HashSet<ServiceKey>,
+) -> usize {
+    let doomed: Vec<FlowKey> = table
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| {
+            !served.contains(&ServiceKey {
+                addr: key.dst,
+                port: key.dst_port,
+                protocol: key.protocol,
+                family: key.family,
+            })
+        })
+        .collect();
+    for key in &doomed {
+        // Gone already (evicted, or closed and replaced): nothing to do.
+        let _ = table.remove(key);
+    }
+    doomed.len()
 }
