@@ -113,12 +113,16 @@ pub enum Request {
     FleetClearOverride {
         service: String,
     },
+    /// `[fleet]`: this host's definition of the service becomes the fleet's.
+    FleetAdoptDefinition {
+        service: String,
+    },
 }
 
 impl Request {
     /// Every value of [`Request::name`], in declaration order: the request counter has a zero
     /// series for each from the start.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "status",
         "set-weight",
         "switch",
@@ -137,6 +141,7 @@ impl Request {
         "rollout-abort",
         "fleet-status",
         "fleet-clear-override",
+        "fleet-adopt-definition",
     ];
 
     /// The `command` label of the daemon's request counter.
@@ -160,6 +165,7 @@ impl Request {
             Request::RolloutAbort { .. } => "rollout-abort",
             Request::FleetStatus => "fleet-status",
             Request::FleetClearOverride { .. } => "fleet-clear-override",
+            Request::FleetAdoptDefinition { .. } => "fleet-adopt-definition",
         }
     }
 }
@@ -188,6 +194,8 @@ pub enum Reply {
     Fleet(crate::fleet::report::FleetWrite),
     FleetStatus(Box<crate::fleet::report::FleetStatusReport>),
     FleetLocal(Box<crate::fleet::report::FleetLocalStatus>),
+    /// `fleet adopt-definition`: this host's definition is the fleet's now.
+    FleetAdopted(crate::fleet::report::AdoptedDefinition),
 }
 
 /// Where a rollout stands: `rollout status` and every `rollout` command's answer.
@@ -222,6 +230,13 @@ pub struct RolloutReport {
     pub blue: crate::rollout::engine::Summary,
     pub last: Option<crate::rollout::engine::Decision>,
     pub history: Vec<crate::rollout::engine::Decision>,
+    /// `[fleet]`: over which hosts the leader summed the signals when it last decided
+    /// (`signals summed over 2 of 3 hosts (c: definition differs)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_signals: Option<String>,
+    /// `[fleet]` `rollout abort --cut`: how many live hosts applied the abort (and cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_write: Option<crate::fleet::report::FleetWrite>,
 }
 
 const fn green() -> ColorName {

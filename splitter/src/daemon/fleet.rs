@@ -1,7 +1,8 @@
 //! FLEET (issue 15): the daemon's side of `[fleet]`. The fleet applies etcd's desired state
 //! through [`App::apply_desired`], the `set-weight`/`switch` path of local commands; the
 //! control requests that go to the fleet (`set-weight`/`switch` with `[fleet]`, `switch
-//! --local`, `fleet status`, `fleet clear-override`) are answered here.
+//! --local`, `fleet status`, `fleet clear-override`, `fleet adopt-definition`, the `rollout`
+//! commands) are answered here.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
@@ -119,6 +120,10 @@ impl Target for Shared {
                 .collect()
         })
     }
+
+    fn cut(&self, service: &str, color: ColorName) -> Result<usize, SharedError> {
+        self.with_app(|app| app.cut(service, color))
+    }
 }
 
 impl Shared {
@@ -219,7 +224,26 @@ impl Shared {
                     .await?;
                 rollout
             }
-            Request::RolloutStatus { service } => fleet.rollout(&service).await?.rollout,
+            Request::RolloutStatus { service } => {
+                let stored = fleet.rollout(&service).await?;
+                let mut report = self.with_app(|app| Ok(app.rollout_report(&stored.rollout)))?;
+                report.fleet_signals = stored.summed;
+                return Ok(Reply::Rollout(Box::new(report)));
+            }
+            Request::RolloutList => {
+                let stored = fleet.rollouts().await?;
+                let reports = self.with_app(|app| {
+                    Ok(stored
+                        .into_iter()
+                        .map(|stored| {
+                            let mut report = app.rollout_report(&stored.rollout);
+                            report.fleet_signals = stored.summed;
+                            report
+                        })
+                        .collect())
+                })?;
+                return Ok(Reply::Rollouts(reports));
+            }
             Request::RolloutPause { service } => {
                 fleet
                     .change_rollout(&service, |rollout| {
@@ -252,11 +276,19 @@ impl Shared {
                     })
                     .await?
             }
-            Request::RolloutAbort { cut: true, .. } => {
-                return Err(FleetError::NotForFleet {
-                    what: "`rollout abort --cut`",
-                }
-                .into());
+            // Every host cuts its own canary flows when it applies the abort (`fleet/watch.rs`).
+            Request::RolloutAbort { service, cut: true } => {
+                let (rollout, outcome) = fleet
+                    .abort_cut(&service, |rollout| {
+                        rollout.abort(
+                            now_unix_ms(),
+                            "aborted by the operator (--cut: every host unpins its canary flows)",
+                        )
+                    })
+                    .await?;
+                let mut report = self.with_app(|app| Ok(app.rollout_report(&rollout)))?;
+                report.fleet_write = Some(outcome);
+                return Ok(Reply::Rollout(Box::new(report)));
             }
             other => {
                 return Err(FleetError::NotForFleet { what: other.name() }.into());
@@ -268,6 +300,15 @@ impl Shared {
 
     pub(super) async fn fleet_status(&self) -> Result<Reply, SharedError> {
         Ok(Reply::FleetStatus(Box::new(self.fleet()?.status().await?)))
+    }
+
+    /// `fleet adopt-definition SERVICE`: this host's definition becomes the fleet's.
+    pub(super) async fn fleet_adopt_definition(&self, service: &str) -> Result<Reply, SharedError> {
+        let fleet = self.fleet()?;
+        let definition = self.with_app(|app| app.definition(service))?;
+        Ok(Reply::FleetAdopted(
+            fleet.adopt_definition(&definition).await?,
+        ))
     }
 
     pub(super) fn fleet_clear_override(&self, service: &str) -> Result<Reply, SharedError> {

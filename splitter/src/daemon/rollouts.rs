@@ -445,6 +445,8 @@ impl App {
             blue: (&rollout.window.blue).into(),
             last: rollout.last_decision().cloned(),
             history: rollout.history.clone(),
+            fleet_signals: None,
+            fleet_write: None,
         }
     }
 

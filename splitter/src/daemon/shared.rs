@@ -145,6 +145,9 @@ impl Shared {
             },
             Request::FleetStatus => self.fleet_status().await,
             Request::FleetClearOverride { service } => self.fleet_clear_override(&service),
+            Request::FleetAdoptDefinition { service } => {
+                self.fleet_adopt_definition(&service).await
+            }
             Request::Drain {
                 service,
                 color,

@@ -78,3 +78,15 @@ pub struct FleetWrite {
     #[serde(default)]
     pub left_alone: Vec<String>,
 }
+
+/// `fleet adopt-definition SERVICE`: this host's definition is the fleet's now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedDefinition {
+    pub service: String,
+    /// The fleet's definition hash now (this host's).
+    pub definition: String,
+    /// The etcd revision of the write.
+    pub revision: i64,
+    /// Live hosts whose definition differs from it (left alone until their files catch up).
+    pub differ: Vec<String>,
+}
