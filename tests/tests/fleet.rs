@@ -479,7 +479,9 @@ fn measure_fleet() {
     }
     const CHANGES: usize = 100;
     let mut etcd = Etcd::start("fb");
-    let labs = fleet("fb", &mut etcd, &[web("0"), web("0"), web("0")]);
+    // A plan that holds (an hour per step): a running rollout for the background count.
+    let plan = web_rollout("steps = [100]\nevery = \"1h\"\nmin_flows = 1000");
+    let labs = fleet("fb", &mut etcd, &[plan.clone(), plan.clone(), plan]);
     for lab in &labs {
         connected(lab);
     }
@@ -501,7 +503,39 @@ fn measure_fleet() {
         let took = started.elapsed();
         (took, out)
     };
+    // Writes without any change: each host's record (every 2 s) and rollout signals (every
+    // second), with no rollout and with one running (the leader writes only its decisions).
+    const BACKGROUND: Duration = Duration::from_secs(10);
+    // The store's revision: +1 for every put or writing transaction, whatever etcd's
+    // counters call them.
+    let revision = |etcd: &Etcd| {
+        let status: serde_json::Value =
+            serde_json::from_str(&etcd.ctl(&["endpoint", "status", "-w", "json"]))
+                .expect("etcdctl endpoint status JSON");
+        status[0]["Status"]["header"]["revision"]
+            .as_f64()
+            .expect("a revision")
+    };
+    let background = |etcd: &Etcd| {
+        let (writes, events) = counters(etcd);
+        let revision_before = revision(etcd);
+        std::thread::sleep(BACKGROUND);
+        let (writes_after, events_after) = counters(etcd);
+        let seconds = BACKGROUND.as_secs_f64();
+        (
+            (writes_after - writes) / seconds,
+            (events_after - events) / seconds,
+            (revision(etcd) - revision_before) / seconds,
+        )
+    };
+    let idle = background(&etcd);
+    labs[0].cli_ok(&["rollout", "start", "web"]);
+    // Past the start and the leader's first decisions: the steady state of a running rollout.
+    std::thread::sleep(Duration::from_secs(3));
+    let rolling = background(&etcd);
+    labs[0].cli_ok(&["rollout", "abort", "web"]);
     let (writes_before, events_before) = counters(&etcd);
+    let changes_began = Instant::now();
     let mut fleet_times = Vec::new();
     for change in 0..CHANGES {
         let percent = if change % 2 == 0 { "10" } else { "20" };
@@ -510,6 +544,7 @@ fn measure_fleet() {
         fleet_times.push(took);
     }
     let (writes_after, events_after) = counters(&etcd);
+    let changes_took = changes_began.elapsed().as_secs_f64();
     let mut local_times = Vec::new();
     for change in 0..CHANGES {
         let color = if change % 2 == 0 { "blue" } else { "green" };
@@ -546,10 +581,18 @@ fn measure_fleet() {
         local_median.as_secs_f64() * 1e3,
         local_p99.as_secs_f64() * 1e3
     );
+    let writes = writes_after - writes_before;
+    let events = events_after - events_before;
     println!(
-        "FLEET etcd writes (puts + txns) per change: {:.1}; watch events sent per change: {:.1}",
-        (writes_after - writes_before) / CHANGES as f64,
-        (events_after - events_before) / CHANGES as f64
+        "FLEET etcd writes (puts + txns) per change: {:.2} measured, {:.2} without the background; watch events sent per change: {:.2} ({:.2} without the background)",
+        writes / CHANGES as f64,
+        (writes - idle.0 * changes_took) / CHANGES as f64,
+        events / CHANGES as f64,
+        (events - idle.1 * changes_took) / CHANGES as f64,
+    );
+    println!(
+        "FLEET background etcd writes per second (3 hosts, no change; puts + txns, then revisions): {:.2} / {:.2} without a rollout, {:.2} / {:.2} with one running (holding); watch events per second: {:.2} / {:.2}",
+        idle.0, idle.2, rolling.0, rolling.2, idle.1, rolling.1
     );
     println!(
         "FLEET reconvergence after etcd answers again: {:.2} s (3 hosts connected and applied)",
@@ -992,7 +1035,10 @@ fn a_mismatched_host_is_not_summed_and_abort_cut_cuts_on_every_host() {
             == Some("signals summed over 2 of 3 hosts (c: definition differs)")
     });
     assert!(
-        report.history.iter().all(|d| !d.reason.contains("over 3 hosts")),
+        report
+            .history
+            .iter()
+            .all(|d| !d.reason.contains("over 3 hosts")),
         "c's signals were never summed: {report:#?}"
     );
     let text = labs[1].cli_ok(&["rollout", "status", "web"]);

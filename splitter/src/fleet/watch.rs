@@ -364,7 +364,15 @@ fn cut_requested(
     else {
         return Ok(None);
     };
-    let stored: FleetRollout = super::store::decode(kv)?;
+    // A rollout value this host cannot read is the leader's and the CLI's problem (they
+    // report it); the session goes on.
+    let stored: FleetRollout = match super::store::decode(kv) {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(service, %error, "fleet: unreadable rollout ignored by the watch");
+            return Ok(None);
+        }
+    };
     if !stored.cut
         || stored.rollout.phase != Phase::Aborted
         || !session.definitions.contains_key(service)
