@@ -1031,7 +1031,7 @@ fn a_mismatched_host_is_not_summed_and_abort_cut_cuts_on_every_host() {
     // (Each host publishes its signals once a second: the leader may judge first over fewer,
     // then starts a fresh window when the set of hosts changes.)
     let report = rollout_until(&labs[1], Duration::from_secs(20), |report| {
-        report.fleet_signals.as_deref()
+        report.fleet.fleet_signals.as_deref()
             == Some("signals summed over 2 of 3 hosts (c: definition differs)")
     });
     assert!(

@@ -251,7 +251,7 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
             let report = ask(&Request::RolloutAbort { service, cut })?;
             write!(out, "{}", render(&report))?;
             // FLEET: `--cut` is applied by every host: how many did.
-            if let Some(write) = &report.fleet_write {
+            if let Some(write) = &report.fleet.fleet_write {
                 super::fleet::print_write(&mut out, write)?;
             }
             Ok(())
@@ -437,7 +437,7 @@ pub fn render(report: &RolloutReport) -> String {
             last.reason
         );
     }
-    if let Some(summed) = &report.fleet_signals {
+    if let Some(summed) = &report.fleet.fleet_signals {
         let _ = writeln!(text, "  fleet: {summed}");
     }
     text

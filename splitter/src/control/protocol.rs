@@ -194,7 +194,6 @@ pub enum Reply {
     Fleet(crate::fleet::report::FleetWrite),
     FleetStatus(Box<crate::fleet::report::FleetStatusReport>),
     FleetLocal(Box<crate::fleet::report::FleetLocalStatus>),
-    /// `fleet adopt-definition`: this host's definition is the fleet's now.
     FleetAdopted(crate::fleet::report::AdoptedDefinition),
 }
 
@@ -230,13 +229,9 @@ pub struct RolloutReport {
     pub blue: crate::rollout::engine::Summary,
     pub last: Option<crate::rollout::engine::Decision>,
     pub history: Vec<crate::rollout::engine::Decision>,
-    /// `[fleet]`: over which hosts the leader summed the signals when it last decided
-    /// (`signals summed over 2 of 3 hosts (c: definition differs)`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet_signals: Option<String>,
-    /// `[fleet]` `rollout abort --cut`: how many live hosts applied the abort (and cut).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fleet_write: Option<crate::fleet::report::FleetWrite>,
+    /// `[fleet]`: the hosts summed, the hosts that applied an `abort --cut`.
+    #[serde(default, flatten)]
+    pub fleet: crate::fleet::report::RolloutFleetNotes,
 }
 
 const fn green() -> ColorName {

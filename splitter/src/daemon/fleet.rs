@@ -185,6 +185,7 @@ impl Shared {
 
     /// The `rollout` commands with `[fleet]`: the rollout is the fleet's, in etcd (started
     /// from this host's plan and weight in force, judged by the leader, `fleet/leader.rs`).
+    #[expect(clippy::too_many_lines, reason = "one arm per rollout command")]
     pub(super) async fn fleet_rollout(&self, request: Request) -> Result<Reply, SharedError> {
         let fleet = self.fleet()?;
         let rollout = match request {
@@ -227,7 +228,7 @@ impl Shared {
             Request::RolloutStatus { service } => {
                 let stored = fleet.rollout(&service).await?;
                 let mut report = self.with_app(|app| Ok(app.rollout_report(&stored.rollout)))?;
-                report.fleet_signals = stored.summed;
+                report.fleet.fleet_signals = stored.summed;
                 return Ok(Reply::Rollout(Box::new(report)));
             }
             Request::RolloutList => {
@@ -237,7 +238,7 @@ impl Shared {
                         .into_iter()
                         .map(|stored| {
                             let mut report = app.rollout_report(&stored.rollout);
-                            report.fleet_signals = stored.summed;
+                            report.fleet.fleet_signals = stored.summed;
                             report
                         })
                         .collect())
@@ -287,7 +288,7 @@ impl Shared {
                     })
                     .await?;
                 let mut report = self.with_app(|app| Ok(app.rollout_report(&rollout)))?;
-                report.fleet_write = Some(outcome);
+                report.fleet.fleet_write = Some(outcome);
                 return Ok(Reply::Rollout(Box::new(report)));
             }
             other => {
@@ -298,12 +299,19 @@ impl Shared {
         Ok(Reply::Rollout(Box::new(report)))
     }
 
-    pub(super) async fn fleet_status(&self) -> Result<Reply, SharedError> {
-        Ok(Reply::FleetStatus(Box::new(self.fleet()?.status().await?)))
+    /// `fleet status|clear-override|adopt-definition`.
+    pub(super) async fn fleet_command(&self, request: Request) -> Result<Reply, SharedError> {
+        match request {
+            Request::FleetClearOverride { service } => self.fleet_clear_override(&service),
+            Request::FleetAdoptDefinition { service } => {
+                self.fleet_adopt_definition(&service).await
+            }
+            _ => Ok(Reply::FleetStatus(Box::new(self.fleet()?.status().await?))),
+        }
     }
 
     /// `fleet adopt-definition SERVICE`: this host's definition becomes the fleet's.
-    pub(super) async fn fleet_adopt_definition(&self, service: &str) -> Result<Reply, SharedError> {
+    async fn fleet_adopt_definition(&self, service: &str) -> Result<Reply, SharedError> {
         let fleet = self.fleet()?;
         let definition = self.with_app(|app| app.definition(service))?;
         Ok(Reply::FleetAdopted(
@@ -311,7 +319,7 @@ impl Shared {
         ))
     }
 
-    pub(super) fn fleet_clear_override(&self, service: &str) -> Result<Reply, SharedError> {
+    fn fleet_clear_override(&self, service: &str) -> Result<Reply, SharedError> {
         let fleet = self.fleet()?;
         fleet.clear_override(service)?;
         tracing::info!(service, "fleet: local override cleared");

@@ -445,8 +445,7 @@ impl App {
             blue: (&rollout.window.blue).into(),
             last: rollout.last_decision().cloned(),
             history: rollout.history.clone(),
-            fleet_signals: None,
-            fleet_write: None,
+            fleet: crate::fleet::report::RolloutFleetNotes::default(),
         }
     }
 

@@ -284,7 +284,7 @@ fn decide(
     now: u64,
 ) -> Action {
     let over = summed.describe();
-    let counters = summed.window.clone();
+    let counters = summed.window;
     match judged {
         Some(judged) if judged.revision == revision && judged.summed == over => {
             rollout.tick(now, &counters, checks)

@@ -116,7 +116,7 @@ async fn session<T: Target>(
                     match event.event_type() {
                         EventType::Put => {
                             handle(fleet, target, &session, kv)?;
-                            cuts.extend(cut_requested(fleet, &session, kv)?);
+                            cuts.extend(cut_requested(fleet, &session, kv));
                         }
                         EventType::Delete => deleted(fleet, target, &session, kv)?,
                     }
@@ -353,31 +353,24 @@ fn deleted<T: Target>(
 /// A rollout key written with an abort `--cut` (`rollout.rs`): the service and canary color
 /// whose flows this host unpins, unless it does not serve the service or disagrees on its
 /// definition or the seed.
-fn cut_requested(
-    fleet: &Fleet,
-    session: &Session,
-    kv: &KeyValue,
-) -> Result<Option<(String, ColorName)>, FleetError> {
-    let Some(service) = fleet
+fn cut_requested(fleet: &Fleet, session: &Session, kv: &KeyValue) -> Option<(String, ColorName)> {
+    let service = fleet
         .keys
-        .parse_rollout_key(kv.key_str().unwrap_or_default())
-    else {
-        return Ok(None);
-    };
+        .parse_rollout_key(kv.key_str().unwrap_or_default())?;
     // A rollout value this host cannot read is the leader's and the CLI's problem (they
     // report it); the session goes on.
     let stored: FleetRollout = match super::store::decode(kv) {
         Ok(stored) => stored,
         Err(error) => {
             tracing::warn!(service, %error, "fleet: unreadable rollout ignored by the watch");
-            return Ok(None);
+            return None;
         }
     };
     if !stored.cut
         || stored.rollout.phase != Phase::Aborted
         || !session.definitions.contains_key(service)
     {
-        return Ok(None);
+        return None;
     }
     if let Some(reason) = not_applied(&fleet.lock(), service, false) {
         tracing::warn!(
@@ -385,9 +378,9 @@ fn cut_requested(
             reason,
             "fleet: rollout abort --cut not applied on this host"
         );
-        return Ok(None);
+        return None;
     }
-    Ok(Some((service.to_owned(), stored.rollout.canary)))
+    Some((service.to_owned(), stored.rollout.canary))
 }
 
 /// Unpins `service`'s `color` flows through the single-host `--cut` path. A failure is logged
