@@ -293,6 +293,16 @@ pub struct WhatIfReport {
     /// other color, whatever the weight).
     pub blue_in_rotation: bool,
     pub green_in_rotation: bool,
+    /// `[service.overrides]` prefixes of the service's family: their clients keep their color
+    /// at any weight (`moved_share` is the share of the other cohorts).
+    #[serde(default)]
+    pub override_prefixes: u64,
+    /// Of `seen_cohorts`, those whose client is under an override (none of them moves).
+    #[serde(default)]
+    pub seen_cohorts_overridden: u64,
+    /// The service's preview address: every flow of it goes to green at any weight.
+    #[serde(default)]
+    pub preview: Option<SocketAddr>,
 }
 
 /// The result of `drain`: the weight change (none when already in force) and, with `cut`, how
@@ -530,6 +540,16 @@ pub struct BackendStatus {
     /// Transitions into each state since the daemon started.
     #[serde(default)]
     pub transitions: BTreeMap<BackendState, u64>,
+    /// Its Maglev weight in the config.
+    #[serde(default)]
+    pub weight: u32,
+    /// The weight its share of its color's new flows follows now: `weight` when up, less
+    /// during slow start, 0 out of rotation.
+    #[serde(default)]
+    pub effective_weight: f64,
+    /// During slow start: the percent of `weight` it takes now (none otherwise).
+    #[serde(default)]
+    pub slow_start_percent: Option<f64>,
 }
 
 /// The answer to `backend disable|enable|drain`.

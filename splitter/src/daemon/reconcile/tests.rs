@@ -91,6 +91,7 @@ fn desired(services: &[Service], weight: u32) -> Vec<Desired<'_>> {
             green_weight: weight,
             preview: false,
             inactive: BTreeSet::new(),
+            weights: BTreeMap::new(),
         })
         .collect()
 }
