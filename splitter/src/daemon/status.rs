@@ -93,7 +93,11 @@ impl App {
                     let health = self.health.get(&service.name, address);
                     let in_rotation = !installed.inactive.contains(address);
                     let weight = service.weight(address);
-                    let permille = self.slow_start_permille(service, address, now);
+                    // A preview's green backends ramp with its service's.
+                    let ramps = preview_of
+                        .and_then(|name| self.config.service(name))
+                        .unwrap_or(service);
+                    let permille = self.slow_start_permille(ramps, address, now);
                     let rate = self.sampler.rate(*id);
                     if let Some(share) = self.sampler.rate_since(*id, since) {
                         window[color as usize] += share.increase.new_flows;
