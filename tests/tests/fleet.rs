@@ -479,7 +479,9 @@ fn measure_fleet() {
     }
     const CHANGES: usize = 100;
     let mut etcd = Etcd::start("fb");
-    let labs = fleet("fb", &mut etcd, &[web("0"), web("0"), web("0")]);
+    // A plan that holds (an hour per step): a running rollout for the background count.
+    let plan = web_rollout("steps = [100]\nevery = \"1h\"\nmin_flows = 1000");
+    let labs = fleet("fb", &mut etcd, &[plan.clone(), plan.clone(), plan]);
     for lab in &labs {
         connected(lab);
     }
@@ -501,7 +503,39 @@ fn measure_fleet() {
         let took = started.elapsed();
         (took, out)
     };
+    // Writes without any change: each host's record (every 2 s) and rollout signals (every
+    // second), with no rollout and with one running (the leader writes only its decisions).
+    const BACKGROUND: Duration = Duration::from_secs(10);
+    // The store's revision: +1 for every put or writing transaction, whatever etcd's
+    // counters call them.
+    let revision = |etcd: &Etcd| {
+        let status: serde_json::Value =
+            serde_json::from_str(&etcd.ctl(&["endpoint", "status", "-w", "json"]))
+                .expect("etcdctl endpoint status JSON");
+        status[0]["Status"]["header"]["revision"]
+            .as_f64()
+            .expect("a revision")
+    };
+    let background = |etcd: &Etcd| {
+        let (writes, events) = counters(etcd);
+        let revision_before = revision(etcd);
+        std::thread::sleep(BACKGROUND);
+        let (writes_after, events_after) = counters(etcd);
+        let seconds = BACKGROUND.as_secs_f64();
+        (
+            (writes_after - writes) / seconds,
+            (events_after - events) / seconds,
+            (revision(etcd) - revision_before) / seconds,
+        )
+    };
+    let idle = background(&etcd);
+    labs[0].cli_ok(&["rollout", "start", "web"]);
+    // Past the start and the leader's first decisions: the steady state of a running rollout.
+    std::thread::sleep(Duration::from_secs(3));
+    let rolling = background(&etcd);
+    labs[0].cli_ok(&["rollout", "abort", "web"]);
     let (writes_before, events_before) = counters(&etcd);
+    let changes_began = Instant::now();
     let mut fleet_times = Vec::new();
     for change in 0..CHANGES {
         let percent = if change % 2 == 0 { "10" } else { "20" };
@@ -510,6 +544,7 @@ fn measure_fleet() {
         fleet_times.push(took);
     }
     let (writes_after, events_after) = counters(&etcd);
+    let changes_took = changes_began.elapsed().as_secs_f64();
     let mut local_times = Vec::new();
     for change in 0..CHANGES {
         let color = if change % 2 == 0 { "blue" } else { "green" };
@@ -546,10 +581,18 @@ fn measure_fleet() {
         local_median.as_secs_f64() * 1e3,
         local_p99.as_secs_f64() * 1e3
     );
+    let writes = writes_after - writes_before;
+    let events = events_after - events_before;
     println!(
-        "FLEET etcd writes (puts + txns) per change: {:.1}; watch events sent per change: {:.1}",
-        (writes_after - writes_before) / CHANGES as f64,
-        (events_after - events_before) / CHANGES as f64
+        "FLEET etcd writes (puts + txns) per change: {:.2} measured, {:.2} without the background; watch events sent per change: {:.2} ({:.2} without the background)",
+        writes / CHANGES as f64,
+        (writes - idle.0 * changes_took) / CHANGES as f64,
+        events / CHANGES as f64,
+        (events - idle.1 * changes_took) / CHANGES as f64,
+    );
+    println!(
+        "FLEET background etcd writes per second (3 hosts, no change; puts + txns, then revisions): {:.2} / {:.2} without a rollout, {:.2} / {:.2} with one running (holding); watch events per second: {:.2} / {:.2}",
+        idle.0, idle.2, rolling.0, rolling.2, idle.1, rolling.1
     );
     println!(
         "FLEET reconvergence after etcd answers again: {:.2} s (3 hosts connected and applied)",
@@ -827,4 +870,230 @@ fn a_killed_leader_is_replaced_and_the_rollout_finishes() {
             "client through host {index}: {blue} blue, {green} green, failed {failed:?}"
         );
     }
+}
+
+// ---- Issue 15's gaps: definitions that change, mismatched hosts' signals, list and --cut ----
+
+/// `web` with blue reduced to its first backend: the pool change an SRE rolls out.
+fn web_one_blue(plan: &str) -> String {
+    format!(
+        "{}{plan}",
+        service("web", WEB, "tcp", "0", &BLUE[..1], &GREEN, TCP_PORT)
+    )
+}
+
+fn mismatched(lab: &Lab) -> bool {
+    lab.status()
+        .fleet
+        .is_some_and(|fleet| fleet.mismatched.contains_key("web"))
+}
+
+#[test]
+fn a_pool_change_reloaded_host_by_host_becomes_the_fleets_definition() {
+    if !require_privileges("a_pool_change_reloaded_host_by_host_becomes_the_fleets_definition") {
+        return;
+    }
+    let mut etcd = Etcd::start("fd");
+    let labs = fleet("fd", &mut etcd, &[web("0"), web("0"), web("0")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    let before = fleet_status(&labs[0]).definitions["web"].clone();
+    // Configuration management deploys the new pool and reloads one host after the other.
+    for (index, lab) in labs.iter().enumerate() {
+        lab.write_config(&format!(
+            "{}{}",
+            web_one_blue(""),
+            etcd.fleet_section(FLEET, ["a", "b", "c"][index])
+        ));
+        lab.cli_ok(&["reload"]);
+        if index == 0 {
+            // During the change: a differs from the fleet and is left alone.
+            eventually(lab, "a reported mismatched after its reload", |status| {
+                status
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|fleet| fleet.mismatched.contains_key("web"))
+            });
+            let out = labs[2].cli_ok(&["set-weight", "web", "100"]);
+            assert!(out.contains("2/3 hosts at revision"), "{out}");
+            assert!(out.contains("left alone: a: its definition"), "{out}");
+            assert_eq!(split(&labs[0]), (20, 0), "host a is left alone");
+            assert_eq!(split(&labs[1]), (0, 20), "host b follows the fleet");
+            let table = labs[1].cli_ok(&["fleet", "status"]);
+            assert!(
+                table.contains("web: definition differs, not applied"),
+                "{table}"
+            );
+        }
+    }
+    // Every host runs the new definition: the fleet's follows, nobody is left alone, and the
+    // fleet's weight (100 %, written while a was left alone) applies on a too.
+    for lab in &labs {
+        eventually(lab, "the definitions converged", |status| {
+            status
+                .fleet
+                .as_ref()
+                .is_some_and(|fleet| fleet.connected && fleet.mismatched.is_empty())
+        });
+    }
+    let report = fleet_status(&labs[1]);
+    assert_ne!(report.definitions["web"], before, "the fleet's hash moved");
+    for host in &report.hosts {
+        assert_eq!(host.record.definitions, report.definitions, "{report:?}");
+        assert!(host.record.mismatched.is_empty(), "{report:?}");
+    }
+    let moved: usize = labs
+        .iter()
+        .map(|lab| lab.daemon_log().matches("it is the fleet's now").count())
+        .sum();
+    assert_eq!(
+        moved, 1,
+        "one host moved the fleet's definition, logged once"
+    );
+    eventually(&labs[0], "a applies the fleet's weight again", |status| {
+        status
+            .services
+            .iter()
+            .any(|s| s.name == "web" && s.green_weight == 1_000_000)
+    });
+    // A weight set afterwards applies on all three.
+    let out = labs[0].cli_ok(&["set-weight", "web", "0"]);
+    assert!(out.contains("3/3 hosts at revision"), "{out}");
+    assert!(!out.contains("left alone"), "{out}");
+    for (index, lab) in labs.iter().enumerate() {
+        assert_eq!(split(lab), (20, 0), "host {index}: all on blue");
+        assert!(!mismatched(lab));
+    }
+}
+
+#[test]
+fn adopt_definition_makes_one_hosts_definition_the_fleets() {
+    if !require_privileges("adopt_definition_makes_one_hosts_definition_the_fleets") {
+        return;
+    }
+    let mut etcd = Etcd::start("fo");
+    let labs = fleet("fo", &mut etcd, &[web("0"), web_one_blue("")]);
+    for lab in &labs {
+        connected(lab);
+    }
+    assert!(mismatched(&labs[1]) && !mismatched(&labs[0]));
+    let out = labs[1].cli_ok(&["fleet", "adopt-definition", "web"]);
+    assert!(out.contains("the fleet's definition is now"), "{out}");
+    assert!(
+        out.contains("left alone until their files match: a"),
+        "{out}"
+    );
+    eventually(&labs[0], "a is mismatched now", |status| {
+        status
+            .fleet
+            .as_ref()
+            .is_some_and(|fleet| fleet.mismatched.contains_key("web"))
+    });
+    eventually(&labs[1], "b agrees now", |status| {
+        status
+            .fleet
+            .as_ref()
+            .is_some_and(|fleet| fleet.mismatched.is_empty())
+    });
+    let out = labs[1].cli_ok(&["set-weight", "web", "100"]);
+    assert!(out.contains("1/2 hosts at revision"), "{out}");
+    assert!(out.contains("left alone: a: its definition"), "{out}");
+    assert_eq!(split(&labs[1]), (0, 20), "b follows the fleet");
+    assert_eq!(split(&labs[0]), (20, 0), "a is left alone");
+}
+
+/// A fleet rollout with one host whose pool differs: its signals are not summed, `rollout
+/// list` shows the fleet's rollout on any host, `abort --cut` cuts on every host that applies it.
+#[test]
+fn a_mismatched_host_is_not_summed_and_abort_cut_cuts_on_every_host() {
+    if !require_privileges("a_mismatched_host_is_not_summed_and_abort_cut_cuts_on_every_host") {
+        return;
+    }
+    let mut etcd = Etcd::start("fc");
+    let plan = "steps = [100]\nevery = \"60s\"\nmin_flows = 1000";
+    let labs = fleet(
+        "fc",
+        &mut etcd,
+        &[
+            web_rollout(plan),
+            web_rollout(plan),
+            web_one_blue(&format!("[service.rollout]\n{plan}\n")),
+        ],
+    );
+    for lab in &labs {
+        connected(lab);
+    }
+    assert!(mismatched(&labs[2]));
+    let mut blue_on_c = labs[2].connect(WEB);
+    assert_eq!(color_of(&blue_on_c.ask().expect("blue through c")), "blue");
+    labs[0].cli_ok(&["rollout", "start", "web"]);
+    // (Each host publishes its signals once a second: the leader may judge first over fewer,
+    // then starts a fresh window when the set of hosts changes.)
+    let report = rollout_until(&labs[1], Duration::from_secs(20), |report| {
+        report.fleet.fleet_signals.as_deref()
+            == Some("signals summed over 2 of 3 hosts (c: definition differs)")
+    });
+    assert!(
+        report
+            .history
+            .iter()
+            .all(|d| !d.reason.contains("over 3 hosts")),
+        "c's signals were never summed: {report:#?}"
+    );
+    let text = labs[1].cli_ok(&["rollout", "status", "web"]);
+    assert!(
+        text.contains("fleet: signals summed over 2 of 3 hosts (c: definition differs)"),
+        "{text}"
+    );
+    // `rollout list` on any host shows the fleet's rollout.
+    let list: Vec<RolloutReport> =
+        serde_json::from_str(&labs[2].cli_ok(&["rollout", "list", "--json"])).unwrap();
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(
+        (list[0].service.as_str(), list[0].phase),
+        ("web", Phase::Running)
+    );
+    assert!(
+        labs[0].cli_ok(&["rollout", "list"]).contains("web"),
+        "the table lists web"
+    );
+    // Green connections through a and b; c is left alone (blue).
+    let mut green: Vec<_> = labs[..2]
+        .iter()
+        .map(|lab| {
+            let mut conversation = lab.connect(WEB);
+            assert_eq!(color_of(&conversation.ask().expect("green")), "green");
+            conversation
+        })
+        .collect();
+    let out = labs[1].cli_ok(&["rollout", "abort", "web", "--cut"]);
+    assert!(out.contains("2/3 hosts at revision"), "{out}");
+    assert!(out.contains("left alone: c: its definition"), "{out}");
+    for (index, conversation) in green.iter_mut().enumerate() {
+        let broken = conversation.ask();
+        assert!(
+            broken.is_err(),
+            "host {index}: a cut green connection breaks: {broken:?}"
+        );
+    }
+    assert_eq!(
+        color_of(&blue_on_c.ask().expect("c's blue connection stays")),
+        "blue"
+    );
+    for (index, lab) in labs.iter().enumerate() {
+        assert_eq!(split(lab), (20, 0), "host {index}: new flows go blue");
+    }
+    let report = rollout_status(&labs[2]);
+    assert_eq!(report.phase, Phase::Aborted, "{report:#?}");
+    assert!(
+        report.last.unwrap().reason.contains("--cut"),
+        "the abort says it cut"
+    );
+    assert!(
+        labs[0]
+            .daemon_log()
+            .contains("canary's established flows unpinned"),
+        "host a cut its flows"
+    );
 }

@@ -438,3 +438,165 @@ fn rollout_start_refuses_when_the_canary_color_has_no_backend_in_rotation() {
     let report: RolloutReport = serde_json::from_str(&out).expect("rollout status JSON");
     assert_eq!(report.phase, Phase::Running, "{report:#?}");
 }
+
+/// Slow start: green[1] killed, brought back with `slow_start = "4s"`. Real TCP connections,
+/// one new one every 4 ms: its share of green's new connections in the first second is well
+/// below its full share (1/2: two green backends of weight 1), and reaches it after the ramp;
+/// connections opened during the ramp keep their backend and keep working. `status` shows the
+/// ramp and the effective weight; a daemon restart during a ramp does not jump it to full.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn a_backend_back_in_rotation_ramps_up_slowly() {
+    if !require_privileges("a_backend_back_in_rotation_ramps_up_slowly") {
+        return;
+    }
+    let (mut lab, mut servers) = lab("hslow");
+    let health = |slow_start: &str| {
+        web(
+            "100",
+            &format!(
+                "[service.health]\ncheck = \"tcp\"\ninterval = \"250ms\"\ntimeout = \"200ms\"\n\
+                 rise = 2\nfall = 1\nslow_start = \"{slow_start}\"\n"
+            ),
+        )
+    };
+    lab.write_config(&health("4s"));
+    lab.start_daemon();
+    let ramping = address(GREEN[1]);
+    let full = row(&lab, ramping);
+    assert_eq!(
+        (full.weight, full.effective_weight, full.slow_start_percent),
+        (1, 1.0, None),
+        "a backend up from the start is at full weight: {full:#?}"
+    );
+    servers[2].take();
+    wait_state(&lab, ramping, BackendState::Down, Duration::from_secs(5));
+    assert_eq!(row(&lab, ramping).effective_weight, 0.0);
+
+    let load = Load::start(&lab, WEB, Duration::from_millis(4), Duration::from_secs(30));
+    servers[2] = Some(backend(&lab.topology.green, ramping));
+    wait_state(&lab, ramping, BackendState::Up, Duration::from_secs(5));
+    let up = Instant::now();
+    let during = row(&lab, ramping);
+    assert!(
+        during.slow_start_percent.is_some_and(|p| p < 50.0)
+            && during.effective_weight > 0.0
+            && during.effective_weight < 0.5,
+        "status shows the ramp: {during:#?}"
+    );
+    let text = lab.cli_ok(&["status", "web"]);
+    assert!(text.contains("up (slow start "), "{text}");
+    let labels = format!("service=\"web\",color=\"green\",backend=\"{ramping}\"");
+    let effective = format!("splitter_backend_effective_weight{{{labels}}}");
+    let value = metric(&lab.metrics(), &effective);
+    assert!(
+        value.is_some_and(|v| v > 0.0 && v < 1.0),
+        "{effective} during the ramp: {value:?}"
+    );
+    // Connections opened during the ramp: held open through it, asked again after it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut held: Vec<_> = (0..16)
+        .map(|_| {
+            let mut conversation = lab.connect(WEB);
+            let first = conversation
+                .ask()
+                .expect("a connection opened during the ramp");
+            (conversation, first)
+        })
+        .collect();
+    std::thread::sleep(up + Duration::from_secs(8) - Instant::now());
+    let outcomes = load.finish();
+
+    // The share of the ramping backend among new connections, per second since it came up.
+    let mut shares = Vec::new();
+    for second in 0..8u32 {
+        let from = up + Duration::from_secs(u64::from(second));
+        let to = from + Duration::from_secs(1);
+        let window: Vec<_> = outcomes
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .collect();
+        let to_ramping = window
+            .iter()
+            .filter(|(_, r)| r.as_deref() == Ok(&ramping.to_string()))
+            .count();
+        #[expect(clippy::cast_precision_loss, reason = "a share, shown as percent")]
+        shares.push((to_ramping as f64 / window.len().max(1) as f64, window.len()));
+    }
+    let figures: Vec<String> = shares
+        .iter()
+        .enumerate()
+        .map(|(second, (share, n))| format!("{second}s: {:.1}% of {n}", share * 100.0))
+        .collect();
+    eprintln!(
+        "slow start 4s, share of new connections to {ramping} per second since up (full share 50%): {}",
+        figures.join(", ")
+    );
+    let failed: Vec<_> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "no connection fails during the ramp: {failed:?}\nresets: {}\n{}",
+        lab.explain_resets(),
+        lab.daemon_log()
+    );
+    assert!(
+        shares.iter().all(|(_, n)| *n > 50),
+        "the client kept connecting: {figures:?}"
+    );
+    assert!(
+        shares[0].0 < 0.25,
+        "first second well below the full share (50%): {figures:?}\n{}",
+        lab.daemon_log()
+    );
+    let late: f64 = shares[6..].iter().map(|(share, _)| share).sum::<f64>() / 2.0;
+    assert!(
+        (0.38..0.62).contains(&late),
+        "the full share (50%) after the ramp: {figures:?}"
+    );
+    for (conversation, first) in &mut held {
+        assert_eq!(
+            conversation.ask().as_ref(),
+            Ok(&*first),
+            "a connection opened during the ramp keeps its backend"
+        );
+    }
+    drop(held);
+    let after = row(&lab, ramping);
+    assert_eq!(
+        (after.effective_weight, after.slow_start_percent),
+        (1.0, None),
+        "{after:#?}"
+    );
+    assert_eq!(metric(&lab.metrics(), &effective), Some(1.0));
+    let log = lab.daemon_log();
+    assert!(log.contains("slow start step"), "{log}");
+
+    // `backend enable` ramps too; a daemon restart in the middle of a (longer) ramp keeps the
+    // backend below its full weight.
+    lab.write_config(&health("60s"));
+    lab.cli_ok(&["reload"]);
+    lab.cli_ok(&["backend", "disable", "web", &ramping.to_string()]);
+    lab.cli_ok(&["backend", "enable", "web", &ramping.to_string()]);
+    let enabled = row(&lab, ramping);
+    assert!(
+        enabled.slow_start_percent.is_some_and(|p| p < 20.0),
+        "enable starts a ramp: {enabled:#?}"
+    );
+    lab.stop_daemon();
+    lab.start_daemon();
+    let restarted = row(&lab, ramping);
+    assert!(
+        restarted.state == BackendState::Up
+            && restarted.slow_start_percent.is_some_and(|p| p < 50.0),
+        "a restart resumes the ramp, not the full weight: {restarted:#?}"
+    );
+    let green = lab.requests(WEB, 60);
+    let to_ramping = green
+        .iter()
+        .filter(|a| a.as_deref() == Ok(&ramping.to_string()))
+        .count();
+    assert!(
+        green.iter().all(Result::is_ok) && to_ramping < 20,
+        "after the restart it still takes well below half: {to_ramping} of 60"
+    );
+}

@@ -24,6 +24,11 @@ pub enum FleetCommand {
     /// End a `switch SERVICE COLOR --local` override on this host: the fleet's desired state
     /// applies again.
     ClearOverride { service: String },
+    /// Make this host's definition of SERVICE (address, protocol, cohort, pools) the fleet's:
+    /// hosts whose files differ are left alone until they catch up. Needed only when the hosts
+    /// do not converge by themselves (the fleet's definition follows on its own once every
+    /// live host runs the same new one).
+    AdoptDefinition { service: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,25 @@ pub fn execute(command: FleetCommand, socket: &Path) -> Result<(), FleetCliError
                 out,
                 "{service}: local override cleared; the fleet's desired state applies again"
             )?;
+        }
+        FleetCommand::AdoptDefinition { service } => {
+            let Reply::FleetAdopted(adopted) =
+                Client::connect(socket)?.request(&Request::FleetAdoptDefinition { service })?
+            else {
+                unreachable!("fleet-adopt-definition answers the adopted definition");
+            };
+            writeln!(
+                out,
+                "{}: the fleet's definition is now {} (this host's) at revision {}",
+                adopted.service, adopted.definition, adopted.revision
+            )?;
+            if !adopted.differ.is_empty() {
+                writeln!(
+                    out,
+                    "left alone until their files match: {}",
+                    adopted.differ.join(", ")
+                )?;
+            }
         }
     }
     Ok(())

@@ -243,6 +243,14 @@ enum CliError {
     UnknownService { name: String, known: String },
 }
 
+fn fleet_exit(error: &FleetCliError) -> Exit {
+    match error {
+        FleetCliError::Client(client) => client_exit(client),
+        FleetCliError::Behind { .. } => Exit::Timeout,
+        FleetCliError::Stdout(_) => Exit::Failure,
+    }
+}
+
 impl CliError {
     fn exit(&self) -> Exit {
         match self {
@@ -255,6 +263,7 @@ impl CliError {
                 RolloutCliError::TimedOut { .. } => Exit::Timeout,
                 RolloutCliError::Aborted { .. } => Exit::RolloutAborted,
                 RolloutCliError::Stdout(_) => Exit::Failure,
+                RolloutCliError::Fleet(error) => fleet_exit(error),
             },
             CliError::Drain(error) => match error {
                 DrainCliError::Client(client) => client_exit(client),
@@ -262,11 +271,7 @@ impl CliError {
                 DrainCliError::NotDrained { .. } => Exit::Timeout,
                 DrainCliError::Stdout(_) => Exit::Failure,
             },
-            CliError::Fleet(error) => match error {
-                FleetCliError::Client(client) => client_exit(client),
-                FleetCliError::Behind { .. } => Exit::Timeout,
-                FleetCliError::Stdout(_) => Exit::Failure,
-            },
+            CliError::Fleet(error) => fleet_exit(error),
             CliError::Backend(error) => match error {
                 backend::BackendCliError::Client(client) => client_exit(client),
                 backend::BackendCliError::Timeout(_) => Exit::Usage,

@@ -109,6 +109,8 @@ pub enum RolloutCliError {
     Every(String),
     #[error("writing to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    #[error(transparent)]
+    Fleet(#[from] super::fleet::FleetCliError),
     #[error("the rollout of `{service}` was rolled back: {reason}")]
     Aborted { service: String, reason: String },
     #[error("--timeout `{0}` is not a duration (e.g. 30s, 5m)")]
@@ -248,6 +250,10 @@ pub fn execute(command: RolloutCommand, socket: &Path) -> Result<(), RolloutCliE
         RolloutCommand::Abort { service, cut } => {
             let report = ask(&Request::RolloutAbort { service, cut })?;
             write!(out, "{}", render(&report))?;
+            // FLEET: `--cut` is applied by every host: how many did.
+            if let Some(write) = &report.fleet.fleet_write {
+                super::fleet::print_write(&mut out, write)?;
+            }
             Ok(())
         }
     }
@@ -430,6 +436,9 @@ pub fn render(report: &RolloutReport) -> String {
             pct(last.to_weight),
             last.reason
         );
+    }
+    if let Some(summed) = &report.fleet.fleet_signals {
+        let _ = writeln!(text, "  fleet: {summed}");
     }
     text
 }

@@ -6,9 +6,12 @@ use comfy_table::{CellAlignment, ColumnConstraint, ContentArrangement, Table, pr
 
 use crate::{control::protocol::StatusReport, units::ppm_to_percent};
 
-const HEADER: [&str; 14] = [
+const HEADER: [&str; 17] = [
     "COLOR",
     "BACKEND",
+    "STATE",
+    "WEIGHT",
+    "EFFECTIVE",
     "LIVE",
     "NEW/S",
     "PPS_IN",
@@ -24,7 +27,9 @@ const HEADER: [&str; 14] = [
 ];
 /// Narrowest width of each column (the widths of the fixed-width table this replaced), so the
 /// usual view keeps its shape and only longer cells (IPv6 backends) widen their column.
-const MIN_WIDTHS: [u16; 14] = [5, 22, 8, 8, 8, 8, 10, 10, 10, 10, 12, 12, 6, 6];
+const MIN_WIDTHS: [u16; 17] = [5, 22, 8, 6, 9, 8, 8, 8, 8, 10, 10, 10, 10, 12, 12, 6, 6];
+/// Columns from this one on are right-aligned (numbers).
+const FIRST_NUMBER: usize = 3;
 
 /// The human view of a status snapshot.
 #[expect(
@@ -130,6 +135,9 @@ pub fn render_status(report: &StatusReport) -> String {
                 table.add_row(vec![
                     color.color.name().to_owned(),
                     backend.address.to_string(),
+                    state(backend),
+                    backend.weight.to_string(),
+                    weight(backend.effective_weight),
                     backend.live_flows.to_string(),
                     rate,
                     per_second(backend.to_backend_rate, false),
@@ -184,11 +192,28 @@ fn backend_table() -> Table {
         column.set_constraint(ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(
             MIN_WIDTHS[index],
         )));
-        if index >= 2 {
+        if index >= FIRST_NUMBER {
             column.set_cell_alignment(CellAlignment::Right);
         }
     }
     table
+}
+
+/// `up`, `up (slow start 40%)`, `down`, ...
+fn state(backend: &crate::control::protocol::BackendStatus) -> String {
+    match backend.slow_start_percent {
+        Some(percent) => format!("{} (slow start {percent:.0}%)", backend.state.name()),
+        None => backend.state.name().to_owned(),
+    }
+}
+
+/// An effective weight: whole when it is, else two decimals.
+fn weight(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
 }
 
 fn uptime(seconds: u64) -> String {
@@ -231,6 +256,9 @@ mod tests {
             state_reason: String::new(),
             state_since_unix_ms: 0,
             transitions: std::collections::BTreeMap::new(),
+            weight: 1,
+            effective_weight: 1.0,
+            slow_start_percent: None,
         }
     }
 
@@ -268,7 +296,12 @@ mod tests {
                     stable: false,
                     weight_percent: 12.5,
                     live_flows: 3,
-                    backends: vec![backend("[fd00::2]:8080")],
+                    backends: vec![BackendStatus {
+                        weight: 3,
+                        effective_weight: 1.2,
+                        slow_start_percent: Some(40.0),
+                        ..backend("[fd00::2]:8080")
+                    }],
                 },
             ],
         });
@@ -295,7 +328,16 @@ mod tests {
             );
         }
         assert!(
-            rows[1].contains("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535 "),
+            rows[1].contains("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535 up "),
+            "{text}"
+        );
+        // Weights next to the state: configured, then effective (slow start).
+        let words: Vec<&str> = rows[1].split_whitespace().collect();
+        assert_eq!(words[2..5], ["up", "1", "1"], "{text}");
+        let words: Vec<&str> = rows[2].split_whitespace().collect();
+        assert_eq!(
+            words[2..8],
+            ["up", "(slow", "start", "40%)", "3", "1.20"],
             "{text}"
         );
     }

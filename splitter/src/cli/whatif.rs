@@ -47,10 +47,23 @@ pub fn render(report: &WhatIfReport) -> String {
             );
         }
     }
+    if report.override_prefixes > 0 {
+        let _ = writeln!(
+            text,
+            "note: {} override prefixes: their clients keep their color at any weight (the share above is of the other cohorts)",
+            report.override_prefixes
+        );
+    }
+    if let Some(preview) = report.preview {
+        let _ = writeln!(
+            text,
+            "note: preview address {preview}: every flow to green at any weight"
+        );
+    }
     let _ = writeln!(
         text,
-        "cohorts seen in the pinned flows: {}, of which {} would choose another color for a new flow",
-        report.seen_cohorts, report.seen_cohorts_moving
+        "cohorts seen in the pinned flows: {}, of which {} would choose another color for a new flow ({} under an override)",
+        report.seen_cohorts, report.seen_cohorts_moving, report.seen_cohorts_overridden
     );
     text
 }

@@ -13,6 +13,9 @@ use crate::units::parse_duration;
 /// Shortest and longest check `interval`; `timeout` is at most the interval.
 pub const INTERVAL_MIN: Duration = Duration::from_millis(100);
 pub const INTERVAL_MAX: Duration = Duration::from_secs(3600);
+/// Shortest and longest `slow_start`.
+pub const SLOW_START_MIN: Duration = Duration::from_secs(1);
+pub const SLOW_START_MAX: Duration = Duration::from_secs(3600);
 /// Largest `rise` and `fall`.
 pub const COUNT_MAX: u32 = 100;
 /// Longest outlier `window` (the daemon keeps this much of its once-a-second samples).
@@ -44,6 +47,10 @@ pub struct HealthSection {
     /// What happens to the flows pinned to a backend that goes down (or is ejected).
     #[serde(default)]
     pub on_down: OnDown,
+    /// How long a backend coming back into rotation takes to reach its full weight (absent:
+    /// at once). See `health::slow_start`.
+    #[serde(default)]
+    pub slow_start: Option<String>,
 }
 
 /// `[service.outlier]` (Envoy's outlier detection vocabulary, on the kernel's L4 signals).
@@ -98,6 +105,8 @@ pub struct HealthCheck {
     pub rise: u32,
     pub fall: u32,
     pub on_down: OnDown,
+    /// `None`: a backend back in rotation takes its full weight at once.
+    pub slow_start: Option<Duration>,
 }
 
 /// Validated passive ejection settings.
@@ -202,6 +211,19 @@ impl HealthSection {
                 value: self.path.clone(),
             });
         }
+        let slow_start = self
+            .slow_start
+            .as_deref()
+            .map(|value| {
+                duration(
+                    "health",
+                    "slow_start",
+                    value,
+                    SLOW_START_MIN,
+                    SLOW_START_MAX,
+                )
+            })
+            .transpose()?;
         Ok(HealthCheck {
             kind: self.check,
             path: self.path.clone(),
@@ -211,6 +233,7 @@ impl HealthSection {
             rise: self.rise,
             fall: self.fall,
             on_down: self.on_down,
+            slow_start,
         })
     }
 }
@@ -314,6 +337,22 @@ mod tests {
             (Duration::from_secs(2), Duration::from_secs(1), 2, 3)
         );
         assert_eq!(check.on_down, OnDown::Keep);
+        assert_eq!(check.slow_start, None, "slow start is off by default");
+    }
+
+    #[test]
+    fn slow_start_is_bounded_and_named() {
+        assert_eq!(
+            health("slow_start = \"30s\"").unwrap().slow_start,
+            Some(Duration::from_secs(30))
+        );
+        for value in ["500ms", "2h", "soon"] {
+            let error = health(&format!("slow_start = \"{value}\"")).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("health.slow_start: `{value}` is not a duration between 1s and 3600s")
+            );
+        }
     }
 
     #[test]

@@ -6,3 +6,4 @@ pub mod client;
 pub mod limits;
 pub mod protocol;
 pub mod server;
+mod whatif;

@@ -15,6 +15,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::whatif::WhatIfReport;
 use crate::{
     config::{CohortSetting, ColorName},
     dataplane::{Origin, Unloaded, services::Protocol},
@@ -113,12 +114,16 @@ pub enum Request {
     FleetClearOverride {
         service: String,
     },
+    /// `[fleet]`: this host's definition of the service becomes the fleet's.
+    FleetAdoptDefinition {
+        service: String,
+    },
 }
 
 impl Request {
     /// Every value of [`Request::name`], in declaration order: the request counter has a zero
     /// series for each from the start.
-    pub const NAMES: [&'static str; 18] = [
+    pub const NAMES: [&'static str; 19] = [
         "status",
         "set-weight",
         "switch",
@@ -137,6 +142,7 @@ impl Request {
         "rollout-abort",
         "fleet-status",
         "fleet-clear-override",
+        "fleet-adopt-definition",
     ];
 
     /// The `command` label of the daemon's request counter.
@@ -160,6 +166,7 @@ impl Request {
             Request::RolloutAbort { .. } => "rollout-abort",
             Request::FleetStatus => "fleet-status",
             Request::FleetClearOverride { .. } => "fleet-clear-override",
+            Request::FleetAdoptDefinition { .. } => "fleet-adopt-definition",
         }
     }
 }
@@ -188,6 +195,7 @@ pub enum Reply {
     Fleet(crate::fleet::report::FleetWrite),
     FleetStatus(Box<crate::fleet::report::FleetStatusReport>),
     FleetLocal(Box<crate::fleet::report::FleetLocalStatus>),
+    FleetAdopted(crate::fleet::report::AdoptedDefinition),
 }
 
 /// Where a rollout stands: `rollout status` and every `rollout` command's answer.
@@ -222,6 +230,9 @@ pub struct RolloutReport {
     pub blue: crate::rollout::engine::Summary,
     pub last: Option<crate::rollout::engine::Decision>,
     pub history: Vec<crate::rollout::engine::Decision>,
+    /// `[fleet]`: the hosts summed, the hosts that applied an `abort --cut`.
+    #[serde(default, flatten)]
+    pub fleet: crate::fleet::report::RolloutFleetNotes,
 }
 
 const fn green() -> ColorName {
@@ -263,36 +274,6 @@ pub struct WeightChange {
     pub service: String,
     pub previous_green_weight: u32,
     pub green_weight: u32,
-}
-
-/// What `set-weight SERVICE green_weight` would change, computed with the data plane's own
-/// selection rule (`splitter_common::select`) over the tables and flows in the kernel.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WhatIfReport {
-    pub service: String,
-    pub cohort: CohortSetting,
-    /// The weight in force and the one asked about, parts per million.
-    pub green_weight: u32,
-    pub proposed_green_weight: u32,
-    /// Flows pinned now (established, closing, handshakes in progress, active UDP): a weight
-    /// never moves them, so `pinned_affected` is 0.
-    pub pinned_flows: u64,
-    pub pinned_affected: u64,
-    /// Of the 2³² cohort hashes, how many choose another color for a new flow (exact threshold
-    /// arithmetic, empty colors' fallback included), and that share of new cohorts.
-    pub moved_hashes: u64,
-    pub moved_share: f64,
-    /// The color those cohorts move to (none when nothing moves).
-    pub moved_to: Option<ColorName>,
-    /// Distinct cohorts among the pinned flows, and how many of them would choose another
-    /// color for their next new flow (with `cohort = "client"`: the same client's next
-    /// connection).
-    pub seen_cohorts: u64,
-    pub seen_cohorts_moving: u64,
-    /// Whether each color has a backend in rotation (an empty one sends its cohorts to the
-    /// other color, whatever the weight).
-    pub blue_in_rotation: bool,
-    pub green_in_rotation: bool,
 }
 
 /// The result of `drain`: the weight change (none when already in force) and, with `cut`, how
@@ -547,6 +528,16 @@ pub struct BackendStatus {
     /// Transitions into each state since the daemon started.
     #[serde(default)]
     pub transitions: BTreeMap<BackendState, u64>,
+    /// Its Maglev weight in the config.
+    #[serde(default)]
+    pub weight: u32,
+    /// The weight its share of its color's new flows follows now: `weight` when up, less
+    /// during slow start, 0 out of rotation.
+    #[serde(default)]
+    pub effective_weight: f64,
+    /// During slow start: the percent of `weight` it takes now (none otherwise).
+    #[serde(default)]
+    pub slow_start_percent: Option<f64>,
 }
 
 /// The answer to `backend disable|enable|drain`.

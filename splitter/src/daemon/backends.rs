@@ -34,6 +34,8 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Backends {
     entries: BTreeMap<(String, SocketAddr), Entry>,
+    /// Backends in slow start, since when they ramp (`slow_start.rs`).
+    pub(super) ramps: BTreeMap<(String, SocketAddr), Instant>,
 }
 
 #[derive(Debug)]
@@ -181,6 +183,8 @@ impl App {
             }
         }
         self.health.entries = next;
+        let entries = &self.health.entries;
+        self.health.ramps.retain(|key, _| entries.contains_key(key));
         // A check removed or restarted by the reload may change a state at once (a `down`
         // backend whose service has no check any more is back up).
         let names: Vec<String> = self
@@ -234,7 +238,8 @@ impl App {
     }
 
     /// Feeds every backend's handshake counters to its service's passive detection, ends
-    /// ejections that are over (once a second, with the sample).
+    /// ejections that are over, takes the next step of slow starts (once a second, with the
+    /// sample).
     pub fn judge_outliers(&mut self, now: Instant) {
         let mut touched = BTreeSet::new();
         for service in &self.config.services {
@@ -281,6 +286,7 @@ impl App {
         for name in touched {
             let _ = self.settle(&name, now);
         }
+        self.advance_slow_starts(now);
     }
 
     /// A backend of `name` as the operator wrote it (`IP:port`), and its color.
@@ -418,6 +424,7 @@ impl App {
         if changed.is_empty() {
             return Ok(());
         }
+        self.ramp_on_transitions(name, &changed, now);
         let result = self.rotate(name, &changed);
         if let Err(error) = &result {
             tracing::error!(service = name, %error, "backend pools not rewritten");
@@ -427,7 +434,11 @@ impl App {
 
     /// Rewrites `name`'s pools from its backends' states (one service update), cuts what must
     /// be cut, aborts a rollout whose colors cannot both take flows.
-    fn rotate(&mut self, name: &str, changed: &[(SocketAddr, Transition)]) -> Result<(), AppError> {
+    pub(super) fn rotate(
+        &mut self,
+        name: &str,
+        changed: &[(SocketAddr, Transition)],
+    ) -> Result<(), AppError> {
         let address = self.service_address(name)?;
         let Some(service) = self.config.service(name).cloned() else {
             return Ok(());
@@ -449,6 +460,7 @@ impl App {
                     green_weight: installed.config.green_weight,
                     preview: false,
                     inactive: self.inactive_of(service),
+                    weights: self.slow_start_weights(service, Instant::now()),
                 })
             })
             .collect();

@@ -1,7 +1,8 @@
 //! FLEET (issue 15): the daemon's side of `[fleet]`. The fleet applies etcd's desired state
 //! through [`App::apply_desired`], the `set-weight`/`switch` path of local commands; the
 //! control requests that go to the fleet (`set-weight`/`switch` with `[fleet]`, `switch
-//! --local`, `fleet status`, `fleet clear-override`) are answered here.
+//! --local`, `fleet status`, `fleet clear-override`, `fleet adopt-definition`, the `rollout`
+//! commands) are answered here.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
@@ -119,6 +120,10 @@ impl Target for Shared {
                 .collect()
         })
     }
+
+    fn cut(&self, service: &str, color: ColorName) -> Result<usize, SharedError> {
+        self.with_app(|app| app.cut(service, color))
+    }
 }
 
 impl Shared {
@@ -180,6 +185,7 @@ impl Shared {
 
     /// The `rollout` commands with `[fleet]`: the rollout is the fleet's, in etcd (started
     /// from this host's plan and weight in force, judged by the leader, `fleet/leader.rs`).
+    #[expect(clippy::too_many_lines, reason = "one arm per rollout command")]
     pub(super) async fn fleet_rollout(&self, request: Request) -> Result<Reply, SharedError> {
         let fleet = self.fleet()?;
         let rollout = match request {
@@ -219,7 +225,26 @@ impl Shared {
                     .await?;
                 rollout
             }
-            Request::RolloutStatus { service } => fleet.rollout(&service).await?.rollout,
+            Request::RolloutStatus { service } => {
+                let stored = fleet.rollout(&service).await?;
+                let mut report = self.with_app(|app| Ok(app.rollout_report(&stored.rollout)))?;
+                report.fleet.fleet_signals = stored.summed;
+                return Ok(Reply::Rollout(Box::new(report)));
+            }
+            Request::RolloutList => {
+                let stored = fleet.rollouts().await?;
+                let reports = self.with_app(|app| {
+                    Ok(stored
+                        .into_iter()
+                        .map(|stored| {
+                            let mut report = app.rollout_report(&stored.rollout);
+                            report.fleet.fleet_signals = stored.summed;
+                            report
+                        })
+                        .collect())
+                })?;
+                return Ok(Reply::Rollouts(reports));
+            }
             Request::RolloutPause { service } => {
                 fleet
                     .change_rollout(&service, |rollout| {
@@ -252,11 +277,19 @@ impl Shared {
                     })
                     .await?
             }
-            Request::RolloutAbort { cut: true, .. } => {
-                return Err(FleetError::NotForFleet {
-                    what: "`rollout abort --cut`",
-                }
-                .into());
+            // Every host cuts its own canary flows when it applies the abort (`fleet/watch.rs`).
+            Request::RolloutAbort { service, cut: true } => {
+                let (rollout, outcome) = fleet
+                    .abort_cut(&service, |rollout| {
+                        rollout.abort(
+                            now_unix_ms(),
+                            "aborted by the operator (--cut: every host unpins its canary flows)",
+                        )
+                    })
+                    .await?;
+                let mut report = self.with_app(|app| Ok(app.rollout_report(&rollout)))?;
+                report.fleet.fleet_write = Some(outcome);
+                return Ok(Reply::Rollout(Box::new(report)));
             }
             other => {
                 return Err(FleetError::NotForFleet { what: other.name() }.into());
@@ -266,11 +299,27 @@ impl Shared {
         Ok(Reply::Rollout(Box::new(report)))
     }
 
-    pub(super) async fn fleet_status(&self) -> Result<Reply, SharedError> {
-        Ok(Reply::FleetStatus(Box::new(self.fleet()?.status().await?)))
+    /// `fleet status|clear-override|adopt-definition`.
+    pub(super) async fn fleet_command(&self, request: Request) -> Result<Reply, SharedError> {
+        match request {
+            Request::FleetClearOverride { service } => self.fleet_clear_override(&service),
+            Request::FleetAdoptDefinition { service } => {
+                self.fleet_adopt_definition(&service).await
+            }
+            _ => Ok(Reply::FleetStatus(Box::new(self.fleet()?.status().await?))),
+        }
     }
 
-    pub(super) fn fleet_clear_override(&self, service: &str) -> Result<Reply, SharedError> {
+    /// `fleet adopt-definition SERVICE`: this host's definition becomes the fleet's.
+    async fn fleet_adopt_definition(&self, service: &str) -> Result<Reply, SharedError> {
+        let fleet = self.fleet()?;
+        let definition = self.with_app(|app| app.definition(service))?;
+        Ok(Reply::FleetAdopted(
+            fleet.adopt_definition(&definition).await?,
+        ))
+    }
+
+    fn fleet_clear_override(&self, service: &str) -> Result<Reply, SharedError> {
         let fleet = self.fleet()?;
         fleet.clear_override(service)?;
         tracing::info!(service, "fleet: local override cleared");

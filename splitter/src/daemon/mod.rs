@@ -14,6 +14,7 @@ mod replies;
 pub mod rollouts;
 pub mod sampler;
 pub mod shared;
+mod slow_start;
 mod status;
 mod weights;
 pub mod whatif;
@@ -176,6 +177,8 @@ impl App {
             rollout_metrics: RolloutMetrics::default(),
             health: backends::Backends::default(),
         };
+        // Before the first write: ramps the kernel shows in progress go on where they were.
+        app.resume_slow_starts(Instant::now());
         let report = app.apply(config)?;
         app.unpin_removed_services()?;
         app.forget_removed_backends()?;
@@ -205,6 +208,8 @@ impl App {
     /// Brings interfaces, services and the state file to `config`. Everything that can fail
     /// for a config reason fails before the first change.
     fn apply(&mut self, config: Validated) -> Result<ReloadReport, AppError> {
+        let now = Instant::now();
+        self.start_slow_starts_of_joiners(&config, now);
         let desired: Vec<Desired<'_>> = config
             .services
             .iter()
@@ -219,6 +224,7 @@ impl App {
                 ),
                 preview: false,
                 inactive: self.inactive_of(service),
+                weights: self.slow_start_weights(service, now),
             })
             .collect();
         self.warn_lower_kernel_weights(&desired);

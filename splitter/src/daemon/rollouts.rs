@@ -445,6 +445,7 @@ impl App {
             blue: (&rollout.window.blue).into(),
             last: rollout.last_decision().cloned(),
             history: rollout.history.clone(),
+            fleet: crate::fleet::report::RolloutFleetNotes::default(),
         }
     }
 

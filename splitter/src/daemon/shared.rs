@@ -143,8 +143,9 @@ impl Shared {
                 }
                 _ => self.local_switch(&service, color),
             },
-            Request::FleetStatus => self.fleet_status().await,
-            Request::FleetClearOverride { service } => self.fleet_clear_override(&service),
+            request @ (Request::FleetStatus
+            | Request::FleetClearOverride { .. }
+            | Request::FleetAdoptDefinition { .. }) => self.fleet_command(request).await,
             Request::Drain {
                 service,
                 color,

@@ -15,7 +15,7 @@ use crate::{
         BackendStatus, ColorStatus, DaemonStatus, FlowStates, FlowTables, ServiceStatus, Signals,
         StatusReport, Traffic, TrafficRate,
     },
-    health::BackendHealth,
+    health::{BackendHealth, slow_start},
     units::ppm_to_percent,
 };
 
@@ -60,6 +60,7 @@ impl App {
     #[expect(clippy::too_many_lines, reason = "one field of the report per line")]
     pub fn status(&self, census: &Census) -> Result<StatusReport, AppError> {
         let maps = &self.dataplane.maps;
+        let now = Instant::now();
         let mut services = Vec::new();
         // Previews are listed after every service, as services of their own (own counters).
         let previews: Vec<(crate::config::Service, String)> = self
@@ -90,6 +91,13 @@ impl App {
                 for (id, address) in &installed.members(service.pool(color)) {
                     let counters: BackendCounters = maps.backend_counters(*id)?;
                     let health = self.health.get(&service.name, address);
+                    let in_rotation = !installed.inactive.contains(address);
+                    let weight = service.weight(address);
+                    // A preview's green backends ramp with its service's.
+                    let ramps = preview_of
+                        .and_then(|name| self.config.service(name))
+                        .unwrap_or(service);
+                    let permille = self.slow_start_permille(ramps, address, now);
                     let rate = self.sampler.rate(*id);
                     if let Some(share) = self.sampler.rate_since(*id, since) {
                         window[color as usize] += share.increase.new_flows;
@@ -146,6 +154,14 @@ impl App {
                         transitions: health
                             .map(|health| health.transitions().clone())
                             .unwrap_or_default(),
+                        weight,
+                        effective_weight: if in_rotation {
+                            slow_start::effective(weight, permille)
+                        } else {
+                            0.0
+                        },
+                        slow_start_percent: (in_rotation && permille < slow_start::FULL_PERMILLE)
+                            .then(|| f64::from(permille) / 10.0),
                     });
                 }
                 let green_percent = ppm_to_percent(green_weight);

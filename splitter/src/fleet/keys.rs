@@ -3,12 +3,16 @@
 //! ```text
 //! /<fleet>/seed                          the split hash seed every host must run (decimal)
 //! /<fleet>/services/<service>/desired    the desired state: JSON `Desired` (weight, stable color)
-//! /<fleet>/services/<service>/definition the fleet's hash of the service's definition
+//! /<fleet>/services/<service>/definition the fleet's hash of the service's definition (moves
+//!                                        when every live host runs a new one, or by
+//!                                        `fleet adopt-definition`: `definition.rs`)
 //! /<fleet>/services/<service>/backends/<IP:port>  a backend out of rotation: "disabled" or
 //!                                        "draining" (no key: ready); one key per backend, so
 //!                                        weight and backend writes never overwrite each other
 //! /<fleet>/hosts/<host>                  each live host's record: JSON `HostRecord`, under a lease
 //! /<fleet>/services/<service>/rollout    the fleet's rollout of the service: JSON `FleetRollout`
+//!                                        (under the watched prefix: an abort with `cut` is
+//!                                        applied by every host)
 //! /<fleet>/leader                        the rollout leader's host name, under its lease
 //! /<fleet>/signals/<host>                each live host's rollout signals: JSON `HostSignals`
 //! ```

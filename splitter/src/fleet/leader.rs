@@ -9,8 +9,11 @@
 //! [`LEADER_TTL_SECONDS`] later, and the next daemon to campaign (each tries every second)
 //! takes over.
 //!
-//! The leader reads every running rollout every [`LEAD_TICK`], sums the live hosts' signals
-//! and ticks the rollout engine (`crate::rollout`) on the sum. A rollout it has not judged
+//! The leader reads every running rollout every [`LEAD_TICK`], sums the signals of the live
+//! hosts whose definition of the service is the fleet's (a host that differs serves another
+//! pool: left out, and the rollout says so), evaluates the rollout's external PromQL checks
+//! (`[[service.rollout.check]]`, as a single-host daemon does) and ticks the rollout engine
+//! (`crate::rollout`) on the sum and the checks' outcome. A rollout it has not judged
 //! yet in this term (just started, taken over from a dead leader, changed by an operator) or
 //! whose contributing hosts changed gets a fresh window at its step first (a `resume`
 //! decision saying why). Each decision is written with the weight it asks for, in one
@@ -23,12 +26,12 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 
 use super::{
     Fleet, FleetError, Target,
-    host::unix_ms,
+    host::{definition_hash, unix_ms},
     rollout::{FleetRollout, desired_for, write_rollout},
-    signals::{HostSignals, sum},
+    signals::{HostSignals, Summed, sum},
 };
 use crate::{
-    rollout::{Action, Phase, engine::Checks},
+    rollout::{Action, Phase, Rollout, engine::Checks},
     units::ppm_to_percent,
 };
 
@@ -39,6 +42,9 @@ pub const LEADER_TTL_SECONDS: i64 = 3;
 const RENEW: Duration = Duration::from_secs(1);
 /// How often the leader judges the running rollouts.
 pub const LEAD_TICK: Duration = Duration::from_millis(200);
+/// The most the leader waits for a rollout's external checks in one tick: with the renewal
+/// every [`RENEW`], the lease ([`LEADER_TTL_SECONDS`]) cannot lapse while it waits.
+const CHECKS_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Pause between terms (no connection, lease lost).
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -56,11 +62,12 @@ pub async fn lead<T: Target>(fleet: Arc<Fleet>, target: Arc<T>) {
     }
 }
 
-/// A rollout as the leader last wrote it, and the hosts whose signals it summed.
+/// A rollout as the leader last wrote it, and over which hosts it summed the signals
+/// ([`Summed::describe`]).
 #[derive(Debug, PartialEq)]
 struct Judged {
     revision: i64,
-    hosts: Vec<String>,
+    summed: String,
 }
 
 struct Term {
@@ -128,10 +135,20 @@ async fn publish_signals<T: Target>(
         service: "rollout signals".to_owned(),
         message: error.to_string(),
     })?;
+    let definitions = target
+        .services()
+        .map_err(|error| FleetError::Apply {
+            service: "definitions".to_owned(),
+            message: error.to_string(),
+        })?
+        .iter()
+        .map(|service| (service.name.clone(), definition_hash(service)))
+        .collect();
     let record = HostSignals {
         host: fleet.config.host.clone(),
         at_unix_ms: unix_ms(),
         services,
+        definitions,
     };
     client
         .put(
@@ -169,7 +186,7 @@ async fn campaign(fleet: &Fleet, client: &mut Client, lease: i64) -> Result<bool
 
 /// One judgement of every running rollout.
 async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<(), FleetError> {
-    let running = read_running(fleet, client).await?;
+    let (running, definitions) = read_running(fleet, client).await?;
     term.judged.retain(|service, _| {
         running
             .iter()
@@ -179,34 +196,24 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
         return Ok(());
     }
     let signals = read_signals(fleet, client).await?;
-    let now = unix_ms();
     for (mut rollout, revision) in running {
         let service = rollout.service.clone();
-        let (counters, hosts) = sum(&signals, &service);
+        let summed = sum(
+            &signals,
+            &service,
+            definitions.get(&service).map(String::as_str),
+        );
+        let checks = evaluate_checks(&rollout).await;
         let logged = rollout.history.len();
-        let action = match term.judged.get(&service) {
-            Some(judged) if judged.revision == revision && judged.hosts == hosts => {
-                rollout.tick(now, &counters, &Checks::Pass)
-            }
-            Some(judged) if judged.revision == revision => {
-                let why = format!(
-                    "the hosts judged changed: fresh window on the signals summed over {} hosts ({}), was {}",
-                    hosts.len(),
-                    hosts.join(","),
-                    judged.hosts.join(",")
-                );
-                rollout.resume(now, counters, &why)
-            }
-            _ => {
-                let why = format!(
-                    "host {} leads the fleet's rollout: fresh window on the signals summed over {} hosts ({})",
-                    fleet.config.host,
-                    hosts.len(),
-                    hosts.join(",")
-                );
-                rollout.resume(now, counters, &why)
-            }
-        };
+        let action = decide(
+            &mut rollout,
+            term.judged.get(&service),
+            revision,
+            &summed,
+            &checks,
+            &fleet.config.host,
+            unix_ms(),
+        );
         if rollout.history.len() == logged && action == Action::None {
             continue;
         }
@@ -215,15 +222,20 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
             Compare::lease(fleet.keys.leader(), CompareOp::Equal, term.lease),
             Compare::mod_revision(fleet.keys.rollout(&service), CompareOp::Equal, revision),
         ];
-        if let Some(written) =
-            write_rollout(fleet, client, guard, &rollout, desired.as_ref()).await?
+        let stored = FleetRollout {
+            written_by: String::new(),
+            rollout: rollout.clone(),
+            summed: Some(summed.describe()),
+            cut: false,
+        };
+        if let Some(written) = write_rollout(fleet, client, guard, stored, desired.as_ref()).await?
         {
             log_decisions(&rollout, logged, written);
             term.judged.insert(
                 service,
                 Judged {
                     revision: written,
-                    hosts,
+                    summed: summed.describe(),
                 },
             );
         } else if leads(fleet, client, term.lease).await? {
@@ -240,8 +252,59 @@ async fn judge(fleet: &Fleet, client: &mut Client, term: &mut Term) -> Result<()
     Ok(())
 }
 
+/// The rollout's external checks, as a single host evaluates them (`rollout/prometheus.rs`),
+/// bounded by [`CHECKS_TIMEOUT`] so a slow Prometheus cannot hold the term's lease renewal
+/// past its TTL: a check that does not answer in time holds the rollout (unknown).
+async fn evaluate_checks(rollout: &Rollout) -> Checks {
+    if rollout.plan.checks.is_empty() {
+        return Checks::Pass;
+    }
+    tokio::time::timeout(
+        CHECKS_TIMEOUT,
+        crate::rollout::prometheus::evaluate(&rollout.plan.checks),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Checks::Unknown(format!(
+            "the external checks did not answer within {CHECKS_TIMEOUT:?}"
+        ))
+    })
+}
+
+/// The leader's decision on one running rollout, written at `revision`: a tick of the engine
+/// on `summed` and the external `checks` if this term judged it last over the same hosts,
+/// else a fresh window at its step (a `resume` saying why).
+fn decide(
+    rollout: &mut Rollout,
+    judged: Option<&Judged>,
+    revision: i64,
+    summed: &Summed,
+    checks: &Checks,
+    host: &str,
+    now: u64,
+) -> Action {
+    let over = summed.describe();
+    let counters = summed.window;
+    match judged {
+        Some(judged) if judged.revision == revision && judged.summed == over => {
+            rollout.tick(now, &counters, checks)
+        }
+        Some(judged) if judged.revision == revision => {
+            let why = format!(
+                "the hosts judged changed: fresh window on the {over}, was {}",
+                judged.summed
+            );
+            rollout.resume(now, counters, &why)
+        }
+        _ => {
+            let why = format!("host {host} leads the fleet's rollout: fresh window on the {over}");
+            rollout.resume(now, counters, &why)
+        }
+    }
+}
+
 /// One log line per new decision, with the numbers behind it.
-fn log_decisions(rollout: &crate::rollout::Rollout, logged: usize, revision: i64) {
+fn log_decisions(rollout: &Rollout, logged: usize, revision: i64) {
     for decision in rollout.history.iter().skip(logged) {
         tracing::info!(
             service = %rollout.service,
@@ -259,18 +322,28 @@ fn log_decisions(rollout: &crate::rollout::Rollout, logged: usize, revision: i64
     }
 }
 
-/// The running rollouts of the fleet and the revision each was written at.
+/// The running rollouts of the fleet and the revision each was written at, and the fleet's
+/// definition hash of every service.
 async fn read_running(
     fleet: &Fleet,
     client: &mut Client,
-) -> Result<Vec<(crate::rollout::Rollout, i64)>, FleetError> {
+) -> Result<(Vec<(Rollout, i64)>, BTreeMap<String, String>), FleetError> {
     let response = client
         .get(fleet.keys.services(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(FleetError::store("reading the rollouts"))?;
     let mut running = Vec::new();
+    let mut definitions = BTreeMap::new();
     for kv in response.kvs() {
         let key = kv.key_str().unwrap_or_default();
+        if let Some(super::keys::ServiceKey::Definition(service)) =
+            fleet.keys.parse_service_key(key)
+        {
+            definitions.insert(
+                service.to_owned(),
+                kv.value_str().unwrap_or_default().to_owned(),
+            );
+        }
         if fleet.keys.parse_rollout_key(key).is_none() {
             continue;
         }
@@ -279,7 +352,7 @@ async fn read_running(
             running.push((stored.rollout, kv.mod_revision()));
         }
     }
-    Ok(running)
+    Ok((running, definitions))
 }
 
 /// Whether the leader key is still held under `lease`.
@@ -299,4 +372,172 @@ async fn read_signals(fleet: &Fleet, client: &mut Client) -> Result<Vec<HostSign
         "reading the hosts' rollout signals",
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The leader's decision path with the external checks' results fed in (the PromQL queries
+    //! themselves are `rollout/prometheus.rs`, in `rollout/prometheus.rs`).
+    use std::time::Duration;
+
+    use splitter_common::signals::HANDSHAKE_BUCKETS;
+
+    use super::*;
+    use crate::{
+        color::ColorName,
+        rollout::{
+            ColorSignals, Start, Window,
+            plan::{Check, CheckBound, Plan, Thresholds},
+        },
+    };
+
+    fn rollout() -> Rollout {
+        let check = Check {
+            prometheus: "http://127.0.0.1:9090".to_owned(),
+            query: "sum(rate(http_5xx[1m]))".to_owned(),
+            bound: CheckBound::Max(0.01),
+        };
+        let thresholds = Thresholds {
+            min_flows: 10,
+            ..Thresholds::default()
+        };
+        let plan = Plan::new(
+            &[10.0, 50.0, 100.0],
+            Duration::from_secs(1),
+            thresholds,
+            vec![check],
+        )
+        .unwrap();
+        let start = Start {
+            canary: ColorName::Green,
+            current_weight: 0,
+            from_current: false,
+        };
+        Rollout::start("web", plan, start, 0, Window::default())
+            .unwrap()
+            .0
+    }
+
+    /// Three hosts that saw a healthy canary (`green` handshakes each, none failed).
+    fn summed(green: u64) -> Summed {
+        let mut window = Window::default();
+        for (signals, count) in [(&mut window.blue, 3000), (&mut window.green, green)] {
+            let mut buckets = [0; HANDSHAKE_BUCKETS];
+            buckets[2] = count;
+            *signals = ColorSignals {
+                new_flows: count,
+                handshakes_completed: count,
+                latency_buckets: buckets,
+                ..ColorSignals::default()
+            };
+        }
+        Summed {
+            window,
+            hosts: vec!["a".into(), "b".into(), "c".into()],
+            left_out: Vec::new(),
+        }
+    }
+
+    /// Judged by this term at `revision` over `summed`.
+    fn judged(revision: i64, summed: &Summed) -> Judged {
+        Judged {
+            revision,
+            summed: summed.describe(),
+        }
+    }
+
+    #[test]
+    fn a_failed_check_aborts_the_fleets_rollout_and_an_unknown_one_holds() {
+        let fresh = summed(0);
+        let mut r = rollout();
+        // First judgement of this term: a fresh window, whatever the checks say.
+        let action = decide(&mut r, None, 7, &fresh, &Checks::Pass, "a", 0);
+        assert_eq!(action, Action::SetWeight(100_000));
+        assert!(
+            r.history
+                .last()
+                .unwrap()
+                .reason
+                .contains("host a leads the fleet's rollout: fresh window on the signals summed over 3 hosts (a,b,c)"),
+            "{:?}",
+            r.history
+        );
+        let healthy = summed(300);
+        let before = judged(8, &fresh);
+        // Enough flows, window over, but Prometheus did not answer: hold (no decision).
+        let unknown = Checks::Unknown("check `...`: connection refused".into());
+        let mut held = r.clone();
+        assert_eq!(
+            decide(&mut held, Some(&before), 8, &healthy, &unknown, "a", 2_000),
+            Action::None
+        );
+        assert_eq!(held.phase, Phase::Running);
+        // The same with the check passing: advance.
+        let mut advanced = r.clone();
+        assert_eq!(
+            decide(
+                &mut advanced,
+                Some(&before),
+                8,
+                &healthy,
+                &Checks::Pass,
+                "a",
+                2_000
+            ),
+            Action::SetWeight(500_000)
+        );
+        // Out of bounds: abort to where it started, on every host (the weight it writes).
+        let failed = Checks::Fail("check `sum(rate(http_5xx[1m]))` = 0.2 is out of bounds".into());
+        let mut aborted = r.clone();
+        assert_eq!(
+            decide(
+                &mut aborted,
+                Some(&before),
+                8,
+                &healthy,
+                &failed,
+                "a",
+                2_000
+            ),
+            Action::SetWeight(0)
+        );
+        assert_eq!(aborted.phase, Phase::Aborted);
+        assert!(
+            aborted
+                .history
+                .last()
+                .unwrap()
+                .reason
+                .contains("out of bounds"),
+            "{:?}",
+            aborted.history
+        );
+    }
+
+    #[test]
+    fn a_change_in_the_hosts_summed_gets_a_fresh_window() {
+        let mut r = rollout();
+        let all = summed(300);
+        decide(&mut r, None, 7, &all, &Checks::Pass, "a", 0);
+        let mut fewer = summed(200);
+        fewer.hosts.pop();
+        fewer.left_out.push("c: definition differs".into());
+        let action = decide(
+            &mut r,
+            Some(&judged(8, &all)),
+            8,
+            &fewer,
+            &Checks::Pass,
+            "a",
+            2_000,
+        );
+        assert_eq!(action, Action::SetWeight(100_000), "same step");
+        assert!(
+            r.history.last().unwrap().reason.contains(
+                "fresh window on the signals summed over 2 of 3 hosts (c: definition differs)"
+            ),
+            "{:?}",
+            r.history
+        );
+    }
 }

@@ -12,7 +12,8 @@
 //! again and converges through the same path (established flows stay pinned).
 //!
 //! - `keys.rs` the key layout, `desired.rs` the desired state of a service, `host.rs` the
-//!   host record and the definition hash, `local.rs` what is kept in `state_dir`,
+//!   host record and the definition hash, `definition.rs` how the fleet's definition of a
+//!   service moves (every live host converged on a new one, or `fleet adopt-definition`), `local.rs` what is kept in `state_dir`,
 //!   `store.rs` the etcd connection, `watch.rs` the session (load, watch, apply, publish),
 //!   `write.rs` the CLI's writes and `fleet status`, `report.rs` what the control API returns,
 //!   `rollout.rs` the fleet's rollouts in etcd (start, abort, ...), `leader.rs` the rollout
@@ -25,6 +26,7 @@
 //! every host applies like any fleet write. When the leader dies its lease lapses, another
 //! daemon wins the key and resumes at the same step with a fresh window.
 
+mod definition;
 pub mod desired;
 pub mod host;
 pub mod keys;
@@ -138,6 +140,9 @@ pub trait Target: Send + Sync + 'static {
     /// Each service's rollout signals per color, absolute (what this host publishes for the
     /// fleet's rollouts).
     fn signals(&self) -> Result<BTreeMap<String, crate::rollout::Window>, Self::Error>;
+    /// Unpins the established flows of `service`'s `color` backends (the fleet's `rollout
+    /// abort --cut`, the single-host `--cut` path); returns how many were unpinned.
+    fn cut(&self, service: &str, color: ColorName) -> Result<usize, Self::Error>;
 }
 
 /// The fleet's gauges (`splitter_fleet_*`).

@@ -78,3 +78,27 @@ pub struct FleetWrite {
     #[serde(default)]
     pub left_alone: Vec<String>,
 }
+
+/// `fleet adopt-definition SERVICE`: this host's definition is the fleet's now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptedDefinition {
+    pub service: String,
+    /// The fleet's definition hash now (this host's).
+    pub definition: String,
+    /// The etcd revision of the write.
+    pub revision: i64,
+    /// Live hosts whose definition differs from it (left alone until their files catch up).
+    pub differ: Vec<String>,
+}
+
+/// What a fleet rollout's report adds (`rollout status|list|abort` with `[fleet]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutFleetNotes {
+    /// Over which hosts the leader summed the signals when it last decided (`signals summed
+    /// over 2 of 3 hosts (c: definition differs)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_signals: Option<String>,
+    /// `rollout abort --cut`: how many live hosts applied the abort (and cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_write: Option<FleetWrite>,
+}

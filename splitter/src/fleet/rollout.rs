@@ -23,6 +23,14 @@ pub struct FleetRollout {
     /// The host that wrote it last: the leader for its decisions, else the operator's host.
     pub written_by: String,
     pub rollout: Rollout,
+    /// Over which hosts the leader summed the signals when it last wrote it (`signals summed
+    /// over 2 of 3 hosts (c: definition differs)`); `rollout status` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summed: Option<String>,
+    /// Aborted with `--cut`: every host unpins the canary's established flows when it applies
+    /// the abort (each host cuts its own, as the single-host `--cut` does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// The desired state a rollout's action and phase ask for: a completed rollout is a switch
@@ -35,20 +43,18 @@ pub fn desired_for(rollout: &Rollout, action: Action) -> Option<Desired> {
     }
 }
 
-/// The operations of one rollout write: the rollout and, if it asks for one, the desired
-/// state. `guard` are the conditions (nobody wrote the rollout since it was read, ...).
+/// The operations of one rollout write: the rollout (`written_by` set to this host) and, if
+/// it asks for one, the desired state. `guard` are the conditions (nobody wrote the rollout
+/// since it was read, ...).
 pub(super) async fn write_rollout(
     fleet: &Fleet,
     client: &mut Client,
     guard: Vec<Compare>,
-    rollout: &Rollout,
+    mut stored: FleetRollout,
     desired: Option<&Desired>,
 ) -> Result<Option<i64>, FleetError> {
-    let service = rollout.service.as_str();
-    let stored = FleetRollout {
-        written_by: fleet.config.host.clone(),
-        rollout: rollout.clone(),
-    };
+    stored.written_by.clone_from(&fleet.config.host);
+    let service = stored.rollout.service.as_str();
     let mut ops = vec![TxnOp::put(
         fleet.keys.rollout(service),
         serde_json::to_vec(&stored).expect("serializes"),
@@ -132,8 +138,14 @@ impl Fleet {
             CompareOp::Equal,
             read_at,
         )];
+        let stored = FleetRollout {
+            written_by: String::new(),
+            rollout: rollout.clone(),
+            summed: None,
+            cut: false,
+        };
         let Some(revision) =
-            write_rollout(self, &mut client, guard, rollout, Some(&desired)).await?
+            write_rollout(self, &mut client, guard, stored, Some(&desired)).await?
         else {
             return Err(FleetError::RolloutConflict {
                 service: service.to_owned(),
@@ -149,6 +161,29 @@ impl Fleet {
             .await
     }
 
+    /// `rollout list` with `[fleet]`: every service's rollout in the fleet (running, paused or
+    /// the last finished one), by service name.
+    pub async fn rollouts(&self) -> Result<Vec<FleetRollout>, FleetError> {
+        let mut client = self.client()?;
+        let response = client
+            .get(
+                self.keys.services(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(FleetError::store("reading the rollouts"))?;
+        response
+            .kvs()
+            .iter()
+            .filter(|kv| {
+                self.keys
+                    .parse_rollout_key(kv.key_str().unwrap_or_default())
+                    .is_some()
+            })
+            .map(super::store::decode)
+            .collect()
+    }
+
     /// `rollout abort|pause|resume|promote` with `[fleet]`: `change` applied to the stored
     /// rollout and written back with the weight it asks for (again if the leader wrote
     /// meanwhile). Returns the rollout as written.
@@ -158,25 +193,59 @@ impl Fleet {
         change: impl Fn(&mut Rollout) -> Action,
     ) -> Result<Rollout, FleetError> {
         let mut client = self.client()?;
+        let (stored, _) = self
+            .write_change(&mut client, service, false, change)
+            .await?;
+        Ok(stored.rollout)
+    }
+
+    /// `rollout abort --cut` with `[fleet]`: the abort is written with `cut`, and every host
+    /// that applies it unpins its own canary flows (`watch.rs`); answers once every live host
+    /// applied the revision (or `[fleet] wait` passed).
+    pub async fn abort_cut(
+        &self,
+        service: &str,
+        change: impl Fn(&mut Rollout) -> Action,
+    ) -> Result<(Rollout, FleetWrite), FleetError> {
+        let mut client = self.client()?;
+        let (stored, revision) = self
+            .write_change(&mut client, service, true, change)
+            .await?;
+        let desired = Desired::weight(stored.rollout.weight());
+        let outcome = self
+            .wait_applied(&mut client, service, &desired, revision, true)
+            .await?;
+        Ok((stored.rollout, outcome))
+    }
+
+    /// Reads the rollout, applies `change`, writes it back (with `cut`) if nobody wrote it
+    /// meanwhile, else tries again; returns what was written and its revision.
+    async fn write_change(
+        &self,
+        client: &mut Client,
+        service: &str,
+        cut: bool,
+        change: impl Fn(&mut Rollout) -> Action,
+    ) -> Result<(FleetRollout, i64), FleetError> {
         for _ in 0..CHANGE_ATTEMPTS {
-            let Some((stored, read_at)) = self.read_rollout(&mut client, service).await? else {
+            let Some((mut stored, read_at)) = self.read_rollout(client, service).await? else {
                 return Err(FleetError::NoRollout {
                     service: service.to_owned(),
                 });
             };
-            let mut rollout = stored.rollout;
-            let action = change(&mut rollout);
-            let desired = desired_for(&rollout, action);
+            let action = change(&mut stored.rollout);
+            stored.cut = cut;
+            let desired = desired_for(&stored.rollout, action);
             let guard = vec![Compare::mod_revision(
                 self.keys.rollout(service),
                 CompareOp::Equal,
                 read_at,
             )];
             if let Some(revision) =
-                write_rollout(self, &mut client, guard, &rollout, desired.as_ref()).await?
+                write_rollout(self, client, guard, stored.clone(), desired.as_ref()).await?
             {
-                tracing::info!(service, revision, phase = ?rollout.phase, "fleet: rollout changed");
-                return Ok(rollout);
+                tracing::info!(service, revision, phase = ?stored.rollout.phase, cut, "fleet: rollout changed");
+                return Ok((stored, revision));
             }
         }
         Err(FleetError::RolloutConflict {

@@ -23,8 +23,9 @@ use super::{
     desired::backend_state,
     host::{HostRecord, definition_hash, unix_ms},
     keys::ServiceKey,
+    rollout::FleetRollout,
 };
-use crate::state::Admin;
+use crate::{color::ColorName, rollout::Phase, state::Admin};
 
 /// The host record's lease: a host that stops renewing it leaves the fleet's live set this
 /// long after its last renewal.
@@ -106,13 +107,30 @@ async fn session<T: Target>(
                     return Err(FleetError::WatchEnded);
                 }
                 let mut newest = None;
+                let mismatched_before: BTreeSet<String> =
+                    fleet.lock().mismatched.keys().cloned().collect();
+                let mut cuts = Vec::new();
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
                     newest = newest.max(Some(kv.mod_revision()));
                     match event.event_type() {
-                        EventType::Put => handle(fleet, target, &session, kv)?,
+                        EventType::Put => {
+                            handle(fleet, target, &session, kv)?;
+                            cuts.extend(cut_requested(fleet, &session, kv));
+                        }
                         EventType::Delete => deleted(fleet, target, &session, kv)?,
                     }
+                }
+                // After the abort's weight (same transaction, later in the events).
+                for (service, color) in cuts {
+                    cut(target, &service, color);
+                }
+                let agree_again = mismatched_before
+                    .iter()
+                    .any(|service| !fleet.lock().mismatched.contains_key(service));
+                if agree_again {
+                    // The fleet's definition moved to this host's: its changes apply again.
+                    load(fleet, target, &mut client, &session).await?;
                 }
                 if let Some(newest) = newest {
                     fleet.lock().applied_revision = newest;
@@ -130,6 +148,7 @@ async fn session<T: Target>(
                     return Err(FleetError::WatchEnded);
                 }
                 publish(fleet, &mut client, &session).await?;
+                super::definition::converge(fleet, &mut client).await?;
             }
             () = fleet.resync.notified() => {
                 // A reload may have changed the definitions; a cleared override wants the
@@ -137,13 +156,16 @@ async fn session<T: Target>(
                 session.definitions = agree(fleet, target, &mut client).await?;
                 load(fleet, target, &mut client, &session).await?;
                 publish(fleet, &mut client, &session).await?;
+                // The last host to reload a changed definition moves the fleet's at once.
+                super::definition::converge(fleet, &mut client).await?;
             }
         }
     }
 }
 
 /// Agrees with the fleet on the hash seed and each service's definition (the first host to
-/// write one decides); returns this host's definition hashes.
+/// write one decides; it moves later by `definition.rs`); returns this host's definition
+/// hashes.
 async fn agree<T: Target>(
     fleet: &Fleet,
     target: &T,
@@ -326,6 +348,53 @@ fn deleted<T: Target>(
         )?;
     }
     Ok(())
+}
+
+/// A rollout key written with an abort `--cut` (`rollout.rs`): the service and canary color
+/// whose flows this host unpins, unless it does not serve the service or disagrees on its
+/// definition or the seed.
+fn cut_requested(fleet: &Fleet, session: &Session, kv: &KeyValue) -> Option<(String, ColorName)> {
+    let service = fleet
+        .keys
+        .parse_rollout_key(kv.key_str().unwrap_or_default())?;
+    // A rollout value this host cannot read is the leader's and the CLI's problem (they
+    // report it); the session goes on.
+    let stored: FleetRollout = match super::store::decode(kv) {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(service, %error, "fleet: unreadable rollout ignored by the watch");
+            return None;
+        }
+    };
+    if !stored.cut
+        || stored.rollout.phase != Phase::Aborted
+        || !session.definitions.contains_key(service)
+    {
+        return None;
+    }
+    if let Some(reason) = not_applied(&fleet.lock(), service, false) {
+        tracing::warn!(
+            service,
+            reason,
+            "fleet: rollout abort --cut not applied on this host"
+        );
+        return None;
+    }
+    Some((service.to_owned(), stored.rollout.canary))
+}
+
+/// Unpins `service`'s `color` flows through the single-host `--cut` path. A failure is logged
+/// (the abort's weight is applied; the flows stay pinned), not retried: a later session does
+/// not cut again, so connections made since are never broken by an old abort.
+fn cut<T: Target>(target: &T, service: &str, color: ColorName) {
+    match target.cut(service, color) {
+        Ok(flows) => {
+            tracing::warn!(service, %color, flows, "fleet: rollout aborted with --cut: the canary's established flows unpinned");
+        }
+        Err(error) => {
+            tracing::error!(service, %color, %error, "fleet: rollout abort --cut: could not unpin the canary's flows");
+        }
+    }
 }
 
 /// Brings a backend to the fleet's operator state through the `backend` command's path,

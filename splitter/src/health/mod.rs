@@ -1,6 +1,7 @@
 //! Whether a backend takes new flows: the operator's word (`backend disable|enable|drain`),
 //! the active checks (`probe.rs`, `HAProxy`'s rise/fall), the passive ejection (`outlier.rs`,
-//! from the kernel's handshake signals). One rule decides the state from the three
+//! from the kernel's handshake signals), and how a backend back in rotation ramps up
+//! (`slow_start.rs`). One rule decides the state from the three
 //! ([`BackendHealth::settle`]); only `up` is in the new-flow table. Pinned flows are never
 //! touched by a state (unless a check says `on_down = "cut"`, decided by the daemon).
 //!
@@ -9,6 +10,7 @@
 
 pub mod outlier;
 pub mod probe;
+pub mod slow_start;
 
 use std::{
     collections::BTreeMap,

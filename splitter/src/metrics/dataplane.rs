@@ -129,6 +129,7 @@ struct BackendFamilies {
     established_resets: Vec<(BackendLabels, u64)>,
     handshake_seconds: Vec<(BackendLabels, Signals)>,
     up: Vec<(BackendLabels, i64)>,
+    effective_weight: Vec<(BackendLabels, f64)>,
     rotation: Vec<(RotationLabels, i64)>,
     transitions: Vec<(TransitionLabels, u64)>,
 }
@@ -199,6 +200,9 @@ impl BackendFamilies {
                     families
                         .up
                         .push((labels.clone(), i64::from(backend.state.in_rotation())));
+                    families
+                        .effective_weight
+                        .push((labels.clone(), backend.effective_weight));
                     for state in BackendState::ALL {
                         families.rotation.push((
                             RotationLabels {
@@ -282,6 +286,12 @@ impl BackendFamilies {
             "splitter_backend_up",
             "1 if the backend takes new flows (in the new-flow table), 0 if not",
             &self.up,
+        )?;
+        gauges(
+            encoder,
+            "splitter_backend_effective_weight",
+            "The Maglev weight the backend's share of its color's new flows follows now: its configured weight, less during slow start, 0 out of rotation",
+            &self.effective_weight,
         )?;
         gauges(
             encoder,

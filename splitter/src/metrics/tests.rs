@@ -62,6 +62,10 @@ fn backend(address: &str, id: u32, n: u64) -> BackendStatus {
                 )
             })
             .collect(),
+        // Backend 0 in slow start at 40 % of weight 2; backend 1 (draining) takes none.
+        weight: 2,
+        effective_weight: if id == 1 { 0.0 } else { 0.8 },
+        slow_start_percent: (id == 0).then_some(40.0),
     }
 }
 
@@ -146,6 +150,9 @@ fn exposition_lines() {
         "# TYPE splitter_backend_up gauge",
         r#"splitter_backend_up{service="web",color="blue",backend="198.18.1.10:8080"} 1"#,
         r#"splitter_backend_up{service="web",color="green",backend="198.18.2.10:8080"} 0"#,
+        "# TYPE splitter_backend_effective_weight gauge",
+        r#"splitter_backend_effective_weight{service="web",color="blue",backend="198.18.1.10:8080"} 0.8"#,
+        r#"splitter_backend_effective_weight{service="web",color="green",backend="198.18.2.10:8080"} 0.0"#,
         r#"splitter_backend_state{service="web",color="green",backend="198.18.2.10:8080",state="draining"} 1"#,
         r#"splitter_backend_state{service="web",color="green",backend="198.18.2.10:8080",state="up"} 0"#,
         "# TYPE splitter_backend_transitions_total counter",

@@ -172,8 +172,21 @@ pub struct Desired<'a> {
     pub green_weight: u32,
     /// Backends out of the new-flow table (disabled, draining, down, ejected).
     pub inactive: BTreeSet<SocketAddr>,
+    /// Maglev weights that differ from the config's: a color with a backend in slow start
+    /// (`health::slow_start::table_weights`).
+    pub weights: BTreeMap<SocketAddr, u32>,
     /// The service is another one's preview address (`Service::preview_service`).
     pub preview: bool,
+}
+
+impl Desired<'_> {
+    /// The Maglev weight `address` is installed with.
+    pub fn weight(&self, address: &SocketAddr) -> u32 {
+        self.weights
+            .get(address)
+            .copied()
+            .unwrap_or_else(|| self.service.weight(address))
+    }
 }
 
 /// The preview addresses of `services` (see `Service::preview_service`).
@@ -191,16 +204,17 @@ pub fn with_previews<'a>(desired: &[Desired<'a>], previews: &'a [Service]) -> Ve
         .iter()
         .cloned()
         .chain(previews.iter().map(|service| {
+            // A preview's green backends are its service's: out of rotation there, out here,
+            // ramping there (slow start), ramping here.
+            let main = desired
+                .iter()
+                .find(|main| main.service.preview == Some(service.address));
             Desired {
                 service,
                 green_weight: service.green_weight,
                 preview: true,
-                // A preview's green backends are its service's: out of rotation there, out here.
-                inactive: desired
-                    .iter()
-                    .find(|main| main.service.preview == Some(service.address))
-                    .map(|main| main.inactive.clone())
-                    .unwrap_or_default(),
+                inactive: main.map(|main| main.inactive.clone()).unwrap_or_default(),
+                weights: main.map(|main| main.weights.clone()).unwrap_or_default(),
             }
         }))
         .collect()
@@ -288,7 +302,7 @@ pub fn plan(
                 pool.push(BackendSpec {
                     id,
                     address: *address,
-                    weight: service.weight(address),
+                    weight: wanted.weight(address),
                     active: !wanted.inactive.contains(address),
                 });
             }
@@ -357,7 +371,7 @@ fn same_pools(current: &InstalledService, wanted: &Desired<'_>) -> bool {
         && current
             .weights
             .iter()
-            .all(|(address, weight)| service.weight(address) == *weight)
+            .all(|(address, weight)| wanted.weight(address) == *weight)
         && current.inactive == inactive
         && current.config.client_prefix_v4 == service.client_prefix.v4
         && current.config.client_prefix_v6 == service.client_prefix.v6

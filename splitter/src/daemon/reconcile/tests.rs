@@ -91,6 +91,7 @@ fn desired(services: &[Service], weight: u32) -> Vec<Desired<'_>> {
             green_weight: weight,
             preview: false,
             inactive: BTreeSet::new(),
+            weights: BTreeMap::new(),
         })
         .collect()
 }
@@ -128,6 +129,48 @@ fn first_install_then_nothing_to_do() {
     .unwrap();
     assert!(again.writes.is_empty(), "{again:?}");
     assert_eq!(again.unchanged, ["web", "api"]);
+}
+
+/// A slow start step: the ramping color's Maglev weights change, the service is rewritten
+/// with them (same ids), and the same weights again change nothing.
+#[test]
+fn slow_start_weights_are_installed_and_compared() {
+    let services = [service(
+        "web",
+        80,
+        &["10.1.0.10:80"],
+        &["10.2.0.10:80", "10.2.0.11:80"],
+    )];
+    let mut installed = BTreeMap::new();
+    let first = plan(&desired(&services, 100_000), HOLD, &installed, &mut |_| {
+        true
+    })
+    .unwrap();
+    apply(&mut installed, &first);
+    let ramping: SocketAddr = "10.2.0.11:80".parse().unwrap();
+    let mut step = desired(&services, 100_000);
+    step[0].weights = [("10.2.0.10:80".parse().unwrap(), 10), (ramping, 1)].into();
+    let written = plan(&step, HOLD, &installed, &mut |_| true).unwrap();
+    assert_eq!(written.writes.len(), 1, "{written:?}");
+    let green = &written.writes[0].spec.green;
+    assert_eq!(
+        green.iter().map(|b| b.weight).collect::<Vec<_>>(),
+        [10, 1],
+        "the step's weights"
+    );
+    assert!(written.writes[0].fresh_backend_ids.is_empty());
+    apply(&mut installed, &written);
+    let again = plan(&step, HOLD, &installed, &mut |_| true).unwrap();
+    assert_eq!(again.unchanged, ["web"], "{again:?}");
+    let done = plan(&desired(&services, 100_000), HOLD, &installed, &mut |_| {
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        done.writes.len(),
+        1,
+        "the ramp's end writes the config's weights"
+    );
 }
 
 #[test]
