@@ -3,6 +3,20 @@
 
 /// `SERVICES`: [`crate::ServiceKey`] → [`crate::ServiceConfig`].
 pub const SERVICES: &str = "SERVICES";
+/// `SERVICE_PORTS`: `[port / 64]` → a word whose bit `port % 64` is set when some service
+/// listens on that port (host order): packets to other ports are not services, without a hash
+/// lookup. The daemon sets a bit before the first `SERVICES` entry of its port and clears it
+/// after the last ([`service_port_bit`]).
+pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
+/// Words of `SERVICE_PORTS` (8 KiB: one bit per port).
+pub const SERVICE_PORT_WORDS: u32 = 1024;
+
+/// The word index and bit of `port` (host order) in `SERVICE_PORTS`.
+#[inline(always)]
+pub const fn service_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
+
 /// `BACKENDS`: backend id → [`crate::Backend`].
 pub const BACKENDS: &str = "BACKENDS";
 /// `POOLS`: pool slot → backend id.
@@ -46,8 +60,9 @@ pub const FORWARDING: &str = "FORWARDING";
 
 /// Every map of the data plane, in the order they are pinned and opened: the daemon pins
 /// exactly these (and the read-only globals), nothing else of the object.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     SERVICES,
+    SERVICE_PORTS,
     BACKENDS,
     POOLS,
     FLOWS,

@@ -169,7 +169,7 @@ fn tcp_in<T: Tables>(
         return Ok((Reason::Established, flow));
     }
     if seen != Pinned::Absent
-        && let Some(pinned) = T::flows().get_ptr_mut(&table_key)
+        && let Some(pinned) = T::flows().get_ptr_mut(table_key)
     {
         let pinned = unsafe { &mut *pinned };
         if pinned.state != FlowState::Closed as u8 {
@@ -419,10 +419,10 @@ pub fn find(key: &FlowKey) -> Option<Pin> {
 #[inline(always)]
 fn find_in<T: Tables>(key: &FlowKey) -> Option<Pin> {
     let table_key = T::key(key);
-    if let Some(flow) = unsafe { T::flows().get(&table_key) } {
+    if let Some(flow) = unsafe { T::flows().get(table_key) } {
         return Some(pin(flow));
     }
-    unsafe { T::pending().get(&table_key) }.map(|entry| pin(&entry.flow))
+    unsafe { T::pending().get(table_key) }.map(|entry| pin(&entry.flow))
 }
 
 /// The client's flow a backend's reply belongs to if it answers for `reverse`'s service:

@@ -1,13 +1,13 @@
 //! The XDP program's work: client → service packets are rewritten to their backend (DNAT);
 //! ICMP errors about a service flow are forwarded to that flow's backend.
 
-use splitter_common::{Addr, Cohort, Family, FlowKey, Reason, ServiceKey};
+use splitter_common::{Addr, Cohort, Family, FlowKey, Reason, ServiceKey, maps::service_port_bit};
 
 use crate::{
     checksum::Delta,
     counters::{self, Direction},
     flows::{self, Pin, Pinned},
-    maps::SERVICES,
+    maps::{SERVICE_PORTS, SERVICES},
     parse::{
         self, Fragment, Frame, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IcmpHdr, Ip,
         Ipv4Hdr, Ipv6Hdr, Packet, PortsHdr, TCP_RST, TcpHdr, UdpHdr,
@@ -47,6 +47,15 @@ fn service_key(addr: Addr, port: u16, protocol: u8, family: Family) -> ServiceKe
     }
 }
 
+/// Whether some service listens on this port (network order): one bit of `SERVICE_PORTS`, an
+/// array read the JIT inlines, keeps the flow and service lookups for packets that can be a
+/// service's.
+#[inline(always)]
+fn service_port(port: u16) -> bool {
+    let (word, bit) = service_port_bit(u16::from_be(port));
+    SERVICE_PORTS.get(word).is_some_and(|bits| *bits & bit != 0)
+}
+
 /// A TCP or UDP packet: to a service or not.
 #[inline(always)]
 fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason> {
@@ -54,6 +63,9 @@ fn service_packet(frame: &Frame, ip: Ip) -> Result<(Reason, Option<Ip>), Reason>
         return later_fragment(frame, ip).map(|reason| (reason, None));
     }
     let packet = parse::ports(frame, ip)?;
+    if !service_port(packet.dst_port) {
+        return Err(Reason::NotService);
+    }
     // The established path: the pinned flow says everything (backend, state), so the service
     // is not looked up. A removed service's flows leave the tables with it (the daemon unpins
     // them); a closed, idle or missing pin takes the path below.

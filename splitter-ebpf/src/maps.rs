@@ -11,7 +11,7 @@ use splitter_common::{
     ServiceCounters, ServiceKey, SharedReverse,
     maps::{
         DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE, MAX_BACKENDS, MAX_OVERRIDES,
-        MAX_REDIRECT_PORTS, MAX_SERVICES, MAX_SHARED_BACKENDS, POOL_SLOTS,
+        MAX_REDIRECT_PORTS, MAX_SERVICES, MAX_SHARED_BACKENDS, POOL_SLOTS, SERVICE_PORT_WORDS,
     },
 };
 
@@ -19,6 +19,10 @@ use splitter_common::{
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceConfig> =
     HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// `[port / 64]`: bit `port % 64` set when a service listens on that port (host order).
+#[map]
+pub static SERVICE_PORTS: Array<u64> = Array::with_max_entries(SERVICE_PORT_WORDS, 0);
 
 /// Backend id → where it listens.
 #[map]

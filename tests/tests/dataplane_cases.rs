@@ -2087,3 +2087,64 @@ mod maglev;
 // Overrides, preview addresses, shared backends (issue 13), in their own file.
 #[path = "dataplane_cases/edges.rs"]
 mod edges;
+
+/// `SERVICE_PORTS` keeps the flow and service lookups for packets to a service's port: a port's
+/// bit is set with its first service and cleared after its last, and a packet to a port with no
+/// service passes untouched.
+#[test]
+fn a_service_port_is_open_while_a_service_uses_it() {
+    if !require_privileges("a_service_port_is_open_while_a_service_uses_it") {
+        return;
+    }
+    let mut harness = Harness::new();
+    let first = service(71, false, Protocol::Tcp, Cohort::Flow, 0, HOUR);
+    let second = service(72, false, Protocol::Tcp, Cohort::Flow, 0, HOUR);
+    assert_eq!(
+        first.address.port(),
+        second.address.port(),
+        "one port, two services"
+    );
+    let port_open = |harness: &Harness| {
+        let (word, bit) = splitter_common::maps::service_port_bit(first.address.port());
+        harness.dataplane.maps.service_ports.get(&word, 0).unwrap() & bit != 0
+    };
+    assert!(!port_open(&harness), "no service yet");
+    harness.install(&first);
+    harness.install(&second);
+    assert!(port_open(&harness));
+    let opening = Flow::new(&second, client(false, 1, 41000));
+    harness.run_all(&[dnat(
+        "a new flow to the second service".to_owned(),
+        &second,
+        &opening,
+        &opening.packet(TCP_SYN),
+        predict(&second, &opening.key(), 0),
+        Reason::NewFlow,
+    )]);
+    let maps = &mut harness.dataplane.maps;
+    maps.remove_service_at(&first.address, Protocol::Tcp)
+        .unwrap();
+    assert!(
+        port_open(&harness),
+        "the second service still uses the port"
+    );
+    let later = Flow::new(&second, client(false, 1, 41001));
+    harness.run_all(&[dnat(
+        "a new flow to the second service after the first left".to_owned(),
+        &second,
+        &later,
+        &later.packet(TCP_SYN),
+        predict(&second, &later.key(), 0),
+        Reason::NewFlow,
+    )]);
+    let maps = &mut harness.dataplane.maps;
+    maps.remove_service_at(&second.address, Protocol::Tcp)
+        .unwrap();
+    assert!(!port_open(&harness), "the port's last service left");
+    let gone = Flow::new(&second, client(false, 1, 41002));
+    harness.run_all(&[Case::untouched(
+        "a packet to a port no service uses",
+        gone.packet(TCP_SYN).build(),
+        Reason::NotService,
+    )]);
+}

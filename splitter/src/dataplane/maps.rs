@@ -18,6 +18,7 @@ use super::{
 /// All maps of the data plane (see `splitter_common::maps` for what each holds).
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceConfig>,
+    pub service_ports: Array<MapData, u64>,
     pub backends: Array<MapData, Backend>,
     pub pools: Array<MapData, u32>,
     /// `FLOWS` and `FLOWS6`.
@@ -62,6 +63,7 @@ impl Maps {
             pending,
             udp_idle_timeout_ns: names::DEFAULT_UDP_IDLE_TIMEOUT_NS,
             services: typed(names::SERVICES, take(names::SERVICES))?,
+            service_ports: typed(names::SERVICE_PORTS, take(names::SERVICE_PORTS))?,
             backends: typed(names::BACKENDS, take(names::BACKENDS))?,
             pools: typed(names::POOLS, take(names::POOLS))?,
             unverified_since: typed(names::UNVERIFIED_SINCE, take(names::UNVERIFIED_SINCE))?,
@@ -219,9 +221,31 @@ impl Maps {
         key: &ServiceKey,
         config: &ServiceConfig,
     ) -> Result<(), DataplaneError> {
+        // The port first: a service entry the programs cannot reach would drop its traffic
+        // on the floor of "not a service".
+        self.set_service_port(u16::from_be(key.port), true)?;
         self.services
             .insert(key, config, 0)
             .map_err(map_error(names::SERVICES))
+    }
+
+    /// Sets or clears `port`'s bit in `SERVICE_PORTS` (port 0, the fragments' key, has none).
+    fn set_service_port(&mut self, port: u16, on: bool) -> Result<(), DataplaneError> {
+        if port == 0 {
+            return Ok(());
+        }
+        let (index, bit) = names::service_port_bit(port);
+        let word = self
+            .service_ports
+            .get(&index, 0)
+            .map_err(map_error(names::SERVICE_PORTS))?;
+        let wanted = if on { word | bit } else { word & !bit };
+        if wanted != word {
+            self.service_ports
+                .set(index, wanted, 0)
+                .map_err(map_error(names::SERVICE_PORTS))?;
+        }
+        Ok(())
     }
 
     pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceConfig>, DataplaneError> {
@@ -237,12 +261,25 @@ impl Maps {
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
         match self.services.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(DataplaneError::Map {
-                name: names::SERVICES,
-                source,
-            }),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(DataplaneError::Map {
+                    name: names::SERVICES,
+                    source,
+                });
+            }
         }
+        // The port's bit goes with its last service.
+        let port = key.port;
+        let still_used = self
+            .services
+            .keys()
+            .filter_map(Result::ok)
+            .any(|other| other.port == port);
+        if !still_used {
+            self.set_service_port(u16::from_be(port), false)?;
+        }
+        Ok(())
     }
 }
 
