@@ -60,7 +60,10 @@ pub enum DataplaneError {
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("opening the pinned map {path}: {source}")]
+    #[error(
+        "opening the pinned map {path}: {source} (pinned by a release with another map layout? \
+         `splitter unload` and a start replace the data plane; that drops the pinned flows)"
+    )]
     OpenPinnedMap {
         path: PathBuf,
         #[source]

@@ -25,10 +25,19 @@ fn main() -> anyhow::Result<()> {
         .transpose()
         .context("--rounds N")?
         .unwrap_or(3);
+    // `--sizes 1000000`: only these flow-table fills (for profiling one of them).
+    let table_sizes = match arg("--sizes") {
+        Some(list) => list
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<u32>, _>>()
+            .context("--sizes N,N,...")?,
+        None => vec![1, 200_000, 1_000_000],
+    };
     let options = Options {
         repeat,
         rounds,
-        table_sizes: vec![1, 200_000, 1_000_000],
+        table_sizes,
     };
     eprintln!(
         "per-packet cost: BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds}, through the \
