@@ -32,8 +32,13 @@ fn redirect(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<u32> {
         return None;
     }
     let route = fib::lookup(ctx, frame, ip)?;
-    // Only interfaces known to transmit XDP frames; checked before anything is rewritten.
-    REDIRECT_PORTS.get(route.ifindex)?;
+    // Only interfaces known to transmit XDP frames: the redirect is armed first, in the one
+    // lookup of `REDIRECT_PORTS` (another interface arms nothing and falls back to the kernel),
+    // and the L2 header is rewritten only after. A redirect armed for a packet that then
+    // passes is never carried out (only XDP_REDIRECT uses it).
+    REDIRECT_PORTS
+        .redirect(route.ifindex, u64::from(xdp_action::XDP_PASS))
+        .ok()?;
     fib::rewrite(frame, ip, &route)?;
-    REDIRECT_PORTS.redirect(route.ifindex, 0).ok()
+    Some(xdp_action::XDP_REDIRECT)
 }

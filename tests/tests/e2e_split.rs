@@ -943,6 +943,55 @@ fn fast_path_redirects_to_the_backends() {
     }
 }
 
+/// With the fast path on, a backend behind an interface that is not allowed to take redirects
+/// is reached through the kernel (the redirect map has no entry for it: nothing is armed and
+/// the L2 header is untouched), next to backends that are redirected.
+#[test]
+fn fast_path_leaves_interfaces_not_allowed_to_the_kernel() {
+    if !require_privileges("fast_path_leaves_interfaces_not_allowed_to_the_kernel") {
+        return;
+    }
+    let mut bed = Bed::new("fk", Layout::Routed, 2, 2, 1);
+    for backend in &bed.topology.backends {
+        backend.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
+    }
+    // Blue's interfaces only.
+    let peers: Vec<String> = ["blue0", "blue1"].iter().map(|s| s.to_string()).collect();
+    let dataplane = std::mem::replace(
+        &mut bed.dataplane,
+        Dataplane::load(&LoadOptions::default()).expect("load"),
+    );
+    bed.dataplane = bed.topology.host.run(move || {
+        let mut dataplane = dataplane;
+        for peer in &peers {
+            dataplane
+                .allow_redirect(peer)
+                .unwrap_or_else(|e| panic!("allow_redirect({peer}): {e}"));
+        }
+        dataplane
+    });
+    let service = bed
+        .topology
+        .service(1, Family::Ipv4, Protocol::Tcp, Cohort::Flow, 0);
+    bed.install(&service);
+    let at_weight = bed.set_weight(&service, 50);
+    let before = bed.dataplane.maps.forwarding().unwrap();
+    let answers = bed.tcp_round(&at_weight, 0, 22_000..22_200);
+    let after = bed.dataplane.maps.forwarding().unwrap();
+    let answered = per_backend(answers.iter().map(|(_, n)| n.as_str()));
+    eprintln!("fast path, blue only: {answered:?}, forwarding {before:?} -> {after:?}");
+    assert_eq!(answered.len(), 4, "every backend answers: {answered:?}");
+    let redirected = after[0].1 - before[0].1;
+    let kernel = after[1].1 - before[1].1;
+    // About half the connections go green, through the kernel: at least SYN, ACK, request,
+    // FIN, ACK each; blue's are redirected.
+    assert!(
+        kernel >= 4 * 50 && redirected >= 4 * 50,
+        "{redirected} packets redirected, {kernel} through the kernel for {} connections",
+        answers.len()
+    );
+}
+
 #[test]
 fn fast_path_refuses_a_bridge() {
     if !require_privileges("fast_path_refuses_a_bridge") {
