@@ -164,10 +164,10 @@ fn tcp_in<T: Tables>(
     seen: Pinned,
 ) -> Result<(Reason, Pin), Reason> {
     let flags = packet.tcp_flags;
-    let table_key = T::key(key);
     if let Pinned::Open(flow) = seen {
         return Ok((Reason::Established, flow));
     }
+    let table_key = T::key(key);
     if seen != Pinned::Absent
         && let Some(pinned) = T::flows().get_ptr_mut(table_key)
     {

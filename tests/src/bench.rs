@@ -309,24 +309,30 @@ const MODULO_PORT: u16 = 83;
 /// The port of the bench service that has overrides.
 const OVERRIDE_PORT: u16 = 82;
 
+/// The TCP flow of the `i`-th other client to the bench service: its address is `v4_base + i`,
+/// or `fd00:<v6_net>::` + `i` in the last 32-bit word (which the harness varies).
+fn other_client(family: Family, v4_base: u32, v6_net: u128, i: u32) -> FlowKey {
+    let (service, fam) = addr_of(&vip(family));
+    let src = match family {
+        Family::V4 => Addr::from_v4((v4_base + i).to_be_bytes()),
+        Family::V6 => Addr::from_v6((((0xfd00_0000u128 + v6_net) << 96) + i as u128).to_be_bytes()),
+    };
+    FlowKey {
+        src,
+        dst: service,
+        src_port: 40000u16.to_be(),
+        dst_port: 80u16.to_be(),
+        protocol: 6,
+        family: fam as u8,
+        _pad: [0; 2],
+    }
+}
+
 /// Fills FLOWS with `count` pinned flows of other clients, numbered from 1 in the client
 /// address's last 32-bit word: [`Path::Spread`] walks them in that order.
 fn prefill(dataplane: &mut Dataplane, family: Family, count: u32) {
-    let (service, fam) = addr_of(&vip(family));
     for i in 1..=count {
-        let src = match family {
-            Family::V4 => Addr::from_v4((0x0a00_0000u32 + i).to_be_bytes()),
-            Family::V6 => Addr::from_v6(((0xfd00_0002u128 << 96) + i as u128).to_be_bytes()),
-        };
-        let key = FlowKey {
-            src,
-            dst: service,
-            src_port: 40000u16.to_be(),
-            dst_port: 80u16.to_be(),
-            protocol: 6,
-            family: fam as u8,
-            _pad: [0; 2],
-        };
+        let key = other_client(family, 0x0a00_0000, 2, i);
         let value = FlowValue {
             backend_id: 0,
             state: FlowState::Established as u8,
@@ -544,21 +550,8 @@ fn clear_pending(dataplane: &mut Dataplane) -> anyhow::Result<()> {
 
 /// Fills `PENDING` to its capacity with handshakes of other clients (not the measured ones).
 fn fill_pending(dataplane: &mut Dataplane, family: Family) -> anyhow::Result<()> {
-    let (service, fam) = addr_of(&vip(family));
     for i in 1..=DEFAULT_PENDING_TABLE_SIZE {
-        let src = match family {
-            Family::V4 => Addr::from_v4((0x0b00_0000u32 + i).to_be_bytes()),
-            Family::V6 => Addr::from_v6(((0xfd00_0003u128 << 96) + i as u128).to_be_bytes()),
-        };
-        let key = FlowKey {
-            src,
-            dst: service,
-            src_port: 40000u16.to_be(),
-            dst_port: 80u16.to_be(),
-            protocol: 6,
-            family: fam as u8,
-            _pad: [0; 2],
-        };
+        let key = other_client(family, 0x0b00_0000, 3, i);
         let value = FlowValue {
             state: FlowState::Pending as u8,
             ..FlowValue::default()

@@ -888,23 +888,13 @@ fn path_mtu_errors_reach_the_backend() {
     }
 }
 
-/// The fast path: with XDP_REDIRECT allowed toward the backends' veths (their peers have GRO
-/// on, so native XDP transmit works), rewritten packets skip the kernel's routing; connections
-/// still land where the hash says, in both families. A bridge is refused for redirection.
-#[test]
-fn fast_path_redirects_to_the_backends() {
-    if !require_privileges("fast_path_redirects_to_the_backends") {
-        return;
-    }
-    let mut bed = Bed::new("fp", Layout::Routed, 2, 2, 1);
+/// Turns the fast path on toward `peers` (the host's veths to backends), with GRO on every
+/// backend's end: NAPI on the receiving end of a veth, without which native XDP_REDIRECT drops.
+fn allow_redirects(bed: &mut Bed, peers: &[&str]) {
     for backend in &bed.topology.backends {
-        // NAPI on the receiving end of the veth: without it native XDP_REDIRECT drops.
         backend.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
     }
-    let peers: Vec<String> = ["blue0", "blue1", "green0", "green1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let peers: Vec<String> = peers.iter().map(|peer| peer.to_string()).collect();
     let dataplane = std::mem::replace(
         &mut bed.dataplane,
         Dataplane::load(&LoadOptions::default()).expect("load"),
@@ -918,6 +908,18 @@ fn fast_path_redirects_to_the_backends() {
         }
         dataplane
     });
+}
+
+/// The fast path: with XDP_REDIRECT allowed toward the backends' veths (their peers have GRO
+/// on, so native XDP transmit works), rewritten packets skip the kernel's routing; connections
+/// still land where the hash says, in both families. A bridge is refused for redirection.
+#[test]
+fn fast_path_redirects_to_the_backends() {
+    if !require_privileges("fast_path_redirects_to_the_backends") {
+        return;
+    }
+    let mut bed = Bed::new("fp", Layout::Routed, 2, 2, 1);
+    allow_redirects(&mut bed, &["blue0", "blue1", "green0", "green1"]);
     for (id, family) in [(1, Family::Ipv4), (2, Family::Ipv6)] {
         let service = bed
             .topology
@@ -952,24 +954,8 @@ fn fast_path_leaves_interfaces_not_allowed_to_the_kernel() {
         return;
     }
     let mut bed = Bed::new("fk", Layout::Routed, 2, 2, 1);
-    for backend in &bed.topology.backends {
-        backend.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
-    }
     // Blue's interfaces only.
-    let peers: Vec<String> = ["blue0", "blue1"].iter().map(|s| s.to_string()).collect();
-    let dataplane = std::mem::replace(
-        &mut bed.dataplane,
-        Dataplane::load(&LoadOptions::default()).expect("load"),
-    );
-    bed.dataplane = bed.topology.host.run(move || {
-        let mut dataplane = dataplane;
-        for peer in &peers {
-            dataplane
-                .allow_redirect(peer)
-                .unwrap_or_else(|e| panic!("allow_redirect({peer}): {e}"));
-        }
-        dataplane
-    });
+    allow_redirects(&mut bed, &["blue0", "blue1"]);
     let service = bed
         .topology
         .service(1, Family::Ipv4, Protocol::Tcp, Cohort::Flow, 0);

@@ -129,22 +129,7 @@ impl App {
             self.save_after(state);
         }
         for decision in rollout.history.iter().skip(logged) {
-            tracing::info!(
-                service = %rollout.service,
-                action = %decision.action,
-                from = %ppm_to_percent(decision.from_weight),
-                to = %ppm_to_percent(decision.to_weight),
-                reason = %decision.reason,
-                green_flows = decision.green.new_flows,
-                green_handshakes = decision.green.handshakes,
-                green_failure_ratio = decision.green.failure_ratio,
-                green_p99_ms = decision.green.handshake_p99.map(|s| s * 1e3),
-                blue_flows = decision.blue.new_flows,
-                blue_handshakes = decision.blue.handshakes,
-                blue_failure_ratio = decision.blue.failure_ratio,
-                blue_p99_ms = decision.blue.handshake_p99.map(|s| s * 1e3),
-                "rollout"
-            );
+            crate::rollout::log_decision(&rollout.service, decision, None);
             self.rollout_metrics
                 .decision(&rollout.service, &decision.action);
         }

@@ -30,10 +30,7 @@ use super::{
     rollout::{FleetRollout, desired_for, write_rollout},
     signals::{HostSignals, Summed, sum},
 };
-use crate::{
-    rollout::{Action, Phase, Rollout, engine::Checks},
-    units::ppm_to_percent,
-};
+use crate::rollout::{Action, Phase, Rollout, engine::Checks};
 
 /// The leadership lease: a leader that stops renewing loses the key this long after its last
 /// renewal. Also the lease of each host's published signals.
@@ -306,19 +303,7 @@ fn decide(
 /// One log line per new decision, with the numbers behind it.
 fn log_decisions(rollout: &Rollout, logged: usize, revision: i64) {
     for decision in rollout.history.iter().skip(logged) {
-        tracing::info!(
-            service = %rollout.service,
-            action = %decision.action,
-            from = %ppm_to_percent(decision.from_weight),
-            to = %ppm_to_percent(decision.to_weight),
-            reason = %decision.reason,
-            revision,
-            green_flows = decision.green.new_flows,
-            green_failure_ratio = decision.green.failure_ratio,
-            blue_flows = decision.blue.new_flows,
-            blue_failure_ratio = decision.blue.failure_ratio,
-            "fleet rollout"
-        );
+        crate::rollout::log_decision(&rollout.service, decision, Some(revision));
     }
 }
 
