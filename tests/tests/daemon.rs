@@ -467,9 +467,16 @@ fn metrics_counters_equal_what_was_sent() {
     const PAYLOAD: usize = 32;
     let vip: SocketAddr = DNS.parse().unwrap();
     let answers: Vec<(String, usize)> = lab.topology.client.run(move || {
-        (0..CLIENTS)
-            .map(|_| {
-                let socket = UdpSocket::bind("198.18.0.1:0").unwrap();
+        // Every client's socket stays open until all have sent: a closed socket's port can be
+        // handed to a later client, whose datagrams then join the earlier flow (still active
+        // within `udp_idle_timeout`) instead of opening one (seen in CI: 23 flows for 24
+        // clients).
+        let sockets: Vec<UdpSocket> = (0..CLIENTS)
+            .map(|_| UdpSocket::bind("198.18.0.1:0").unwrap())
+            .collect();
+        sockets
+            .iter()
+            .map(|socket| {
                 socket
                     .set_read_timeout(Some(Duration::from_secs(2)))
                     .unwrap();
