@@ -71,7 +71,10 @@ pub struct TableKey<A> {
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: the eBPF build zeroes three bytes with a call of a
+    // byte-at-a-time `memset`, two scalars with two stores. Same layout.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 impl<A: TableAddr> TableKey<A> {
@@ -83,7 +86,8 @@ impl<A: TableAddr> TableKey<A> {
             src_port: key.src_port,
             dst_port: key.dst_port,
             protocol: key.protocol,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 

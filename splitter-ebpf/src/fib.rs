@@ -24,7 +24,10 @@ const AF_INET6: u8 = 10;
 /// hop limit is about to expire. Nothing of the packet is touched.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<bpf_fib_lookup> {
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut zeroed = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    zero(&mut zeroed);
+    // Every byte was written by `zero`.
+    let params = unsafe { zeroed.assume_init_mut() };
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     params.l4_protocol = ip.protocol;
     match ip.family {
@@ -54,7 +57,7 @@ pub fn lookup(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<bpf_fib_lookup
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
@@ -62,7 +65,22 @@ pub fn lookup(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<bpf_fib_lookup
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
     }
-    Some(params)
+    Some(*params)
+}
+
+/// Zeroes `params` in place with 4-byte stores. `mem::zeroed()` compiles to a call of the
+/// byte-at-a-time `memset` here, 64 iterations on every forwarded packet (4-6 % of the router's
+/// CPU in `perf`); zeroing a local and moving it in gets the call back.
+#[inline(always)]
+fn zero(params: &mut core::mem::MaybeUninit<bpf_fib_lookup>) {
+    const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 4;
+    const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() % 4 == 0);
+    const _: () = assert!(core::mem::align_of::<bpf_fib_lookup>() >= 4);
+    let words = params.as_mut_ptr().cast::<u32>();
+    for i in 0..WORDS {
+        // Volatile: a plain loop of zero stores is turned back into `memset`.
+        unsafe { words.add(i).write_volatile(0) };
+    }
 }
 
 /// Readies the packet for transmission to the next hop `route` found: MACs from the neighbour

@@ -80,7 +80,8 @@ fn packet_key<T: Tables>(packet: &Packet) -> TableKey<T::A> {
         src_port: packet.src_port,
         dst_port: packet.dst_port,
         protocol: packet.ip.protocol,
-        _pad: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
