@@ -74,7 +74,7 @@ pub fn lookup(ctx: &XdpContext, frame: &Frame, ip: &Ip) -> Option<bpf_fib_lookup
 #[inline(always)]
 fn zero(params: &mut core::mem::MaybeUninit<bpf_fib_lookup>) {
     const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 4;
-    const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() % 4 == 0);
+    const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>().is_multiple_of(4));
     const _: () = assert!(core::mem::align_of::<bpf_fib_lookup>() >= 4);
     let words = params.as_mut_ptr().cast::<u32>();
     for i in 0..WORDS {
