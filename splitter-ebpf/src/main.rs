@@ -27,6 +27,9 @@ use splitter_ebpf::{checksum, fib, parse};
 /// cannot be parsed, reaches the kernel untouched (XDP_PASS, counted). Rewritten packets take
 /// the fast path (XDP_REDIRECT) where the daemon enabled it, the kernel's routing otherwise.
 #[xdp]
+// The attribute reaches the body aya's macro nests in the entry point: without it, every packet
+// paid a BPF-to-BPF call into the body.
+#[inline(always)]
 pub fn splitter_ingress(ctx: XdpContext) -> u32 {
     let frame = Frame {
         start: ctx.data(),
@@ -42,6 +45,7 @@ pub fn splitter_ingress(ctx: XdpContext) -> u32 {
 
 /// Egress on client-facing interfaces: reverse NAT of backend replies. Never drops.
 #[classifier]
+#[inline(always)]
 pub fn splitter_egress(ctx: TcContext) -> i32 {
     egress::handle(&ctx);
     TC_ACT_OK
