@@ -467,7 +467,7 @@ fn measure(
             if path == Path::NewFlow {
                 clear_pending(dataplane)?;
             }
-            elapsed += run_round(dataplane, harness, path, family, &input, repeat)?;
+            elapsed += one_run(dataplane, harness, path, family, &input, repeat)?;
         }
         samples.push(elapsed / f64::from(chunks));
     }
@@ -477,7 +477,7 @@ fn measure(
 
 /// One test run of `repeat` packets of `input` through the restoring wrapper, checked; its
 /// ns/packet.
-fn run_round(
+fn one_run(
     dataplane: &mut Dataplane,
     harness: &mut Harness,
     path: Path,

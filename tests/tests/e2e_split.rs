@@ -924,25 +924,40 @@ fn fast_path_redirects_to_the_backends() {
         let service = bed
             .topology
             .service(id, family, Protocol::Tcp, Cohort::Flow, 0);
-        bed.install(&service);
-        let at_weight = bed.set_weight(&service, 50);
-        let before = bed.dataplane.maps.forwarding().unwrap();
-        let answers = bed.tcp_round(&at_weight, 0, 21_000..21_200);
-        let after = bed.dataplane.maps.forwarding().unwrap();
-        let answered = per_backend(answers.iter().map(|(_, n)| n.as_str()));
-        eprintln!("fast path {family:?}: {answered:?}, forwarding {before:?} -> {after:?}");
-        assert_eq!(answered.len(), 4, "every backend answers: {answered:?}");
-        let redirected = after[0].1 - before[0].1;
-        let kernel = after[1].1 - before[1].1;
+        let (connections, redirected, kernel) =
+            fast_path_round(&mut bed, &service, 21_000..21_200, &format!("{family:?}"));
         // Each connection sends at least SYN, ACK, request, FIN, ACK toward its backend; the
         // very first packets may wait for neighbour resolution in the kernel.
         assert!(
-            redirected >= 4 * answers.len() as u64,
-            "{family:?}: {redirected} packets redirected, {kernel} through the kernel for {} \
-             connections",
-            answers.len()
+            redirected >= 4 * connections as u64,
+            "{family:?}: {redirected} packets redirected, {kernel} through the kernel for \
+             {connections} connections"
         );
     }
+}
+
+/// Installs `service` at 50 % and opens a connection from each port of `ports`; every backend
+/// must answer. Returns the connections made and the packets the data plane redirected and
+/// passed to the kernel meanwhile.
+fn fast_path_round(
+    bed: &mut Bed,
+    service: &ServiceSpec,
+    ports: Range<u16>,
+    label: &str,
+) -> (usize, u64, u64) {
+    bed.install(service);
+    let at_weight = bed.set_weight(service, 50);
+    let before = bed.dataplane.maps.forwarding().unwrap();
+    let answers = bed.tcp_round(&at_weight, 0, ports);
+    let after = bed.dataplane.maps.forwarding().unwrap();
+    let answered = per_backend(answers.iter().map(|(_, n)| n.as_str()));
+    eprintln!("fast path, {label}: {answered:?}, forwarding {before:?} -> {after:?}");
+    assert_eq!(answered.len(), 4, "every backend answers: {answered:?}");
+    (
+        answers.len(),
+        after[0].1 - before[0].1,
+        after[1].1 - before[1].1,
+    )
 }
 
 /// With the fast path on, a backend behind an interface that is not allowed to take redirects
@@ -959,22 +974,14 @@ fn fast_path_leaves_interfaces_not_allowed_to_the_kernel() {
     let service = bed
         .topology
         .service(1, Family::Ipv4, Protocol::Tcp, Cohort::Flow, 0);
-    bed.install(&service);
-    let at_weight = bed.set_weight(&service, 50);
-    let before = bed.dataplane.maps.forwarding().unwrap();
-    let answers = bed.tcp_round(&at_weight, 0, 22_000..22_200);
-    let after = bed.dataplane.maps.forwarding().unwrap();
-    let answered = per_backend(answers.iter().map(|(_, n)| n.as_str()));
-    eprintln!("fast path, blue only: {answered:?}, forwarding {before:?} -> {after:?}");
-    assert_eq!(answered.len(), 4, "every backend answers: {answered:?}");
-    let redirected = after[0].1 - before[0].1;
-    let kernel = after[1].1 - before[1].1;
+    let (connections, redirected, kernel) =
+        fast_path_round(&mut bed, &service, 22_000..22_200, "blue only");
     // About half the connections go green, through the kernel: at least SYN, ACK, request,
     // FIN, ACK each; blue's are redirected.
     assert!(
         kernel >= 4 * 50 && redirected >= 4 * 50,
-        "{redirected} packets redirected, {kernel} through the kernel for {} connections",
-        answers.len()
+        "{redirected} packets redirected, {kernel} through the kernel for {connections} \
+         connections"
     );
 }
 

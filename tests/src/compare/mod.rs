@@ -90,6 +90,14 @@ impl Samples {
         self.0.push(value);
     }
 
+    /// The smallest and the largest finite sample; `None` without one.
+    pub fn range(&self) -> Option<(f64, f64)> {
+        let finite = || self.0.iter().copied().filter(|v| v.is_finite());
+        let min = finite().fold(f64::INFINITY, f64::min);
+        let max = finite().fold(f64::NEG_INFINITY, f64::max);
+        min.is_finite().then_some((min, max))
+    }
+
     pub fn median(&self) -> f64 {
         let mut sorted: Vec<f64> = self.0.iter().copied().filter(|v| v.is_finite()).collect();
         if sorted.is_empty() {

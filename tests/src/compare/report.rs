@@ -184,15 +184,12 @@ fn packet_rate_table(out: &mut String, results: &Results) {
 
 /// `median (min–max)` of a figure's runs.
 fn with_range(samples: &super::Samples, show: fn(f64) -> String) -> String {
-    let finite = || samples.0.iter().copied().filter(|v| v.is_finite());
-    let (min, max) = (
-        finite().fold(f64::INFINITY, f64::min),
-        finite().fold(f64::NEG_INFINITY, f64::max),
-    );
-    if samples.0.len() < 2 || !min.is_finite() {
-        return show(samples.median());
+    match samples.range() {
+        Some((min, max)) if samples.0.len() >= 2 => {
+            format!("{} ({}–{})", show(samples.median()), show(min), show(max))
+        }
+        _ => show(samples.median()),
     }
-    format!("{} ({}–{})", show(samples.median()), show(min), show(max))
 }
 
 fn connections_table(out: &mut String, results: &Results) {
@@ -371,9 +368,8 @@ fn paired_cost_ratio(results: &Results, theirs: Alternative) -> Option<(f64, f64
             .filter(|r| r.is_finite())
             .collect(),
     );
-    let min = ratios.0.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    (!ratios.0.is_empty()).then(|| (ratios.median(), min, max))
+    let (min, max) = ratios.range()?;
+    Some((ratios.median(), min, max))
 }
 
 fn targets_table(out: &mut String, results: &Results) {
