@@ -90,6 +90,36 @@ pub enum Path {
 }
 
 impl Path {
+    /// Every path, in the order of the README's table.
+    pub const ALL: [Path; 10] = [
+        Path::PassFloor,
+        Path::ParseFloor,
+        Path::NotService,
+        Path::Established,
+        Path::Spread,
+        Path::NewFlow,
+        Path::NewFlowChurn,
+        Path::NewFlowModulo,
+        Path::NewFlowOverride,
+        Path::Miss,
+    ];
+
+    /// The short name `splitter-bench --only` takes.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Path::PassFloor => "pass-floor",
+            Path::ParseFloor => "parse-floor",
+            Path::NotService => "not-service",
+            Path::Established => "established",
+            Path::Spread => "spread",
+            Path::NewFlow => "new-flow",
+            Path::NewFlowChurn => "churn",
+            Path::NewFlowOverride => "overrides",
+            Path::NewFlowModulo => "modulo",
+            Path::Miss => "miss",
+        }
+    }
+
     pub const fn label(self) -> &'static str {
         match self {
             Path::PassFloor => "floor: XDP_PASS",
@@ -125,6 +155,17 @@ pub struct Options {
     pub repeat: u32,
     pub rounds: usize,
     pub table_sizes: Vec<u32>,
+    /// Only these paths (and the floors); empty: every path.
+    pub only: Vec<Path>,
+}
+
+impl Options {
+    /// Whether `path` is measured: the floors always are (the table's ratios need them).
+    fn selects(&self, path: Path) -> bool {
+        self.only.is_empty()
+            || matches!(path, Path::PassFloor | Path::ParseFloor)
+            || self.only.contains(&path)
+    }
 }
 
 fn vip(family: Family) -> SocketAddr {
@@ -597,25 +638,15 @@ pub fn per_packet(options: &Options) -> anyhow::Result<Vec<Measurement>> {
             let mut harness = Harness::load()?;
             install(&mut dataplane, family);
             prefill(&mut dataplane, family, flows.saturating_sub(1));
-            for path in [
-                Path::PassFloor,
-                Path::ParseFloor,
-                Path::NotService,
-                Path::Established,
-                Path::Spread,
-                Path::NewFlow,
-                Path::NewFlowChurn,
-                Path::NewFlowModulo,
-                Path::NewFlowOverride,
-                Path::Miss,
-            ] {
-                if path == Path::Spread && flows < 2 {
+            for path in Path::ALL {
+                if path == Path::Spread && flows < 2 || !options.selects(path) {
                     continue;
                 }
                 let spread = Options {
                     repeat: options.repeat.min(flows.saturating_sub(1)),
                     rounds: options.rounds,
                     table_sizes: Vec::new(),
+                    only: Vec::new(),
                 };
                 let path_options = if path == Path::Spread {
                     &spread
@@ -723,6 +754,7 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
             repeat: options.repeat,
             rounds: options.rounds,
             table_sizes: Vec::new(),
+            only: Vec::new(),
         };
         record(
             flows,
@@ -742,6 +774,7 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
                 repeat: options.repeat.min(flows - 1),
                 rounds: options.rounds,
                 table_sizes: Vec::new(),
+                only: Vec::new(),
             };
             record(
                 flows,
@@ -767,6 +800,7 @@ pub fn scale(options: &ScaleOptions) -> anyhow::Result<Vec<ScalePoint>> {
             repeat: options.repeat,
             rounds: options.rounds,
             table_sizes: Vec::new(),
+            only: Vec::new(),
         };
         for path in [Path::Established, Path::NewFlow] {
             record(

@@ -34,10 +34,27 @@ fn main() -> anyhow::Result<()> {
             .context("--sizes N,N,...")?,
         None => vec![1, 200_000, 1_000_000],
     };
+    // `--only churn,miss`: only these paths (and the floors), for profiling or A/B runs.
+    let only = match arg("--only") {
+        Some(list) => list
+            .split(',')
+            .map(|name| {
+                Path::ALL
+                    .into_iter()
+                    .find(|path| path.name() == name)
+                    .with_context(|| {
+                        let names: Vec<&str> = Path::ALL.iter().map(|p| p.name()).collect();
+                        format!("--only: no path {name:?}; the paths: {}", names.join(", "))
+                    })
+            })
+            .collect::<anyhow::Result<Vec<Path>>>()?,
+        None => Vec::new(),
+    };
     let options = Options {
         repeat,
         rounds,
         table_sizes,
+        only,
     };
     eprintln!(
         "per-packet cost: BPF_PROG_TEST_RUN, repeat {repeat}, median of {rounds}, through the \
@@ -45,6 +62,9 @@ fn main() -> anyhow::Result<()> {
     );
     let results = per_packet(&options)?;
     print_table(&results);
+    if !options.only.is_empty() {
+        return Ok(());
+    }
     // The reply path rewrites in place: runs of one packet each (see `bench_replies`).
     let runs = repeat.min(20_000);
     eprintln!(
