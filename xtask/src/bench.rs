@@ -28,9 +28,15 @@ pub struct Options {
     /// With --compare: one short run of each measurement (for development, not for the README).
     #[arg(long, requires = "compare")]
     pub quick: bool,
-    /// With --compare: only these tests (comma-separated: packet-rate, connections, scale).
-    #[arg(long, requires = "compare")]
+    /// Only these (comma-separated). With --compare, tests: packet-rate, connections, scale.
+    /// Without, data-plane paths (the floors are always measured): not-service, established,
+    /// spread, new-flow, churn, modulo, overrides, miss.
+    #[arg(long, conflicts_with_all = ["fleet", "health"])]
     pub only: Option<String>,
+    /// Without --compare: the flow-table fills to measure (comma-separated; default
+    /// 1,200000,1000000).
+    #[arg(long, conflicts_with_all = ["compare", "fleet", "health"])]
+    pub sizes: Option<String>,
     /// With --compare: write the result into README.md's "Benchmarks" section.
     #[arg(long, requires = "compare")]
     pub update_readme: bool,
@@ -104,7 +110,19 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 "--",
             ])
             .args(["--repeat", &options.repeat.to_string()])
-            .args(["--rounds", &options.rounds.to_string()]),
+            .args(["--rounds", &options.rounds.to_string()])
+            .args(
+                options
+                    .only
+                    .iter()
+                    .flat_map(|only| ["--only", only.as_str()]),
+            )
+            .args(
+                options
+                    .sizes
+                    .iter()
+                    .flat_map(|sizes| ["--sizes", sizes.as_str()]),
+            ),
     )
 }
 
