@@ -155,10 +155,20 @@ pub const fn stamp(now_ns: u64) -> u32 {
     (now_ns >> STAMP_SHIFT) as u32
 }
 
-/// How long ago (ns, to the unit) `then` was at `now_ns`.
+/// How far (units, ~1.07 s) a stamp may be ahead of `now` and still be fresh: coarse clocks
+/// read on two CPUs can differ by a tick or two, so a stamp written on one can be ahead of
+/// another's `now`.
+pub const STAMP_AHEAD: u32 = 1024;
+
+/// How long ago (ns, to the unit) `then` was at `now_ns`; 0 for a stamp up to [`STAMP_AHEAD`]
+/// ahead of `now_ns` (without this, a stamp a unit ahead wraps to 52 days old: idle).
 #[inline(always)]
 pub const fn stamp_age_ns(now_ns: u64, then: u32) -> u64 {
-    (stamp(now_ns).wrapping_sub(then) as u64) << STAMP_SHIFT
+    let units = stamp(now_ns).wrapping_sub(then);
+    if units > u32::MAX - STAMP_AHEAD {
+        return 0;
+    }
+    (units as u64) << STAMP_SHIFT
 }
 
 /// Handshake time: `bpf_ktime_get_ns` in units of 2^10 ns (1.02 µs), wrapping every 73 minutes.
@@ -311,5 +321,37 @@ impl FlowState {
     /// while not idle, which needs the time: see the daemon's census).
     pub const fn is_live(self) -> bool {
         matches!(self, FlowState::Established | FlowState::Closing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNIT: u64 = 1 << STAMP_SHIFT;
+
+    #[test]
+    fn a_stamp_ages_to_the_unit() {
+        let then = 1_000 * UNIT;
+        assert_eq!(stamp_age_ns(then, stamp(then)), 0);
+        assert_eq!(stamp_age_ns(then + 30 * UNIT, stamp(then)), 30 * UNIT);
+    }
+
+    #[test]
+    fn a_stamp_a_tick_ahead_of_now_is_fresh_not_52_days_old() {
+        // Written on a CPU whose coarse clock read was a tick (4 ms) ahead of this one's.
+        let now = 1_000 * UNIT;
+        let ahead = stamp(now + 4_000_000);
+        assert_eq!(stamp_age_ns(now, ahead), 0);
+        assert_eq!(stamp_age_ns(now, stamp(now) + STAMP_AHEAD), 0);
+        // Further ahead is a stamp from before the wrap: old.
+        assert!(stamp_age_ns(now, stamp(now) + STAMP_AHEAD + 1) > 50 * 86_400 * 1_000_000_000);
+    }
+
+    #[test]
+    fn ages_wrap_with_the_stamp() {
+        // `now` just past a wrap of the u32 stamp, `then` just before it.
+        let now = (u64::from(u32::MAX) + 3) * UNIT;
+        assert_eq!(stamp_age_ns(now, u32::MAX - 1), 4 * UNIT);
     }
 }

@@ -652,6 +652,22 @@ fn idle_udp_flows_are_chosen_afresh() {
             Reason::Established,
         )
         .holds(&flow, pinned_value(&spec, blue, FlowState::Udp))]);
+        // Stamped by another CPU whose coarse clock read a tick ahead of this one's: a stamp
+        // a few ms in the future is fresh (it once wrapped to 52 days old: idle, re-chosen).
+        let pending = &mut harness.dataplane.maps.pending;
+        let mut held = pending.get(&flow.key(), 0).expect("UDP flow held");
+        held.stamp = held.stamp.wrapping_add(5);
+        pending
+            .insert(flow.key(), held, 0)
+            .expect("stamp the flow ahead");
+        harness.run_all(&[dnat(
+            format!("{what}: stamped 5 ms ahead of this CPU's clock → still blue"),
+            &spec,
+            &flow,
+            &flow.packet(0),
+            blue,
+            Reason::Established,
+        )]);
         std::thread::sleep(IDLE + Duration::from_millis(200));
         let input = flow.packet(0).build();
         harness.run_all(&[Case::new(
