@@ -33,7 +33,7 @@ use splitter_common::{
     maps::{DEFAULT_FLOW_TABLE_SIZE, DEFAULT_PENDING_TABLE_SIZE},
 };
 
-use crate::packet::{Ip, Ipv4, Ipv6, Packet, TCP_ACK, TCP_SYN, Tcp};
+use crate::packet::{Ip, Ipv4, Ipv6, Packet, TCP_ACK, TCP_SYN, Tcp, Udp};
 
 const XDP_PASS: u32 = 2;
 
@@ -70,6 +70,9 @@ pub enum Path {
     ParseFloor,
     NotService,
     Established,
+    /// A datagram of an active UDP flow: UDP flows are never verified, so they stay in
+    /// `PENDING` (the path of the comparison's packet-rate test).
+    Udp,
     /// Established flows, every packet a different one of all the pinned flows (the table
     /// does not stay in cache the way one hot flow does).
     Spread,
@@ -91,11 +94,12 @@ pub enum Path {
 
 impl Path {
     /// Every path, in the order of the README's table.
-    pub const ALL: [Path; 10] = [
+    pub const ALL: [Path; 11] = [
         Path::PassFloor,
         Path::ParseFloor,
         Path::NotService,
         Path::Established,
+        Path::Udp,
         Path::Spread,
         Path::NewFlow,
         Path::NewFlowChurn,
@@ -111,6 +115,7 @@ impl Path {
             Path::ParseFloor => "parse-floor",
             Path::NotService => "not-service",
             Path::Established => "established",
+            Path::Udp => "udp",
             Path::Spread => "spread",
             Path::NewFlow => "new-flow",
             Path::NewFlowChurn => "churn",
@@ -126,6 +131,7 @@ impl Path {
             Path::ParseFloor => "floor: parse only",
             Path::NotService => "not a service",
             Path::Established => "established flow",
+            Path::Udp => "UDP flow, active (in PENDING)",
             Path::Spread => "established, spread over every pinned flow",
             Path::NewFlow => "new flow, live occupancy (PENDING has room)",
             Path::NewFlowChurn => "new flow, full churn (PENDING full: every insert evicts)",
@@ -298,6 +304,20 @@ fn install(dataplane: &mut Dataplane, family: Family) {
         .maps
         .install_service(&with_overrides)
         .expect("install the service with overrides");
+    // A UDP service on UDP_PORT.
+    let udp = ServiceSpec {
+        id: base + 3,
+        address: SocketAddr::new(vip(family).ip(), UDP_PORT),
+        protocol: Protocol::Udp,
+        blue: backends(family, base + 10, 2, 8080),
+        green: backends(family, base + 12, 1, 8080),
+        first_slot: (base + 4) * slots_needed(2, 1),
+        ..spec.clone()
+    };
+    dataplane
+        .maps
+        .install_service(&udp)
+        .expect("install the UDP service");
     // The same service on MODULO_PORT, then its pools rewritten to the layout before Maglev:
     // each color a run of its backends' ids (the data plane's lookup is the same code, over a
     // pool of N slots instead of a Maglev table).
@@ -346,6 +366,9 @@ fn install(dataplane: &mut Dataplane, family: Family) {
 
 /// The port of the bench service laid out as before the Maglev tables.
 const MODULO_PORT: u16 = 83;
+
+/// The port of the bench's UDP service.
+const UDP_PORT: u16 = 84;
 
 /// The port of the bench service that has overrides.
 const OVERRIDE_PORT: u16 = 82;
@@ -409,7 +432,11 @@ fn packet(path: Path, family: Family) -> (Vec<u8>, u32) {
         (IpAddr::V6(src), IpAddr::V6(dst)) => Ip::V6(Ipv6::new(src, dst)),
         _ => unreachable!("one family per measurement"),
     };
-    let bytes = Packet::tcp(ip, Tcp::new(40000, dst_port, flags)).build();
+    let bytes = if path == Path::Udp {
+        Packet::udp(ip, Udp::new(40000, UDP_PORT), &[0; 18]).build()
+    } else {
+        Packet::tcp(ip, Tcp::new(40000, dst_port, flags)).build()
+    };
     let src_offset = match family {
         Family::V4 => 14 + 12,
         Family::V6 => 14 + 8 + 12,
@@ -501,6 +528,11 @@ fn measure(
             }
         }
     }
+    if path == Path::Udp {
+        // Its first datagram opens the flow; the measured ones find it active.
+        let mut out = vec![0u8; input.len()];
+        run(dataplane.ingress_program()?, &input, &mut out, 1)?;
+    }
     let mut samples = Vec::new();
     for _ in 0..options.rounds {
         let mut elapsed = 0.0;
@@ -550,7 +582,7 @@ fn one_run(
         "{path:?}: verdict {verdict}, want XDP_PASS"
     );
     check_output(path, family, input, &out)?;
-    if path == Path::Spread {
+    if matches!(path, Path::Spread | Path::Udp) {
         let hits = dataplane.maps.verdict(Reason::Established)? - established;
         anyhow::ensure!(
             hits == repeat as u64,
@@ -591,6 +623,7 @@ fn check_output(path: Path, family: Family, input: &[u8], out: &[u8]) -> anyhow:
             anyhow::ensure!(out == input, "{path:?}: the packet must pass untouched")
         }
         Path::Established
+        | Path::Udp
         | Path::Spread
         | Path::NewFlow
         | Path::NewFlowChurn
