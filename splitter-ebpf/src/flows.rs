@@ -10,10 +10,7 @@
 //! Data packets of established TCP flows do one `FLOWS` lookup and nothing else; data replies
 //! do no table work unless an unverified flow was inserted in the last [`UNVERIFIED_GATE_NS`].
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use splitter_common::{
     Addr, Family, FlowEntry, FlowKey, FlowState, PendingEntry, Reason, ReverseValue, ServiceConfig,
     TableAddr, TableKey,
@@ -22,7 +19,7 @@ use splitter_common::{
 };
 
 use crate::{
-    counters,
+    clock, counters,
     maps::UNVERIFIED_SINCE,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     select::{self, Start},
@@ -232,7 +229,7 @@ fn unverified<T: Tables>(
     }
     if let Some(entry) = T::pending().get_ptr_mut(table_key) {
         let entry = unsafe { &mut *entry };
-        if let Some(flow) = complete_entry::<T>(table_key, entry, packet) {
+        if let Some(flow) = complete_entry::<T>(table_key, entry, packet, now) {
             return Ok((Reason::Established, flow));
         }
         if syn && entry.flow.state == FlowState::Pending as u8 {
@@ -249,7 +246,7 @@ fn unverified<T: Tables>(
         return Ok((Reason::NewFlow, pin(&flow)));
     }
     let (ambiguous, flow) =
-        new_flow::<T::A>(config, key, Start::Earlier, FlowState::Unverified, now)?;
+        new_flow::<T::A>(config, key, Start::Earlier(now), FlowState::Unverified, now)?;
     // A stray RST closes whatever it belongs to: forward it, but hold no flow for it.
     if flags & TCP_RST == 0 {
         let _ = T::pending().insert(table_key, pending_entry(flow, now), 0);
@@ -297,15 +294,18 @@ fn complete<T: Tables>(table_key: &TableKey<T::A>, packet: &Packet) -> Option<Pi
         table_key,
         unsafe { &*T::pending().get_ptr(table_key)? },
         packet,
+        unsafe { bpf_ktime_get_ns() },
     )
 }
 
-/// [`complete`] with the `PENDING` entry at hand.
+/// [`complete`] with the `PENDING` entry at hand and the packet's time (`bpf_ktime_get_ns`):
+/// one clock read per packet, not one per use.
 #[inline(always)]
 fn complete_entry<T: Tables>(
     table_key: &TableKey<T::A>,
     entry: &PendingEntry<T::A>,
     packet: &Packet,
+    now: u64,
 ) -> Option<Pin> {
     if packet.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK
         || entry.flow.state != FlowState::SynAcked as u8
@@ -317,7 +317,7 @@ fn complete_entry<T: Tables>(
     let mut flow = FlowEntry {
         state: FlowState::Established as u8,
         flags: 0,
-        stamp: stamp(unsafe { bpf_ktime_get_ns() }),
+        stamp: stamp(now),
         ..entry.flow
     };
     client_closes(&mut flow, packet.tcp_flags);
@@ -333,7 +333,7 @@ fn unverified_inserted() {
     let Some(since) = UNVERIFIED_SINCE.get_ptr_mut(0) else {
         return;
     };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::coarse_ns();
     // Under a flood of misses every CPU would write this line on every packet.
     if now.saturating_sub(unsafe { *since }) > 1_000_000_000 {
         unsafe { *since = now };
@@ -356,9 +356,9 @@ fn udp_active_in<T: Tables>(packet: &Packet) -> Pinned {
         return Pinned::Absent;
     };
     let entry = unsafe { &mut *entry };
-    // The coarse clock (a tick, a few ms) is plenty for an idle timeout of 100 ms or more, and
-    // much cheaper than a precise read on every datagram.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The coarse clock (a tick or two behind, a few ms) is plenty for an idle timeout of 100 ms
+    // or more, and much cheaper than a precise read on every datagram (`clock.rs`).
+    let now = clock::coarse_ns();
     let idle = unsafe { core::ptr::read_volatile(&UDP_IDLE_TIMEOUT_NS) };
     if entry.flow.state != FlowState::Udp as u8 || stamp_age_ns(now, entry.flow.stamp) >= idle {
         return Pinned::Closed;
@@ -401,7 +401,7 @@ fn udp_in<T: Tables>(
     if let Pinned::Open(flow) = seen {
         return Ok((Reason::Established, flow));
     }
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::coarse_ns();
     let flow = new_flow::<T::A>(config, key, Start::Now, FlowState::Udp, now)?.1;
     let _ = T::pending().insert(T::key(key), pending_entry(flow, now), 0);
     Ok((Reason::NewFlow, pin(&flow)))
@@ -488,7 +488,7 @@ fn unverified_recently() -> bool {
         return false;
     };
     let since = *since;
-    since != 0 && unsafe { bpf_ktime_get_coarse_ns() }.saturating_sub(since) < UNVERIFIED_GATE_NS
+    since != 0 && clock::coarse_ns().saturating_sub(since) < UNVERIFIED_GATE_NS
 }
 
 /// The backend answered an unverified mid-flow flow with a non-RST segment: the connection is

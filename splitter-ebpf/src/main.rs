@@ -4,6 +4,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod clock;
 mod counters;
 mod egress;
 mod flows;

@@ -94,6 +94,11 @@ pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIREC
 #[map]
 pub static FORWARDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(Forwarding::COUNT, 0);
 
+/// `[0]`: `[jiffies, ns]`, the coarse clock as this CPU last read it (`clock.rs`). Internal to
+/// the programs: not pinned, not read by the daemon.
+#[map]
+pub static COARSE_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// `[0]`: 1 when the fast path is on (some `REDIRECT_PORTS`); 0 saves the FIB lookup.
 #[map]
 pub static FAST_PATH: Array<u32> = Array::with_max_entries(1, 0);

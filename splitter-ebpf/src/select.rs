@@ -3,7 +3,7 @@
 //! `splitter_common::history`, both shared with the tests' predictors; this file adds the
 //! weight in force and the map lookups.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::maps::lpm_trie::Key;
 use splitter_common::{
     Backend, Color, FlowKey, OverrideKey, ServiceConfig, history, select, service_flags,
 };
@@ -20,8 +20,9 @@ pub enum Start {
     /// The packet opens a flow (TCP SYN, or any UDP packet): the weight in force now.
     Now,
     /// A TCP packet in the middle of a flow we do not know (LRU eviction, or ECMP moved the flow
-    /// here): the weight history of the last `miss_hold` decides (`splitter_common::history`).
-    Earlier,
+    /// here): the weight history of the `miss_hold` before this time (`bpf_ktime_get_ns`, read
+    /// once per packet by the caller) decides (`splitter_common::history`).
+    Earlier(u64),
 }
 
 /// The backend chosen for a flow.
@@ -41,13 +42,8 @@ pub fn choose(config: &ServiceConfig, key: &FlowKey, start: Start) -> Option<Cho
     let hash = select::service_hash(config, key, seed);
     let (weight, ambiguous) = match start {
         Start::Now => (config.green_weight, false),
-        Start::Earlier => {
-            let steer = history::miss_weight(
-                &config.history,
-                config.miss_hold_ns,
-                unsafe { bpf_ktime_get_ns() },
-                hash,
-            );
+        Start::Earlier(now) => {
+            let steer = history::miss_weight(&config.history, config.miss_hold_ns, now, hash);
             (steer.weight, steer.ambiguous)
         }
     };
