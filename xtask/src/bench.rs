@@ -30,7 +30,7 @@ pub struct Options {
     pub quick: bool,
     /// Only these (comma-separated). With --compare, tests: packet-rate, connections, scale.
     /// Without, data-plane paths (the floors are always measured): not-service, established,
-    /// spread, new-flow, churn, modulo, overrides, miss.
+    /// udp, spread, new-flow, churn, modulo, overrides, miss.
     #[arg(long, conflicts_with_all = ["fleet", "health"])]
     pub only: Option<String>,
     /// Without --compare: the flow-table fills to measure (comma-separated; default
