@@ -52,6 +52,11 @@ fn config(blue_release: &str, green_release: &str) -> String {
     text.push_str(&format!(
         "blue_release = \"{blue_release}\"\ngreen_release = \"{green_release}\"\n"
     ));
+    // This test is about the cycle, not the latency rule (`rollout.rs` tests that). Its 500 ms
+    // windows hold ~25 handshakes, so their p99 is the slowest one: one SYN-ACK held up 4.4 ms
+    // by a stall of this shared VM (blue's p99 0.2 ms) once rolled back a healthy green. A
+    // margin of 50 ms keeps such a stall from deciding; a broken green still fails on resets.
+    text.push_str("[service.rollout]\nlatency_margin_ms = 50.0\n");
     text
 }
 
